@@ -1,0 +1,1 @@
+"""The write side: accounts, templates, sent emails and their outbox events."""

@@ -1,0 +1,129 @@
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from command_api.emails import selectors, services
+from core.errors import field_error
+
+
+class IsStaffOrReadOnly(BasePermission):
+    """Anyone may read; only staff may change."""
+
+    def has_permission(self, request, view):
+        if request.method in SAFE_METHODS:
+            return True
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+class EmailTemplateOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    subject = serializers.CharField()
+    body = serializers.CharField()
+    created = serializers.DateTimeField()
+    modified = serializers.DateTimeField()
+
+
+class EmailTemplateInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    subject = serializers.CharField(max_length=998)
+    body = serializers.CharField(trim_whitespace=False)
+
+
+class EmailTemplateListCreateApi(APIView):
+    permission_classes = [IsStaffOrReadOnly]
+
+    @extend_schema(responses=EmailTemplateOutputSerializer(many=True))
+    def get(self, request):
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(selectors.email_template_list(), request, view=self)
+        return paginator.get_paginated_response(EmailTemplateOutputSerializer(page, many=True).data)
+
+    @extend_schema(request=EmailTemplateInputSerializer, responses={201: EmailTemplateOutputSerializer})
+    def post(self, request):
+        data = EmailTemplateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        template = services.email_template_create(**data.validated_data)
+        return Response(EmailTemplateOutputSerializer(template).data, status=status.HTTP_201_CREATED)
+
+
+class EmailTemplateDetailApi(APIView):
+    permission_classes = [IsStaffOrReadOnly]
+
+    @extend_schema(responses=EmailTemplateOutputSerializer)
+    def get(self, request, template_id: int):
+        template = selectors.email_template_get(template_id=template_id)
+        return Response(EmailTemplateOutputSerializer(template).data)
+
+    @extend_schema(request=EmailTemplateInputSerializer, responses=EmailTemplateOutputSerializer)
+    def put(self, request, template_id: int):
+        return self._update(request, template_id, partial=False)
+
+    @extend_schema(request=EmailTemplateInputSerializer, responses=EmailTemplateOutputSerializer)
+    def patch(self, request, template_id: int):
+        return self._update(request, template_id, partial=True)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, template_id: int):
+        services.email_template_delete(template=selectors.email_template_get(template_id=template_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _update(self, request, template_id: int, *, partial: bool):
+        template = selectors.email_template_get(template_id=template_id)
+        data = EmailTemplateInputSerializer(data=request.data, partial=partial)
+        data.is_valid(raise_exception=True)
+        template = services.email_template_update(template=template, data=data.validated_data)
+        return Response(EmailTemplateOutputSerializer(template).data)
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_key_from(request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not (1 <= len(key) <= 255) or not key.isprintable():
+        raise field_error(IDEMPOTENCY_HEADER, "The key must be 1 to 255 printable characters.")
+    return key
+
+
+class SentEmailCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        recipients = serializers.ListField(child=serializers.CharField(trim_whitespace=False))
+        template = serializers.IntegerField(min_value=1)
+        context = serializers.DictField(required=False, default=dict)
+
+    class OutputSerializer(serializers.Serializer):
+        message = serializers.CharField()
+        id = serializers.IntegerField()
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={202: OutputSerializer},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="Retrying with the same key returns the first answer and sends nothing new.",
+            )
+        ],
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = services.sent_email_create(
+            sender=request.user,
+            template_id=data.validated_data["template"],
+            recipients=data.validated_data["recipients"],
+            context=data.validated_data["context"],
+            correlation_id=request.correlation_id,
+            idempotency_key=idempotency_key_from(request),
+        )
+        body = {"message": services.SEND_ACCEPTED_MESSAGE, "id": result.email.pk}
+        headers = {} if result.created else {"Idempotent-Replayed": "true"}
+        return Response(self.OutputSerializer(body).data, status=status.HTTP_202_ACCEPTED, headers=headers)

@@ -1,0 +1,68 @@
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+
+
+class EmailTemplate(models.Model):
+    """Subject and HTML body in Django template syntax (`Hello {{ name }}`)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    subject = models.CharField(max_length=998)
+    body = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+    modified = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.name
+
+
+class SentEmail(models.Model):
+    """An accepted send request, rendered, as the sender will deliver it."""
+
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_emails"
+    )
+    # The rendered subject and body are kept, so a later change of the template changes nothing.
+    template = models.ForeignKey(
+        EmailTemplate, null=True, on_delete=models.SET_NULL, related_name="sent_emails"
+    )
+    template_name = models.CharField(max_length=200)
+    from_email = models.EmailField()
+    subject = models.CharField(max_length=998)
+    body = models.TextField()
+    context = models.JSONField(default=dict, blank=True)
+    correlation_id = models.CharField(max_length=64)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    created = models.DateTimeField(db_default=Now(), db_index=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["sender", "created"], name="sent_email_sender_created_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sender", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="sent_email_idempotency_key_uniq",
+            )
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.subject[:60]}"
+
+
+class SentEmailRecipient(models.Model):
+    email = models.ForeignKey(SentEmail, on_delete=models.CASCADE, related_name="recipients")
+    address = models.EmailField()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["email", "address"], name="sent_email_recipient_uniq")
+        ]
+
+    def __str__(self):
+        return self.address

@@ -1,0 +1,83 @@
+"""The message contract every service shares: event names, payloads and their schema versions.
+
+Events are frozen dataclasses with no framework imports. `to_dict()` gives the JSON payload the
+outbox stores and the relay publishes; `from_dict()` reads it back and ignores keys it does not
+know, so additive changes within a version never break a consumer. A breaking change is a new
+version that consumers read side by side. The event id is the AMQP message_id and the dedupe key
+everywhere downstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+
+class ContractError(ValueError):
+    """A payload that does not match the contract (wrong type, unknown version, missing key)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int]
+
+    event_id: str
+    correlation_id: str
+    occurred_at: str  # ISO 8601, UTC
+
+    def to_dict(self) -> dict:
+        return {"type": self.TYPE, "schema_version": self.VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        if data.get("type") != cls.TYPE:
+            raise ContractError(f"expected type {cls.TYPE!r}, got {data.get('type')!r}")
+        if data.get("schema_version") != cls.VERSION:
+            raise ContractError(
+                f"{cls.TYPE}: unsupported schema_version {data.get('schema_version')!r}"
+            )
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ContractError(f"{cls.TYPE}: missing {', '.join(missing)}")
+        values = {name: data[name] for name in names}
+        for name, value in values.items():
+            if isinstance(value, list):
+                values[name] = tuple(value)
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailRequested(Event):
+    """An accepted email, with everything a sender needs to deliver it to every recipient."""
+
+    TYPE: ClassVar[str] = "email.requested"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "sent_email"
+
+    email_id: int
+    owner_id: int
+    template_id: int | None
+    from_email: str
+    reply_to: str | None
+    recipients: tuple[str, ...]
+    subject: str
+    body_html: str
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data["recipients"] = list(self.recipients)
+        return data
+
+
+EVENT_TYPES: dict[str, type[Event]] = {EmailRequested.TYPE: EmailRequested}
+
+
+def event_from_dict(data: dict) -> Event:
+    """Read any known event; raises ContractError for an unknown type or version."""
+    try:
+        event_class = EVENT_TYPES[data["type"]]
+    except (KeyError, TypeError):
+        raise ContractError(f"unknown event type {data.get('type') if isinstance(data, dict) else data!r}") from None
+    return event_class.from_dict(data)

@@ -1,0 +1,77 @@
+"""One application error type and one DRF exception handler: every refusal has the same shape.
+
+    {"message": "<what went wrong>", "errors": {"<field>": ["<why>", ...]}}
+
+Services raise ApplicationError; views never catch.
+"""
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class ApplicationError(Exception):
+    """A refusal the client can act on. `errors` maps a request field to its messages."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: dict[str, list[str]] | None = None,
+        status_code: int = status.HTTP_400_BAD_REQUEST,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or {}
+        self.status_code = status_code
+        self.headers = headers or {}
+
+
+def field_error(field: str, message: str, **kwargs) -> ApplicationError:
+    return ApplicationError(f"Invalid {field}: {message}", errors={field: [message]}, **kwargs)
+
+
+def _flatten(detail) -> dict[str, list[str]]:
+    """DRF nests errors (lists, dicts, dicts of list items); flatten them to field -> [str]."""
+    if isinstance(detail, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            if isinstance(value, dict):
+                for sub_key, messages in _flatten(value).items():
+                    flat[f"{key}.{sub_key}"] = messages
+            elif isinstance(value, list):
+                flat[str(key)] = [str(item) for item in value]
+            else:
+                flat[str(key)] = [str(value)]
+        return flat
+    if isinstance(detail, list):
+        return {"non_field_errors": [str(item) for item in detail]}
+    return {"non_field_errors": [str(detail)]}
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ApplicationError):
+        return Response(
+            {"message": exc.message, "errors": exc.errors},
+            status=exc.status_code,
+            headers=exc.headers,
+        )
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # an unexpected error: Django answers 500 and logs it
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(exc.detail)
+        fields = ", ".join(sorted(errors))
+        response.data = {"message": f"Invalid input: {fields}.", "errors": errors}
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        response.data = {"message": str(detail), "errors": {}}
+    return response

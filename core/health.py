@@ -1,0 +1,17 @@
+"""Probe endpoints: /healthz says the process answers, /readyz that it can reach its database."""
+
+from django.db import connection
+from django.http import JsonResponse
+
+
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request):
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # any failure means "not ready", and the probe must get an answer
+        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
+    return JsonResponse({"status": "ok", "database": "ok"})

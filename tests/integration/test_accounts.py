@@ -1,0 +1,162 @@
+import logging
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+from knox.models import AuthToken
+
+from core.accounts.models import User
+from tests.factories import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+REGISTER = "/api/v1/users/register/"
+LOGIN = "/api/v1/users/login/"
+LOGOUT = "/api/v1/users/logout/"
+TEMPLATES = "/api/v1/emails/email-template/"
+STRONG = "quiet-meadow-Lantern-42"
+
+
+def register(client, **overrides):
+    body = {"email": "Ann@Example.com", "username": "ann", "password": STRONG} | overrides
+    return client.post(REGISTER, body, format="json")
+
+
+def login(client, email, password):
+    return client.post(LOGIN, {"username": email, "password": password}, format="json")
+
+
+def test_register_answers_email_and_username_without_the_password(api_client):
+    response = register(api_client)
+    assert response.status_code == 201
+    assert response.json() == {"email": "ann@example.com", "username": "ann"}
+    user = User.objects.get(username="ann")
+    assert user.check_password(STRONG)
+    assert STRONG not in response.content.decode()
+
+
+def test_duplicate_email_is_refused_case_insensitively(api_client):
+    register(api_client)
+    response = register(api_client, email="ANN@example.COM", username="other")
+    assert response.status_code == 400
+    assert "email" in response.json()["errors"]
+    assert User.objects.count() == 1
+
+
+def test_duplicate_username_is_refused(api_client):
+    register(api_client)
+    response = register(api_client, email="other@example.com")
+    assert response.status_code == 400
+    assert "username" in response.json()["errors"]
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"email": "not-an-email"}, "email"),
+        ({"password": "123"}, "password"),
+        ({"password": "password"}, "password"),
+        ({"password": "ann@example.com1"}, "password"),
+    ],
+)
+def test_invalid_registration_names_the_field(api_client, overrides, field):
+    response = register(api_client, **overrides)
+    assert response.status_code == 400
+    body = response.json()
+    assert field in body["errors"], body
+    assert body["message"]
+    assert not User.objects.exists()
+
+
+@pytest.mark.parametrize("missing", ["email", "username", "password"])
+def test_missing_field_is_named(api_client, missing):
+    body = {"email": "ann@example.com", "username": "ann", "password": STRONG}
+    del body[missing]
+    response = api_client.post(REGISTER, body, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"][missing] == ["This field is required."]
+
+
+def test_password_is_never_logged(api_client, caplog):
+    caplog.set_level(logging.DEBUG)
+    register(api_client)
+    login(api_client, "ann@example.com", STRONG)
+    login(api_client, "ann@example.com", STRONG + "x")
+    assert STRONG not in caplog.text
+
+
+def test_login_answers_email_and_a_token_that_authenticates(api_client, user):
+    response = login(api_client, user.email.upper(), PASSWORD)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["email"] == user.email
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {body['token']}")
+    assert api_client.post(TEMPLATES, {}, format="json").status_code == 403  # known, not staff
+
+
+def test_token_is_stored_hashed(api_client, user):
+    token = login(api_client, user.email, PASSWORD).json()["token"]
+    stored = AuthToken.objects.get(user=user)
+    assert stored.digest != token and token not in stored.digest
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM knox_authtoken")
+        rows = cursor.fetchall()
+    assert not any(token in str(value) for row in rows for value in row)
+
+
+def test_wrong_credentials_give_400_without_token(api_client, user):
+    response = login(api_client, user.email, "wrong password")
+    assert response.status_code == 400
+    assert "token" not in response.json()
+    assert login(api_client, "nobody@example.com", PASSWORD).status_code == 400
+
+
+@override_settings(LOGIN_FAILURE_LIMIT=3)
+def test_repeated_failures_are_throttled(api_client, user):
+    for _ in range(3):
+        assert login(api_client, user.email, "wrong").status_code == 400
+    throttled = login(api_client, user.email, PASSWORD)  # even the right password now
+    assert throttled.status_code == 429
+    assert int(throttled["Retry-After"]) > 0
+    assert "token" not in throttled.json()
+
+
+def test_logout_revokes_the_token(api_client, user):
+    token = login(api_client, user.email, PASSWORD).json()["token"]
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert api_client.post(LOGOUT).status_code == 204
+    assert api_client.post(LOGOUT).status_code == 401
+    assert not AuthToken.objects.filter(user=user).exists()
+
+
+def test_expired_token_is_refused(api_client, user):
+    token = login(api_client, user.email, PASSWORD).json()["token"]
+    AuthToken.objects.filter(user=user).update(expiry=timezone.now() - timedelta(seconds=1))
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert api_client.post(LOGOUT).status_code == 401
+
+
+def test_token_lifetime_comes_from_settings(api_client, user):
+    before = timezone.now()
+    login(api_client, user.email, PASSWORD)
+    after = timezone.now()
+    expiry = AuthToken.objects.get(user=user).expiry
+    assert before + timedelta(days=7) <= expiry <= after + timedelta(days=7)
+
+
+def test_garbage_token_is_refused(api_client):
+    api_client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    response = api_client.post(LOGOUT)
+    assert response.status_code == 401
+    assert response.json()["message"] == "Invalid token."
+
+
+def test_expired_tokens_are_purged(user):
+    from core.accounts.services import token_purge_expired
+
+    AuthToken.objects.create(user=user, expiry=timedelta(seconds=-1))
+    AuthToken.objects.create(user=user)
+    assert token_purge_expired() == 1
+    assert AuthToken.objects.filter(user=user).count() == 1

@@ -1,0 +1,75 @@
+"""Health probes, the OpenAPI schema and docs page, the admin."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_health_and_readiness(api_client):
+    assert api_client.get("/healthz").json() == {"status": "ok"}
+    assert api_client.get("/readyz").json() == {"status": "ok", "database": "ok"}
+
+
+def test_readiness_fails_without_database():
+    # A process whose database does not answer (nothing listens on port 1) must say so.
+    code = (
+        "import django; django.setup();"
+        "from django.test import Client; r = Client().get('/readyz');"
+        "print(r.status_code, r.json()['status'])"
+    )
+    env = os.environ | {"POSTGRES_PORT": "1", "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["503", "unavailable"], result.stderr
+
+
+def test_openapi_schema_lists_the_public_api(api_client):
+    response = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    for path in [
+        "/api/v1/users/register/",
+        "/api/v1/users/login/",
+        "/api/v1/users/logout/",
+        "/api/v1/emails/email-template/",
+        "/api/v1/emails/email-template/{template_id}/",
+        "/api/v1/emails/sent-email/",
+    ]:
+        assert path in paths
+    assert api_client.get("/api/docs/").status_code == 200
+
+
+def test_correlation_id_is_generated_when_absent_and_refused_when_unsafe(api_client):
+    generated = api_client.get("/healthz")["X-Correlation-ID"]
+    assert len(generated) == 32
+    unsafe = api_client.get("/healthz", HTTP_X_CORRELATION_ID="bad id\r\nx")["X-Correlation-ID"]
+    assert unsafe != "bad id\r\nx" and len(unsafe) == 32
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "/admin/accounts/user/",
+        "/admin/emails/emailtemplate/",
+        "/admin/emails/sentemail/",
+        "/admin/outbox/outboxevent/",
+    ],
+)
+def test_admin_pages_open_for_staff(client, page, django_user_model):
+    admin = django_user_model.objects.create_superuser(
+        username="root", email="root@example.com", password="x-Strong-pass-9"
+    )
+    client.force_login(admin)
+    assert client.get(page).status_code == 200
+
+
+def test_unknown_path_is_404(api_client):
+    assert api_client.get("/api/v1/nothing/").status_code == 404

@@ -1,0 +1,52 @@
+import dataclasses
+
+import pytest
+
+from core.contracts import ContractError, EmailRequested, event_from_dict
+from tests.conftest import golden
+
+
+def test_golden_email_requested_round_trips():
+    sample = golden("email.requested", 1)
+    event = EmailRequested.from_dict(sample)
+    assert event.recipients == ("ann@example.com", "bob@example.org")
+    assert event.to_dict() == sample
+
+
+def test_event_from_dict_dispatches_on_type():
+    assert isinstance(event_from_dict(golden("email.requested", 1)), EmailRequested)
+
+
+def test_unknown_keys_are_ignored_so_additive_changes_do_not_break_consumers():
+    sample = golden("email.requested", 1) | {"added_later": "x"}
+    assert EmailRequested.from_dict(sample).email_id == 42
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"schema_version": 2}, "unsupported schema_version 2"),
+        ({"type": "email.sent"}, "expected type 'email.requested'"),
+    ],
+)
+def test_wrong_version_or_type_is_refused(change, message):
+    with pytest.raises(ContractError, match=message):
+        EmailRequested.from_dict(golden("email.requested", 1) | change)
+
+
+def test_missing_key_is_refused():
+    sample = golden("email.requested", 1)
+    del sample["recipients"]
+    with pytest.raises(ContractError, match="missing recipients"):
+        EmailRequested.from_dict(sample)
+
+
+def test_unknown_type_is_refused():
+    with pytest.raises(ContractError, match="unknown event type"):
+        event_from_dict({"type": "nope"})
+
+
+def test_events_are_frozen():
+    event = EmailRequested.from_dict(golden("email.requested", 1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.subject = "changed"

@@ -1,0 +1,32 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _import_settings(**env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SEND_"))}
+    return subprocess.run(
+        [sys.executable, "-c", "import command_api.settings"],
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_secret_key_is_required_when_debug_is_off():
+    result = _import_settings(DJANGO_DEBUG="false")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is required" in result.stderr
+
+
+def test_local_development_needs_no_configuration():
+    assert _import_settings(DJANGO_DEBUG="true").returncode == 0
+
+
+def test_bad_boolean_is_refused_with_its_name():
+    result = _import_settings(DJANGO_DEBUG="maybe")
+    assert "DJANGO_DEBUG must be true or false" in result.stderr
