@@ -160,3 +160,12 @@ def test_expired_tokens_are_purged(user):
     AuthToken.objects.create(user=user)
     assert token_purge_expired() == 1
     assert AuthToken.objects.filter(user=user).count() == 1
+
+
+def test_expired_token_purge_is_scheduled():
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    job = Schedule.objects.get(name="token_purge_expired")
+    assert job.schedule_type == Schedule.HOURLY and job.repeats < 0
+    assert import_string(job.func)() == 0
