@@ -5,7 +5,7 @@
 Services raise ApplicationError; views never catch.
 """
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -58,6 +58,11 @@ def exception_handler(exc, context):
             {"message": exc.message, "errors": exc.errors},
             status=exc.status_code,
             headers=exc.headers,
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"message": "The request body is too large.", "errors": {}},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

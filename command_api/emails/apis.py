@@ -93,11 +93,17 @@ def idempotency_key_from(request) -> str | None:
 
 class SentEmailCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SentEmailInput"
+
         recipients = serializers.ListField(child=serializers.CharField(trim_whitespace=False))
         template = serializers.IntegerField(min_value=1)
         context = serializers.DictField(required=False, default=dict)
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SentEmailAccepted"
+
         message = serializers.CharField()
         id = serializers.IntegerField()
 

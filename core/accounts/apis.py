@@ -12,11 +12,17 @@ class RegisterApi(APIView):
     permission_classes = [AllowAny]
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "RegisterInput"
+
         email = serializers.EmailField(max_length=254)
         username = serializers.CharField(max_length=150)
         password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "RegisterOutput"
+
         email = serializers.EmailField()
         username = serializers.CharField()
 
@@ -33,10 +39,16 @@ class LoginApi(APIView):
     permission_classes = [AllowAny]
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "LoginInput"
+
         username = serializers.CharField(max_length=254, help_text="The user's email address.")
         password = serializers.CharField(max_length=128, trim_whitespace=False)
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "LoginOutput"
+
         email = serializers.EmailField(source="user.email")
         token = serializers.CharField()
         expiry = serializers.DateTimeField()

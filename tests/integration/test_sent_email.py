@@ -278,3 +278,11 @@ def test_concurrent_requests_with_one_idempotency_key_write_one_email():
     assert [a.status_code for a in answers] == [202] * 4
     assert len({a.json()["id"] for a in answers}) == 1
     assert written_counts() == (1, 2, 1)
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=10_000)
+def test_oversized_body_is_413_and_writes_nothing(user_client, template):
+    response = send(user_client, template, [f"r{i}@example.com" for i in range(1000)])
+    assert response.status_code == 413
+    assert response.json()["message"] == "The request body is too large."
+    assert written_counts() == (0, 0, 0)
