@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/users/", include("core.accounts.urls")),
     path("api/v1/emails/", include("command_api.emails.urls")),
+    path("api/v1/ops/", include("command_api.ops.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -152,6 +152,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("REQUEST_MAX_BYTES", 1024 * 1024)
 
 # RabbitMQ: the command API never talks to it; the relay and the workers do.
 RABBITMQ_URL = env_str("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+BROKER_PREFIX = env_str("BROKER_PREFIX", "emails")
+
+# Outbox relay.
+OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)
+OUTBOX_POLL_INTERVAL_MS = env_int("OUTBOX_POLL_INTERVAL_MS", 1000)
+OUTBOX_CONFIRM_TIMEOUT_MS = env_int("OUTBOX_CONFIRM_TIMEOUT_MS", 10_000)
+OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 7)
+OUTBOX_RELAY_HTTP_PORT = env_int("OUTBOX_RELAY_HTTP_PORT", 9101)
 
 Q_CLUSTER = {
     "name": "emails",

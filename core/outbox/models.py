@@ -22,8 +22,14 @@ class OutboxEvent(models.Model):
         db_default=Now(), help_text="Not published before this time (scheduling, retry backoff)."
     )
     published_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set when the broker refused the event; a replay clears it."
+    )
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    last_replay = models.ForeignKey(
+        "OutboxReplay", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
 
     class Meta:
         db_table = "outbox"
@@ -32,8 +38,16 @@ class OutboxEvent(models.Model):
             # "Unpublished and due, oldest first" is a range scan of this small partial index.
             models.Index(
                 fields=["not_before"],
-                name="outbox_unpublished_due_idx",
-                condition=models.Q(published_at__isnull=True),
+                name="outbox_pending_due_idx",
+                condition=models.Q(published_at__isnull=True, failed_at__isnull=True),
+            ),
+            models.Index(
+                fields=["published_at"],
+                name="outbox_published_idx",
+                condition=models.Q(published_at__isnull=False),
+            ),
+            models.Index(
+                fields=["failed_at"], name="outbox_failed_idx", condition=models.Q(failed_at__isnull=False)
             ),
             models.Index(fields=["aggregatetype", "aggregateid"], name="outbox_aggregate_idx"),
             models.Index(fields=["created_at"], name="outbox_created_idx"),
@@ -41,3 +55,20 @@ class OutboxEvent(models.Model):
 
     def __str__(self):
         return f"{self.type} {self.id}"
+
+
+class OutboxReplay(models.Model):
+    """Who put which published or failed events back into the outbox, when, and why."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    actor = models.CharField(max_length=150, help_text="The staff user or the CLI's operator.")
+    via = models.CharField(max_length=16, help_text="cli, api or admin")
+    filters = models.JSONField(help_text="The selection, as given.")
+    event_count = models.PositiveIntegerField()
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"replay #{self.pk} of {self.event_count} by {self.actor}"

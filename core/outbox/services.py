@@ -1,13 +1,24 @@
-"""The outbox writer: every service that changes state records its events through here."""
+"""The outbox writer (every service that changes state records its events through here), and
+the ops operations on the outbox: replay and purge."""
 
 import uuid
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+import structlog
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone
 
 from core.contracts import Event
-from core.outbox.models import OutboxEvent
+from core.errors import ApplicationError
+from core.outbox.models import OutboxEvent, OutboxReplay
+from core.outbox.selectors import OutboxFilter, outbox_event_list
+
+log = structlog.get_logger(__name__)
 
 
 def new_event_id() -> str:
@@ -44,7 +55,97 @@ def outbox_event_add(
     if not_before is not None:
         row.not_before = not_before
     row.save(force_insert=True)
+    _notify()
+    return row
+
+
+# Ops: replay and purge -----------------------------------------------------------------------
+
+REPLAY_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    count: int
+    dry_run: bool
+    replay: OutboxReplay | None
+    sample: list[OutboxEvent]
+
+
+def outbox_replay(
+    *,
+    selection: OutboxFilter,
+    actor: str,
+    via: str,
+    reason: str = "",
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Put the published or failed rows of `selection` back into the outbox, unchanged: the relay
+    publishes them again with the same event ids, so idempotent consumers skip what they already
+    handled. Rows still pending are left alone (they will go anyway). Records who replayed what
+    and when. `dry_run` only counts. Refuses an empty selection (ApplicationError)."""
+    if selection.is_empty():
+        raise ApplicationError(
+            "Name what to replay: an event id, an aggregate id, an event type or a time range.",
+            errors={"selection": ["At least one of event_ids, aggregate_id, event_type, since, until."]},
+        )
+    candidates = outbox_event_list(selection=selection).filter(
+        Q(published_at__isnull=False) | Q(failed_at__isnull=False)
+    )
+    count = candidates.count()
+    sample = list(candidates[:20])
+    if dry_run or count == 0:
+        return ReplayResult(count=count, dry_run=dry_run, replay=None, sample=sample)
+
+    with transaction.atomic():
+        replay = OutboxReplay.objects.create(
+            actor=actor, via=via, filters=selection.describe(), event_count=count, reason=reason
+        )
+        ids = list(candidates.values_list("id", flat=True))
+        done = 0
+        for start in range(0, len(ids), REPLAY_CHUNK):
+            chunk = ids[start : start + REPLAY_CHUNK]
+            done += OutboxEvent.objects.filter(id__in=chunk).update(
+                published_at=None, failed_at=None, not_before=Now(), last_error="", last_replay=replay
+            )
+            if progress:
+                progress(len(chunk))
+        replay.event_count = done
+        replay.save(update_fields=["event_count"])
+        _notify()
+    log.info("outbox_replayed", replay_id=replay.pk, events=done, actor=actor, via=via)
+    return ReplayResult(count=done, dry_run=False, replay=replay, sample=sample)
+
+
+PURGE_CHUNK = 5000
+
+
+def outbox_purge_published(
+    *, older_than: timedelta | None = None, dry_run: bool = False, progress: Callable[[int], None] | None = None
+) -> int:
+    """Delete rows published longer than `older_than` ago (default OUTBOX_RETENTION_DAYS), in
+    chunks of short transactions. Never touches unpublished or failed rows. Returns the count."""
+    if older_than is None:
+        older_than = timedelta(days=settings.OUTBOX_RETENTION_DAYS)
+    old = OutboxEvent.objects.filter(published_at__lt=timezone.now() - older_than)
+    if dry_run:
+        return old.count()
+    deleted = 0
+    while True:
+        chunk = list(old.values_list("id", flat=True)[:PURGE_CHUNK])
+        if not chunk:
+            break
+        # Replay records keep their counts; the rows they pointed at go.
+        count, _ = OutboxEvent.objects.filter(id__in=chunk).delete()
+        deleted += count
+        if progress:
+            progress(count)
+    log.info("outbox_purged", deleted=deleted, older_than_days=older_than.days)
+    return deleted
+
+
+def _notify() -> None:
     if settings.OUTBOX_NOTIFY:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
-    return row

@@ -1,0 +1,174 @@
+"""The RabbitMQ topology every service declares at start, and how to connect.
+
+One topic exchange carries every event, routed by its type (`email.requested`, `email.sent` …).
+Each consumer owns a durable quorum queue bound to the types it needs, with an explicit delivery
+limit (RabbitMQ 3.10 has no default) and at-least-once dead-lettering into its own dead-letter
+queue, which nothing consumes. A consumer that retries later gets delay queues: a message parked
+there expires after the tier's TTL and is dead-lettered back to the work queue.
+
+Declaring is idempotent. A queue that already exists with other arguments makes the broker refuse
+the declaration (PRECONDITION_FAILED); `declare_topology` turns that into TopologyMismatch so a
+service stops at start instead of running against a topology it does not expect.
+
+Every name starts with BROKER_PREFIX, so tests (and several environments on one broker) never see
+each other's messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pika
+from pika.exceptions import ChannelClosedByBroker
+
+
+class TopologyMismatch(RuntimeError):
+    """The broker holds an exchange or queue of the same name with other arguments."""
+
+
+@dataclass(frozen=True)
+class ConsumerQueue:
+    role: str  # "sender", "projector"
+    routing_keys: tuple[str, ...]
+    delivery_limit: int
+    retry_delays_ms: tuple[int, ...] = ()
+
+
+# Who consumes what. The relay declares every queue too, so an event published before its
+# consumer first started is kept, not returned as unroutable.
+CONSUMERS: tuple[ConsumerQueue, ...] = (
+    ConsumerQueue(
+        role="sender",
+        routing_keys=("email.requested",),
+        delivery_limit=5,
+        retry_delays_ms=(1_000, 10_000, 60_000, 300_000),
+    ),
+    ConsumerQueue(role="projector", routing_keys=("email.#",), delivery_limit=5),
+)
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    consumers: tuple[ConsumerQueue, ...] = field(default=CONSUMERS)
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    def queue(self, role: str) -> str:
+        return f"{self.prefix}.{role}"
+
+    def dead_letter_queue(self, role: str) -> str:
+        return f"{self.prefix}.{role}.dlq"
+
+    def delay_queue(self, role: str, delay_ms: int) -> str:
+        return f"{self.prefix}.{role}.retry.{delay_ms}ms"
+
+    def consumer(self, role: str) -> ConsumerQueue:
+        return next(c for c in self.consumers if c.role == role)
+
+    def all_queues(self) -> list[str]:
+        names = []
+        for consumer in self.consumers:
+            names += [self.queue(consumer.role), self.dead_letter_queue(consumer.role)]
+            names += [self.delay_queue(consumer.role, d) for d in consumer.retry_delays_ms]
+        return names
+
+
+def _quorum_arguments(**extra) -> dict:
+    return {"x-queue-type": "quorum", **extra}
+
+
+def declarations(topology: Topology) -> list[tuple[str, dict]]:
+    """Every exchange, queue and binding, as (method, kwargs) pairs for a pika channel."""
+    steps: list[tuple[str, dict]] = [
+        ("exchange_declare", {"exchange": topology.exchange, "exchange_type": "topic", "durable": True}),
+        (
+            "exchange_declare",
+            {"exchange": topology.dead_letter_exchange, "exchange_type": "direct", "durable": True},
+        ),
+    ]
+    for consumer in topology.consumers:
+        work = topology.queue(consumer.role)
+        dead = topology.dead_letter_queue(consumer.role)
+        steps.append(("queue_declare", {"queue": dead, "durable": True, "arguments": _quorum_arguments()}))
+        steps.append(
+            ("queue_bind", {"queue": dead, "exchange": topology.dead_letter_exchange, "routing_key": work})
+        )
+        steps.append(
+            (
+                "queue_declare",
+                {
+                    "queue": work,
+                    "durable": True,
+                    "arguments": _quorum_arguments(
+                        **{
+                            "x-delivery-limit": consumer.delivery_limit,
+                            "x-dead-letter-exchange": topology.dead_letter_exchange,
+                            "x-dead-letter-routing-key": work,
+                            # at-least-once dead-lettering needs reject-publish overflow
+                            "x-dead-letter-strategy": "at-least-once",
+                            "x-overflow": "reject-publish",
+                        }
+                    ),
+                },
+            )
+        )
+        for key in consumer.routing_keys:
+            steps.append(("queue_bind", {"queue": work, "exchange": topology.exchange, "routing_key": key}))
+        for delay in consumer.retry_delays_ms:
+            steps.append(
+                (
+                    "queue_declare",
+                    {
+                        "queue": topology.delay_queue(consumer.role, delay),
+                        "durable": True,
+                        "arguments": _quorum_arguments(
+                            **{
+                                "x-message-ttl": delay,
+                                "x-dead-letter-exchange": "",  # the default exchange: by queue name
+                                "x-dead-letter-routing-key": work,
+                                "x-dead-letter-strategy": "at-least-once",
+                                "x-overflow": "reject-publish",
+                            }
+                        ),
+                    },
+                )
+            )
+    return steps
+
+
+def declare_topology(channel, topology: Topology) -> None:
+    """Declare everything on a blocking channel. Raises TopologyMismatch when the broker has an
+    incompatible declaration of the same name (the channel is closed then)."""
+    for method, kwargs in declarations(topology):
+        try:
+            getattr(channel, method)(**kwargs)
+        except ChannelClosedByBroker as exc:
+            if exc.reply_code == 406:
+                raise TopologyMismatch(
+                    f"{method} {kwargs.get('queue') or kwargs.get('exchange')}: {exc.reply_text}"
+                ) from exc
+            raise
+
+
+def topology_from_settings() -> Topology:
+    from django.conf import settings
+
+    return Topology(prefix=settings.BROKER_PREFIX)
+
+
+def connection_parameters(url: str, *, heartbeat: int = 30, name: str = "") -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat
+    params.blocked_connection_timeout = None  # we pause while blocked instead of timing out
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    if name:
+        params.client_properties = {"connection_name": name}
+    return params

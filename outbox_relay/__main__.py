@@ -1,0 +1,229 @@
+"""The outbox relay and its ops CLI.
+
+    python -m outbox_relay run                      relay the outbox to RabbitMQ until SIGTERM
+    python -m outbox_relay status                   backlog, oldest due age, last hour, failing rows
+    python -m outbox_relay list [filters]           rows, oldest first
+    python -m outbox_relay replay FILTERS [--dry-run]   publish rows again, same event ids
+    python -m outbox_relay purge [--older-than-days N] [--dry-run]
+
+Filters: --event-id ID (repeatable), --aggregate ID, --type TYPE, --since/--until ISO time,
+and for list also --state pending|published|failed and --failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from datetime import datetime, timedelta
+
+
+def _time(value: str) -> datetime:
+    from django.utils.dateparse import parse_date, parse_datetime
+    from django.utils.timezone import is_naive, make_aware
+
+    parsed = parse_datetime(value)
+    if parsed is None and (day := parse_date(value)) is not None:
+        parsed = datetime(day.year, day.month, day.day)
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {value!r}")
+    return make_aware(parsed) if is_naive(parsed) else parsed
+
+
+def _selection(args):
+    from core.outbox.selectors import OutboxFilter
+
+    return OutboxFilter(
+        event_ids=tuple(args.event_id or ()),
+        aggregate_id=args.aggregate,
+        event_type=args.type,
+        since=args.since,
+        until=args.until,
+        state=getattr(args, "state", None),
+        failing=getattr(args, "failing", False),
+    )
+
+
+def _row(event) -> dict:
+    return {
+        "id": str(event.id),
+        "type": event.type,
+        "aggregate": f"{event.aggregatetype}:{event.aggregateid}",
+        "created_at": event.created_at.isoformat(),
+        "published_at": event.published_at.isoformat() if event.published_at else None,
+        "failed_at": event.failed_at.isoformat() if event.failed_at else None,
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+    }
+
+
+def _print_rows(rows, as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    print(f"{'id':36}  {'type':18}  {'aggregate':22}  {'created':19}  {'state':9}  attempts  error")
+    for row in rows:
+        state = "failed" if row["failed_at"] else "published" if row["published_at"] else "pending"
+        print(
+            f"{row['id']:36}  {row['type']:18}  {row['aggregate']:22}  {row['created_at'][:19]:19}  "
+            f"{state:9}  {row['attempts']:8}  {row['last_error'][:60]}"
+        )
+
+
+def command_run(args) -> int:
+    from django.conf import settings
+
+    from core.broker import topology_from_settings
+    from core.worker_http import Health, serve
+    from outbox_relay.publisher import ConfirmingPublisher
+    from outbox_relay.relay import RelayConfig, RelayWorker
+
+    config = RelayConfig(
+        database=settings.DATABASES["default"],
+        broker_url=settings.RABBITMQ_URL,
+        notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
+        batch_size=settings.OUTBOX_BATCH_SIZE,
+        poll_interval=settings.OUTBOX_POLL_INTERVAL_MS / 1000,
+        confirm_timeout=settings.OUTBOX_CONFIRM_TIMEOUT_MS / 1000,
+        crash_after_confirm=os.environ.get("OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM") == "1",
+    )
+    health = Health()
+    if args.http_port:
+        serve(health, host=args.http_host, port=args.http_port)
+    publisher = ConfirmingPublisher(url=config.broker_url, topology=topology_from_settings())
+    worker = RelayWorker(config, publisher, health)
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+def command_status(args) -> int:
+    from dataclasses import asdict
+
+    from core.outbox.selectors import outbox_status
+
+    status = asdict(outbox_status())
+    if args.json:
+        print(json.dumps(status))
+    else:
+        for key, value in status.items():
+            print(f"{key:24} {value}")
+    return 0
+
+
+def command_list(args) -> int:
+    from core.outbox.selectors import outbox_event_list
+
+    rows = outbox_event_list(selection=_selection(args))[: args.limit]
+    _print_rows([_row(event) for event in rows], args.json)
+    return 0
+
+
+def command_replay(args) -> int:
+    from tqdm import tqdm
+
+    from core.errors import ApplicationError
+    from core.outbox.services import outbox_replay
+
+    selection = _selection(args)
+    try:
+        preview = outbox_replay(selection=selection, actor=args.actor, via="cli", dry_run=True)
+    except ApplicationError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"{preview.count} published or failed events match {json.dumps(selection.describe())}")
+    _print_rows([_row(event) for event in preview.sample], False)
+    if preview.count > len(preview.sample):
+        print(f"... and {preview.count - len(preview.sample)} more")
+    if args.dry_run or preview.count == 0:
+        print("dry run: nothing changed" if args.dry_run else "nothing to replay")
+        return 0
+    with tqdm(total=preview.count, unit="event", desc="replay", file=sys.stderr) as bar:
+        result = outbox_replay(
+            selection=selection, actor=args.actor, via="cli", reason=args.reason, progress=bar.update
+        )
+    print(f"replayed {result.count} events as replay #{result.replay.pk} by {args.actor}")
+    return 0
+
+
+def command_purge(args) -> int:
+    from django.conf import settings
+    from tqdm import tqdm
+
+    from core.outbox.services import outbox_purge_published
+
+    days = args.older_than_days if args.older_than_days is not None else settings.OUTBOX_RETENTION_DAYS
+    older_than = timedelta(days=days)
+    count = outbox_purge_published(older_than=older_than, dry_run=True)
+    if args.dry_run:
+        print(f"{count} published rows older than {days} days would be deleted (dry run)")
+        return 0
+    with tqdm(total=count, unit="row", desc="purge", file=sys.stderr) as bar:
+        deleted = outbox_purge_published(older_than=older_than, progress=bar.update)
+    print(f"deleted {deleted} published rows older than {days} days")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m outbox_relay", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = root.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser("run", help="relay the outbox to RabbitMQ until SIGTERM")
+    run.add_argument("--http-host", default=os.environ.get("OUTBOX_RELAY_HTTP_HOST", "0.0.0.0"))
+    run.add_argument("--http-port", type=int, default=None,
+                     help="probes and /metrics (default OUTBOX_RELAY_HTTP_PORT; 0: none)")
+    run.set_defaults(func=command_run)
+
+    status = verbs.add_parser("status", help="backlog, oldest due age, published last hour, failing rows")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=command_status)
+
+    def filters(p, *, for_list: bool):
+        p.add_argument("--event-id", action="append", metavar="ID", help="repeatable")
+        p.add_argument("--aggregate", metavar="ID", help="the aggregate id, e.g. an email id")
+        p.add_argument("--type", metavar="TYPE", help="the event type, e.g. email.requested")
+        p.add_argument("--since", type=_time, metavar="TIME", help="created at or after (ISO 8601)")
+        p.add_argument("--until", type=_time, metavar="TIME", help="created at or before (ISO 8601)")
+        if for_list:
+            p.add_argument("--state", choices=["pending", "published", "failed"])
+            p.add_argument("--failing", action="store_true", help="failed, or pending after an error")
+
+    listing = verbs.add_parser("list", help="outbox rows, oldest first")
+    filters(listing, for_list=True)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=command_list)
+
+    replay = verbs.add_parser("replay", help="publish events again with their own ids")
+    filters(replay, for_list=False)
+    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    replay.add_argument("--reason", default="", help="recorded with the replay")
+    replay.add_argument("--actor", default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
+                        help="who replays (default $OPS_ACTOR or the login name)")
+    replay.set_defaults(func=command_replay)
+
+    purge = verbs.add_parser("purge", help="delete published rows older than the retention period")
+    purge.add_argument("--older-than-days", type=int, default=None, help="default OUTBOX_RETENTION_DAYS")
+    purge.add_argument("--dry-run", action="store_true")
+    purge.set_defaults(func=command_purge)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "outbox_relay.settings")
+    args = parser().parse_args(argv)
+    import django
+
+    django.setup()
+    if args.verb == "run" and args.http_port is None:
+        from django.conf import settings
+
+        args.http_port = settings.OUTBOX_RELAY_HTTP_PORT
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""The outbox relay: publish outbox rows to RabbitMQ, never losing one.
+
+`relay_batch` is the whole job for one batch, in one short transaction: claim due, unpublished
+rows (FOR UPDATE SKIP LOCKED, oldest due first), publish them all, wait once for their confirms,
+mark exactly the confirmed rows published and the returned (unroutable) ones dead, commit. What
+was not confirmed (a nack, a timeout, a lost connection) stays unpublished with the attempt and
+the error recorded, and is claimed again; consumers dedupe on the event id. A relay killed at any
+point loses nothing: its transaction rolls back and the rows are claimed again. Killed after the
+broker confirmed and before the commit, its rows are published a second time (same event ids).
+
+Several relays may run at once (rolling deploys, 2 replicas): SKIP LOCKED gives each its own
+rows, and a row another relay has just published no longer matches the claim once re-checked, so
+no row is published twice in normal operation. Order holds within one relay's batch; across
+relays, events of different batches may interleave.
+
+`RelayWorker` is the process around it: LISTEN/NOTIFY wake-ups with a polling fallback, capped
+reconnect backoff, a pause while the broker blocks the connection, SIGTERM handling, metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extensions
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
+
+log = structlog.get_logger(__name__)
+
+CLAIM_SQL = """
+    SELECT id, type, payload::text, headers::text
+      FROM outbox
+     WHERE published_at IS NULL AND failed_at IS NULL AND not_before <= now()
+     ORDER BY not_before
+     LIMIT %s
+       FOR UPDATE SKIP LOCKED
+"""
+MARK_PUBLISHED_SQL = """
+    UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = ''
+     WHERE id = ANY(%s::uuid[])
+"""
+MARK_DEAD_SQL = """
+    UPDATE outbox AS o SET failed_at = now(), attempts = o.attempts + 1, last_error = r.error
+      FROM unnest(%s::uuid[], %s::text[]) AS r(id, error)
+     WHERE o.id = r.id
+"""
+MARK_RETRY_SQL = """
+    UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s::uuid[])
+"""
+BACKLOG_SQL = """
+    SELECT count(*) FILTER (WHERE failed_at IS NULL AND not_before <= now()),
+           coalesce(extract(epoch FROM now() - min(not_before)
+                    FILTER (WHERE failed_at IS NULL AND not_before <= now())), 0),
+           count(*) FILTER (WHERE failed_at IS NOT NULL)
+      FROM outbox
+     WHERE published_at IS NULL
+"""
+
+PUBLISHED = Counter("outbox_relay_published_total", "Outbox rows published and confirmed")
+DEAD = Counter("outbox_relay_dead_total", "Outbox rows the broker returned as unroutable")
+FAILURES = Counter("outbox_relay_failures_total", "Batches or connections that failed", ["reason"])
+BATCH_SIZE = Histogram(
+    "outbox_relay_batch_size", "Rows claimed per batch", buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000)
+)
+BATCH_SECONDS = Histogram(
+    "outbox_relay_batch_duration_seconds",
+    "Claim, publish, confirm and commit of one batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DB_STATEMENTS = Counter("outbox_relay_db_statements_total", "Statements sent to Postgres by batches")
+BACKLOG = Gauge("outbox_backlog", "Unpublished rows that are due")
+OLDEST_AGE = Gauge("outbox_oldest_unpublished_age_seconds", "How long the oldest due row has waited")
+DEAD_ROWS = Gauge("outbox_dead_rows", "Rows the broker refused, waiting for ops to replay them")
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    claimed: int
+    published: int = 0
+    dead: int = 0
+    unconfirmed: int = 0
+    error: str | None = None
+
+
+def relay_batch(
+    conn,
+    publisher: ConfirmingPublisher,
+    *,
+    limit: int,
+    confirm_timeout: float,
+    crash_after_confirm: bool = False,
+) -> BatchOutcome:
+    """Relay at most `limit` due rows in one transaction of `conn` (psycopg2, not autocommit).
+
+    Returns what happened; raises PublisherUnavailable (nothing was published, the claim is
+    rolled back) and psycopg2 errors (the transaction is lost; the rows are claimed again).
+    """
+    statements = 2  # BEGIN and the claim
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(CLAIM_SQL, [limit])
+            rows = cursor.fetchall()
+            if not rows:
+                conn.rollback()
+                statements += 1
+                return BatchOutcome(claimed=0)
+            result: BatchResult = publisher.publish_batch(
+                [message_from_row(*row) for row in rows], timeout=confirm_timeout
+            )
+            if crash_after_confirm:
+                os._exit(70)  # test hook: the broker has confirmed, the commit never happens
+            if result.confirmed:
+                cursor.execute(MARK_PUBLISHED_SQL, [result.confirmed])
+                statements += 1
+            if result.returned:
+                cursor.execute(MARK_DEAD_SQL, [list(result.returned), list(result.returned.values())])
+                statements += 1
+            retry = result.nacked + result.unconfirmed
+            if retry:
+                reason = "nacked by the broker" if result.nacked else result.error
+                cursor.execute(MARK_RETRY_SQL, [reason or "unconfirmed", retry])
+                statements += 1
+        conn.commit()
+        statements += 1
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    finally:
+        DB_STATEMENTS.inc(statements)
+    PUBLISHED.inc(len(result.confirmed))
+    DEAD.inc(len(result.returned))
+    for event_id, reason in result.returned.items():
+        log.error("outbox_event_unroutable", event_id=event_id, reason=reason)
+    return BatchOutcome(
+        claimed=len(rows),
+        published=len(result.confirmed),
+        dead=len(result.returned),
+        unconfirmed=len(retry),
+        error=result.error,
+    )
+
+
+def connect_postgres(database: dict, *, application_name: str, idle_in_transaction_ms: int):
+    options = f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms} -c application_name={application_name}"
+    return psycopg2.connect(
+        host=database["HOST"],
+        port=database["PORT"],
+        dbname=database["NAME"],
+        user=database["USER"],
+        password=database["PASSWORD"],
+        connect_timeout=database.get("OPTIONS", {}).get("connect_timeout", 5),
+        options=options,
+    )
+
+
+class Backoff:
+    """Capped exponential backoff: 0.5 s, 1 s, 2 s … up to `cap`; reset after a success."""
+
+    def __init__(self, *, initial: float = 0.5, cap: float = 30.0):
+        self.initial, self.cap, self.current = initial, cap, initial
+
+    def next(self) -> float:
+        delay, self.current = self.current, min(self.current * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.initial
+
+
+class Outages:
+    """Log each outage of a dependency once when it starts and once when it ends."""
+
+    def __init__(self, health):
+        self._since: dict[str, float] = {}
+        self._health = health
+
+    def down(self, dependency: str, error: Exception | str) -> None:
+        self._health.set(dependency, False)
+        FAILURES.labels(reason=f"{dependency}_unavailable").inc()
+        if dependency not in self._since:
+            self._since[dependency] = time.monotonic()
+            log.warning(f"{dependency}_unavailable", error=str(error))
+
+    def up(self, dependency: str) -> None:
+        self._health.set(dependency, True)
+        started = self._since.pop(dependency, None)
+        if started is not None:
+            log.info(f"{dependency}_recovered", outage_seconds=round(time.monotonic() - started, 1))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    database: dict
+    broker_url: str
+    notify_channel: str | None  # None: poll only
+    batch_size: int
+    poll_interval: float
+    confirm_timeout: float
+    stats_interval: float = 5.0
+    crash_after_confirm: bool = False
+
+
+class RelayWorker:
+    def __init__(self, config: RelayConfig, publisher: ConfirmingPublisher, health):
+        self.config = config
+        self.publisher = publisher
+        self.health = health
+        self.outages = Outages(health)
+        self._conn = None
+        self._listen = None
+        self._stop_read, self._stop_write = os.pipe()
+        os.set_blocking(self._stop_write, False)
+        self._stopping = False
+        self._next_stats = 0.0
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            os.write(self._stop_write, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> int:
+        """Relay until stopped; reconnects on its own. Returns the exit code (0 after SIGTERM)."""
+        backoff = Backoff()
+        log.info("relay_started", batch_size=self.config.batch_size, notify=bool(self.config.notify_channel))
+        while not self._stopping:
+            self.health.tick()
+            try:
+                self._connect()
+                backoff.reset()
+                self._relay_until_stopped()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self.outages.down("postgres", exc)
+                self._close_postgres()
+            except PublisherUnavailable as exc:
+                self.outages.down("rabbitmq", exc)
+                self.publisher.close()
+            if not self._stopping:
+                self._sleep(backoff.next())
+        self._close_postgres()
+        self.publisher.close()
+        log.info("relay_stopped")
+        return 0
+
+    def _connect(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect_postgres(
+                self.config.database,
+                application_name="outbox-relay",
+                idle_in_transaction_ms=int(max(60.0, 3 * self.config.confirm_timeout) * 1000),
+            )
+            if self.config.notify_channel:
+                self._listen = connect_postgres(
+                    self.config.database, application_name="outbox-relay-listen", idle_in_transaction_ms=0
+                )
+                self._listen.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+                with self._listen.cursor() as cursor:
+                    cursor.execute(f'LISTEN "{self.config.notify_channel}"')
+        self.outages.up("postgres")
+        if not self.publisher.is_open:
+            self.publisher.connect()
+        self.outages.up("rabbitmq")
+
+    def _close_postgres(self) -> None:
+        for conn in (self._conn, self._listen):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._conn = self._listen = None
+
+    # The loop --------------------------------------------------------------------------------
+
+    def _relay_until_stopped(self) -> None:
+        while not self._stopping:
+            self.health.tick()
+            self._refresh_stats()
+            if self.publisher.blocked:  # the broker is short of memory or disk: do not claim
+                self.publisher.wait([self._stop_read], self.config.poll_interval)
+                continue
+            started = time.perf_counter()
+            outcome = relay_batch(
+                self._conn,
+                self.publisher,
+                limit=self.config.batch_size,
+                confirm_timeout=self.config.confirm_timeout,
+                crash_after_confirm=self.config.crash_after_confirm,
+            )
+            if outcome.claimed:
+                BATCH_SIZE.observe(outcome.claimed)
+                BATCH_SECONDS.observe(time.perf_counter() - started)
+                log.debug("relay_batch_published", claimed=outcome.claimed, published=outcome.published)
+            if outcome.unconfirmed:
+                FAILURES.labels(reason="unconfirmed").inc()
+                log.warning("relay_batch_unconfirmed", unconfirmed=outcome.unconfirmed, error=outcome.error)
+                if not self.publisher.is_open:
+                    raise PublisherUnavailable(outcome.error or "connection lost")
+            if outcome.claimed == self.config.batch_size:
+                continue  # a full batch: there is probably more, go on at once
+            self._wait_for_work()
+
+    def _wait_for_work(self) -> None:
+        fds = [self._stop_read] + ([self._listen.fileno()] if self._listen is not None else [])
+        self.publisher.wait(fds, self.config.poll_interval)
+        if self._listen is not None:
+            self._listen.poll()  # raises OperationalError when Postgres went away
+            self._listen.notifies.clear()
+        if not self.publisher.is_open:
+            raise PublisherUnavailable("connection lost while idle")
+
+    def _refresh_stats(self) -> None:
+        now = time.monotonic()
+        if now < self._next_stats:
+            return
+        self._next_stats = now + self.config.stats_interval
+        with self._conn.cursor() as cursor:
+            cursor.execute(BACKLOG_SQL)
+            backlog, oldest_age, dead = cursor.fetchone()
+        self._conn.rollback()
+        BACKLOG.set(backlog)
+        OLDEST_AGE.set(float(oldest_age))
+        DEAD_ROWS.set(dead)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking at once on stop."""
+        select.select([self._stop_read], [], [], seconds)
