@@ -50,3 +50,31 @@ def staff_client(staff):
 @pytest.fixture
 def template(db):
     return EmailTemplateFactory()
+
+
+@pytest.fixture
+def topology():
+    """A broker topology of this test's own (unique name prefix), deleted afterwards."""
+    from tests import broker
+
+    declared = broker.new_topology()
+    broker.declare(declared)
+    yield declared
+    broker.delete(declared)
+
+
+@pytest.fixture
+def relays():
+    """Start relay processes with relays(topology, **env); all are stopped after the test."""
+    from tests.broker import RelayProcess
+
+    started = []
+
+    def start(topology, **env):
+        relay = RelayProcess(topology, **env).start()
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop_quietly()

@@ -1,0 +1,223 @@
+"""Helpers for tests against the real RabbitMQ: a topology of its own per test, collecting what
+arrives on a queue, and the relay as a real OS process."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pika
+from django.conf import settings
+from django.db import connection
+
+from core.broker import Topology, declare_topology
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def blocking_connection() -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(settings.RABBITMQ_URL))
+
+
+def new_topology(**kwargs) -> Topology:
+    return Topology(prefix=f"test-{uuid.uuid4().hex[:10]}", **kwargs)
+
+
+def declare(topology: Topology) -> None:
+    conn = blocking_connection()
+    try:
+        declare_topology(conn.channel(), topology)
+    finally:
+        conn.close()
+
+
+def delete(topology: Topology) -> None:
+    conn = blocking_connection()
+    try:
+        channel = conn.channel()
+        for queue in topology.all_queues():
+            channel.queue_delete(queue)
+        channel.exchange_delete(topology.exchange)
+        channel.exchange_delete(topology.dead_letter_exchange)
+    finally:
+        conn.close()
+
+
+@dataclass
+class Received:
+    messages: list = field(default_factory=list)  # (properties, body)
+
+    @property
+    def ids(self) -> list[str]:
+        return [properties.message_id for properties, _ in self.messages]
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.ids) - len(set(self.ids))
+
+    def by_id(self) -> dict:
+        return {properties.message_id: (properties, body) for properties, body in self.messages}
+
+
+def collect(queue: str, *, expect_ids: set[str] | int, timeout: float = 30.0, settle: float = 0.5) -> Received:
+    """Consume `queue` until every expected id (or that many distinct ids) arrived and nothing
+    more came for `settle` seconds, or until `timeout`. Acks everything."""
+    received = Received()
+    seen: set[str] = set()
+    want = expect_ids if isinstance(expect_ids, int) else len(expect_ids)
+    conn = blocking_connection()
+    deadline = time.monotonic() + timeout
+    try:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=1000)
+        for method, properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=settle):
+            if method is not None:
+                received.messages.append((properties, body))
+                seen.add(properties.message_id)
+            elif len(seen) >= want:
+                break
+            if time.monotonic() > deadline:
+                break
+        channel.cancel()
+    finally:
+        conn.close()
+    return received
+
+
+def queue_depth(queue: str) -> int:
+    conn = blocking_connection()
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RelayProcess:
+    """`python -m outbox_relay run` as a real process against the test database."""
+
+    def __init__(self, topology: Topology, **env):
+        self.port = free_port()
+        self.env = os.environ | {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "POSTGRES_DB": connection.settings_dict["NAME"],
+            "BROKER_PREFIX": topology.prefix,
+            "OUTBOX_RELAY_HTTP_PORT": str(self.port),
+            "OUTBOX_RELAY_HTTP_HOST": "127.0.0.1",
+            "LOG_JSON": "true",
+            "PYTHONUNBUFFERED": "1",
+        } | {key: str(value) for key, value in env.items()}
+        self.process: subprocess.Popen | None = None
+        self.log_path = ROOT / "var" / "test-logs" / f"relay-{topology.prefix}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> RelayProcess:
+        self._log = open(self.log_path, "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "outbox_relay", "run"], cwd=ROOT, env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"relay exited with {self.process.returncode}: {self.logs()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"relay not ready in {timeout}s: {self.logs()[-2000:]}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop_quietly(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def counter(ids) -> collections.Counter:
+    return collections.Counter(ids)
+
+
+def fill_outbox(count: int, *, event_type: str = "email.requested", payload_bytes: int = 1000,
+                not_before_sql: str = "now()") -> list[str]:
+    """Insert `count` due outbox rows with ~`payload_bytes` payloads; returns their ids in order.
+    Uses Django's connection: commit it (transaction=True tests) for other processes to see."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, headers,
+                                created_at, not_before, attempts, last_error)
+            SELECT gen_random_uuid(), 'sent_email', g::text, %s,
+                   jsonb_build_object('type', %s::text, 'n', g, 'pad', repeat('x', %s)),
+                   jsonb_build_object('schema_version', 1, 'correlation_id', 'c-' || g, 'aggregateid', g::text),
+                   clock_timestamp(), {not_before_sql}, 0, ''
+              FROM generate_series(1, %s) AS g
+            RETURNING id
+            """,
+            [event_type, event_type, payload_bytes, count],
+        )
+        return [str(row[0]) for row in cursor.fetchall()]
+
+
+def published_count(ids=None) -> int:
+    with connection.cursor() as cursor:
+        if ids is None:
+            cursor.execute("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+        else:
+            cursor.execute("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND id = ANY(%s::uuid[])",
+                           [list(ids)])
+        return cursor.fetchone()[0]

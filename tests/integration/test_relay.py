@@ -1,0 +1,149 @@
+"""The relay against the real Postgres and RabbitMQ. These tests commit (transaction=True): the
+relay reads with a connection of its own."""
+
+import json
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from core.contracts import EmailRequested
+from core.outbox.models import OutboxEvent
+from outbox_relay.publisher import ConfirmingPublisher
+from outbox_relay.relay import connect_postgres, relay_batch
+from tests import broker
+from tests.conftest import client_for
+from tests.factories import EmailTemplateFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def publisher(topology):
+    publisher = ConfirmingPublisher(url=settings.RABBITMQ_URL, topology=topology)
+    publisher.connect()
+    yield publisher
+    publisher.close()
+
+
+@pytest.fixture
+def relay_conn():
+    conn = connect_postgres(connection.settings_dict, application_name="test-relay", idle_in_transaction_ms=60000)
+    yield conn
+    conn.close()
+
+
+def test_an_accepted_email_arrives_with_its_id_headers_and_payload(topology, publisher, relay_conn):
+    client = client_for(UserFactory())
+    response = client.post(
+        "/api/v1/emails/sent-email/",
+        {"recipients": ["ann@example.com", "bob@example.org"], "template": EmailTemplateFactory().pk,
+         "context": {"name": "Ann"}},
+        format="json", HTTP_X_CORRELATION_ID="corr-relay-1",
+    )
+    assert response.status_code == 202
+    row = OutboxEvent.objects.get()
+
+    outcome = relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5)
+    assert (outcome.claimed, outcome.published) == (1, 1)
+
+    received = broker.collect(topology.queue("sender"), expect_ids={str(row.id)})
+    properties, body = received.messages[0]
+    assert properties.message_id == str(row.id)
+    assert properties.type == "email.requested"
+    assert properties.delivery_mode == 2
+    assert properties.correlation_id == "corr-relay-1"
+    assert properties.headers == {"schema_version": 1, "correlation_id": "corr-relay-1",
+                                  "aggregateid": str(response.json()["id"])}
+    event = EmailRequested.from_dict(json.loads(body))
+    assert event.event_id == str(row.id) and event.email_id == response.json()["id"]
+    assert json.loads(body) == row.payload
+    row.refresh_from_db()
+    assert row.published_at is not None and row.attempts == 1
+
+
+def test_a_full_backlog_goes_in_batches_oldest_first(topology, publisher, relay_conn):
+    ids = broker.fill_outbox(25)
+    sizes = []
+    while outcome := relay_batch(relay_conn, publisher, limit=10, confirm_timeout=5):
+        if not outcome.claimed:
+            break
+        sizes.append(outcome.published)
+    assert sizes == [10, 10, 5]
+    assert broker.collect(topology.queue("sender"), expect_ids=set(ids)).ids == ids
+
+
+def test_rows_not_due_yet_wait(topology, publisher, relay_conn):
+    later = broker.fill_outbox(2, not_before_sql="now() + interval '1 hour'")
+    now = broker.fill_outbox(1)
+    assert relay_batch(relay_conn, publisher, limit=10, confirm_timeout=5).published == 1
+    assert broker.published_count(later) == 0 and broker.published_count(now) == 1
+
+
+def test_an_unroutable_event_is_not_marked_published_and_does_not_wedge_its_batch(topology, publisher, relay_conn):
+    good = broker.fill_outbox(3)
+    (bad,) = broker.fill_outbox(1, event_type="nobody.listens")
+    more = broker.fill_outbox(2)
+    outcome = relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5)
+    assert (outcome.claimed, outcome.published, outcome.dead) == (6, 5, 1)
+    dead = OutboxEvent.objects.get(id=bad)
+    assert dead.published_at is None and dead.failed_at is not None
+    assert "NO_ROUTE" in dead.last_error and dead.attempts == 1
+    assert broker.published_count(good + more) == 5
+    # A dead row is not claimed again until ops replays it.
+    assert relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5).claimed == 0
+
+
+def test_a_claim_in_progress_is_skipped_by_another_relay(topology, publisher, relay_conn):
+    broker.fill_outbox(4)
+    other = connect_postgres(connection.settings_dict, application_name="other", idle_in_transaction_ms=60000)
+    try:
+        with other.cursor() as cursor:  # another relay holds two rows mid-batch
+            cursor.execute("SELECT id FROM outbox ORDER BY not_before LIMIT 2 FOR UPDATE SKIP LOCKED")
+            held = {str(r[0]) for r in cursor.fetchall()}
+        outcome = relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5)
+        assert outcome.published == 2
+        assert broker.published_count(held) == 0
+    finally:
+        other.rollback()
+        other.close()
+
+
+def test_the_relay_process_wakes_on_notify_not_on_its_poll(topology, relays):
+    # A 30 s poll interval: only NOTIFY can explain a prompt publish.
+    relay = relays(topology, OUTBOX_POLL_INTERVAL_MS=30000)
+    relay.wait_ready()
+    time.sleep(0.3)  # the relay is idle, waiting
+    client = client_for(UserFactory())
+    template = EmailTemplateFactory()
+    started = time.monotonic()
+    response = client.post("/api/v1/emails/sent-email/",
+                           {"recipients": ["ann@example.com"], "template": template.pk}, format="json")
+    row = OutboxEvent.objects.get(aggregateid=str(response.json()["id"]))
+    broker.collect(topology.queue("sender"), expect_ids={str(row.id)}, timeout=5, settle=0.05)
+    assert time.monotonic() - started < 2.0
+    assert relay.terminate() == 0
+
+
+def test_the_relay_process_serves_probes_and_metrics_and_exits_0_on_sigterm(topology, relays):
+    relay = relays(topology)
+    relay.wait_ready()
+    ids = broker.fill_outbox(3)
+    broker.wait_for(lambda: broker.published_count(ids) == 3, timeout=10, message="3 published")
+    assert relay.get("/healthz")[0] == 200
+    status, body = relay.get("/readyz")
+    assert status == 200 and json.loads(body) == {"ready": True, "postgres": True, "rabbitmq": True}
+    def published_metric():
+        metrics = relay.get("/metrics")[1]
+        return metrics if "outbox_relay_published_total 3.0" in metrics else None
+
+    metrics = broker.wait_for(published_metric, timeout=5, message="published metric")
+    for name in ["outbox_backlog", "outbox_oldest_unpublished_age_seconds", "outbox_dead_rows",
+                 "outbox_relay_batch_duration_seconds_count", "outbox_relay_batch_size_count",
+                 "outbox_relay_failures_total"]:
+        assert name in metrics
+    started = time.monotonic()
+    assert relay.terminate() == 0
+    assert time.monotonic() - started < 5
+    assert '"event": "relay_stopped"' in relay.logs()
