@@ -168,6 +168,12 @@ class RelayProcess:
     def logs(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def events(self) -> list[str]:
+        """The `event` of every JSON log line, in order."""
+        import json
+
+        return [json.loads(line).get("event") for line in self.logs().splitlines() if line.startswith("{")]
+
     def stop_quietly(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
