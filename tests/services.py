@@ -37,3 +37,10 @@ def stop_rabbitmq() -> None:
 def start_rabbitmq() -> None:
     subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True, timeout=120)
     subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True, timeout=120)
+
+
+def set_memory_alarm(on: bool) -> None:
+    """Raise RabbitMQ's memory alarm (a tiny high watermark) or restore the default."""
+    watermark = "0.000001" if on else "0.4"
+    subprocess.run(["rabbitmqctl", "-q", "set_vm_memory_high_watermark", watermark],
+                   check=True, capture_output=True, timeout=60)

@@ -98,3 +98,25 @@ def test_relay_recovers_from_a_postgres_restart_without_being_restarted(topology
     assert relay.process.poll() is None
     events = relay.events()
     assert events.count("postgres_unavailable") == 1 and "postgres_recovered" in events
+
+
+def test_relay_pauses_while_the_broker_blocks_publishers_and_loses_nothing(topology, relays):
+    relay = relays(topology, OUTBOX_BATCH_SIZE=50, OUTBOX_CONFIRM_TIMEOUT_MS=2000)
+    relay.wait_ready()
+    first = broker.fill_outbox(50)
+    broker.wait_for(lambda: broker.published_count(first) == 50, timeout=20, message="first rows")
+    services.set_memory_alarm(True)  # the broker now blocks every publishing connection
+    try:
+        during = broker.fill_outbox(200)
+        broker.wait_for(lambda: "broker_blocked_connection" in relay.events(), timeout=30,
+                        message="the relay to hear connection.blocked")
+        published = broker.published_count(during)
+        time.sleep(3)
+        assert broker.published_count(during) == published  # paused: nothing more is claimed
+    finally:
+        services.set_memory_alarm(False)
+    broker.wait_for(lambda: broker.published_count(during) == 200, timeout=60, message="backlog after unblock")
+    received = broker.collect(topology.queue("sender"), expect_ids=set(first + during), timeout=30)
+    assert set(received.ids) == set(first + during)
+    assert "broker_unblocked_connection" in relay.events()
+    report("memory-alarm", rows=250, published_while_blocked=published, duplicates=received.duplicates)
