@@ -71,7 +71,51 @@ class EmailRequested(Event):
         return data
 
 
-EVENT_TYPES: dict[str, type[Event]] = {EmailRequested.TYPE: EmailRequested}
+@dataclass(frozen=True, kw_only=True)
+class EmailSent(Event):
+    """The provider accepted the email for these recipients (one provider call)."""
+
+    TYPE: ClassVar[str] = "email.sent"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "sent_email"
+
+    email_id: int
+    request_event_id: str  # the email.requested event this answers
+    recipients: tuple[str, ...]
+    provider: str
+    provider_message_id: str
+    attempt: int
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data["recipients"] = list(self.recipients)
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailFailed(Event):
+    """The email will not be delivered to these recipients: the provider refused it, or the
+    sender gave up after its last attempt."""
+
+    TYPE: ClassVar[str] = "email.failed"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "sent_email"
+
+    email_id: int
+    request_event_id: str
+    recipients: tuple[str, ...]
+    provider: str
+    reason: str
+    permanent: bool  # False: transient errors until the attempts ran out
+    attempt: int
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data["recipients"] = list(self.recipients)
+        return data
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed)}
 
 
 def event_from_dict(data: dict) -> Event:

@@ -8,6 +8,8 @@ See .env.example for every variable.
 from datetime import timedelta
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from core.env import env_bool, env_int, env_list, env_str
 from core.logging import configure_structlog, logging_config
 
@@ -33,6 +35,7 @@ INSTALLED_APPS = [
     "core.accounts",
     "core.outbox",
     "command_api.emails",
+    "sender",
 ]
 
 MIDDLEWARE = [
@@ -160,6 +163,25 @@ OUTBOX_POLL_INTERVAL_MS = env_int("OUTBOX_POLL_INTERVAL_MS", 1000)
 OUTBOX_CONFIRM_TIMEOUT_MS = env_int("OUTBOX_CONFIRM_TIMEOUT_MS", 10_000)
 OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 7)
 OUTBOX_RELAY_HTTP_PORT = env_int("OUTBOX_RELAY_HTTP_PORT", 9101)
+
+# Sender. The API key is a secret: from the environment (a Kubernetes Secret) only.
+SENDGRID_API_KEY = env_str("SENDGRID_API_KEY", "")
+SENDGRID_HOST = env_str("SENDGRID_HOST", "https://api.sendgrid.com")
+SENDGRID_TIMEOUT_SECONDS = env_int("SENDGRID_TIMEOUT_SECONDS", 10)
+SENDER_PREFETCH = env_int("SENDER_PREFETCH", 100)
+SENDER_CONCURRENCY = env_int("SENDER_CONCURRENCY", 64)
+SENDER_DB_POOL_SIZE = env_int("SENDER_DB_POOL_SIZE", 16)
+SENDER_MAX_ATTEMPTS = env_int("SENDER_MAX_ATTEMPTS", 5)
+SENDER_LEASE_SECONDS = env_int("SENDER_LEASE_SECONDS", 60)
+SENDER_BACKOFF_BASE_SECONDS = env_int("SENDER_BACKOFF_BASE_SECONDS", 2)
+SENDER_KEY_PROBE_SECONDS = env_int("SENDER_KEY_PROBE_SECONDS", 30)
+SENDER_SHUTDOWN_GRACE_SECONDS = env_int("SENDER_SHUTDOWN_GRACE_SECONDS", 25)
+SENDER_HTTP_PORT = env_int("SENDER_HTTP_PORT", 9102)
+# What a delivery whose outcome is unknown (a timeout, a crash after the call) becomes:
+# "retry" sends again (at-least-once), "hold" leaves it for ops (or a later webhook event).
+SENDER_UNKNOWN_OUTCOME = env_str("SENDER_UNKNOWN_OUTCOME", "retry")
+if SENDER_UNKNOWN_OUTCOME not in ("retry", "hold"):
+    raise ImproperlyConfigured(f"SENDER_UNKNOWN_OUTCOME must be retry or hold, got {SENDER_UNKNOWN_OUTCOME!r}.")
 
 Q_CLUSTER = {
     "name": "emails",

@@ -30,6 +30,7 @@ import psycopg2.extensions
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.workers import Backoff, Outages
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
 
 log = structlog.get_logger(__name__)
@@ -161,41 +162,6 @@ def connect_postgres(database: dict, *, application_name: str, idle_in_transacti
     )
 
 
-class Backoff:
-    """Capped exponential backoff: 0.5 s, 1 s, 2 s … up to `cap`; reset after a success."""
-
-    def __init__(self, *, initial: float = 0.5, cap: float = 30.0):
-        self.initial, self.cap, self.current = initial, cap, initial
-
-    def next(self) -> float:
-        delay, self.current = self.current, min(self.current * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.initial
-
-
-class Outages:
-    """Log each outage of a dependency once when it starts and once when it ends."""
-
-    def __init__(self, health):
-        self._since: dict[str, float] = {}
-        self._health = health
-
-    def down(self, dependency: str, error: Exception | str) -> None:
-        self._health.set(dependency, False)
-        FAILURES.labels(reason=f"{dependency}_unavailable").inc()
-        if dependency not in self._since:
-            self._since[dependency] = time.monotonic()
-            log.warning(f"{dependency}_unavailable", error=str(error))
-
-    def up(self, dependency: str) -> None:
-        self._health.set(dependency, True)
-        started = self._since.pop(dependency, None)
-        if started is not None:
-            log.info(f"{dependency}_recovered", outage_seconds=round(time.monotonic() - started, 1))
-
-
 @dataclass(frozen=True)
 class RelayConfig:
     database: dict
@@ -213,7 +179,7 @@ class RelayWorker:
         self.config = config
         self.publisher = publisher
         self.health = health
-        self.outages = Outages(health)
+        self.outages = Outages(health, FAILURES)
         self._conn = None
         self._listen = None
         self._stop_read, self._stop_write = os.pipe()

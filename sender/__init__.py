@@ -1,1 +1,1 @@
-"""The sender worker and its provider adapters. Not built yet: see the open issues."""
+"""The sender: turns email.requested events into SendGrid calls and status events."""

@@ -107,29 +107,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class RelayProcess:
-    """`python -m outbox_relay run` as a real process against the test database."""
+class WorkerProcess:
+    """`python -m <module> run` (the relay, the sender) as a real process against the test
+    database and this test's topology, with probes on a free port."""
 
-    def __init__(self, topology: Topology, **env):
+    def __init__(self, module: str, topology: Topology, **env):
+        self.module = module
         self.port = free_port()
         self.env = os.environ | {
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "POSTGRES_DB": connection.settings_dict["NAME"],
             "BROKER_PREFIX": topology.prefix,
-            "OUTBOX_RELAY_HTTP_PORT": str(self.port),
-            "OUTBOX_RELAY_HTTP_HOST": "127.0.0.1",
             "LOG_JSON": "true",
             "PYTHONUNBUFFERED": "1",
         } | {key: str(value) for key, value in env.items()}
         self.process: subprocess.Popen | None = None
-        self.log_path = ROOT / "var" / "test-logs" / f"relay-{topology.prefix}-{self.port}.log"
+        self.log_path = ROOT / "var" / "test-logs" / f"{module}-{topology.prefix}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    def start(self) -> RelayProcess:
+    def start(self) -> "WorkerProcess":
         self._log = open(self.log_path, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "outbox_relay", "run"], cwd=ROOT, env=self.env,
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", self.module, "run", "--http-host", "127.0.0.1", "--http-port", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         return self
 
@@ -137,7 +137,7 @@ class RelayProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"relay exited with {self.process.returncode}: {self.logs()[-2000:]}")
+                raise AssertionError(f"{self.module} exited with {self.process.returncode}: {self.logs()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as answer:
                     if answer.status == 200:
@@ -145,7 +145,7 @@ class RelayProcess:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"relay not ready in {timeout}s: {self.logs()[-2000:]}")
+        raise AssertionError(f"{self.module} not ready in {timeout}s: {self.logs()[-2000:]}")
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -227,3 +227,26 @@ def published_count(ids=None) -> int:
             cursor.execute("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND id = ANY(%s::uuid[])",
                            [list(ids)])
         return cursor.fetchone()[0]
+
+
+def RelayProcess(topology: Topology, **env) -> WorkerProcess:
+    return WorkerProcess("outbox_relay", topology, **env)
+
+
+def publish(topology: Topology, body: dict, *, message_id: str, routing_key: str = "email.requested",
+            raw: bytes | None = None) -> None:
+    """Publish one event (or raw bytes) to the topology's exchange, confirmed."""
+    import json
+
+    conn = blocking_connection()
+    try:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            topology.exchange, routing_key, raw if raw is not None else json.dumps(body).encode(),
+            pika.BasicProperties(message_id=message_id, type=routing_key, delivery_mode=2,
+                                 correlation_id="test"),
+            mandatory=True,
+        )
+    finally:
+        conn.close()

@@ -63,18 +63,57 @@ def topology():
     broker.delete(declared)
 
 
-@pytest.fixture
-def relays():
-    """Start relay processes with relays(topology, **env); all are stopped after the test."""
-    from tests.broker import RelayProcess
+def _processes(module):
+    from tests.broker import WorkerProcess
 
     started = []
 
     def start(topology, **env):
-        relay = RelayProcess(topology, **env).start()
-        started.append(relay)
-        return relay
+        process = WorkerProcess(module, topology, **env).start()
+        started.append(process)
+        return process
 
+    return start, started
+
+
+@pytest.fixture
+def relays():
+    """Start relay processes with relays(topology, **env); all are stopped after the test."""
+    start, started = _processes("outbox_relay")
     yield start
-    for relay in started:
-        relay.stop_quietly()
+    for process in started:
+        process.stop_quietly()
+
+
+@pytest.fixture
+def senders(fake_sendgrid):
+    """Start sender processes with senders(topology, **env), pointed at the fake SendGrid;
+    all are stopped after the test."""
+    fake, url = fake_sendgrid
+    start, started = _processes("sender")
+
+    def start_sender(topology, **env):
+        defaults = {"SENDGRID_HOST": url, "SENDGRID_API_KEY": "SG.fake-key", "SENDER_BACKOFF_BASE_SECONDS": 1,
+                    "SENDER_KEY_PROBE_SECONDS": 1, "SENDER_LEASE_SECONDS": 5, "SENDGRID_TIMEOUT_SECONDS": 5}
+        return start(topology, **(defaults | env))
+
+    yield start_sender
+    for process in started:
+        process.stop_quietly()
+
+
+@pytest.fixture
+def fake_sendgrid():
+    """The fake SendGrid on a free port, in this process. Yields (fake, url)."""
+    import threading
+
+    from sender.fake_sendgrid import FakeSendGrid, Faults, parse_keys, serve
+    from tests.broker import free_port
+
+    fake = FakeSendGrid(keys=parse_keys("SG.fake-key:mail.send,SG.read-only:"), faults=Faults())
+    port = free_port()
+    server = serve(fake, host="127.0.0.1", port=port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield fake, f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()

@@ -25,6 +25,33 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+def outbox_row(event: Event, *, aggregatetype: str, aggregateid: str) -> dict:
+    """The outbox columns for `event`: one definition for the ORM and the raw-SQL writers."""
+    return {
+        "id": event.event_id,
+        "aggregatetype": aggregatetype,
+        "aggregateid": aggregateid,
+        "type": event.TYPE,
+        "payload": event.to_dict(),
+        "headers": {
+            "schema_version": event.VERSION,
+            "correlation_id": event.correlation_id,
+            "aggregateid": aggregateid,
+        },
+    }
+
+
+# For workers that write with psycopg2 (the sender): the same row, in their own statements.
+# Parameters: id, aggregatetype, aggregateid, type, payload and headers (JSON text).
+OUTBOX_INSERT_COLUMNS = (
+    "id, aggregatetype, aggregateid, type, payload, headers, created_at, not_before, attempts, last_error"
+)
+OUTBOX_INSERT_VALUES = (
+    "%(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s, %(payload)s::jsonb, %(headers)s::jsonb, "
+    "now(), now(), 0, ''"
+)
+
+
 def outbox_event_add(
     *,
     event: Event,
@@ -39,19 +66,7 @@ def outbox_event_add(
     """
     if not connection.in_atomic_block:
         raise RuntimeError("outbox_event_add must run inside the transaction of its change")
-    headers = {
-        "schema_version": event.VERSION,
-        "correlation_id": event.correlation_id,
-        "aggregateid": aggregateid,
-    }
-    row = OutboxEvent(
-        id=event.event_id,
-        aggregatetype=aggregatetype,
-        aggregateid=aggregateid,
-        type=event.TYPE,
-        payload=event.to_dict(),
-        headers=headers,
-    )
+    row = OutboxEvent(**outbox_row(event, aggregatetype=aggregatetype, aggregateid=aggregateid))
     if not_before is not None:
         row.not_before = not_before
     row.save(force_insert=True)

@@ -6,6 +6,14 @@ from core.contracts import ContractError, EmailRequested, event_from_dict
 from tests.conftest import golden
 
 
+@pytest.mark.parametrize("event_type", ["email.requested", "email.sent", "email.failed"])
+def test_every_golden_sample_round_trips(event_type):
+    sample = golden(event_type, 1)
+    event = event_from_dict(sample)
+    assert event.TYPE == event_type
+    assert event.to_dict() == sample
+
+
 def test_golden_email_requested_round_trips():
     sample = golden("email.requested", 1)
     event = EmailRequested.from_dict(sample)

@@ -1,0 +1,78 @@
+"""The sender worker: `python -m sender run`.
+
+Consumes email.requested, delivers through SendGrid (SENDGRID_HOST and SENDGRID_API_KEY; locally
+the fake, `python -m sender.fake_sendgrid`), records each outcome with its status event.
+Port SENDER_HTTP_PORT (9102) serves /healthz, /readyz and /metrics.
+"""
+
+import argparse
+import os
+import sys
+
+
+def command_run(args) -> int:
+    from django.conf import settings
+
+    from core.broker import topology_from_settings
+    from core.worker_http import Health, serve
+    from sender.consumer import SenderConfig, SenderWorker
+    from sender.handlers import Policy
+    from sender.provider import SendGridProvider
+    from sender.store import DeliveryStore
+
+    if not settings.SENDGRID_API_KEY:
+        print("SENDGRID_API_KEY is not set: the sender cannot send. Locally, bin/run starts the fake SendGrid "
+              "and sets it for you.", file=sys.stderr)
+        return 2
+    health = Health()
+    if args.http_port:
+        serve(health, host=args.http_host, port=args.http_port)
+    worker = SenderWorker(
+        config=SenderConfig(
+            broker_url=settings.RABBITMQ_URL,
+            prefetch=settings.SENDER_PREFETCH,
+            concurrency=settings.SENDER_CONCURRENCY,
+            key_probe_seconds=settings.SENDER_KEY_PROBE_SECONDS,
+            shutdown_grace_seconds=settings.SENDER_SHUTDOWN_GRACE_SECONDS,
+        ),
+        topology=topology_from_settings(),
+        provider=SendGridProvider(api_key=settings.SENDGRID_API_KEY, host=settings.SENDGRID_HOST,
+                                  timeout=settings.SENDGRID_TIMEOUT_SECONDS),
+        store=DeliveryStore(
+            settings.DATABASES["default"], pool_size=settings.SENDER_DB_POOL_SIZE,
+            notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
+        ),
+        policy=Policy(
+            max_attempts=settings.SENDER_MAX_ATTEMPTS,
+            lease_seconds=settings.SENDER_LEASE_SECONDS,
+            retry_unknown=settings.SENDER_UNKNOWN_OUTCOME == "retry",
+            backoff_base=settings.SENDER_BACKOFF_BASE_SECONDS,
+        ),
+        health=health,
+    )
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "outbox_relay.settings")
+    parser = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    run = verbs.add_parser("run", help="consume email.requested and deliver until SIGTERM")
+    run.add_argument("--http-host", default=os.environ.get("SENDER_HTTP_HOST", "0.0.0.0"))
+    run.add_argument("--http-port", type=int, default=None, help="probes and /metrics (default SENDER_HTTP_PORT)")
+    run.set_defaults(func=command_run)
+    args = parser.parse_args(argv)
+    import django
+
+    django.setup()
+    if args.http_port is None:
+        from django.conf import settings
+
+        args.http_port = settings.SENDER_HTTP_PORT
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

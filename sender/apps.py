@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class SenderConfig(AppConfig):
+    name = "sender"
+    label = "sender"
+    verbose_name = "Sender"

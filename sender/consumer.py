@@ -1,0 +1,272 @@
+"""The sender process: consume email.requested, deliver on a thread pool, ack from the
+connection's thread.
+
+pika channels are not thread-safe: the connection thread only dispatches messages to the pool
+and runs the acks, rejects and retry publishes that the worker threads hand back through
+`add_callback_threadsafe`. So one process keeps SENDER_CONCURRENCY provider calls in flight
+while its connection stays single-threaded.
+
+A retry is the same message (same message_id and body) published, confirmed, to the delay queue
+whose TTL fits the wanted delay, with a per-message TTL for jitter; then the original is acked.
+A message that cannot be parsed is rejected at once into the dead-letter queue. A rejected key
+stops consuming (readiness says why) and the key is probed until it works again. SIGTERM stops
+taking messages, gives the ones not started back through the shortest delay queue (so they do
+not burn the queue's delivery limit), lets the started ones finish, and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import pika
+import psycopg2
+import structlog
+from pika.exceptions import AMQPError
+from prometheus_client import Gauge, Histogram
+
+from core.broker import Topology, connection_parameters, declare_topology
+from core.contracts import ContractError, EmailRequested
+from core.workers import Backoff, Outages
+from sender.handlers import ACK, BAD_KEY_PAUSE, DEAD_LETTER, RETRY, Decision, Policy, handle_email_requested
+
+log = structlog.get_logger(__name__)
+
+IN_FLIGHT = Gauge("sender_in_flight", "Messages being handled")
+QUEUE_LAG = Histogram("sender_queue_lag_seconds", "From the email's acceptance to a sender starting on it",
+                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+PROVIDER_KEY_OK = Gauge("sender_provider_key_ok", "1 while the provider accepts our key")
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    broker_url: str
+    prefetch: int = 100
+    concurrency: int = 64
+    key_probe_seconds: float = 30.0
+    shutdown_grace_seconds: float = 25.0
+
+
+def delay_route(topology: Topology, delay_seconds: float) -> tuple[str, int]:
+    """The delay queue for `delay_seconds` and the per-message TTL (ms) to set: the smallest
+    tier that is long enough (or the longest), the TTL capped by the tier."""
+    tiers = sorted(topology.consumer("sender").retry_delays_ms)
+    wanted = max(1, int(delay_seconds * 1000))
+    tier = next((t for t in tiers if t >= wanted), tiers[-1])
+    return topology.delay_queue("sender", tier), min(wanted, tier)
+
+
+class SenderWorker:
+    def __init__(self, *, config: SenderConfig, topology: Topology, provider, store, policy: Policy, health):
+        self.config, self.topology, self.provider, self.store, self.policy = config, topology, provider, store, policy
+        self.health = health
+        self.outages = Outages(health)
+        self.key_rejected = threading.Event()
+        self._stopping = False
+        self._stop_read, self._stop_write = os.pipe()
+        self._connection: pika.BlockingConnection | None = None
+        self._channel = None
+        self._consumer_tag: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="send")
+        self._work: dict[int, tuple[Future, object, pika.BasicProperties, bytes]] = {}
+        self._work_lock = threading.Lock()
+        self._next_probe = 0.0
+        health.set("provider_key", True)
+        PROVIDER_KEY_OK.set(1)
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            os.write(self._stop_write, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> int:
+        backoff = Backoff()
+        log.info("sender_started", concurrency=self.config.concurrency, prefetch=self.config.prefetch)
+        while not self._stopping:
+            self.health.tick()
+            try:
+                self.store.ping()
+                self.outages.up("postgres")
+                self._connect()
+                self.outages.up("rabbitmq")
+                backoff.reset()
+                self._consume_until_stopped()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self.outages.down("postgres", exc)
+            except AMQPError as exc:
+                self.outages.down("rabbitmq", exc)
+            self._close_connection()
+            if not self._stopping:
+                select.select([self._stop_read], [], [], backoff.next())
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+        log.info("sender_stopped")
+        return 0
+
+    def _connect(self) -> None:
+        self._connection = pika.BlockingConnection(connection_parameters(self.config.broker_url, name="sender"))
+        channel = self._connection.channel()
+        declare_topology(channel, self.topology)
+        channel.basic_qos(prefetch_count=self.config.prefetch)
+        channel.confirm_delivery()  # retry publishes are confirmed before the original is acked
+        self._channel = channel
+
+    def _close_connection(self) -> None:
+        connection, self._connection, self._channel, self._consumer_tag = self._connection, None, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except AMQPError:
+                pass
+
+    # Consuming -------------------------------------------------------------------------------
+
+    def _consume_until_stopped(self) -> None:
+        if not self.key_rejected.is_set():
+            self._start_consuming()
+        while not self._stopping:
+            self.health.tick()
+            self._connection.process_data_events(time_limit=0.25)
+            if self.key_rejected.is_set():
+                self._while_key_rejected()
+        self._drain()
+
+    def _start_consuming(self) -> None:
+        self._consumer_tag = self._channel.basic_consume(self.topology.queue("sender"), self._on_message)
+
+    def _stop_consuming(self) -> None:
+        if self._consumer_tag is not None and self._channel is not None and self._channel.is_open:
+            self._channel.basic_cancel(self._consumer_tag)
+        self._consumer_tag = None
+
+    def _while_key_rejected(self) -> None:
+        if self._consumer_tag is not None:
+            self._stop_consuming()
+            self.health.set("provider_key", False)
+            PROVIDER_KEY_OK.set(0)
+            log.error("sending_paused_bad_key", probe_seconds=self.config.key_probe_seconds)
+            self._next_probe = time.monotonic() + self.config.key_probe_seconds
+        if time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + self.config.key_probe_seconds
+            if self.provider.check_key():
+                self.key_rejected.clear()
+                self.health.set("provider_key", True)
+                PROVIDER_KEY_OK.set(1)
+                log.info("sending_resumed_key_accepted")
+                self._start_consuming()
+
+    def _on_message(self, channel, method, properties, body) -> None:
+        tag = method.delivery_tag
+        with self._work_lock:
+            future = self._executor.submit(self._handle, channel, tag, properties, body)
+            self._work[tag] = (future, channel, properties, body)
+
+    def _drain(self) -> None:
+        """SIGTERM: take nothing new, give back what has not started, finish the rest."""
+        self._stop_consuming()
+        with self._work_lock:
+            waiting = [(tag, item) for tag, item in self._work.items() if item[0].cancel()]
+        for tag, (_, channel, properties, body) in waiting:
+            self._retry_now(channel, tag, properties, body, Decision(RETRY, delay=0, reason="sender stopping"))
+        deadline = time.monotonic() + self.config.shutdown_grace_seconds
+        while time.monotonic() < deadline:
+            with self._work_lock:
+                busy = [item[0] for item in self._work.values() if not item[0].done()]
+            if not busy:
+                break
+            self._connection.process_data_events(time_limit=0.1)
+        self._connection.process_data_events(time_limit=0.2)  # flush the last acks
+        log.info("sender_drained", returned=len(waiting))
+
+    # Work (pool threads) -----------------------------------------------------------------------
+
+    def _handle(self, channel, tag: int, properties, body: bytes) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            correlation_id=properties.correlation_id, event_id=properties.message_id)
+        IN_FLIGHT.inc()
+        try:
+            try:
+                event = EmailRequested.from_dict(json.loads(body))
+            except (ValueError, TypeError, ContractError) as exc:
+                log.error("poison_message_dead_lettered", error=str(exc)[:300])
+                self._later(channel, tag, lambda: channel.basic_reject(tag, requeue=False))
+                return
+            QUEUE_LAG.observe(max(0.0, time.time() - datetime.fromisoformat(event.occurred_at).timestamp()))
+            try:
+                decision = handle_email_requested(event, provider=self.provider, store=self.store,
+                                                  policy=self.policy, key_rejected=self.key_rejected.is_set())
+                self.outages.up("postgres")
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self.outages.down("postgres", exc)
+                decision = Decision(RETRY, delay=1, reason="database unavailable")
+            if decision.action == ACK:
+                self._later(channel, tag, lambda: channel.basic_ack(tag))
+            elif decision.action == DEAD_LETTER:
+                self._later(channel, tag, lambda: channel.basic_reject(tag, requeue=False))
+            else:
+                if decision.action == BAD_KEY_PAUSE:
+                    self.key_rejected.set()
+                    decision = Decision(RETRY, delay=self.config.key_probe_seconds, reason=decision.reason)
+                self._later(channel, tag, lambda: self._retry_now(channel, tag, properties, body, decision))
+        except Exception:
+            # A bug, not an outage: return the message; the queue's delivery limit ends the loop.
+            log.exception("message_handling_failed")
+            self._later(channel, tag, lambda: channel.basic_nack(tag, requeue=True))
+        finally:
+            IN_FLIGHT.dec()
+            structlog.contextvars.clear_contextvars()
+
+    def _later(self, channel, tag: int, action) -> None:
+        """Run `action` on the connection's thread, if the channel it came from is still open
+        (after a reconnect the broker has requeued the message anyway)."""
+        def run():
+            with self._work_lock:
+                self._work.pop(tag, None)
+            if channel.is_open and channel is self._channel:
+                action()
+
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.add_callback_threadsafe(run)
+        except AMQPError:
+            pass
+
+    def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision) -> None:
+        """On the connection thread: publish the message to its delay queue, confirmed, then ack."""
+        queue, ttl_ms = delay_route(self.topology, decision.delay)
+        headers = dict(properties.headers or {})
+        headers["x-retries"] = int(headers.get("x-retries", 0)) + 1
+        headers["x-retry-reason"] = decision.reason[:200]
+        retry = pika.BasicProperties(
+            message_id=properties.message_id, type=properties.type, correlation_id=properties.correlation_id,
+            content_type=properties.content_type, delivery_mode=pika.DeliveryMode.Persistent,
+            headers=headers, expiration=str(ttl_ms),
+        )
+        try:
+            channel.basic_publish("", queue, body, retry, mandatory=True)
+        except AMQPError as exc:
+            log.warning("retry_publish_failed", error=str(exc))
+            if channel.is_open:
+                channel.basic_nack(tag, requeue=True)
+            return
+        channel.basic_ack(tag)
+        with self._work_lock:
+            self._work.pop(tag, None)

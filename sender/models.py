@@ -1,0 +1,52 @@
+"""The sender's own records. The worker writes them with psycopg2 (see store.py); the models
+exist for migrations, the admin and tests."""
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class Delivery(models.Model):
+    """One recipient of one email.requested event: the claim (with a lease) a sender takes
+    before calling the provider, and the outcome it records afterwards."""
+
+    class State(models.TextChoices):
+        SENDING = "sending", "sending (claimed, leased)"
+        SENT = "sent", "sent"
+        FAILED = "failed", "failed"
+        RETRY = "retry", "waiting for a retry"
+        UNKNOWN = "unknown", "outcome unknown (timeout)"
+        HELD = "held", "held for ops (outcome unknown)"
+
+    event_id = models.UUIDField()
+    recipient = models.CharField(max_length=254)
+    email_id = models.BigIntegerField(db_index=True)
+    state = models.CharField(max_length=16, choices=State.choices)
+    attempts = models.PositiveIntegerField(default=0)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    provider_message_id = models.CharField(max_length=128, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "sender_delivery"
+        constraints = [models.UniqueConstraint(fields=["event_id", "recipient"], name="sender_delivery_uniq")]
+        indexes = [
+            models.Index(fields=["state", "updated_at"], name="sender_delivery_state_idx",
+                         condition=models.Q(state__in=["unknown", "held", "sending"])),
+        ]
+
+    def __str__(self):
+        return f"{self.recipient} of {self.event_id}: {self.state}"
+
+
+class ProviderPause(models.Model):
+    """A pause every sender honours (the provider answered 429): nobody calls it before
+    `paused_until`."""
+
+    provider = models.CharField(max_length=32, primary_key=True)
+    paused_until = models.DateTimeField()
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "sender_provider_pause"

@@ -1,0 +1,328 @@
+"""The sender against the real Postgres and RabbitMQ, and the fake SendGrid. These tests commit
+(transaction=True): the sender's store and processes use connections of their own."""
+
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+
+from core.contracts import EmailFailed, EmailRequested, EmailSent, event_from_dict
+from core.outbox.models import OutboxEvent
+from sender import handlers
+from sender.handlers import ACK, BAD_KEY_PAUSE, DEAD_LETTER, RETRY, Policy, handle_email_requested
+from sender.models import Delivery
+from sender.provider import SendGridProvider
+from sender.store import DeliveryStore
+from tests import broker
+from tests.conftest import client_for, golden
+from tests.factories import EmailTemplateFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+POLICY = Policy(max_attempts=3, lease_seconds=30, retry_unknown=True, backoff_base=1)
+
+
+@pytest.fixture
+def store():
+    store = DeliveryStore(connection.settings_dict, pool_size=4, notify_channel="outbox")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def provider(fake_sendgrid):
+    fake, url = fake_sendgrid
+    return SendGridProvider(api_key="SG.fake-key", host=url, timeout=2)
+
+
+def request(recipients=("ann@example.com", "bob@example.org", "carl@example.net"), email_id=1) -> EmailRequested:
+    return EmailRequested(
+        event_id=str(uuid.uuid4()), correlation_id="corr-1", occurred_at=datetime.now(timezone.utc).isoformat(),
+        email_id=email_id, owner_id=1, template_id=1, from_email="no-reply@example.com",
+        reply_to="owner@example.com", recipients=tuple(recipients), subject="Hello", body_html="<p>Hi</p>",
+    )
+
+
+def calls(fake) -> list[dict]:
+    return list(fake.messages)
+
+
+def status_events(kind=None) -> list:
+    rows = OutboxEvent.objects.exclude(type="email.requested").order_by("created_at")
+    return [event_from_dict(row.payload) for row in rows if kind is None or row.type == kind]
+
+
+def states(event) -> dict[str, tuple[str, int]]:
+    return {d.recipient: (d.state, d.attempts) for d in Delivery.objects.filter(event_id=event.event_id)}
+
+
+# The handler: claim, call, record -----------------------------------------------------------
+
+
+def test_three_recipients_go_in_one_call_with_three_personalizations(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    event = request()
+    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    (call,) = calls(fake)
+    assert [p["to"] for p in call["personalizations"]] and len(call["personalizations"]) == 3
+    assert all(len(p["to"]) == 1 for p in call["personalizations"])
+    assert {r["custom_args"]["event_id"] for r in call["recipients"]} == {event.event_id}
+    assert states(event) == {r: ("sent", 1) for r in event.recipients}
+    (sent,) = status_events()
+    assert isinstance(sent, EmailSent) and sent.provider_message_id == call["message_id"]
+    assert set(sent.recipients) == set(event.recipients) and sent.request_event_id == event.event_id
+    row = OutboxEvent.objects.get(type="email.sent")
+    assert set(row.payload) == set(golden("email.sent", 1))  # the producer side of the contract
+    assert row.aggregateid == str(event.email_id) and row.headers["correlation_id"] == "corr-1"
+
+
+def test_the_consumer_reads_the_golden_request():
+    event = EmailRequested.from_dict(golden("email.requested", 1))
+    assert event.recipients == ("ann@example.com", "bob@example.org")
+
+
+def test_the_same_event_twice_makes_one_call(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    event = request()
+    handle_email_requested(event, provider=provider, store=store, policy=POLICY)
+    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    assert len(calls(fake)) == 1 and len(status_events()) == 1
+
+
+def test_429_pauses_every_sender_then_succeeds(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    fake.faults.update({"script": [429], "retry_after": 1})
+    event = request(["ann@example.com"])
+    first = handle_email_requested(event, provider=provider, store=store, policy=POLICY)
+    assert first.action == RETRY and first.delay >= 1
+    assert states(event) == {"ann@example.com": ("retry", 1)}
+    other_sender = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
+    try:
+        assert other_sender.paused_for() > 0  # a second sender honours the pause too
+        paused = handle_email_requested(request(["zed@example.com"]), provider=provider, store=other_sender,
+                                        policy=POLICY)
+        assert paused.action == RETRY and "wait" in paused.reason
+    finally:
+        other_sender.close()
+    assert fake.stats["status_429"] == 1 and fake.stats["messages"] == 0
+    time.sleep(1.6)
+    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    assert states(event) == {"ann@example.com": ("sent", 2)}
+
+
+def test_500_twice_then_success(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    fake.faults.update({"script": [500, 500]})
+    event = request(["ann@example.com"])
+    decisions = [handle_email_requested(event, provider=provider, store=store, policy=POLICY).action for _ in range(3)]
+    assert decisions == [RETRY, RETRY, ACK]
+    assert states(event) == {"ann@example.com": ("sent", 3)}
+    assert [type(e) for e in status_events()] == [EmailSent] and status_events()[0].attempt == 3
+
+
+def test_a_permanent_400_fails_the_email_with_the_reason(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    fake.faults.update({"reject_pattern": "^bob@"})
+    event = request(["ann@example.com", "bob@example.org"])
+    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    (failed,) = status_events()
+    assert isinstance(failed, EmailFailed) and failed.permanent
+    assert "400: The to email does not contain a valid address." == failed.reason
+    assert states(event) == {"ann@example.com": ("failed", 1), "bob@example.org": ("failed", 1)}
+    row = OutboxEvent.objects.get(type="email.failed")
+    assert set(row.payload) == set(golden("email.failed", 1))
+
+
+def test_a_bad_key_stops_sending_and_fails_nothing(fake_sendgrid, store):
+    fake, url = fake_sendgrid
+    bad = SendGridProvider(api_key="SG.revoked", host=url, timeout=2)
+    event = request(["ann@example.com"])
+    assert handle_email_requested(event, provider=bad, store=store, policy=POLICY).action == BAD_KEY_PAUSE
+    assert states(event) == {"ann@example.com": ("retry", 0)}  # the attempt is given back
+    assert status_events() == []
+    assert bad.check_key() is False
+    assert SendGridProvider(api_key="SG.read-only", host=url, timeout=2).check_key() is False
+    assert SendGridProvider(api_key="SG.fake-key", host=url, timeout=2).check_key() is True
+
+
+def test_attempts_run_out_then_the_email_fails_and_is_dead_lettered(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    fake.faults.update({"rate_500": 1.0})
+    event = request(["ann@example.com"])
+    actions = [handle_email_requested(event, provider=provider, store=store, policy=POLICY).action for _ in range(3)]
+    assert actions == [RETRY, RETRY, DEAD_LETTER]
+    (failed,) = status_events()
+    assert not failed.permanent and failed.reason.startswith("gave up after 3 attempts: 500")
+
+
+def test_a_timeout_is_an_unknown_outcome_retried_by_default(fake_sendgrid, store):
+    fake, url = fake_sendgrid
+    fake.faults.update({"script": ["timeout"], "timeout_seconds": 1.0})
+    provider = SendGridProvider(api_key="SG.fake-key", host=url, timeout=0.3)
+    event = request(["ann@example.com"])
+    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == RETRY
+    assert states(event)["ann@example.com"][0] == "unknown"
+    time.sleep(1.0)
+    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    assert len(calls(fake)) == 2  # the duplicate the retry policy accepts: SendGrid took both
+
+
+def test_a_timeout_is_held_for_ops_under_the_hold_policy(fake_sendgrid, store):
+    fake, url = fake_sendgrid
+    fake.faults.update({"script": ["timeout"], "timeout_seconds": 0.6})
+    provider = SendGridProvider(api_key="SG.fake-key", host=url, timeout=0.3)
+    hold = Policy(max_attempts=3, lease_seconds=30, retry_unknown=False)
+    event = request(["ann@example.com"])
+    assert handle_email_requested(event, provider=provider, store=store, policy=hold).action == ACK
+    assert states(event) == {"ann@example.com": ("held", 1)}
+    assert handle_email_requested(event, provider=provider, store=store, policy=hold).action == ACK
+    assert len(calls(fake)) <= 1 and status_events() == []
+
+
+def test_a_crash_after_the_call_leaves_a_lease_that_expires(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    event = request(["ann@example.com"])
+    short = Policy(max_attempts=3, lease_seconds=0.5, retry_unknown=True)
+    store.claim(event, lease_seconds=0.5, retry_unknown=True)  # a sender claimed, then died
+    busy = handle_email_requested(event, provider=provider, store=store, policy=short)
+    assert busy.action == RETRY and "another sender" in busy.reason and calls(fake) == []
+    time.sleep(0.7)
+    assert handle_email_requested(event, provider=provider, store=store, policy=short).action == ACK
+    assert states(event) == {"ann@example.com": ("sent", 2)}
+
+
+@override_settings(SEND_MAX_RECIPIENTS=2000)
+def test_1500_recipients_go_in_two_calls_of_at_most_1000(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    client = client_for(UserFactory())
+    recipients = [f"r{i}@example.com" for i in range(1500)]
+    response = client.post("/api/v1/emails/sent-email/", {"recipients": recipients,
+                           "template": EmailTemplateFactory().pk, "context": {"name": "All"}}, format="json")
+    assert response.status_code == 202
+    event = EmailRequested.from_dict(OutboxEvent.objects.get(type="email.requested").payload)
+    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    sizes = sorted(len(call["personalizations"]) for call in calls(fake))
+    assert sizes == [500, 1000]
+    assert {r["email"] for call in calls(fake) for r in call["recipients"]} == set(recipients)
+    assert sorted(len(e.recipients) for e in status_events()) == [500, 1000]
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after():
+    policy = Policy(backoff_base=1, backoff_cap=300)
+    assert all(0.5 <= handlers.backoff(1, policy) <= 1 for _ in range(50))
+    assert all(4 <= handlers.backoff(4, policy) <= 8 for _ in range(50))
+    assert handlers.backoff(1, policy, retry_after=30) == 30
+    assert handlers.backoff(20, policy) <= 300
+
+
+# The process: AMQP, retries through delay queues, pauses, SIGTERM -----------------------------
+
+
+def send_event(topology, event: EmailRequested, times: int = 1) -> None:
+    for _ in range(times):
+        broker.publish(topology, event.to_dict(), message_id=event.event_id)
+
+
+def delivered(event) -> bool:
+    return all(state == "sent" for state, _ in states(event).values()) and len(states(event)) == len(event.recipients)
+
+
+def test_the_sender_process_delivers_once_even_when_the_event_comes_twice(topology, senders, fake_sendgrid):
+    fake, _ = fake_sendgrid
+    sender = senders(topology)
+    sender.wait_ready()
+    event = request()
+    send_event(topology, event, times=2)
+    broker.wait_for(lambda: delivered(event), timeout=15, message="delivery")
+    broker.wait_for(lambda: broker.queue_depth(topology.queue("sender")) == 0, timeout=10, message="acks")
+    time.sleep(0.5)
+    assert len(calls(fake)) == 1
+    assert sender.get("/readyz")[0] == 200
+    assert "sender_sent_recipients_total 3.0" in sender.get("/metrics")[1]
+
+
+def test_a_replay_through_the_relay_makes_no_second_call(topology, senders, relays, fake_sendgrid):
+    fake, _ = fake_sendgrid
+    senders(topology).wait_ready()
+    relays(topology).wait_ready()
+    response = client_for(UserFactory()).post(
+        "/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"], "template": EmailTemplateFactory().pk},
+        format="json")
+    email_id = str(response.json()["id"])
+    broker.wait_for(lambda: OutboxEvent.objects.filter(type="email.sent", published_at__isnull=False).exists(),
+                    timeout=20, message="sent and its status published")
+    from core.outbox.selectors import OutboxFilter
+    from core.outbox.services import outbox_replay
+
+    assert outbox_replay(selection=OutboxFilter(aggregate_id=email_id, event_type="email.requested"),
+                         actor="test", via="cli").count == 1
+    broker.wait_for(lambda: OutboxEvent.objects.get(type="email.requested").published_at is not None,
+                    timeout=10, message="the replay published")
+    broker.wait_for(lambda: broker.queue_depth(topology.queue("sender")) == 0, timeout=10, message="replay consumed")
+    time.sleep(0.5)
+    assert len(calls(fake)) == 1
+    assert OutboxEvent.objects.filter(type="email.sent").count() == 1
+
+
+def test_a_poison_message_goes_to_the_dead_letter_queue_at_once(topology, senders, fake_sendgrid):
+    sender = senders(topology)
+    sender.wait_ready()
+    broker.publish(topology, {}, message_id="poison-1", raw=b"{not json")
+    broker.publish(topology, {"type": "email.requested", "schema_version": 99}, message_id="poison-2")
+    dead = broker.collect(topology.dead_letter_queue("sender"), expect_ids={"poison-1", "poison-2"}, timeout=10)
+    assert sorted(dead.ids) == ["poison-1", "poison-2"]
+    assert sender.events().count("poison_message_dead_lettered") == 2
+
+
+def test_transient_errors_retry_through_the_delay_queues(topology, senders, fake_sendgrid):
+    fake, _ = fake_sendgrid
+    fake.faults.update({"script": [429, 500], "retry_after": 1})
+    sender = senders(topology)
+    sender.wait_ready()
+    event = request(["ann@example.com"])
+    send_event(topology, event)
+    broker.wait_for(lambda: delivered(event), timeout=30, message="delivery after retries")
+    assert states(event) == {"ann@example.com": ("sent", 3)}
+    assert fake.stats["status_429"] == 1 and fake.stats["status_500"] == 1 and len(calls(fake)) == 1
+    assert sender.events().count("email_retry_scheduled") == 2
+
+
+def test_a_bad_key_pauses_consuming_until_the_key_works(topology, senders, fake_sendgrid):
+    fake, _ = fake_sendgrid
+    sender = senders(topology, SENDGRID_API_KEY="SG.rotating")
+    sender.wait_ready()
+    events = [request([f"r{i}@example.com"]) for i in range(5)]
+    for event in events:
+        send_event(topology, event)
+    broker.wait_for(lambda: sender.get("/readyz")[0] == 503, timeout=15, message="unready")
+    assert json.loads(sender.get("/readyz")[1])["provider_key"] is False
+    time.sleep(1.5)
+    assert Delivery.objects.filter(state="failed").count() == 0 and status_events() == []
+    fake.keys["SG.rotating"] = {"mail.send"}  # the key is fixed on the provider's side
+    broker.wait_for(lambda: all(delivered(e) for e in events), timeout=60, message="delivery after the key works")
+    assert sender.get("/readyz")[0] == 200
+    assert "sending_resumed_key_accepted" in sender.events()
+
+
+def test_sigterm_finishes_in_flight_work_and_exits_0(topology, senders, fake_sendgrid):
+    fake, _ = fake_sendgrid
+    fake.faults.update({"latency_ms": 300})
+    sender = senders(topology)
+    sender.wait_ready()
+    events = [request([f"r{i}@example.com"]) for i in range(20)]
+    for event in events:
+        send_event(topology, event)
+    broker.wait_for(lambda: fake.stats["messages"] or Delivery.objects.filter(state="sending").exists(),
+                    timeout=10, message="work in flight")
+    assert sender.terminate(timeout=30) == 0
+    assert "sender_drained" in sender.events()
+    # Nothing is left half-done: every delivery is sent or waiting in a queue for the next sender.
+    assert not Delivery.objects.filter(state="sending").exists()
+    sender2 = senders(topology)
+    broker.wait_for(lambda: all(delivered(e) for e in events), timeout=30, message="the rest delivered")
+    assert fake.stats["messages"] == 20
+    sender2.terminate()
