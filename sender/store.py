@@ -10,6 +10,7 @@ holds one.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,23 +93,26 @@ class DeliveryStore:
             password=database["PASSWORD"], connect_timeout=database.get("OPTIONS", {}).get("connect_timeout", 5),
             application_name="sender",
         )
+        # ThreadedConnectionPool raises when it is empty; the sender's threads must wait instead.
+        self._available = threading.BoundedSemaphore(pool_size)
         self._notify_channel = notify_channel
         self._provider = provider
         self._pause_cache: tuple[float, float] = (0.0, 0.0)  # (checked at, paused until)
 
     @contextmanager
     def _cursor(self):
-        conn = self._pool.getconn()
-        broken = False
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cursor:
-                yield cursor
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
-            broken = True
-            raise
-        finally:
-            self._pool.putconn(conn, close=broken or conn.closed)
+        with self._available:
+            conn = self._pool.getconn()
+            broken = False
+            try:
+                conn.autocommit = True
+                with conn.cursor() as cursor:
+                    yield cursor
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                broken = True
+                raise
+            finally:
+                self._pool.putconn(conn, close=broken or conn.closed)
 
     def close(self) -> None:
         self._pool.closeall()

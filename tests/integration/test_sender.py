@@ -326,3 +326,18 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(topology, senders, fake_sen
     broker.wait_for(lambda: all(delivered(e) for e in events), timeout=30, message="the rest delivered")
     assert fake.stats["messages"] == 20
     sender2.terminate()
+
+
+def test_more_threads_than_pooled_connections_wait_instead_of_failing(fake_sendgrid, provider):
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = DeliveryStore(connection.settings_dict, pool_size=2, notify_channel=None)
+    try:
+        events = [request([f"r{i}@example.com"]) for i in range(40)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            actions = list(pool.map(lambda e: handle_email_requested(e, provider=provider, store=small,
+                                                                      policy=POLICY).action, events))
+        assert actions == [ACK] * 40
+        assert Delivery.objects.filter(state="sent").count() == 40
+    finally:
+        small.close()
