@@ -48,14 +48,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def purge_queues(topology) -> None:
-    from tests.broker import blocking_connection
+def purge(topology) -> None:
+    from tests.broker import purge as purge_all
 
-    conn = blocking_connection()
-    channel = conn.channel()
-    for queue in topology.all_queues():
-        channel.queue_purge(queue)
-    conn.close()
+    purge_all(topology)
 
 
 def broker_only(topology, rows: int, batch: int) -> float:
@@ -143,7 +139,7 @@ def drain_run(topology, relay_count: int, rows: int, batch: int) -> tuple[float,
     statements = relays.metric("outbox_relay_db_statements_total") - statements_before
     published = relays.metric("outbox_relay_published_total") - published_before
     relays.stop()
-    purge_queues(topology)
+    purge(topology)
     return rows / elapsed, statements / max(published, 1)
 
 
@@ -192,7 +188,7 @@ def idle_latency(topology, samples: int) -> list[float]:
     thread.join(timeout=30)
     relays.stop()
     conn.close()
-    purge_queues(topology)
+    purge(topology)
     return [(arrived[i] - committed[i]) * 1000 for i in committed if i in arrived]
 
 
@@ -213,7 +209,7 @@ def main() -> None:
 
     topology = topology_from_settings()
     declare(topology)
-    purge_queues(topology)
+    purge(topology)
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE outbox CASCADE")
 
@@ -221,7 +217,7 @@ def main() -> None:
     trips = []
     for attempt in range(1, args.repeat + 1):
         runs["broker only"].append(broker_only(topology, args.rows, args.batch))
-        purge_queues(topology)
+        purge(topology)
         for count, name in ((1, "1 relay"), (2, "2 relays")):
             rate, per_row = drain_run(topology, count, args.rows, args.batch)
             runs[name].append(rate)

@@ -87,8 +87,10 @@ class Claim:
 
 class DeliveryStore:
     def __init__(self, database: dict, *, pool_size: int, notify_channel: str | None, provider: str = "sendgrid"):
+        # minconn = maxconn: psycopg2's pool closes every returned connection beyond minconn,
+        # which would make each statement pay for a new Postgres backend.
         self._pool = ThreadedConnectionPool(
-            1, pool_size,
+            pool_size, pool_size,
             host=database["HOST"], port=database["PORT"], dbname=database["NAME"], user=database["USER"],
             password=database["PASSWORD"], connect_timeout=database.get("OPTIONS", {}).get("connect_timeout", 5),
             application_name="sender",

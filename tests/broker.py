@@ -52,6 +52,17 @@ def delete(topology: Topology) -> None:
         conn.close()
 
 
+def purge(topology: Topology) -> None:
+    """Empty every queue of the topology (benchmarks start from nothing)."""
+    conn = blocking_connection()
+    try:
+        channel = conn.channel()
+        for queue in topology.all_queues():
+            channel.queue_purge(queue)
+    finally:
+        conn.close()
+
+
 @dataclass
 class Received:
     messages: list = field(default_factory=list)  # (properties, body)
