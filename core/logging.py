@@ -4,8 +4,6 @@ Standard-library loggers (Django, gunicorn, pika) go through the same processors
 process writes has one format and carries the bound correlation id.
 """
 
-import logging
-import logging.config
 
 import structlog
 

@@ -1,5 +1,8 @@
-"""What every long-running worker shares: reconnect backoff and outage logging."""
+"""What every long-running worker shares: reconnect backoff, outage logging, stopping."""
 
+import os
+import select
+import signal
 import time
 
 import structlog
@@ -42,3 +45,28 @@ class Outages:
         started = self._since.pop(dependency, None)
         if started is not None:
             log.info(f"{dependency}_recovered", outage_seconds=round(time.monotonic() - started, 1))
+
+
+class StopSignal:
+    """SIGTERM/SIGINT set a flag and wake whatever waits on `fd` (a self-pipe), so a worker
+    blocked in select() or an ioloop stops at once instead of at its next timeout."""
+
+    def __init__(self):
+        self.stopping = False
+        self.fd, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.set())
+        signal.signal(signal.SIGINT, lambda *_: self.set())
+
+    def set(self) -> None:
+        self.stopping = True
+        try:
+            os.write(self._write, b"x")
+        except OSError:  # the pipe is full: it is awake anyway
+            pass
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if a stop arrives."""
+        select.select([self.fd], [], [], seconds)

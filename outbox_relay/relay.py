@@ -20,8 +20,6 @@ reconnect backoff, a pause while the broker blocks the connection, SIGTERM handl
 from __future__ import annotations
 
 import os
-import select
-import signal
 import time
 from dataclasses import dataclass
 
@@ -30,7 +28,7 @@ import psycopg2.extensions
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from core.workers import Backoff, Outages
+from core.workers import Backoff, Outages, StopSignal
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
 
 log = structlog.get_logger(__name__)
@@ -182,23 +180,20 @@ class RelayWorker:
         self.outages = Outages(health, FAILURES)
         self._conn = None
         self._listen = None
-        self._stop_read, self._stop_write = os.pipe()
-        os.set_blocking(self._stop_write, False)
-        self._stopping = False
+        self._stop = StopSignal()
         self._next_stats = 0.0
 
     # Lifecycle -------------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self._stop.install()
 
     def stop(self) -> None:
-        self._stopping = True
-        try:
-            os.write(self._stop_write, b"x")
-        except OSError:
-            pass
+        self._stop.set()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop.stopping
 
     def run(self) -> int:
         """Relay until stopped; reconnects on its own. Returns the exit code (0 after SIGTERM)."""
@@ -217,7 +212,7 @@ class RelayWorker:
                 self.outages.down("rabbitmq", exc)
                 self.publisher.close()
             if not self._stopping:
-                self._sleep(backoff.next())
+                self._stop.sleep(backoff.next())
         self._close_postgres()
         self.publisher.close()
         log.info("relay_stopped")
@@ -255,7 +250,7 @@ class RelayWorker:
             self.health.tick()
             self._refresh_stats()
             if self.publisher.blocked:  # the broker is short of memory or disk: do not claim
-                self.publisher.wait([self._stop_read], self.config.poll_interval)
+                self.publisher.wait([self._stop.fd], self.config.poll_interval)
                 continue
             started = time.perf_counter()
             outcome = relay_batch(
@@ -279,7 +274,7 @@ class RelayWorker:
             self._wait_for_work()
 
     def _wait_for_work(self) -> None:
-        fds = [self._stop_read] + ([self._listen.fileno()] if self._listen is not None else [])
+        fds = [self._stop.fd] + ([self._listen.fileno()] if self._listen is not None else [])
         self.publisher.wait(fds, self.config.poll_interval)
         if self._listen is not None:
             self._listen.poll()  # raises OperationalError when Postgres went away
@@ -299,7 +294,3 @@ class RelayWorker:
         BACKLOG.set(backlog)
         OLDEST_AGE.set(float(oldest_age))
         DEAD_ROWS.set(dead)
-
-    def _sleep(self, seconds: float) -> None:
-        """Sleep, waking at once on stop."""
-        select.select([self._stop_read], [], [], seconds)

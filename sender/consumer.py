@@ -17,9 +17,6 @@ not burn the queue's delivery limit), lets the started ones finish, and exits 0.
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +31,7 @@ from prometheus_client import Gauge, Histogram
 
 from core.broker import Topology, connection_parameters, declare_topology
 from core.contracts import ContractError, EmailRequested
-from core.workers import Backoff, Outages
+from core.workers import Backoff, Outages, StopSignal
 from sender.handlers import ACK, BAD_KEY_PAUSE, DEAD_LETTER, RETRY, Decision, Policy, handle_email_requested
 
 log = structlog.get_logger(__name__)
@@ -69,8 +66,7 @@ class SenderWorker:
         self.health = health
         self.outages = Outages(health)
         self.key_rejected = threading.Event()
-        self._stopping = False
-        self._stop_read, self._stop_write = os.pipe()
+        self._stop = StopSignal()
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._consumer_tag: str | None = None
@@ -84,15 +80,14 @@ class SenderWorker:
     # Lifecycle -------------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self._stop.install()
 
     def stop(self) -> None:
-        self._stopping = True
-        try:
-            os.write(self._stop_write, b"x")
-        except OSError:
-            pass
+        self._stop.set()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop.stopping
 
     def run(self) -> int:
         backoff = Backoff()
@@ -112,7 +107,7 @@ class SenderWorker:
                 self.outages.down("rabbitmq", exc)
             self._close_connection()
             if not self._stopping:
-                select.select([self._stop_read], [], [], backoff.next())
+                self._stop.sleep(backoff.next())
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.store.close()
         log.info("sender_stopped")

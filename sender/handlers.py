@@ -17,7 +17,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from core.contracts import EmailRequested
-from sender.provider import BAD_KEY, MAX_RECIPIENTS_PER_CALL, PERMANENT, SENT, TRANSIENT, UNKNOWN, SendResult
+from sender.provider import BAD_KEY, MAX_RECIPIENTS_PER_CALL, PERMANENT, SENT, UNKNOWN, SendResult
 from sender.store import DeliveryStore
 
 log = structlog.get_logger(__name__)

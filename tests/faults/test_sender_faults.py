@@ -40,7 +40,7 @@ def test_sigkill_a_sender_while_2000_emails_flow(topology, senders, fake_sendgri
     sender = senders(topology, SENDER_LEASE_SECONDS=3)
     kills = 0
     for threshold in (400, 1000):
-        broker.wait_for(lambda: fake.stats["messages"] >= threshold, timeout=60, interval=0.01,
+        broker.wait_for(lambda n=threshold: fake.stats["messages"] >= n, timeout=60, interval=0.01,
                         message=f"{threshold} sent")
         sender.kill()
         kills += 1

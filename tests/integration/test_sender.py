@@ -7,7 +7,6 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 
