@@ -32,5 +32,5 @@ def sent_email_log_list(*, owner_id: int, recipients: list[str] | None = None, s
 def sent_email_log_get(*, owner_id: int, email_id: int) -> tuple[SentEmailLog, list[SentEmailLogEvent]]:
     """One of the owner's emails with its status history; Http404 for anyone else's."""
     row = get_object_or_404(SentEmailLog, pk=email_id, owner_id=owner_id)
-    history = list(SentEmailLogEvent.objects.filter(email_id=email_id).order_by("at", "id"))
+    history = list(SentEmailLogEvent.objects.filter(email_id=email_id).order_by("id"))  # as applied
     return row, history
