@@ -375,3 +375,29 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
     broker.wait_for(lambda: SentEmailLog.objects.filter(pk=11, status="sent").exists(), timeout=10,
                     message="the good events applied")
     assert projector.terminate() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rebuild_and_reconcile_commands(capsys, settings):
+    from query_api.__main__ import main as cli
+    from tests.factories import EmailTemplateFactory
+
+    settings.RECONCILE_GRACE_SECONDS = 0
+    client_for(UserFactory()).post("/api/v1/emails/sent-email/", {"recipients": ["a@example.com"],
+                                   "template": EmailTemplateFactory().pk}, format="json")
+    assert cli(["reconcile"]) == 1  # the projector never ran: one row missing
+    assert json.loads(capsys.readouterr().out)["missing"] == 1
+    assert cli(["rebuild"]) == 0
+    assert "rebuilt the read table: 1 emails" in capsys.readouterr().out
+    assert cli(["reconcile"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"missing": 0, "behind": 0, "repaired": 0, "examples": []}
+
+
+@pytest.mark.django_db
+def test_reconcile_is_scheduled_hourly():
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    job = Schedule.objects.get(name="read_model_reconcile")
+    assert job.schedule_type == Schedule.HOURLY and job.repeats < 0
+    assert import_string(job.func)() == {"missing": 0, "behind": 0, "repaired": 0}
