@@ -14,7 +14,6 @@ Needs wrk (apt-get install wrk). Run it by hand.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,22 +21,10 @@ import time
 import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, parse_wrk, setup_django, wait_http  # noqa: E402
+
 PREFIX = "bench-query"
-
-
-def setup(database: str) -> None:
-    os.environ.update({"POSTGRES_DB": database, "DJANGO_SETTINGS_MODULE": "query_api.settings",
-                       "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "benchmark-only", "BROKER_PREFIX": PREFIX,
-                       "LOG_LEVEL": "WARNING", "POSTGRES_CONN_MAX_AGE": "600"})
-    subprocess.run([sys.executable, "-m", "core.db_bootstrap"], cwd=ROOT, check=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True)
-    import django
-
-    django.setup()
 
 
 def fill(rows: int, owner_base: int) -> None:
@@ -105,14 +92,8 @@ def wrk(url: str, token: str, duration: int) -> dict:
     script.close()
     out = subprocess.run(["wrk", "-t1", "-c4", f"-d{duration}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
-
-    def ms(label):
-        value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
-        return float(value) / 1000 if unit == "us" else float(value) * (1000 if unit == "s" else 1)
-
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": ms("50"), "p99": ms("99"),
-            "errors": int(non2xx.group(1)) if non2xx else 0}
+    result = parse_wrk(out)
+    return {"rps": result["rps"], "p50": result["p50"], "p99": result["p99"], "errors": result["non_2xx"]}
 
 
 def projector_run(events: int) -> float:
@@ -171,7 +152,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--database", default="emails_bench_query")
     args = parser.parse_args()
-    setup(args.database)
+    setup_django(database=args.database, settings_module="query_api.settings", prefix=PREFIX,
+                 POSTGRES_CONN_MAX_AGE="600")
     from knox.models import AuthToken
 
     from core.accounts.models import User
@@ -187,12 +169,7 @@ def main() -> None:
     results = {}
     try:
         base = "http://127.0.0.1:8012/api/v1/emails/sent-email/"
-        for _ in range(50):
-            try:
-                urllib.request.urlopen("http://127.0.0.1:8012/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_http("http://127.0.0.1:8012/healthz")
         for name, query in QUERIES.items():
             check = urllib.request.Request(base + query, headers={"Authorization": f"Token {token}"})
             count = len(json.loads(urllib.request.urlopen(check).read())["results"])
