@@ -23,24 +23,10 @@ import threading
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, setup_django  # noqa: E402
 
 PREFIX = "bench"
-
-
-def setup_django(database: str) -> None:
-    os.environ.update({
-        "POSTGRES_DB": database, "DJANGO_SETTINGS_MODULE": "outbox_relay.settings", "DJANGO_DEBUG": "false",
-        "DJANGO_SECRET_KEY": "benchmark-only", "BROKER_PREFIX": PREFIX, "LOG_LEVEL": "WARNING",
-    })
-    subprocess.run([sys.executable, "-m", "core.db_bootstrap"], cwd=ROOT, check=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True)
-    import django
-
-    django.setup()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -200,7 +186,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are reported")
     parser.add_argument("--database", default="emails_bench_relay")
     args = parser.parse_args()
-    setup_django(args.database)
+    setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=PREFIX)
 
     from django.db import connection
 

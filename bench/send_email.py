@@ -12,17 +12,14 @@ Needs wrk (Debian: apt-get install wrk). Run it by hand; it is not part of the t
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, parse_wrk, wait_http  # noqa: E402
+
 PYTHON = sys.executable
 
 
@@ -77,39 +74,6 @@ def counts(env: dict) -> tuple[int, int]:
     return int(emails), int(outbox)
 
 
-def wait_ready(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the server did not answer {url} in {seconds}s")
-
-
-def parse_wrk(output: str) -> dict:
-    def latency_ms(label: str) -> float:
-        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    requests = int(re.search(r"(\d+) requests in", output).group(1))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = re.search(r"Socket errors: (.*)", output)
-    return {
-        "requests": requests,
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-        "p50": latency_ms("50"),
-        "p75": latency_ms("75"),
-        "p90": latency_ms("90"),
-        "p99": latency_ms("99"),
-        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-        "socket_errors": errors.group(1) if errors else "none",
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=4)
@@ -133,7 +97,7 @@ def main() -> None:
     )
     try:
         base = f"http://127.0.0.1:{args.port}"
-        wait_ready(f"{base}/readyz", 30)
+        wait_http(f"{base}/readyz", 30)
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
         script.write(
             'wrk.method = "POST"\n'

@@ -20,36 +20,14 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, setup_django, wait_http  # noqa: E402
+
 PREFIX = "bench-sender"
-
-
-def setup(database: str) -> None:
-    os.environ.update({"POSTGRES_DB": database, "DJANGO_SETTINGS_MODULE": "outbox_relay.settings",
-                       "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "benchmark-only", "BROKER_PREFIX": PREFIX,
-                       "LOG_LEVEL": "WARNING"})
-    subprocess.run([sys.executable, "-m", "core.db_bootstrap"], cwd=ROOT, check=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True)
-    import django
-
-    django.setup()
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_http(url: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer")
 
 
 def fill_queue(topology, emails: int, recipients: int) -> None:
@@ -129,7 +107,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=16)
     parser.add_argument("--database", default="emails_bench_sender")
     args = parser.parse_args()
-    setup(args.database)
+    setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=PREFIX)
 
     from core.broker import topology_from_settings
     from tests.broker import declare

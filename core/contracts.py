@@ -9,7 +9,7 @@ everywhere downstream.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import ClassVar
 
 
@@ -37,11 +37,12 @@ class Event:
             raise ContractError(
                 f"{cls.TYPE}: unsupported schema_version {data.get('schema_version')!r}"
             )
-        names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
+        # Fields added later within a version have defaults, so older payloads still read.
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
         if missing:
             raise ContractError(f"{cls.TYPE}: missing {', '.join(missing)}")
-        values = {name: data[name] for name in names}
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         for name, value in values.items():
             if isinstance(value, list):
                 values[name] = tuple(value)
@@ -64,6 +65,7 @@ class EmailRequested(Event):
     recipients: tuple[str, ...]
     subject: str
     body_html: str
+    template_name: str = ""  # added within version 1
 
     def to_dict(self) -> dict:
         data = super().to_dict()
@@ -115,7 +117,29 @@ class EmailFailed(Event):
         return data
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed)}
+@dataclass(frozen=True, kw_only=True)
+class EmailDeliveryStatus(Event):
+    """What the provider reported about one recipient (SendGrid's Event Webhook): processed,
+    deferred, delivered, bounced, dropped, opened, clicked, spam_reported, unsubscribed."""
+
+    TYPE: ClassVar[str] = "email.delivery_status"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "sent_email"
+
+    email_id: int
+    request_event_id: str
+    recipient: str
+    status: str
+    provider: str
+    provider_event_id: str
+    provider_message_id: str
+    reason: str
+    reported_at: str  # the provider's timestamp, ISO 8601
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed, EmailDeliveryStatus)
+}
 
 
 def event_from_dict(data: dict) -> Event:

@@ -35,7 +35,10 @@ INSTALLED_APPS = [
     "core.accounts",
     "core.outbox",
     "command_api.emails",
+    "command_api.webhooks",
     "sender",
+    "query_api",
+    "django.contrib.postgres",
 ]
 
 MIDDLEWARE = [
@@ -182,6 +185,19 @@ SENDER_HTTP_PORT = env_int("SENDER_HTTP_PORT", 9102)
 SENDER_UNKNOWN_OUTCOME = env_str("SENDER_UNKNOWN_OUTCOME", "retry")
 if SENDER_UNKNOWN_OUTCOME not in ("retry", "hold"):
     raise ImproperlyConfigured(f"SENDER_UNKNOWN_OUTCOME must be retry or hold, got {SENDER_UNKNOWN_OUTCOME!r}.")
+
+# Projector and query API.
+PROJECTOR_BATCH_SIZE = env_int("PROJECTOR_BATCH_SIZE", 100)
+PROJECTOR_BATCH_WAIT_MS = env_int("PROJECTOR_BATCH_WAIT_MS", 50)
+PROJECTOR_HTTP_PORT = env_int("PROJECTOR_HTTP_PORT", 9103)
+QUERY_PAGE_SIZE = env_int("QUERY_PAGE_SIZE", 50)
+QUERY_MAX_PAGE_SIZE = env_int("QUERY_MAX_PAGE_SIZE", 200)
+# Reconcile: a read row older than this that disagrees with the write side is "behind".
+RECONCILE_GRACE_SECONDS = env_int("RECONCILE_GRACE_SECONDS", 300)
+
+# SendGrid Event Webhook: SendGrid's verification key (base64, as its settings page shows it).
+SENDGRID_WEBHOOK_PUBLIC_KEY = env_str("SENDGRID_WEBHOOK_PUBLIC_KEY", "")
+SENDGRID_WEBHOOK_MAX_AGE_SECONDS = env_int("SENDGRID_WEBHOOK_MAX_AGE_SECONDS", 600)
 
 Q_CLUSTER = {
     "name": "emails",

@@ -1,1 +1,1 @@
-"""The read side (read model, projector, query API). Not built yet: see the open issues."""
+"""The read side: the denormalized sent-email log, the projector that keeps it, the query API."""

@@ -48,7 +48,7 @@ OUTCOME_SQL = f"""
     WITH done AS (
         UPDATE sender_delivery
            SET state = %(state)s, provider_message_id = %(message_id)s, last_error = %(error)s,
-               lease_until = NULL, updated_at = now()
+               lease_until = NULL, updated_at = %(occurred_at)s::timestamptz
          WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND state = 'sending'
         RETURNING 1
     ), event AS (
@@ -159,6 +159,7 @@ class DeliveryStore:
             "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
             "state": state, "message_id": message_id, "error": error, "event_id": request.event_id,
             "recipients": recipients, "notify": self._notify_channel is not None,
+            "occurred_at": event.occurred_at,  # the row and its event carry the same time
             "channel": self._notify_channel or "",
         }
         with self._cursor() as cursor:

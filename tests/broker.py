@@ -122,8 +122,11 @@ class WorkerProcess:
     """`python -m <module> run` (the relay, the sender) as a real process against the test
     database and this test's topology, with probes on a free port."""
 
+    VERBS = {"query_api": "project"}
+
     def __init__(self, module: str, topology: Topology, **env):
         self.module = module
+        self.verb = self.VERBS.get(module, "run")
         self.port = free_port()
         self.env = os.environ | {
             "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -139,7 +142,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         self._log = open(self.log_path, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, "run", "--http-host", "127.0.0.1", "--http-port", str(self.port)],
+            [sys.executable, "-m", self.module, self.verb, "--http-host", "127.0.0.1", "--http-port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         return self

@@ -264,6 +264,7 @@ def sent_email_create(
                 recipients=tuple(recipients),
                 subject=subject,
                 body_html=body,
+                template_name=template.name,
             )
             outbox_event_add(
                 event=event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(email.pk)

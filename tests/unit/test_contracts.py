@@ -6,7 +6,7 @@ from core.contracts import ContractError, EmailRequested, event_from_dict
 from tests.conftest import golden
 
 
-@pytest.mark.parametrize("event_type", ["email.requested", "email.sent", "email.failed"])
+@pytest.mark.parametrize("event_type", ["email.requested", "email.sent", "email.failed", "email.delivery_status"])
 def test_every_golden_sample_round_trips(event_type):
     sample = golden(event_type, 1)
     event = event_from_dict(sample)
@@ -58,3 +58,9 @@ def test_events_are_frozen():
     event = EmailRequested.from_dict(golden("email.requested", 1))
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.subject = "changed"
+
+
+def test_a_field_added_within_a_version_may_be_missing_from_older_payloads():
+    older = golden("email.requested", 1)
+    del older["template_name"]
+    assert EmailRequested.from_dict(older).template_name == ""

@@ -1,0 +1,54 @@
+"""What the benchmark scripts share: a database of their own, waiting for a server, reading wrk."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def setup_django(*, database: str, settings_module: str, prefix: str, **env: str) -> None:
+    """Point this process (and the processes it starts) at `database` and broker `prefix` with
+    production settings, create and migrate the database, set Django up."""
+    os.environ.update({"POSTGRES_DB": database, "DJANGO_SETTINGS_MODULE": settings_module, "DJANGO_DEBUG": "false",
+                       "DJANGO_SECRET_KEY": "benchmark-only", "BROKER_PREFIX": prefix, "LOG_LEVEL": "WARNING",
+                       **env})
+    subprocess.run([sys.executable, "-m", "core.db_bootstrap"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True)
+    import django
+
+    django.setup()
+
+
+def wait_http(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer in {seconds}s")
+
+
+def parse_wrk(output: str) -> dict:
+    """Requests, requests/s, latency percentiles (ms), non-2xx answers and socket errors."""
+    def latency_ms(label: str) -> float:
+        value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
+        return float(value) / 1000 if unit == "us" else float(value) * (1000 if unit == "s" else 1)
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "requests": int(re.search(r"(\d+) requests in", output).group(1)),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        **{f"p{q}": latency_ms(str(q)) for q in (50, 75, 90, 99)},
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else "none",
+    }

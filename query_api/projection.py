@@ -1,0 +1,119 @@
+"""How events change a sent-email log row: pure functions, no database.
+
+Statuses only move forward (django-post_office's status priority): an event that arrives late,
+twice or out of order can never lower a recipient's status, so applying the same events in any
+order gives the same row. A `delivered` that overtakes its `sent` still ends as delivered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent, Event
+
+RANK = {
+    "queued": 0,
+    "processed": 10,
+    "deferred": 20,
+    "sent": 30,
+    "failed": 40,  # our failure; a later delivered (an unknown outcome resolved) overrides it
+    "delivered": 50,
+    "bounced": 60,
+    "dropped": 60,
+    "opened": 70,
+    "clicked": 80,
+    "spam_reported": 90,
+    "unsubscribed": 90,
+}
+PENDING = {"queued", "processed", "deferred"}
+FAILED = {"failed", "bounced", "dropped"}
+DELIVERED = {"delivered", "opened", "clicked", "spam_reported", "unsubscribed"}
+OVERALL = ("queued", "sending", "sent", "delivered", "partially_failed", "failed")
+
+
+def overall_status(statuses: list[str]) -> str:
+    if not statuses or all(s == "queued" for s in statuses):
+        return "queued"
+    if any(s in PENDING for s in statuses):
+        return "sending"
+    if all(s in FAILED for s in statuses):
+        return "failed"
+    if any(s in FAILED for s in statuses):
+        return "partially_failed"
+    if all(s in DELIVERED for s in statuses):
+        return "delivered"
+    return "sent"
+
+
+@dataclass
+class Row:
+    id: int
+    owner_id: int | None = None
+    from_email: str = ""
+    template_id: int | None = None
+    template_name: str = ""
+    subject: str = ""
+    created: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    recipient_status: dict[str, dict] = field(default_factory=dict)
+    status: str = "queued"
+    last_event_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    event_id: str
+    type: str
+    recipient: str
+    status: str
+    at: str
+    detail: str = ""
+
+
+def _raise(row: Row, recipient: str, status: str, at: str, **extra) -> bool:
+    current = row.recipient_status.get(recipient)
+    if current is not None and RANK[current["status"]] >= RANK[status]:
+        return False
+    row.recipient_status[recipient] = {"status": status, "at": at, **{k: v for k, v in extra.items() if v}}
+    return True
+
+
+def apply(row: Row, event: Event) -> list[Change]:
+    """Apply `event` to `row` in place; returns the recipient changes it made (for the history)."""
+    changes: list[Change] = []
+
+    def record(recipient, status, at, detail=""):
+        changes.append(Change(event.event_id, event.TYPE, recipient, status, at, detail))
+
+    if isinstance(event, EmailRequested):
+        row.owner_id = event.owner_id
+        row.from_email = event.from_email
+        row.template_id = event.template_id
+        row.template_name = event.template_name
+        row.subject = event.subject
+        row.created = event.occurred_at
+        row.recipients = [r.lower() for r in event.recipients]
+        for recipient in row.recipients:
+            if recipient not in row.recipient_status:
+                row.recipient_status[recipient] = {"status": "queued", "at": event.occurred_at}
+        record("", "queued", event.occurred_at, f"{len(row.recipients)} recipients")
+    elif isinstance(event, EmailSent):
+        for recipient in (r.lower() for r in event.recipients):
+            if _raise(row, recipient, "sent", event.occurred_at, provider_message_id=event.provider_message_id):
+                record(recipient, "sent", event.occurred_at, event.provider_message_id)
+    elif isinstance(event, EmailFailed):
+        for recipient in (r.lower() for r in event.recipients):
+            if _raise(row, recipient, "failed", event.occurred_at, reason=event.reason):
+                record(recipient, "failed", event.occurred_at, event.reason)
+    elif isinstance(event, EmailDeliveryStatus):
+        recipient = event.recipient.lower()
+        if event.status in RANK and _raise(row, recipient, event.status, event.reported_at,
+                                           provider_message_id=event.provider_message_id, reason=event.reason):
+            record(recipient, event.status, event.reported_at, event.reason)
+    else:
+        return changes
+    known = row.recipients or list(row.recipient_status)
+    row.status = overall_status([row.recipient_status.get(r, {"status": "queued"})["status"] for r in known])
+    if row.last_event_at is None or event.occurred_at > row.last_event_at:
+        row.last_event_at = event.occurred_at
+    return changes

@@ -1,0 +1,235 @@
+"""Rebuild and reconcile the read table from the write side's own records.
+
+The broker keeps nothing, so the write side is the source: each email's events are synthesized
+from its row and recipients (email.requested), the sender's delivery records (email.sent /
+email.failed) and the stored provider webhook events (email.delivery_status), then applied with
+the projector's own rules (query_api.projection), so a rebuilt row is what projection gives.
+
+`read_model_rebuild` fills new tables inside one REPEATABLE READ snapshot, then, holding an
+exclusive lock on the live table (the projector waits, readers wait a moment), catches up the
+emails that changed since the snapshot began and swaps the new tables in. The query API never
+sees a half-built log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from django.conf import settings
+from django.db import connection, transaction
+
+from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
+from query_api.projection import RANK, Row, apply
+from query_api.projector import COLUMNS
+
+log = structlog.get_logger(__name__)
+CHUNK = 2000
+PHASE = {EmailRequested: 0, EmailSent: 1, EmailFailed: 1, EmailDeliveryStatus: 2}
+SLACK = "interval '60 seconds'"  # longer than any write transaction: a commit may carry an older now()
+
+EMAILS_SQL = """
+    SELECT e.id, e.sender_id, e.from_email, e.template_id, e.template_name, e.subject, e.created,
+           array_agg(r.address ORDER BY r.id)
+      FROM emails_sentemail e JOIN emails_sentemailrecipient r ON r.email_id = e.id
+     WHERE e.id = ANY(%s::bigint[])
+     GROUP BY e.id
+"""
+DELIVERIES_SQL = """
+    SELECT email_id, event_id::text, state, recipient, provider_message_id, last_error, attempts, updated_at
+      FROM sender_delivery
+     WHERE email_id = ANY(%s::bigint[]) AND state IN ('sent', 'failed')
+"""
+PROVIDER_EVENTS_SQL = """
+    SELECT email_id, provider_event_id, request_event_id::text, recipient, status, provider_message_id, reason,
+           reported_at
+      FROM webhook_provider_event
+     WHERE email_id = ANY(%s::bigint[])
+"""
+
+
+def _iso(value) -> str:
+    return value.isoformat()
+
+
+def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]]:
+    """Rows and history for `email_ids`, from the write side as `cursor` sees it."""
+    events: dict[int, list] = defaultdict(list)
+    cursor.execute(EMAILS_SQL, [email_ids])
+    for email_id, owner, from_email, template_id, template_name, subject, created, recipients in cursor.fetchall():
+        events[email_id].append(EmailRequested(
+            event_id=f"rebuild-requested-{email_id}", correlation_id="rebuild", occurred_at=_iso(created),
+            email_id=email_id, owner_id=owner, template_id=template_id, from_email=from_email, reply_to=None,
+            recipients=tuple(recipients), subject=subject, body_html="", template_name=template_name))
+    cursor.execute(DELIVERIES_SQL, [email_ids])
+    grouped = defaultdict(list)
+    for email_id, event_id, state, recipient, message_id, error, attempts, updated in cursor.fetchall():
+        grouped[(email_id, event_id, state, message_id, error)].append((recipient, attempts, updated))
+    for (email_id, request_id, state, message_id, error), items in grouped.items():
+        recipients = tuple(r for r, _, _ in items)
+        at = _iso(max(u for _, _, u in items))
+        attempt = max(a for _, a, _ in items)
+        common = dict(event_id=f"rebuild-{state}-{email_id}-{message_id or error[:20]}", correlation_id="rebuild",
+                      occurred_at=at, email_id=email_id, request_event_id=request_id, recipients=recipients,
+                      provider="sendgrid", attempt=attempt)
+        if state == "sent":
+            events[email_id].append(EmailSent(provider_message_id=message_id, **common))
+        else:
+            events[email_id].append(EmailFailed(reason=error, permanent=True, **common))
+    cursor.execute(PROVIDER_EVENTS_SQL, [email_ids])
+    for email_id, pid, request_id, recipient, status, message_id, reason, reported in cursor.fetchall():
+        events[email_id].append(EmailDeliveryStatus(
+            event_id=f"rebuild-provider-{pid}", correlation_id="rebuild", occurred_at=_iso(reported),
+            email_id=email_id, request_event_id=request_id, recipient=recipient, status=status,
+            provider="sendgrid", provider_event_id=pid, provider_message_id=message_id, reason=reason,
+            reported_at=_iso(reported)))
+    rows: dict[int, Row] = {}
+    history: list[dict] = []
+    for email_id, email_events in events.items():
+        row = rows.setdefault(email_id, Row(id=email_id))
+        # Causal order first (the request, then the sender's outcome, then what the provider said
+        # about it), time second: webhook timestamps only have whole seconds.
+        for event in sorted(email_events, key=lambda e: (PHASE[type(e)], e.occurred_at)):
+            for change in apply(row, event):
+                history.append({"email_id": email_id, "event_id": None, "type": change.type,
+                                "recipient": change.recipient, "status": change.status, "at": change.at,
+                                "detail": change.detail[:1000]})
+    return rows, history
+
+
+def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history: list[dict]) -> None:
+    if rows:
+        cursor.execute(
+            f"""INSERT INTO {table} ({", ".join(COLUMNS)})
+                SELECT {", ".join(COLUMNS)} FROM json_populate_recordset(NULL::read_sent_email, %s)
+                ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id")}""",
+            [json.dumps([vars(r) for r in rows.values()])],
+        )
+        cursor.execute(f"DELETE FROM {history_table} WHERE email_id = ANY(%s::bigint[])", [list(rows)])
+    if history:
+        cursor.execute(
+            f"""INSERT INTO {history_table} (email_id, event_id, type, recipient, status, at, detail)
+                SELECT email_id, event_id, type, recipient, status, at, detail
+                  FROM json_populate_recordset(NULL::read_sent_email_event, %s)""",
+            [json.dumps(history)],
+        )
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    emails: int
+    caught_up: int
+    seconds: float
+
+
+def _index_map(cursor, table: str) -> dict[str, str]:
+    cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", [table])
+    return {definition.split(" USING ", 1)[1]: name for name, definition in cursor.fetchall()}
+
+
+def read_model_rebuild(*, progress: Callable[[int, int], None] | None = None) -> RebuildResult:
+    """Rebuild the read table and its history from the write side; see the module docstring."""
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS read_sent_email_new, read_sent_email_event_new")
+        cursor.execute("CREATE TABLE read_sent_email_new (LIKE read_sent_email INCLUDING ALL)")
+        cursor.execute("CREATE TABLE read_sent_email_event_new (LIKE read_sent_email_event INCLUDING ALL)")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SELECT now()")
+            (snapshot_at,) = cursor.fetchone()
+            cursor.execute("SELECT id FROM emails_sentemail ORDER BY id")
+            ids = [row[0] for row in cursor.fetchall()]
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start:start + CHUNK]
+                rows, history = build_rows(cursor, chunk)
+                _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
+                if progress:
+                    progress(start + len(chunk), len(ids))
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE read_sent_email, read_sent_email_event IN ACCESS EXCLUSIVE MODE")
+            cursor.execute(
+                f"""SELECT id FROM emails_sentemail WHERE created >= %(t)s - {SLACK}
+                    UNION SELECT email_id FROM sender_delivery WHERE updated_at >= %(t)s - {SLACK}
+                    UNION SELECT email_id FROM webhook_provider_event WHERE received_at >= %(t)s - {SLACK}""",
+                {"t": snapshot_at},
+            )
+            changed = sorted(row[0] for row in cursor.fetchall())
+            for start in range(0, len(changed), CHUNK):
+                rows, history = build_rows(cursor, changed[start:start + CHUNK])
+                _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
+            # Keep the live names of indexes and constraints, so migrations still find them.
+            names = {}
+            for table in ("read_sent_email", "read_sent_email_event"):
+                old, new = _index_map(cursor, table), _index_map(cursor, f"{table}_new")
+                names.update({new[key]: old[key] for key in old if key in new})
+            cursor.execute("SELECT pg_get_serial_sequence('read_sent_email_event', 'id'), "
+                           "pg_get_serial_sequence('read_sent_email_event_new', 'id')")
+            live_sequence, new_sequence = cursor.fetchone()
+            cursor.execute("DROP TABLE read_sent_email, read_sent_email_event")
+            cursor.execute("ALTER TABLE read_sent_email_new RENAME TO read_sent_email")
+            cursor.execute("ALTER TABLE read_sent_email_event_new RENAME TO read_sent_email_event")
+            for temporary, live in names.items():
+                cursor.execute(f'ALTER INDEX "{temporary}" RENAME TO "{live}"')
+            cursor.execute(f"ALTER SEQUENCE {new_sequence} RENAME TO {live_sequence.split('.')[-1]}")
+    result = RebuildResult(emails=len(ids), caught_up=len(changed), seconds=time.monotonic() - started)
+    log.info("read_model_rebuilt", emails=result.emails, caught_up=result.caught_up, seconds=round(result.seconds, 1))
+    return result
+
+
+@dataclass
+class ReconcileReport:
+    missing: list[int] = field(default_factory=list)
+    behind: list[int] = field(default_factory=list)
+    repaired: int = 0
+
+
+def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> ReconcileReport:
+    """Compare the newest `limit` emails older than RECONCILE_GRACE_SECONDS with what the write
+    side says: report rows that are missing or whose recipients are behind, and with `repair`
+    rewrite them from the write side (statuses only move forward, so this never loses news)."""
+    report = ReconcileReport()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM emails_sentemail WHERE created < now() - %s * interval '1 second' "
+            "ORDER BY id DESC LIMIT %s",
+            [settings.RECONCILE_GRACE_SECONDS, limit],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start:start + CHUNK]
+            expected, _ = build_rows(cursor, chunk)
+            cursor.execute("SELECT id, recipient_status, owner_id FROM read_sent_email WHERE id = ANY(%s::bigint[])",
+                           [chunk])
+            actual = {row[0]: (json.loads(row[1]) if isinstance(row[1], str) else row[1], row[2])
+                      for row in cursor.fetchall()}
+            stale: dict[int, Row] = {}
+            for email_id, row in expected.items():
+                if email_id not in actual or actual[email_id][1] is None:
+                    report.missing.append(email_id)
+                    stale[email_id] = row
+                    continue
+                have = actual[email_id][0]
+                if any(RANK[state["status"]] > RANK[have.get(r, {"status": "queued"})["status"]]
+                       for r, state in row.recipient_status.items()):
+                    report.behind.append(email_id)
+                    stale[email_id] = row
+            if repair and stale:
+                rows, history = build_rows(cursor, list(stale))
+                _write(cursor, "read_sent_email", "read_sent_email_event", rows, history)
+                report.repaired += len(rows)
+    log.info("read_model_reconciled", missing=len(report.missing), behind=len(report.behind),
+             repaired=report.repaired)
+    return report
+
+
+def read_model_reconcile_scheduled() -> dict:
+    """The django-q2 job: reconcile and repair; returns the counts (kept in the task result)."""
+    report = read_model_reconcile(repair=True)
+    return {"missing": len(report.missing), "behind": len(report.behind), "repaired": report.repaired}

@@ -1,0 +1,7 @@
+"""Settings of the query API process (the read side), deployable on its own."""
+
+from core.settings import *  # noqa: F401,F403
+
+ROOT_URLCONF = "query_api.urls"
+WSGI_APPLICATION = "query_api.wsgi.application"
+SPECTACULAR_SETTINGS = {**SPECTACULAR_SETTINGS, "TITLE": "Email delivery platform: sent-email log"}  # noqa: F405

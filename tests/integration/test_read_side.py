@@ -1,0 +1,403 @@
+"""The read side against the real Postgres and RabbitMQ: projector, query API, webhook,
+rebuild and reconcile."""
+
+import base64
+import json
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.db import connection
+
+from core.contracts import EmailDeliveryStatus, EmailRequested, EmailSent
+from core.outbox.models import OutboxEvent
+from query_api.models import ProcessedEvent, SentEmailLog, SentEmailLogEvent
+from query_api.projector import apply_batch
+from tests import broker
+from tests.conftest import client_for
+from tests.factories import UserFactory
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+
+def iso(moment) -> str:
+    return moment.isoformat()
+
+
+def requested(email_id=1, owner_id=7, recipients=("ann@example.com", "bob@example.org"), at=NOW, template_id=3):
+    return EmailRequested(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(at), email_id=email_id,
+                          owner_id=owner_id, template_id=template_id, from_email="f@example.com", reply_to=None,
+                          recipients=tuple(recipients), subject=f"Subject {email_id}", body_html="x",
+                          template_name=f"t{template_id}")
+
+
+def sent(email_id=1, recipients=("ann@example.com", "bob@example.org"), at=NOW + timedelta(seconds=1)):
+    return EmailSent(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(at), email_id=email_id,
+                     request_event_id="r", recipients=tuple(recipients), provider="sendgrid",
+                     provider_message_id="m1", attempt=1)
+
+
+def delivered(email_id=1, recipient="ann@example.com", status="delivered", at=NOW + timedelta(seconds=2)):
+    return EmailDeliveryStatus(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(at),
+                               email_id=email_id, request_event_id="r", recipient=recipient, status=status,
+                               provider="sendgrid", provider_event_id=str(uuid.uuid4()),
+                               provider_message_id="m1.0", reason="", reported_at=iso(at))
+
+
+@pytest.fixture
+def conn():
+    from outbox_relay.relay import connect_postgres
+
+    c = connect_postgres(connection.settings_dict, application_name="test-projector", idle_in_transaction_ms=60000)
+    yield c
+    c.close()
+
+
+def row(email_id=1) -> SentEmailLog:
+    return SentEmailLog.objects.get(pk=email_id)
+
+
+# The projector --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_projector_applies_a_batch_idempotently(conn):
+    events = [requested(), sent()]
+    assert apply_batch(conn, events) == (2, 0)
+    assert (row().status, row().owner_id, row().recipients) == ("sent", 7, ["ann@example.com", "bob@example.org"])
+    assert apply_batch(conn, events + [events[0]]) == (0, 3)  # redelivered, replayed: nothing changes
+    assert ProcessedEvent.objects.count() == 2
+    assert SentEmailLogEvent.objects.filter(email_id=1).count() == 3  # queued + 2 recipients sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_out_of_order_and_unknown_emails_end_right(conn):
+    late_request = requested(email_id=2)
+    apply_batch(conn, [delivered(email_id=2), delivered(email_id=2, recipient="bob@example.org")])
+    assert row(2).owner_id is None  # kept, invisible until its request arrives
+    apply_batch(conn, [sent(email_id=2)])
+    apply_batch(conn, [late_request])
+    assert (row(2).status, row(2).owner_id, row(2).subject) == ("delivered", 7, "Subject 2")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_email_goes_queued_sent_delivered_in_the_query_api(settings, conn):
+    user = UserFactory()
+    client = client_for(user)
+    settings.ROOT_URLCONF = "query_api.urls"
+    apply_batch(conn, [requested(email_id=5, owner_id=user.pk)])
+    item = client.get("/api/v1/emails/sent-email/").json()["results"][0]
+    assert (item["id"], item["status"]) == (5, "queued")
+    assert item["recipients"] == ["ann@example.com", "bob@example.org"]
+    apply_batch(conn, [sent(email_id=5)])
+    assert client.get("/api/v1/emails/sent-email/").json()["results"][0]["status"] == "sent"
+    apply_batch(conn, [delivered(email_id=5), delivered(email_id=5, recipient="bob@example.org")])
+    detail = client.get("/api/v1/emails/sent-email/5/").json()
+    assert detail["status"] == "delivered"
+    assert [h["status"] for h in detail["history"]] == ["queued", "sent", "sent", "delivered", "delivered"]
+    assert {r["email"]: r["status"] for r in detail["recipient_status"]} == {
+        "ann@example.com": "delivered", "bob@example.org": "delivered"}
+
+
+# The query API: filters against hand-made data --------------------------------------------------
+
+LIST = "/api/v1/emails/sent-email/"
+
+
+@pytest.fixture
+def log_rows(db, settings):
+    settings.ROOT_URLCONF = "query_api.urls"
+    owner, other = UserFactory(), UserFactory()
+
+    def make(pk, owner_id, recipients, created, status="sent", template_id=1):
+        return SentEmailLog.objects.create(
+            id=pk, owner_id=owner_id, recipients=recipients, created=created, status=status,
+            template_id=template_id, subject=f"s{pk}", recipient_status={r: {"status": status, "at": iso(created)}
+                                                                         for r in recipients})
+
+    make(1, owner.pk, ["ann@example.com"], NOW - timedelta(days=2))
+    make(2, owner.pk, ["bob@example.org", "carl@example.net"], NOW - timedelta(days=1), status="failed")
+    make(3, owner.pk, ["ann@example.com", "dora@example.com"], NOW - timedelta(hours=1), template_id=2)
+    make(4, owner.pk, ["eve@example.com"], NOW, status="delivered")
+    make(5, other.pk, ["ann@example.com"], NOW)
+    return client_for(owner), client_for(other)
+
+
+def ids(response) -> list[int]:
+    assert response.status_code == 200, response.json()
+    return [item["id"] for item in response.json()["results"]]
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("", [4, 3, 2, 1]),
+        ("?recipient=ANN@example.com", [3, 1]),
+        ("?recipient=bob@example.org&recipient=eve@example.com", [4, 2]),
+        ("?start_time=2026-11-26", [4, 3, 2]),
+        ("?end_time=2026-11-26", [2, 1]),  # a date: the whole day
+        ("?start_time=2026-11-27T11:00:00%2B00:00&end_time=2026-11-27T12:00:00Z", [4, 3]),  # inclusive
+        ("?status=failed", [2]),
+        ("?status=sent&status=delivered", [4, 3, 1]),
+        ("?template=2", [3]),
+        ("?recipient=ann@example.com&start_time=2026-11-26&status=sent", [3]),
+    ],
+)
+def test_filters_alone_and_combined(log_rows, query, expected):
+    owner_client, _ = log_rows
+    assert ids(owner_client.get(LIST + query)) == expected
+
+
+def test_other_users_emails_never_appear(log_rows):
+    owner_client, other_client = log_rows
+    assert ids(other_client.get(LIST)) == [5]
+    assert other_client.get(LIST + "1/").status_code == 404
+    assert owner_client.get(LIST + "5/").status_code == 404
+    assert owner_client.get(LIST + "3/").json()["subject"] == "s3"
+
+
+def test_anonymous_is_refused(log_rows, api_client):
+    assert api_client.get(LIST).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("?start_time=yesterday", "start_time"),
+        ("?end_time=2026-13-01", "end_time"),
+        ("?start_time=2026-11-27&end_time=2026-11-26", "end_time"),
+        ("?status=lost", "status"),
+        ("?template=abc", "template"),
+    ],
+)
+def test_bad_parameters_are_400_naming_them(log_rows, query, field):
+    owner_client, _ = log_rows
+    response = owner_client.get(LIST + query)
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+def test_cursor_pagination(log_rows):
+    owner_client, _ = log_rows
+    first = owner_client.get(LIST + "?page_size=3").json()
+    assert [i["id"] for i in first["results"]] == [4, 3, 2] and first["next"]
+    second = owner_client.get(first["next"]).json()
+    assert [i["id"] for i in second["results"]] == [1] and second["next"] is None
+
+
+def test_the_query_api_schema(log_rows):
+    owner_client, _ = log_rows
+    paths = owner_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["paths"]
+    assert "/api/v1/emails/sent-email/{email_id}/" in paths and "/api/v1/emails/sent-email/" in paths
+
+
+# The SendGrid Event Webhook ---------------------------------------------------------------------
+
+HOOK = "/api/v1/webhooks/sendgrid/"
+
+
+@pytest.fixture
+def signer(settings):
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = base64.b64encode(der).decode()
+
+    def sign(body: str, timestamp: str | None = None) -> dict:
+        timestamp = timestamp or str(int(time.time()))
+        signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+        return {"HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE": signature,
+                "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP": timestamp}
+
+    return sign
+
+
+def hook_events(email_id=9, kinds=("processed", "delivered")) -> str:
+    return json.dumps([
+        {"email": "Ann@example.com", "timestamp": int(NOW.timestamp()), "event": kind,
+         "sg_event_id": f"sg-{email_id}-{kind}", "sg_message_id": "m1.filter", "event_id": str(uuid.uuid4()),
+         "email_id": str(email_id), "recipient": "Ann@example.com"}
+        for kind in kinds
+    ] + [{"email": "x@example.com", "event": "delivered", "sg_event_id": "no-custom-args", "timestamp": 1}])
+
+
+@pytest.mark.django_db
+def test_a_signed_webhook_becomes_outbox_events_once(api_client, signer):
+    body = hook_events()
+    first = api_client.post(HOOK, body, content_type="application/json", **signer(body))
+    assert first.status_code == 200
+    assert first.json() == {"accepted": 2, "duplicates": 0, "ignored": 1}
+    statuses = [e.payload["status"] for e in OutboxEvent.objects.filter(type="email.delivery_status")]
+    assert sorted(statuses) == ["delivered", "processed"]
+    event = EmailDeliveryStatus.from_dict(OutboxEvent.objects.filter(type="email.delivery_status").first().payload)
+    assert event.email_id == 9 and event.recipient == "Ann@example.com"
+    again = api_client.post(HOOK, body, content_type="application/json", **signer(body))  # SendGrid retries
+    assert again.json() == {"accepted": 0, "duplicates": 2, "ignored": 1}
+    assert OutboxEvent.objects.filter(type="email.delivery_status").count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("tamper", ["body", "missing", "stale", "garbage"])
+def test_a_bad_signature_is_403_and_writes_nothing(api_client, signer, tamper):
+    body = hook_events()
+    headers = signer(body)
+    if tamper == "body":
+        body = body.replace("delivered", "bounce")
+    elif tamper == "missing":
+        headers = {}
+    elif tamper == "stale":
+        headers = signer(body, timestamp=str(int(time.time()) - 3600))
+    else:
+        headers["HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE"] = "bm90IGEgc2lnbmF0dXJl"
+    response = api_client.post(HOOK, body, content_type="application/json", **headers)
+    assert response.status_code == 403
+    assert not OutboxEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_webhook_without_a_configured_key_refuses(api_client, settings):
+    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = ""
+    assert api_client.post(HOOK, "[]", content_type="application/json").status_code == 503
+
+
+# Rebuild and reconcile --------------------------------------------------------------------------
+
+
+def _snapshot():
+    rows = list(SentEmailLog.objects.order_by("id").values(
+        "id", "owner_id", "recipients", "recipient_status", "status", "subject", "template_id"))
+    history = sorted(SentEmailLogEvent.objects.values_list("email_id", "recipient", "status"))
+    return rows, history
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rebuild_after_truncation_gives_the_same_table(conn, signer, api_client):
+    from command_api.emails.models import SentEmail
+    from query_api.rebuild import read_model_rebuild
+    from sender.store import DeliveryStore
+
+    user = UserFactory()
+    client = client_for(user)
+    from tests.factories import EmailTemplateFactory
+
+    template = EmailTemplateFactory()
+    for n in range(3):
+        client.post("/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com", f"b{n}@example.com"],
+                                                   "template": template.pk}, format="json")
+    requests = [EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")]
+    store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
+    try:
+        for request in requests[:2]:
+            store.claim(request, lease_seconds=30, retry_unknown=True)
+            store.record_sent(request, list(request.recipients), message_id="m", attempt=1, provider="sendgrid")
+    finally:
+        store.close()
+    body = json.dumps([{"email": requests[0].recipients[0], "timestamp": int(time.time()), "event": "delivered",
+                        "sg_event_id": "sg-rebuild-1", "sg_message_id": "m.0", "event_id": requests[0].event_id,
+                        "email_id": str(requests[0].email_id), "recipient": requests[0].recipients[0]}])
+    assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200
+    events = [OutboxEvent.objects.get(pk=e.pk) for e in OutboxEvent.objects.order_by("created_at")]
+    from core.contracts import event_from_dict
+
+    apply_batch(conn, [event_from_dict(e.payload) for e in events])
+    before = _snapshot()
+    assert [r["status"] for r in before[0]] == ["sent", "sent", "queued"]
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE read_sent_email, read_sent_email_event")
+    result = read_model_rebuild()
+    assert result.emails == SentEmail.objects.count() == 3
+    assert _snapshot() == before
+    assert read_model_rebuild().emails == 3 and _snapshot() == before  # and again: names were restored
+    index_names = {i.name for i in SentEmailLog._meta.indexes}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'read_sent_email'")
+        assert index_names <= {r[0] for r in cursor.fetchall()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
+    from query_api.rebuild import read_model_reconcile
+    from tests.factories import EmailTemplateFactory
+
+    settings.RECONCILE_GRACE_SECONDS = 0
+    client = client_for(UserFactory())
+    template = EmailTemplateFactory()
+    for n in range(2):
+        client.post("/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com"], "template": template.pk},
+                    format="json")
+    requests = [EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")]
+    apply_batch(conn, requests[:1])  # the second email's row is missing
+    from sender.store import DeliveryStore
+
+    store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
+    try:
+        store.claim(requests[0], lease_seconds=30, retry_unknown=True)
+        store.record_sent(requests[0], list(requests[0].recipients), message_id="m", attempt=1, provider="sendgrid")
+    finally:
+        store.close()  # its email.sent never reached the projector: the first row is behind
+    report = read_model_reconcile()
+    assert (report.missing, report.behind, report.repaired) == ([requests[1].email_id], [requests[0].email_id], 0)
+    assert read_model_reconcile(repair=True).repaired == 2
+    assert row(requests[0].email_id).status == "sent" and row(requests[1].email_id).status == "queued"
+    assert read_model_reconcile().missing == [] and read_model_reconcile().behind == []
+
+
+# The projector process --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def projectors():
+    from tests.conftest import _processes
+
+    start, started = _processes("query_api")
+
+    yield start
+    for process in started:
+        process.stop_quietly()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_projector_process_dead_letters_bad_events_alone(topology, projectors):
+    projector = projectors(topology)
+    projector.wait_ready()
+    good = requested(email_id=11)
+    broker.publish(topology, good.to_dict(), message_id=good.event_id, routing_key=good.TYPE)
+    broker.publish(topology, {}, message_id="poison", routing_key="email.sent", raw=b"not json")
+    bad = delivered(email_id=11)
+    bad_dict = bad.to_dict() | {"reported_at": "not a time"}  # parses, then fails in Postgres
+    broker.publish(topology, bad_dict, message_id=bad.event_id, routing_key=bad.TYPE)
+    after = sent(email_id=11)
+    broker.publish(topology, after.to_dict(), message_id=after.event_id, routing_key=after.TYPE)
+    dead = broker.collect(topology.dead_letter_queue("projector"), expect_ids={"poison", bad.event_id}, timeout=15)
+    assert sorted(dead.ids) == sorted(["poison", bad.event_id])
+    broker.wait_for(lambda: SentEmailLog.objects.filter(pk=11, status="sent").exists(), timeout=10,
+                    message="the good events applied")
+    assert projector.terminate() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rebuild_and_reconcile_commands(capsys, settings):
+    from query_api.__main__ import main as cli
+    from tests.factories import EmailTemplateFactory
+
+    settings.RECONCILE_GRACE_SECONDS = 0
+    client_for(UserFactory()).post("/api/v1/emails/sent-email/", {"recipients": ["a@example.com"],
+                                   "template": EmailTemplateFactory().pk}, format="json")
+    assert cli(["reconcile"]) == 1  # the projector never ran: one row missing
+    assert json.loads(capsys.readouterr().out)["missing"] == 1
+    assert cli(["rebuild"]) == 0
+    assert "rebuilt the read table: 1 emails" in capsys.readouterr().out
+    assert cli(["reconcile"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"missing": 0, "behind": 0, "repaired": 0, "examples": []}
+
+
+@pytest.mark.django_db
+def test_reconcile_is_scheduled_hourly():
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    job = Schedule.objects.get(name="read_model_reconcile")
+    assert job.schedule_type == Schedule.HOURLY and job.repeats < 0
+    assert import_string(job.func)() == {"missing": 0, "behind": 0, "repaired": 0}

@@ -1,0 +1,91 @@
+import itertools
+
+import pytest
+
+from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
+from query_api.projection import Row, apply, overall_status
+
+T = "2026-11-27T10:00:0{}+00:00"
+
+
+def requested():
+    return EmailRequested(event_id="r", correlation_id="c", occurred_at=T.format(0), email_id=1, owner_id=7,
+                          template_id=3, from_email="f@example.com", reply_to=None,
+                          recipients=("Ann@example.com", "bob@example.org"), subject="Hi", body_html="x",
+                          template_name="welcome")
+
+
+def sent(recipients=("Ann@example.com", "bob@example.org")):
+    return EmailSent(event_id="s", correlation_id="c", occurred_at=T.format(1), email_id=1, request_event_id="r",
+                     recipients=recipients, provider="sendgrid", provider_message_id="m1", attempt=1)
+
+
+def status(recipient, value, n=2, event_id=None):
+    return EmailDeliveryStatus(event_id=event_id or f"d-{recipient}-{value}", correlation_id="c",
+                               occurred_at=T.format(n), email_id=1, request_event_id="r", recipient=recipient,
+                               status=value, provider="sendgrid", provider_event_id="p", provider_message_id="m1.x",
+                               reason="", reported_at=T.format(n))
+
+
+def run(events) -> Row:
+    row = Row(id=1)
+    for event in events:
+        apply(row, event)
+    return row
+
+
+def test_requested_then_sent_then_delivered():
+    row = run([requested()])
+    assert (row.owner_id, row.status, row.recipients) == (7, "queued", ["ann@example.com", "bob@example.org"])
+    apply(row, sent())
+    assert row.status == "sent" and row.recipient_status["ann@example.com"]["provider_message_id"] == "m1"
+    apply(row, status("ann@example.com", "delivered"))
+    assert row.status == "sent"
+    apply(row, status("bob@example.org", "delivered", 3))
+    assert row.status == "delivered" and row.last_event_at == T.format(3)
+
+
+def test_any_order_and_duplicates_give_the_same_row():
+    events = [requested(), sent(), status("ann@example.com", "delivered"), status("bob@example.org", "bounced", 3)]
+    expected = run(events)
+    for order in itertools.permutations(events + [events[1], events[2]]):
+        assert run(order) == expected
+    assert expected.status == "partially_failed"
+
+
+def test_delivered_before_sent_stays_delivered():
+    row = run([requested(), status("ann@example.com", "delivered"), status("bob@example.org", "delivered")])
+    changes = apply(row, sent())
+    assert changes == [] and row.status == "delivered"
+
+
+def test_an_event_before_its_request_is_kept():
+    row = run([sent()])
+    assert row.owner_id is None and row.status == "sent"
+    apply(row, requested())
+    assert row.owner_id == 7 and row.status == "sent" and row.subject == "Hi"
+
+
+def test_a_failure_is_overridden_by_a_later_delivery():
+    failed = EmailFailed(event_id="f", correlation_id="c", occurred_at=T.format(1), email_id=1, request_event_id="r",
+                         recipients=("ann@example.com",), provider="sendgrid", reason="timeout", permanent=False,
+                         attempt=5)
+    row = run([requested(), failed])
+    assert row.recipient_status["ann@example.com"]["reason"] == "timeout"
+    apply(row, status("ann@example.com", "delivered"))
+    assert row.recipient_status["ann@example.com"]["status"] == "delivered"
+
+
+@pytest.mark.parametrize(
+    "statuses, expected",
+    [
+        (["queued", "queued"], "queued"),
+        (["queued", "sent"], "sending"),
+        (["sent", "delivered"], "sent"),
+        (["delivered", "opened"], "delivered"),
+        (["failed", "bounced"], "failed"),
+        (["failed", "delivered"], "partially_failed"),
+    ],
+)
+def test_overall_status(statuses, expected):
+    assert overall_status(statuses) == expected
