@@ -144,6 +144,10 @@ REST_KNOX = {
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60)
 
+# The local demo (bin/run, DEBUG only): an admin and a template to try the API with.
+DEMO_ADMIN_EMAIL = env_str("DEMO_ADMIN_EMAIL", "admin@example.com")
+DEMO_ADMIN_PASSWORD = env_str("DEMO_ADMIN_PASSWORD", "demo-admin-Pass-2026" if DEBUG else "")
+
 # Sending.
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@example.com")
 SEND_MAX_RECIPIENTS = env_int("SEND_MAX_RECIPIENTS", 1000)

@@ -81,3 +81,22 @@ def test_openapi_schema_generates_without_warnings(tmp_path):
     # Fails on any warning, e.g. two serializers mapped to one component name.
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
     assert "SentEmailInputRequest" in (tmp_path / "schema.yaml").read_text()
+
+
+def test_demo_setup_creates_the_admin_and_template_once_and_only_in_debug(settings, capsys):
+    from django.core.management import CommandError, call_command
+
+    from command_api.emails.models import EmailTemplate
+    from core.accounts.models import User
+
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="only runs with DJANGO_DEBUG=true"):
+        call_command("demo_setup")
+    settings.DEBUG = True
+    settings.DEMO_ADMIN_PASSWORD = "demo-Pass-for-tests-1"
+    call_command("demo_setup")
+    call_command("demo_setup")
+    admin = User.objects.get(email=settings.DEMO_ADMIN_EMAIL)
+    assert admin.is_staff and admin.check_password("demo-Pass-for-tests-1")
+    assert EmailTemplate.objects.filter(name="demo-welcome").count() == 1
+    assert "its password was left as it is" in capsys.readouterr().out

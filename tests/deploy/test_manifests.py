@@ -1,0 +1,184 @@
+"""Render every overlay and check it offline: core objects against the Kubernetes schemas
+(kubernetes-validate), KEDA's against its own CRD schemas, and the project's own rules:
+configuration complete, images and ports as docker/ builds them, no secret values."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.test_docker import stages
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+KEDA = ROOT.parent / "shared" / "schemas" / "keda"
+OVERLAYS = ["base", "overlays/minikube", "overlays/minikube-keda", "overlays/production"]
+K8S_VERSION = "1.32"
+
+
+def render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with its built-in kustomize) is needed to render the manifests"
+    out = subprocess.run([kubectl, "kustomize", str(MANIFESTS / overlay)], capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def containers(objects):
+    for obj in objects:
+        spec = obj.get("spec", {})
+        template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+        if template:
+            for container in template["spec"]["containers"]:
+                yield obj, container
+
+
+def crd_schema(kind: str) -> dict:
+    name = {"ScaledObject": "keda.sh_scaledobjects.yaml", "TriggerAuthentication": "keda.sh_triggerauthentications.yaml"}
+    crd = yaml.safe_load((KEDA / name[kind]).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    return version["schema"]["openAPIV3Schema"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates(overlay):
+    objects = render(overlay)
+    assert objects
+    for obj in objects:
+        kind = obj["kind"]
+        if obj["apiVersion"].startswith("keda.sh/"):
+            jsonschema.validate(obj, crd_schema(kind))
+        elif kind == "HTTPRoute":  # Gateway API: no schema ships offline; check its shape
+            rules = obj["spec"]["rules"]
+            get_rule = next(r for r in rules if any(m.get("method") == "GET" for m in r["matches"]))
+            assert get_rule["matches"][0]["path"]["value"] == "/api/v1/emails/sent-email"
+            assert get_rule["backendRefs"][0]["name"] == "query-api"
+            assert rules[-1]["backendRefs"][0]["name"] == "command-api"
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        if kind != "Namespace":
+            assert obj["metadata"].get("namespace") == "emails", f"{kind} {obj['metadata']['name']}"
+
+
+def test_keda_schemas_really_reject_a_bad_scaled_object():
+    bad = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
+           "spec": {"scaleTargetRef": {"name": "sender"}, "triggers": [{"metadata": {}}]}}  # no trigger type
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, crd_schema("ScaledObject"))
+
+
+def env_names_read_by_the_code() -> set[str]:
+    names = set()
+    pattern = re.compile(r"""(?:env_(?:str|int|bool|list)|os\.environ\.get)\(\s*["']([A-Z][A-Z0-9_]+)["']""")
+    for folder in ("core", "command_api", "query_api", "outbox_relay", "sender", "docker"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name == "fake_sendgrid.py":  # the fake is configured by its own FAKE_SENDGRID_* variables
+                continue
+            names |= set(pattern.findall(path.read_text()))
+    # Read by the ops CLI on a person's terminal or by local tooling (the demo admin of bin/run,
+    # refused outside DEBUG), not by a deployed process; and the relay's fault-test hook, which a
+    # deployment must never set.
+    return names - LOCAL_ONLY
+
+
+LOCAL_ONLY = {"OPS_ACTOR", "POSTGRES_MAINTENANCE_DB", "OUTBOX_RELAY_HTTP_HOST", "SENDER_HTTP_HOST",
+              "PROJECTOR_HTTP_HOST", "OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM", "DEMO_ADMIN_EMAIL",
+              "DEMO_ADMIN_PASSWORD"}
+
+
+def secret_keys() -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in (MANIFESTS / "secret.example.env").read_text().splitlines()
+             if line and not line.startswith("#")]
+    return dict(pairs)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_setting_the_code_reads_is_provided(overlay):
+    objects = render(overlay)
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "emails-config")
+    provided = set(config["data"]) | set(secret_keys())
+    missing = env_names_read_by_the_code() - provided
+    assert not missing, f"not in the ConfigMap or the Secret: {sorted(missing)}"
+    for obj, container in containers(objects):
+        if container["name"] in {"postgres", "rabbitmq", "fake-sendgrid"}:
+            continue
+        sources = {next(iter(s.values()))["name"] for s in container.get("envFrom", [])}
+        assert sources == {"emails-config", "emails-secrets"}, obj["metadata"]["name"]
+
+
+def test_no_secret_holds_a_value():
+    assert all(value == "" for value in secret_keys().values())
+    for overlay in OVERLAYS:
+        for obj in render(overlay):
+            if obj["kind"] == "Secret":
+                assert not any(obj.get("data", {}).values()) and not any(obj.get("stringData", {}).values())
+    text = "\n".join(p.read_text() for p in MANIFESTS.rglob("*.yaml"))
+    assert not re.search(r"SG\.[A-Za-z0-9_-]{20,}", text)  # no real-looking SendGrid key anywhere
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_and_ports_agree_with_docker(overlay):
+    targets = stages()
+    objects = render(overlay)
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    expected_ports = {"command-api": 8000, "query-api": 8000, "outbox-relay": int(config["OUTBOX_RELAY_HTTP_PORT"]),
+                      "sender": int(config["SENDER_HTTP_PORT"]), "projector": int(config["PROJECTOR_HTTP_PORT"]),
+                      "fake-sendgrid": 8025}
+    for obj, container in containers(objects):
+        image = container["image"]
+        if image.startswith(("postgres:", "rabbitmq:")):
+            continue
+        target = image.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        assert target in targets, image
+        assert target == container["name"], f"{obj['metadata']['name']} runs the {target} image"
+        exposed = re.search(rf"FROM runtime AS {target}\nEXPOSE (\d+)", (ROOT / "docker" / "Dockerfile").read_text())
+        ports = [p["containerPort"] for p in container.get("ports", [])]
+        if target in expected_ports:
+            assert ports == [expected_ports[target]] and int(exposed.group(1)) == expected_ports[target], target
+
+
+def test_workloads_have_probes_limits_and_grace():
+    objects = render("base")
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    for obj, container in containers(objects):
+        assert container["resources"]["limits"] and container["resources"]["requests"], obj["metadata"]["name"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        if obj["kind"] == "Deployment":
+            assert "livenessProbe" in container, obj["metadata"]["name"]
+            if obj["metadata"]["name"] != "scheduler":
+                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    sender = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "sender")
+    assert sender["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(config["SENDER_SHUTDOWN_GRACE_SECONDS"])
+    relay = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "outbox-relay")
+    assert relay["spec"]["replicas"] == 2
+
+
+def test_only_the_apis_take_outside_traffic():
+    policies = {o["metadata"]["name"]: o for o in render("base") if o["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
+    open_to_all = [p for p in policies.values() if any("from" not in rule for rule in p["spec"].get("ingress", []))]
+    assert [p["metadata"]["name"] for p in open_to_all] == ["apis-take-outside-traffic"]
+    selected = open_to_all[0]["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    assert sorted(selected) == ["command-api", "query-api"]
+
+
+def test_keda_replaces_the_hpa():
+    assert any(o["kind"] == "HorizontalPodAutoscaler" for o in render("overlays/minikube"))
+    keda = render("overlays/minikube-keda")
+    assert not any(o["kind"] == "HorizontalPodAutoscaler" for o in keda)
+    scaled = next(o for o in keda if o["kind"] == "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["queueName"] == "emails.sender"
+    auth = next(o for o in keda if o["kind"] == "TriggerAuthentication")
+    assert auth["spec"]["secretTargetRef"][0] == {"parameter": "host", "name": "emails-secrets", "key": "RABBITMQ_URL"}
+
+
+def test_the_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", section, re.M))
+    missing = (env_names_read_by_the_code() | {"DEMO_ADMIN_EMAIL", "DEMO_ADMIN_PASSWORD"}) - documented
+    assert not missing, f"settings missing from the README's configuration reference: {sorted(missing)}"
