@@ -15,3 +15,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
+
+handler404 = "core.health.not_found"
+handler500 = "core.health.server_error"
+handler400 = "core.health.bad_request"

@@ -5,7 +5,7 @@
 Services raise ApplicationError; views never catch.
 """
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -64,6 +64,9 @@ def exception_handler(exc, context):
             {"message": "The request body is too large.", "errors": {}},
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
+    if isinstance(exc, SuspiciousOperation):  # e.g. too many form fields: a malformed request
+        return Response({"message": f"The request is malformed: {exc}", "errors": {}},
+                        status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

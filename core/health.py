@@ -15,3 +15,16 @@ def readyz(request):
     except Exception as exc:  # any failure means "not ready", and the probe must get an answer
         return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
     return JsonResponse({"status": "ok", "database": "ok"})
+
+
+def not_found(request, exception=None):
+    """Django's 404 for URLs no route matches, in the API's error shape."""
+    return JsonResponse({"message": "Not found.", "errors": {}}, status=404)
+
+
+def server_error(request):
+    return JsonResponse({"message": "Internal server error.", "errors": {}}, status=500)
+
+
+def bad_request(request, exception=None):
+    return JsonResponse({"message": "The request is malformed.", "errors": {}}, status=400)

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import field_error
+from core.pagination import page_of
 from query_api import selectors
 from query_api.projection import OVERALL
 
@@ -91,7 +92,8 @@ class SentEmailListApi(APIView):
             OpenApiParameter("template", int, many=True),
             OpenApiParameter("page_size", int),
         ],
-        responses=SentEmailLogSerializer(many=True),
+        responses=page_of(SentEmailLogSerializer, name="SentEmailLogPage", cursor=True),
+        operation_id="v1_emails_sent_email_list",
     )
     def get(self, request):
         params = request.query_params

@@ -7,6 +7,7 @@ from rest_framework.views import APIView
 
 from command_api.emails import selectors, services
 from core.errors import field_error
+from core.pagination import page_of
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -16,6 +17,9 @@ class IsStaffOrReadOnly(BasePermission):
         if request.method in SAFE_METHODS:
             return True
         return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+READ_WITH_OR_WITHOUT_TOKEN = [{"tokenAuth": []}, {}]
 
 
 class EmailTemplateOutputSerializer(serializers.Serializer):
@@ -36,7 +40,8 @@ class EmailTemplateInputSerializer(serializers.Serializer):
 class EmailTemplateListCreateApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
 
-    @extend_schema(responses=EmailTemplateOutputSerializer(many=True))
+    @extend_schema(responses=page_of(EmailTemplateOutputSerializer, name="EmailTemplatePage"),
+                   auth=READ_WITH_OR_WITHOUT_TOKEN, operation_id="v1_emails_email_template_list")
     def get(self, request):
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.email_template_list(), request, view=self)
@@ -53,7 +58,7 @@ class EmailTemplateListCreateApi(APIView):
 class EmailTemplateDetailApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
 
-    @extend_schema(responses=EmailTemplateOutputSerializer)
+    @extend_schema(responses=EmailTemplateOutputSerializer, auth=READ_WITH_OR_WITHOUT_TOKEN)
     def get(self, request, template_id: int):
         template = selectors.email_template_get(template_id=template_id)
         return Response(EmailTemplateOutputSerializer(template).data)

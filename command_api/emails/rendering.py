@@ -8,6 +8,8 @@ libraries: a template is data from the API, not code.
 from functools import lru_cache
 
 from django.template import Context, Engine, TemplateSyntaxError
+from django.template.defaulttags import DebugNode
+from django.template.loader_tags import ExtendsNode, IncludeNode
 
 _body_engine = Engine(autoescape=True, loaders=[], libraries={}, debug=False)
 _subject_engine = Engine(autoescape=False, loaders=[], libraries={}, debug=False)
@@ -17,10 +19,18 @@ class RenderError(Exception):
     pass
 
 
+# Tags that reach outside the template: files, or (with DEBUG) the server's context and modules.
+_FORBIDDEN = {DebugNode: "debug", IncludeNode: "include", ExtendsNode: "extends"}
+
+
 @lru_cache(maxsize=512)
 def _compile(source: str, *, html: bool):
     engine = _body_engine if html else _subject_engine
-    return engine.from_string(source)
+    template = engine.from_string(source)
+    for node_type, name in _FORBIDDEN.items():
+        if template.nodelist.get_nodes_by_type(node_type):
+            raise TemplateSyntaxError(f"The {name} tag is not allowed in email templates.")
+    return template
 
 
 def check_compiles(source: str, *, html: bool) -> str | None:

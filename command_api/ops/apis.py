@@ -9,6 +9,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.pagination import page_of
 from core.outbox.selectors import STATES, OutboxFilter, outbox_event_list, outbox_status
 from core.outbox.services import outbox_replay
 
@@ -68,7 +69,8 @@ class OutboxListFilterSerializer(serializers.Serializer):
 class OutboxListApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[OutboxListFilterSerializer], responses=OutboxEventSerializer(many=True))
+    @extend_schema(parameters=[OutboxListFilterSerializer],
+                   responses=page_of(OutboxEventSerializer, name="OutboxEventPage"))
     def get(self, request):
         query = OutboxListFilterSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

@@ -81,6 +81,9 @@ def test_openapi_schema_generates_without_warnings(tmp_path):
     # Fails on any warning, e.g. two serializers mapped to one component name.
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
     assert "SentEmailInputRequest" in (tmp_path / "schema.yaml").read_text()
+    call_command("spectacular", "--validate", "--fail-on-warn", "--urlconf", "query_api.urls",
+                 "--file", str(tmp_path / "query.yaml"))
+    assert "SentEmailLogPage" in (tmp_path / "query.yaml").read_text()
 
 
 def test_demo_setup_creates_the_admin_and_template_once_and_only_in_debug(settings, capsys):

@@ -1,0 +1,38 @@
+"""The short form of the fault run (bench/chaos.py runs the long one)."""
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from core.accounts.models import User
+from tests.chaos import ChaosPlan, run_chaos
+from tests.system import ROOT, Http, System
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@override_settings(RECONCILE_GRACE_SECONDS=0)
+def test_nothing_accepted_is_lost_under_kills_restarts_and_provider_errors(topology):
+    system = System(database=connection.settings_dict["NAME"], prefix=topology.prefix,
+                    log_dir=ROOT / "var" / "test-logs" / f"chaos-{topology.prefix}",
+                    SENDER_LEASE_SECONDS=5, SENDER_BACKOFF_BASE_SECONDS=1, SENDER_MAX_ATTEMPTS=10)
+    system.start_all()
+    try:
+        api = Http(system.command_url)
+        assert api.call("POST", "/api/v1/users/register/", {"email": "load@example.com", "username": "load",
+                                                            "password": "quiet-meadow-Lantern-44"})[0] == 201
+        User.objects.filter(email="load@example.com").update(is_staff=True)
+        token = api.call("POST", "/api/v1/users/login/", {"username": "load@example.com",
+                                                          "password": "quiet-meadow-Lantern-44"})[1]["token"]
+        status, template = Http(system.command_url, token).call(
+            "POST", "/api/v1/emails/email-template/", {"name": "load", "subject": "Hi", "body": "<p>Hi</p>"})
+        assert status == 201
+        report = run_chaos(system, ChaosPlan(duration=20, rate=8, seed=7), token=token, template_id=template["id"])
+    finally:
+        system.stop_all()
+    print(f"\n[chaos] {report.summary()}")
+    assert report.accepted > 100
+    assert report.kills == 6 and report.restarts == 2
+    assert report.lost == 0 and report.never_reached_provider == 0
+    assert report.unexplained_duplicates == 0
+    assert report.read_model_missing == 0 and report.read_model_behind == 0

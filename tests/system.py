@@ -1,0 +1,144 @@
+"""The whole system as real OS processes on free ports, against one database and broker prefix:
+both APIs under gunicorn, the relay, the sender, the projector and the fake SendGrid, which posts
+signed Event Webhook batches to the command API. Used by the end-to-end and fault tests and by
+bench/chaos.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.broker import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Http:
+    """A tiny JSON client: (status, body) for every call, never raising for 4xx/5xx."""
+
+    def __init__(self, base: str, token: str | None = None):
+        self.base, self.token = base, token
+
+    def call(self, method: str, path: str, body=None, timeout: float = 10, raw: bytes | None = None, headers=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Content-Type": "application/json", **({"Authorization": f"Token {self.token}"} if self.token else {}),
+            **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                text = answer.read()
+                return answer.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as error:
+            text = error.read()
+            try:
+                return error.code, json.loads(text)
+            except ValueError:
+                return error.code, text.decode(errors="replace")
+
+
+class System:
+    COMPONENTS = ("command_api", "query_api", "outbox_relay", "sender", "projector", "fake_sendgrid")
+
+    def __init__(self, *, database: str, prefix: str, log_dir: Path, **env):
+        self.ports = {name: free_port() for name in self.COMPONENTS}
+        key = ec.generate_private_key(ec.SECP256R1())
+        private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()).decode()
+        public = base64.b64encode(key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+        self.command_url = f"http://127.0.0.1:{self.ports['command_api']}"
+        self.query_url = f"http://127.0.0.1:{self.ports['query_api']}"
+        self.fake_url = f"http://127.0.0.1:{self.ports['fake_sendgrid']}"
+        self.env = os.environ | {
+            "POSTGRES_DB": database, "BROKER_PREFIX": prefix, "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "LOG_JSON": "true",
+            "PYTHONUNBUFFERED": "1", "SENDGRID_HOST": self.fake_url, "SENDGRID_API_KEY": "SG.fake-key",
+            "SENDGRID_WEBHOOK_PUBLIC_KEY": public, "SENDGRID_TIMEOUT_SECONDS": "5",
+            "FAKE_SENDGRID_WEBHOOK_URL": f"{self.command_url}/api/v1/webhooks/sendgrid/",
+            "FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY": private_pem, "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        } | {k: str(v) for k, v in env.items()}
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._logs = {}
+
+    def _command(self, name: str) -> tuple[list[str], dict]:
+        port = str(self.ports[name])
+        worker = ["--http-host", "127.0.0.1", "--http-port", port]
+        return {
+            "command_api": ([sys.executable, "-m", "gunicorn", "command_api.wsgi:application", "--workers", "2",
+                             "--bind", f"127.0.0.1:{port}"], {"DJANGO_SETTINGS_MODULE": "command_api.settings"}),
+            "query_api": ([sys.executable, "-m", "gunicorn", "query_api.wsgi:application", "--workers", "1",
+                           "--bind", f"127.0.0.1:{port}"], {"DJANGO_SETTINGS_MODULE": "query_api.settings"}),
+            "outbox_relay": ([sys.executable, "-m", "outbox_relay", "run", *worker], {}),
+            "sender": ([sys.executable, "-m", "sender", "run", *worker], {}),
+            "projector": ([sys.executable, "-m", "query_api", "project", *worker], {}),
+            "fake_sendgrid": ([sys.executable, "-m", "sender.fake_sendgrid", "--port", port], {}),
+        }[name]
+
+    def start(self, name: str) -> None:
+        command, extra = self._command(name)
+        log = self._logs.get(name) or open(self.log_dir / f"{name}.log", "a")
+        self._logs[name] = log
+        env = self.env | {"DJANGO_SETTINGS_MODULE": "outbox_relay.settings"} | extra
+        self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_all(self) -> System:
+        for name in self.COMPONENTS:
+            self.start(name)
+        for name in self.COMPONENTS:
+            self.wait_ready(name)
+        return self
+
+    def probe_url(self, name: str) -> str:
+        base = f"http://127.0.0.1:{self.ports[name]}"
+        return base + ("/_stats" if name == "fake_sendgrid" else "/readyz")
+
+    def wait_ready(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise AssertionError(f"{name} exited: {(self.log_dir / f'{name}.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.probe_url(name), timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{name} not ready in {timeout}s")
+
+    def kill(self, name: str) -> None:
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in self._logs.values():
+            log.close()
+
+    def fake(self) -> Http:
+        return Http(self.fake_url)
+
+    def accepted_calls(self) -> list[dict]:
+        status, messages = self.fake().call("GET", "/_messages")
+        return messages if status == 200 else []
