@@ -53,3 +53,19 @@ def parse_wrk(output: str) -> dict:
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": errors.group(1) if errors else "none",
     }
+
+
+def wrk_post(url: str, body: dict, *, token: str | None, connections: int, duration: int) -> tuple[dict, str]:
+    """wrk (closed loop, keep-alive, one thread) POSTing `body` as JSON; (figures, raw output)."""
+    import json
+    import tempfile
+
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+    if token:
+        script.write(f'wrk.headers["Authorization"] = "Token {token}"\n')
+    script.write(f"wrk.body = '{json.dumps(body)}'\n")
+    script.close()
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out), out

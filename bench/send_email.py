@@ -16,9 +16,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
-from common import ROOT, parse_wrk, wait_http  # noqa: E402
+from common import ROOT, wait_http, wrk_post  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -98,27 +97,18 @@ def main() -> None:
     try:
         base = f"http://127.0.0.1:{args.port}"
         wait_http(f"{base}/readyz", 30)
-        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(
-            'wrk.method = "POST"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["Authorization"] = "Token {token}"\n'
-            'wrk.body = \'{"recipients": ["ann@example.com", "bob@example.org"], '
-            f'"template": {template_id}, "context": {{"name": "Ann", "code": 1234}}}}\'\n'
-        )
-        script.close()
         url = f"{base}/api/v1/emails/sent-email/"
-        wrk = ["wrk", "-t1", f"-c{args.connections}", "--latency", "-s", script.name]
-        subprocess.run([*wrk, "-d3s", url], capture_output=True, check=True)  # warm-up
+        body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template_id,
+                "context": {"name": "Ann", "code": 1234}}
+        wrk_post(url, body, token=token, connections=args.connections, duration=3)  # warm-up
         before = counts(env)
-        output = subprocess.run([*wrk, f"-d{args.duration}s", url], capture_output=True, text=True, check=True).stdout
+        result, output = wrk_post(url, body, token=token, connections=args.connections, duration=args.duration)
         after = counts(env)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         log_file.close()
 
-    result = parse_wrk(output)
     written = after[0] - before[0], after[1] - before[1]
     print(output)
     print(
