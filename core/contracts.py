@@ -27,7 +27,9 @@ class Event:
     occurred_at: str  # ISO 8601, UTC
 
     def to_dict(self) -> dict:
-        return {"type": self.TYPE, "schema_version": self.VERSION, **asdict(self)}
+        data = {"type": self.TYPE, "schema_version": self.VERSION, **asdict(self)}
+        # JSON has lists, not tuples (tuples keep the events hashable and frozen).
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
 
     @classmethod
     def from_dict(cls, data: dict):
@@ -67,11 +69,6 @@ class EmailRequested(Event):
     body_html: str
     template_name: str = ""  # added within version 1
 
-    def to_dict(self) -> dict:
-        data = super().to_dict()
-        data["recipients"] = list(self.recipients)
-        return data
-
 
 @dataclass(frozen=True, kw_only=True)
 class EmailSent(Event):
@@ -87,11 +84,6 @@ class EmailSent(Event):
     provider: str
     provider_message_id: str
     attempt: int
-
-    def to_dict(self) -> dict:
-        data = super().to_dict()
-        data["recipients"] = list(self.recipients)
-        return data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,11 +102,6 @@ class EmailFailed(Event):
     reason: str
     permanent: bool  # False: transient errors until the attempts ran out
     attempt: int
-
-    def to_dict(self) -> dict:
-        data = super().to_dict()
-        data["recipients"] = list(self.recipients)
-        return data
 
 
 @dataclass(frozen=True, kw_only=True)
