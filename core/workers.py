@@ -70,3 +70,20 @@ class StopSignal:
     def sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if a stop arrives."""
         select.select([self.fd], [], [], seconds)
+
+
+class StoppableWorker:
+    """What every worker process shares about stopping: SIGTERM/SIGINT set the stop signal."""
+
+    def __init__(self):
+        self._stop = StopSignal()
+
+    def install_signal_handlers(self) -> None:
+        self._stop.install()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop.stopping

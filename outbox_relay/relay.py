@@ -28,7 +28,7 @@ import psycopg2.extensions
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from core.workers import Backoff, Outages, StopSignal
+from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
 
 log = structlog.get_logger(__name__)
@@ -172,7 +172,7 @@ class RelayConfig:
     crash_after_confirm: bool = False
 
 
-class RelayWorker:
+class RelayWorker(StoppableWorker):
     def __init__(self, config: RelayConfig, publisher: ConfirmingPublisher, health):
         self.config = config
         self.publisher = publisher
@@ -180,20 +180,11 @@ class RelayWorker:
         self.outages = Outages(health, FAILURES)
         self._conn = None
         self._listen = None
-        self._stop = StopSignal()
+        super().__init__()
         self._next_stats = 0.0
 
     # Lifecycle -------------------------------------------------------------------------------
 
-    def install_signal_handlers(self) -> None:
-        self._stop.install()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def _stopping(self) -> bool:
-        return self._stop.stopping
 
     def run(self) -> int:
         """Relay until stopped; reconnects on its own. Returns the exit code (0 after SIGTERM)."""

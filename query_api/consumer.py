@@ -17,28 +17,23 @@ from pika.exceptions import AMQPError
 
 from core.broker import Topology, connection_parameters, declare_topology
 from core.contracts import ContractError, event_from_dict
-from core.workers import Backoff, Outages, StopSignal
+from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.relay import connect_postgres
 from query_api.projector import BATCH_SECONDS, DEAD, apply_batch
 
 log = structlog.get_logger(__name__)
 
 
-class ProjectorWorker:
+class ProjectorWorker(StoppableWorker):
     def __init__(self, *, broker_url: str, topology: Topology, database: dict, health,
                  batch_size: int = 100, batch_wait: float = 0.05):
         self.broker_url, self.topology, self.database, self.health = broker_url, topology, database, health
         self.batch_size, self.batch_wait = batch_size, batch_wait
         self.outages = Outages(health)
-        self._stop = StopSignal()
+        super().__init__()
         self._conn = None
         self._amqp = None
 
-    def install_signal_handlers(self) -> None:
-        self._stop.install()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def run(self) -> int:
         backoff = Backoff()

@@ -31,7 +31,7 @@ from prometheus_client import Gauge, Histogram
 
 from core.broker import Topology, connection_parameters, declare_topology
 from core.contracts import ContractError, EmailRequested
-from core.workers import Backoff, Outages, StopSignal
+from core.workers import Backoff, Outages, StoppableWorker
 from sender.handlers import ACK, BAD_KEY_PAUSE, DEAD_LETTER, RETRY, Decision, Policy, handle_email_requested
 
 log = structlog.get_logger(__name__)
@@ -60,13 +60,13 @@ def delay_route(topology: Topology, delay_seconds: float) -> tuple[str, int]:
     return topology.delay_queue("sender", tier), min(wanted, tier)
 
 
-class SenderWorker:
+class SenderWorker(StoppableWorker):
     def __init__(self, *, config: SenderConfig, topology: Topology, provider, store, policy: Policy, health):
         self.config, self.topology, self.provider, self.store, self.policy = config, topology, provider, store, policy
         self.health = health
         self.outages = Outages(health)
         self.key_rejected = threading.Event()
-        self._stop = StopSignal()
+        super().__init__()
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._consumer_tag: str | None = None
@@ -79,15 +79,6 @@ class SenderWorker:
 
     # Lifecycle -------------------------------------------------------------------------------
 
-    def install_signal_handlers(self) -> None:
-        self._stop.install()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def _stopping(self) -> bool:
-        return self._stop.stopping
 
     def run(self) -> int:
         backoff = Backoff()

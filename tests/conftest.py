@@ -86,6 +86,15 @@ def relays():
 
 
 @pytest.fixture
+def projectors():
+    """Start projector processes with projectors(topology, **env); all are stopped after the test."""
+    start, started = _processes("query_api")
+    yield start
+    for process in started:
+        process.stop_quietly()
+
+
+@pytest.fixture
 def senders(fake_sendgrid):
     """Start sender processes with senders(topology, **env), pointed at the fake SendGrid;
     all are stopped after the test."""

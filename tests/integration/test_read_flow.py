@@ -18,15 +18,6 @@ from tests.factories import EmailTemplateFactory, UserFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def projectors():
-    from tests.conftest import _processes
-
-    start, started = _processes("query_api")
-    yield start
-    for process in started:
-        process.stop_quietly()
-
 
 def test_an_email_is_queued_then_sent_then_delivered_in_the_query_api(topology, relays, projectors, senders,
                                                                        fake_sendgrid):

@@ -347,16 +347,6 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
 # The projector process --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def projectors():
-    from tests.conftest import _processes
-
-    start, started = _processes("query_api")
-
-    yield start
-    for process in started:
-        process.stop_quietly()
-
 
 @pytest.mark.django_db(transaction=True)
 def test_the_projector_process_dead_letters_bad_events_alone(topology, projectors):
