@@ -69,3 +69,57 @@ def wrk_post(url: str, body: dict, *, token: str | None, connections: int, durat
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
     return parse_wrk(out), out
+
+
+def _proc_stats() -> dict[int, tuple[str, int, float]]:
+    """Every process: pid -> (command name, parent pid, CPU seconds so far)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        stats[int(entry)] = (name, int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return stats
+
+
+def cpu_by_group(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far, per group: each of `roots` (a process and its descendants),
+    "postgres", "rabbitmq", "wrk", and "other" for the rest of the machine. Take two readings
+    and subtract them to see where a run's CPU went."""
+    stats = _proc_stats()
+    group_of: dict[int, str] = {pid: name for name, pid in roots.items()}
+
+    def group(pid: int) -> str:
+        seen = []
+        while pid not in group_of:
+            if pid not in stats or pid <= 1:
+                break
+            seen.append(pid)
+            name = stats[pid][0]
+            if name == "postgres":
+                group_of[pid] = "postgres"
+            elif name in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost"):
+                group_of[pid] = "rabbitmq"
+            elif name == "wrk":
+                group_of[pid] = "wrk"
+            else:
+                pid = stats[pid][1]
+                continue
+            break
+        found = group_of.get(pid, "other")
+        for visited in seen:
+            group_of[visited] = found
+        return found
+
+    totals: dict[str, float] = {}
+    for pid, (_, _, seconds) in stats.items():
+        key = group(pid)
+        totals[key] = totals.get(key, 0.0) + seconds
+    return totals

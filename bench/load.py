@@ -17,13 +17,14 @@ Needs wrk. Run it by hand.
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
 
-from common import ROOT, setup_django, wrk_post  # noqa: E402
+from common import ROOT, cpu_by_group, setup_django, wrk_post  # noqa: E402
 
 PREFIX = "bench-load"
 
@@ -119,6 +120,8 @@ def main() -> None:
                 rounds[name].append(wrk_post(target, body, token=tok, connections=args.connections,
                                              duration=args.duration)[0])
         for name, runs in rounds.items():
+            if not runs:  # --rounds 0: the end-to-end part only
+                continue
             results[name] = {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99", "non_2xx")}
             results[name]["runs"] = [round(r["rps"]) for r in runs]
         variants.terminate()
@@ -137,11 +140,15 @@ def main() -> None:
 
         # 3. End to end, everything running.
         first_id = max_email_id()
+        roots = {name: process.pid for name, process in system.processes.items()} | {"this script": os.getpid()}
+        cpu_before = cpu_by_group(roots)
         started = time.time()
         e2e, _ = wrk_post(url, body, token=token, connections=args.connections, duration=args.duration)
-        accepted = max_email_id() - first_id
+        accepted = sql("SELECT count(*) FROM emails_sentemail WHERE id > %s", [first_id])[0][0]
         (backlog,) = sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0]
         last_sent = wait_all_sent(first_id, accepted, timeout=600)
+        cpu_after = cpu_by_group(roots)
+        cpu_ms = {key: (cpu_after.get(key, 0) - cpu_before.get(key, 0)) * 1000 / accepted for key in cpu_after}
         results["end to end (everything running)"] = e2e
         delivered_rate = accepted * 2 / (last_sent - started)
 
@@ -188,14 +195,17 @@ def main() -> None:
         runs = f"  (rounds: {', '.join(map(str, r['runs']))})" if "runs" in r else ""
         print(f"  {name:38} {r['rps']:6.0f} requests/s  p50 {r['p50']:5.1f} ms  p99 {r['p99']:6.1f} ms  "
               f"non-2xx {r['non_2xx']:.0f}{runs}")
-    api_only = results["API only (outbox, pipeline stopped)"]["rps"]
+    api_only = results.get("API only (outbox, pipeline stopped)", {}).get("rps", float("nan"))
     print(f"  end to end: {accepted} emails accepted at {e2e['rps']:.0f}/s; {delivered_rate:.0f} recipients/s "
           f"delivered and shown as sent ({delivered_rate / 2 / api_only:.0%} of the API-only rate in emails); "
           f"outbox backlog when the load stopped: {backlog}")
+    print("  CPU per accepted email, end to end (ms): " + ", ".join(
+        f"{key} {value:.2f}" for key, value in sorted(cpu_ms.items(), key=lambda item: -item[1]) if value >= 0.01)
+        + f"; total {sum(cpu_ms.values()):.2f}")
     print(f"  POST to sent at {rate:.0f} emails/s: p50 {statistics.median(latencies):.0f} ms, "
           f"p99 {percentile(latencies, 99):.0f} ms over {len(latencies)} of {len(posted)} emails")
-    sync = results["sync publish (original design)"]["rps"]
-    bare = results["bare DRF inserts"]["rps"]
+    sync = results.get("sync publish (original design)", {}).get("rps", float("nan"))
+    bare = results.get("bare DRF inserts", {}).get("rps", float("nan"))
     print(f"SUMMARY api_only={api_only:.0f}/s sync_publish={sync:.0f}/s bare={bare:.0f}/s "
           f"api_vs_sync={api_only / sync:.0%} api_vs_bare={api_only / bare:.0%} e2e_accepted={e2e['rps']:.0f}/s "
           f"e2e_sent_recipients={delivered_rate:.0f}/s p50_ms={statistics.median(latencies):.0f} "

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 
+from command_api.emails import services
 from command_api.emails.models import SentEmail, SentEmailRecipient
 from core.contracts import EmailRequested
 from core.outbox.models import OutboxEvent
@@ -199,6 +200,36 @@ def test_template_change_after_sending_changes_nothing_sent(user_client, templat
     email = SentEmail.objects.get(pk=email_id)
     assert email.subject == "Hello Ann" and email.template is None
     assert email.template_name.startswith("template-")
+
+
+def test_a_template_changed_since_this_process_read_it_is_read_again(user_client, template):
+    # The first send leaves the template in this process's cache; the write checks the row's
+    # modified time, so the second send renders the changed template, not the cached copy.
+    send(user_client, template, context={"name": "Ann"})
+    services.email_template_update(template=template, data={"subject": "Bye {{ name }}"})
+    email_id = send(user_client, template, context={"name": "Ann"}).json()["id"]
+    email = SentEmail.objects.get(pk=email_id)
+    assert email.subject == "Bye Ann"
+    event = EmailRequested.from_dict(OutboxEvent.objects.get(aggregateid=str(email_id)).payload)
+    assert (event.subject, event.email_id) == ("Bye Ann", email_id)
+
+
+def test_a_template_deleted_since_this_process_read_it_is_refused_and_writes_nothing(user_client, template):
+    send(user_client, template, context={"name": "Ann"})
+    before = written_counts()
+    template_id = template.pk
+    template.delete()
+    response = send(user_client, EmailTemplateFactory.build(pk=template_id), context={"name": "Ann"})
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"template": [f"No template with id {template_id}."]}
+    assert written_counts() == before
+
+
+def test_recipients_keep_the_order_given(user_client, template):
+    addresses = ["carl@example.com", "ann@example.com", "bob@example.org"]
+    email_id = send(user_client, template, addresses, context={"name": "Ann"}).json()["id"]
+    stored = list(SentEmailRecipient.objects.filter(email_id=email_id).order_by("id").values_list("address", flat=True))
+    assert stored == addresses
 
 
 # Behaviour that only shows across real commits -------------------------------------------------
