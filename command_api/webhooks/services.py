@@ -17,7 +17,7 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from command_api.webhooks.models import ProviderEvent
 from core.contracts import EmailDeliveryStatus
 from core.errors import ApplicationError
-from core.outbox.services import new_event_id, outbox_event_add
+from core.outbox.services import new_event_id, outbox_events_add
 
 log = structlog.get_logger(__name__)
 
@@ -138,19 +138,20 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
         # RETURNING names exactly the rows this transaction inserted: a concurrent post of the
         # same events writes no second outbox event.
         inserted = _insert_new(rows)
-        for row in (r for r in rows if r.provider_event_id in inserted):
-            outbox_event_add(
-                event=EmailDeliveryStatus(
-                    event_id=new_event_id(), correlation_id=correlation_id,
-                    occurred_at=datetime.now(timezone.utc).isoformat(), email_id=row.email_id,
-                    request_event_id=str(row.request_event_id), recipient=row.recipient, status=row.status,
-                    provider="sendgrid", provider_event_id=row.provider_event_id,
+        received_at = datetime.now(timezone.utc).isoformat()
+        outbox_events_add(
+            events=[
+                (EmailDeliveryStatus(
+                    event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,
+                    email_id=row.email_id, request_event_id=str(row.request_event_id), recipient=row.recipient,
+                    status=row.status, provider="sendgrid", provider_event_id=row.provider_event_id,
                     provider_message_id=row.provider_message_id, reason=row.reason,
                     reported_at=row.reported_at.isoformat(),
-                ),
-                aggregatetype=EmailDeliveryStatus.AGGREGATE,
-                aggregateid=str(row.email_id),
-            )
+                ), str(row.email_id))
+                for row in rows if row.provider_event_id in inserted
+            ],
+            aggregatetype=EmailDeliveryStatus.AGGREGATE,
+        )
     result = WebhookResult(accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored)
     log.info("sendgrid_webhook_received", accepted=result.accepted, duplicates=result.duplicates,
              ignored=result.ignored)

@@ -2,9 +2,9 @@
 the ops operations on the outbox: replay and purge."""
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 from django.conf import settings
@@ -52,26 +52,22 @@ OUTBOX_INSERT_VALUES = (
 )
 
 
-def outbox_event_add(
-    *,
-    event: Event,
-    aggregatetype: str,
-    aggregateid: str,
-    not_before: datetime | None = None,
-) -> OutboxEvent:
-    """Write `event` to the outbox and wake the relay when the transaction commits.
+def outbox_events_add(*, events: Sequence[tuple[Event, str]], aggregatetype: str) -> None:
+    """Write `events` (each with its aggregate id) to the outbox in one statement, and wake the
+    relay when the transaction commits.
 
-    Must run inside the caller's `transaction.atomic()`, next to the change the event describes:
-    both commit or neither does. Postgres folds identical NOTIFYs of one transaction into one.
+    Must run inside the caller's `transaction.atomic()`, next to the change the events describe:
+    all commit or none does. Postgres folds identical NOTIFYs of one transaction into one.
     """
     if not connection.in_atomic_block:
-        raise RuntimeError("outbox_event_add must run inside the transaction of its change")
-    row = OutboxEvent(**outbox_row(event, aggregatetype=aggregatetype, aggregateid=aggregateid))
-    if not_before is not None:
-        row.not_before = not_before
-    row.save(force_insert=True)
+        raise RuntimeError("outbox_events_add must run inside the transaction of its change")
+    if not events:
+        return
+    OutboxEvent.objects.bulk_create(
+        OutboxEvent(**outbox_row(event, aggregatetype=aggregatetype, aggregateid=aggregateid))
+        for event, aggregateid in events
+    )
     _notify()
-    return row
 
 
 # Ops: replay and purge -----------------------------------------------------------------------
