@@ -9,12 +9,18 @@ everywhere downstream.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
+from functools import lru_cache
 from typing import ClassVar
 
 
 class ContractError(ValueError):
     """A payload that does not match the contract (wrong type, unknown version, missing key)."""
+
+
+@lru_cache(maxsize=None)
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,9 +33,13 @@ class Event:
     occurred_at: str  # ISO 8601, UTC
 
     def to_dict(self) -> dict:
-        data = {"type": self.TYPE, "schema_version": self.VERSION, **asdict(self)}
-        # JSON has lists, not tuples (tuples keep the events hashable and frozen).
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+        data = {"type": self.TYPE, "schema_version": self.VERSION}
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            # JSON has lists, not tuples (tuples keep the events hashable and frozen). Values are
+            # JSON scalars or tuples of them, so no deep copy is needed.
+            data[name] = list(value) if isinstance(value, tuple) else value
+        return data
 
     @classmethod
     def from_dict(cls, data: dict):

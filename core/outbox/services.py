@@ -1,6 +1,7 @@
 """The outbox writer (every service that changes state records its events through here), and
 the ops operations on the outbox: replay and purge."""
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ OUTBOX_INSERT_VALUES = (
 )
 
 
+# Many rows in one statement, passed as one JSON array of outbox_row() dicts.
+_OUTBOX_BULK_INSERT = f"""
+    INSERT INTO {OutboxEvent._meta.db_table} ({OUTBOX_INSERT_COLUMNS})
+    SELECT id, aggregatetype, aggregateid, type, payload, headers, now(), now(), 0, ''
+    FROM jsonb_to_recordset(%s::jsonb)
+        AS given(id uuid, aggregatetype text, aggregateid text, type text, payload jsonb, headers jsonb)
+"""
+
+
 def outbox_events_add(*, events: Sequence[tuple[Event, str]], aggregatetype: str) -> None:
     """Write `events` (each with its aggregate id) to the outbox in one statement, and wake the
     relay when the transaction commits.
@@ -63,10 +73,9 @@ def outbox_events_add(*, events: Sequence[tuple[Event, str]], aggregatetype: str
         raise RuntimeError("outbox_events_add must run inside the transaction of its change")
     if not events:
         return
-    OutboxEvent.objects.bulk_create(
-        OutboxEvent(**outbox_row(event, aggregatetype=aggregatetype, aggregateid=aggregateid))
-        for event, aggregateid in events
-    )
+    rows = [outbox_row(event, aggregatetype=aggregatetype, aggregateid=aggregateid) for event, aggregateid in events]
+    with connection.cursor() as cursor:
+        cursor.execute(_OUTBOX_BULK_INSERT, [json.dumps(rows)])
     _notify()
 
 
