@@ -138,6 +138,26 @@ def test_expired_token_is_refused(api_client, user):
     assert api_client.post(LOGOUT).status_code == 401
 
 
+def test_token_of_a_deactivated_user_is_refused(api_client, user):
+    token = login(api_client, user.email, PASSWORD).json()["token"]
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    response = api_client.get(TEMPLATES)
+    assert response.status_code == 401
+    assert response.json()["message"] == "User inactive or deleted."
+
+
+def test_a_token_matching_only_the_stored_key_prefix_is_refused(api_client, user):
+    # The prefix finds the row; only the digest of the whole key may let it in.
+    token = login(api_client, user.email, PASSWORD).json()["token"]
+    forged = token[:8] + ("0" if token[8] != "0" else "1") + token[9:]
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {forged}")
+    assert api_client.get(TEMPLATES).status_code == 401
+    api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    answer = api_client.get(TEMPLATES)
+    assert answer.status_code == 200
+
+
 def test_token_lifetime_comes_from_settings(api_client, user):
     before = timezone.now()
     login(api_client, user.email, PASSWORD)
