@@ -89,10 +89,11 @@ def _proc_stats() -> dict[int, tuple[str, int, float]]:
     return stats
 
 
-def cpu_by_group(roots: dict[str, int]) -> dict[str, float]:
+def cpu_by_group(roots: dict[str, int], postgres_backends: dict[int, str] | None = None) -> dict[str, float]:
     """CPU seconds used so far, per group: each of `roots` (a process and its descendants),
-    "postgres", "rabbitmq", "wrk", and "other" for the rest of the machine. Take two readings
-    and subtract them to see where a run's CPU went."""
+    "postgres" (split by the client named in `postgres_backends`, backend pid -> application
+    name), "rabbitmq", "wrk", and "other" for the rest of the machine. Take two readings and
+    subtract them to see where a run's CPU went."""
     stats = _proc_stats()
     group_of: dict[int, str] = {pid: name for name, pid in roots.items()}
 
@@ -104,7 +105,8 @@ def cpu_by_group(roots: dict[str, int]) -> dict[str, float]:
             seen.append(pid)
             name = stats[pid][0]
             if name == "postgres":
-                group_of[pid] = "postgres"
+                client = (postgres_backends or {}).get(pid)
+                group_of[pid] = f"postgres ({client})" if client else "postgres"
             elif name in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost"):
                 group_of[pid] = "rabbitmq"
             elif name == "wrk":

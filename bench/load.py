@@ -141,13 +141,14 @@ def main() -> None:
         # 3. End to end, everything running.
         first_id = max_email_id()
         roots = {name: process.pid for name, process in system.processes.items()} | {"this script": os.getpid()}
-        cpu_before = cpu_by_group(roots)
+        backends = dict(sql("SELECT pid, application_name FROM pg_stat_activity WHERE application_name <> ''"))
+        cpu_before = cpu_by_group(roots, backends)
         started = time.time()
         e2e, _ = wrk_post(url, body, token=token, connections=args.connections, duration=args.duration)
         accepted = sql("SELECT count(*) FROM emails_sentemail WHERE id > %s", [first_id])[0][0]
         (backlog,) = sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0]
         last_sent = wait_all_sent(first_id, accepted, timeout=600)
-        cpu_after = cpu_by_group(roots)
+        cpu_after = cpu_by_group(roots, backends)
         cpu_ms = {key: (cpu_after.get(key, 0) - cpu_before.get(key, 0)) * 1000 / accepted for key in cpu_after}
         results["end to end (everything running)"] = e2e
         delivered_rate = accepted * 2 / (last_sent - started)

@@ -134,8 +134,28 @@ class EmailDeliveryStatus(Event):
     reported_at: str  # the provider's timestamp, ISO 8601
 
 
+@dataclass(frozen=True, kw_only=True)
+class EmailDeliveryStatuses(Event):
+    """Everything one Event Webhook post reported, for any number of emails: each item is a whole
+    `email.delivery_status` payload with its own event id. One outbox row, one message and one
+    delivery instead of one per status; consumers apply the items as if they came one by one
+    (deduplicated by the items' event ids)."""
+
+    TYPE: ClassVar[str] = "email.delivery_statuses"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "provider_webhook"
+
+    statuses: tuple[dict, ...]
+
+    def items(self) -> list[EmailDeliveryStatus]:
+        """The statuses as events; raises ContractError for an item that breaks the contract."""
+        if not isinstance(self.statuses, tuple) or not all(isinstance(item, dict) for item in self.statuses):
+            raise ContractError(f"{self.TYPE}: statuses must be a list of objects")
+        return [EmailDeliveryStatus.from_dict(item) for item in self.statuses]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed, EmailDeliveryStatus)
+    cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed, EmailDeliveryStatus, EmailDeliveryStatuses)
 }
 
 

@@ -19,7 +19,7 @@ from core.broker import Topology, connection_parameters, declare_topology
 from core.contracts import ContractError, event_from_dict
 from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.relay import connect_postgres
-from query_api.projector import BATCH_SECONDS, DEAD, apply_batch
+from query_api.projector import BATCH_SECONDS, DEAD, apply_batch, unbatched
 
 log = structlog.get_logger(__name__)
 
@@ -76,21 +76,24 @@ class ProjectorWorker(StoppableWorker):
     def _consume(self, channel) -> None:
         channel.basic_qos(prefetch_count=self.batch_size * 2)
         pending: list[tuple[int, object]] = []
+        size = 0  # events in `pending`, the items of a batch of statuses counted one by one
         deadline = 0.0
         for method, properties, body in channel.consume(self.topology.queue("projector"), inactivity_timeout=0.02):
             self.health.tick()
             if method is not None:
                 try:
-                    pending.append((method.delivery_tag, event_from_dict(json.loads(body))))
+                    event = event_from_dict(json.loads(body))
+                    size += len(unbatched(event))  # checks a batch's items: a bad one makes it poison
+                    pending.append((method.delivery_tag, event))
                 except (ValueError, TypeError, KeyError, ContractError) as exc:
                     DEAD.inc()
                     log.error("poison_event_dead_lettered", event_id=properties.message_id, error=str(exc)[:300])
                     channel.basic_reject(method.delivery_tag, requeue=False)
                 if len(pending) == 1:
                     deadline = time.monotonic() + self.batch_wait
-            if pending and (len(pending) >= self.batch_size or time.monotonic() >= deadline or self._stop.stopping):
+            if pending and (size >= self.batch_size or time.monotonic() >= deadline or self._stop.stopping):
                 self._flush(channel, pending)
-                pending = []
+                pending, size = [], 0
             if self._stop.stopping and not pending:
                 break
         channel.cancel()

@@ -14,7 +14,7 @@ import json
 import structlog
 from prometheus_client import Counter, Histogram
 
-from core.contracts import Event
+from core.contracts import EmailDeliveryStatuses, Event
 from query_api.projection import Row, apply
 
 log = structlog.get_logger(__name__)
@@ -55,6 +55,11 @@ WRITE_HISTORY_SQL = """
 """
 
 
+def unbatched(event: Event) -> list[Event]:
+    """The events `event` stands for: the items of a batch of statuses, else itself."""
+    return event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
+
+
 def _row_from_db(values) -> Row:
     data = dict(zip(COLUMNS, values, strict=True))
     for key in ("created", "last_event_at"):
@@ -64,8 +69,10 @@ def _row_from_db(values) -> Row:
 
 
 def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
-    """Apply `events` in one transaction of `conn`; returns (applied, skipped as duplicates).
-    Raises on any database error, after rolling back: nothing of the batch is kept."""
+    """Apply `events` in one transaction of `conn`; returns (applied, skipped as duplicates),
+    counting the items of an `email.delivery_statuses` one by one. Raises on any database error,
+    after rolling back: nothing of the batch is kept."""
+    events = [item for event in events for item in unbatched(event)]
     try:
         with conn.cursor() as cursor:
             cursor.execute(MARK_PROCESSED_SQL, [[e.event_id for e in events]])

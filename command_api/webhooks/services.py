@@ -15,7 +15,7 @@ from rest_framework import status
 from sendgrid.helpers.eventwebhook import EventWebhook
 
 from command_api.webhooks.models import ProviderEvent
-from core.contracts import EmailDeliveryStatus
+from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses
 from core.errors import ApplicationError
 from core.outbox.services import new_event_id, outbox_events_add
 
@@ -35,6 +35,10 @@ STATUS_OF = {
     "unsubscribe": "unsubscribed",
     "group_unsubscribe": "unsubscribed",
 }
+
+
+# SendGrid posts up to a few thousand events at once; messages stay well under 1 MB.
+STATUSES_PER_EVENT = 500
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,8 @@ def _insert_new(rows: list[ProviderEvent]) -> set[str]:
 def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str | None,
                             correlation_id: str) -> WebhookResult:
     """Verify SendGrid's signature, then in one transaction store each new event (SendGrid's
-    repeated posts are dropped by sg_event_id) and write its `email.delivery_status` to the
-    outbox. Events without our custom_args, or of kinds we do not track, are ignored.
+    repeated posts are dropped by sg_event_id) and write the new ones to the outbox as
+    `email.delivery_statuses` events (STATUSES_PER_EVENT each). Events without our custom_args, or of kinds we do not track, are ignored.
     Raises ApplicationError: 403 (signature), 400 (not a JSON list)."""
     verify_signature(body=body, signature=signature, timestamp=timestamp)
     try:
@@ -139,18 +143,25 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
         # same events writes no second outbox event.
         inserted = _insert_new(rows)
         received_at = datetime.now(timezone.utc).isoformat()
+        statuses = [
+            EmailDeliveryStatus(
+                event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,
+                email_id=row.email_id, request_event_id=str(row.request_event_id), recipient=row.recipient,
+                status=row.status, provider="sendgrid", provider_event_id=row.provider_event_id,
+                provider_message_id=row.provider_message_id, reason=row.reason,
+                reported_at=row.reported_at.isoformat(),
+            ).to_dict()
+            for row in rows if row.provider_event_id in inserted
+        ]
+        # One event per post (per STATUSES_PER_EVENT): one message through the relay and the
+        # broker for a whole batch of statuses, not one per status.
         outbox_events_add(
             events=[
-                (EmailDeliveryStatus(
-                    event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,
-                    email_id=row.email_id, request_event_id=str(row.request_event_id), recipient=row.recipient,
-                    status=row.status, provider="sendgrid", provider_event_id=row.provider_event_id,
-                    provider_message_id=row.provider_message_id, reason=row.reason,
-                    reported_at=row.reported_at.isoformat(),
-                ), str(row.email_id))
-                for row in rows if row.provider_event_id in inserted
+                (EmailDeliveryStatuses(event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,
+                                       statuses=tuple(statuses[start:start + STATUSES_PER_EVENT])), correlation_id)
+                for start in range(0, len(statuses), STATUSES_PER_EVENT)
             ],
-            aggregatetype=EmailDeliveryStatus.AGGREGATE,
+            aggregatetype=EmailDeliveryStatuses.AGGREGATE,
         )
     result = WebhookResult(accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored)
     log.info("sendgrid_webhook_received", accepted=result.accepted, duplicates=result.duplicates,

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.db import connection
 
-from core.contracts import EmailDeliveryStatus, EmailRequested, EmailSent
+from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, EmailSent
 from core.outbox.models import OutboxEvent
 from query_api.models import ProcessedEvent, SentEmailLog, SentEmailLogEvent
 from query_api.projector import apply_batch
@@ -71,6 +71,16 @@ def test_projector_applies_a_batch_idempotently(conn):
     assert apply_batch(conn, events + [events[0]]) == (0, 3)  # redelivered, replayed: nothing changes
     assert ProcessedEvent.objects.count() == 2
     assert SentEmailLogEvent.objects.filter(email_id=1).count() == 3  # queued + 2 recipients sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_statuses_applies_as_its_items_once(conn):
+    batch = EmailDeliveryStatuses(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(NOW),
+                                  statuses=(delivered().to_dict(), delivered(recipient="bob@example.org").to_dict()))
+    assert apply_batch(conn, [requested(), sent(), batch]) == (4, 0)
+    assert row().status == "delivered"
+    assert apply_batch(conn, [batch]) == (0, 2)  # redelivered: every item is known
+    assert SentEmailLogEvent.objects.filter(email_id=1, status="delivered").count() == 2
 
 
 @pytest.mark.django_db(transaction=True)
@@ -229,13 +239,30 @@ def test_a_signed_webhook_becomes_outbox_events_once(api_client, signer):
     first = api_client.post(HOOK, body, content_type="application/json", **signer(body))
     assert first.status_code == 200
     assert first.json() == {"accepted": 2, "duplicates": 0, "ignored": 1}
-    statuses = [e.payload["status"] for e in OutboxEvent.objects.filter(type="email.delivery_status")]
-    assert sorted(statuses) == ["delivered", "processed"]
-    event = EmailDeliveryStatus.from_dict(OutboxEvent.objects.filter(type="email.delivery_status").first().payload)
-    assert event.email_id == 9 and event.recipient == "Ann@example.com"
+    # The whole post is one event (one message), its items the statuses.
+    (row,) = OutboxEvent.objects.all()
+    assert (row.type, row.aggregatetype) == ("email.delivery_statuses", "provider_webhook")
+    items = EmailDeliveryStatuses.from_dict(row.payload).items()
+    assert sorted(item.status for item in items) == ["delivered", "processed"]
+    assert {(item.email_id, item.recipient) for item in items} == {(9, "Ann@example.com")}
+    assert len({item.event_id for item in items}) == 2
     again = api_client.post(HOOK, body, content_type="application/json", **signer(body))  # SendGrid retries
     assert again.json() == {"accepted": 0, "duplicates": 2, "ignored": 1}
-    assert OutboxEvent.objects.filter(type="email.delivery_status").count() == 2
+    assert OutboxEvent.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_large_webhook_post_is_split_into_events_of_bounded_size(api_client, signer, settings):
+    from command_api.webhooks import services as webhook_services
+
+    body = json.dumps([
+        {"email": f"r{i}@example.com", "timestamp": int(NOW.timestamp()), "event": "delivered",
+         "sg_event_id": f"sg-big-{i}", "event_id": str(uuid.uuid4()), "email_id": str(i), "recipient": f"r{i}@example.com"}
+        for i in range(webhook_services.STATUSES_PER_EVENT * 2 + 1)
+    ])
+    assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200
+    sizes = sorted(len(row.payload["statuses"]) for row in OutboxEvent.objects.all())
+    assert sizes == [1, webhook_services.STATUSES_PER_EVENT, webhook_services.STATUSES_PER_EVENT]
 
 
 @pytest.mark.django_db
@@ -358,10 +385,14 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
     bad = delivered(email_id=11)
     bad_dict = bad.to_dict() | {"reported_at": "not a time"}  # parses, then fails in Postgres
     broker.publish(topology, bad_dict, message_id=bad.event_id, routing_key=bad.TYPE)
+    bad_batch = {"type": "email.delivery_statuses", "schema_version": 1, "event_id": str(uuid.uuid4()),
+                 "correlation_id": "c", "occurred_at": iso(NOW), "statuses": [{"type": "email.delivery_status"}]}
+    broker.publish(topology, bad_batch, message_id="bad-batch", routing_key="email.delivery_statuses")
     after = sent(email_id=11)
     broker.publish(topology, after.to_dict(), message_id=after.event_id, routing_key=after.TYPE)
-    dead = broker.collect(topology.dead_letter_queue("projector"), expect_ids={"poison", bad.event_id}, timeout=15)
-    assert sorted(dead.ids) == sorted(["poison", bad.event_id])
+    dead = broker.collect(topology.dead_letter_queue("projector"), expect_ids={"poison", bad.event_id, "bad-batch"},
+                          timeout=15)
+    assert sorted(dead.ids) == sorted(["poison", bad.event_id, "bad-batch"])
     broker.wait_for(lambda: SentEmailLog.objects.filter(pk=11, status="sent").exists(), timeout=10,
                     message="the good events applied")
     assert projector.terminate() == 0

@@ -2,11 +2,13 @@ import dataclasses
 
 import pytest
 
-from core.contracts import ContractError, EmailRequested, event_from_dict
+from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
 from tests.conftest import golden
 
 
-@pytest.mark.parametrize("event_type", ["email.requested", "email.sent", "email.failed", "email.delivery_status"])
+@pytest.mark.parametrize(
+    "event_type", ["email.requested", "email.sent", "email.failed", "email.delivery_status", "email.delivery_statuses"]
+)
 def test_every_golden_sample_round_trips(event_type):
     sample = golden(event_type, 1)
     event = event_from_dict(sample)
@@ -64,3 +66,18 @@ def test_a_field_added_within_a_version_may_be_missing_from_older_payloads():
     older = golden("email.requested", 1)
     del older["template_name"]
     assert EmailRequested.from_dict(older).template_name == ""
+
+
+def test_a_batch_of_statuses_reads_as_its_items():
+    batch = EmailDeliveryStatuses.from_dict(golden("email.delivery_statuses", 1))
+    items = batch.items()
+    assert [type(item) for item in items] == [EmailDeliveryStatus, EmailDeliveryStatus]
+    assert [item.status for item in items] == ["processed", "delivered"]
+    assert items[1] == EmailDeliveryStatus.from_dict(golden("email.delivery_status", 1))
+
+
+@pytest.mark.parametrize("statuses", [[{"type": "email.delivery_status"}], ["not an object"]])
+def test_a_batch_with_a_bad_item_is_refused(statuses):
+    sample = golden("email.delivery_statuses", 1) | {"statuses": statuses}
+    with pytest.raises(ContractError):
+        EmailDeliveryStatuses.from_dict(sample).items()
