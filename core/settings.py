@@ -171,6 +171,8 @@ BROKER_PREFIX = env_str("BROKER_PREFIX", "emails")
 # Outbox relay.
 OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)
 OUTBOX_POLL_INTERVAL_MS = env_int("OUTBOX_POLL_INTERVAL_MS", 1000)
+# After a NOTIFY, the relay waits this long before claiming, so a burst of commits shares one batch.
+OUTBOX_GATHER_MS = env_int("OUTBOX_GATHER_MS", 5)
 OUTBOX_CONFIRM_TIMEOUT_MS = env_int("OUTBOX_CONFIRM_TIMEOUT_MS", 10_000)
 OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 7)
 OUTBOX_RELAY_HTTP_PORT = env_int("OUTBOX_RELAY_HTTP_PORT", 9101)

@@ -87,6 +87,7 @@ def command_run(args) -> int:
         notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
         batch_size=settings.OUTBOX_BATCH_SIZE,
         poll_interval=settings.OUTBOX_POLL_INTERVAL_MS / 1000,
+        gather=settings.OUTBOX_GATHER_MS / 1000,
         confirm_timeout=settings.OUTBOX_CONFIRM_TIMEOUT_MS / 1000,
         crash_after_confirm=os.environ.get("OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM") == "1",
     )

@@ -168,6 +168,7 @@ class RelayConfig:
     batch_size: int
     poll_interval: float
     confirm_timeout: float
+    gather: float = 0.0  # after a NOTIFY, wait this long for more commits before claiming
     stats_interval: float = 5.0
     crash_after_confirm: bool = False
 
@@ -269,7 +270,12 @@ class RelayWorker(StoppableWorker):
         self.publisher.wait(fds, self.config.poll_interval)
         if self._listen is not None:
             self._listen.poll()  # raises OperationalError when Postgres went away
+            woken = bool(self._listen.notifies)
             self._listen.notifies.clear()
+            if woken and self.config.gather > 0:
+                # Under load every request commits and notifies on its own; gathering them for a
+                # few milliseconds makes one batch (one claim, one confirm wait) of many.
+                self.publisher.wait([self._stop.fd], self.config.gather)
         if not self.publisher.is_open:
             raise PublisherUnavailable("connection lost while idle")
 

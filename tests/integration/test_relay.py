@@ -126,6 +126,22 @@ def test_the_relay_process_wakes_on_notify_not_on_its_poll(topology, relays):
     assert relay.terminate() == 0
 
 
+def test_the_relay_gathers_a_burst_of_commits_into_one_batch(topology, relays):
+    relay = relays(topology, OUTBOX_GATHER_MS=400)
+    relay.wait_ready()
+    time.sleep(0.3)  # idle, waiting for a NOTIFY
+    ids = []
+    for _ in range(8):  # eight transactions, each committed and notifying on its own
+        ids += broker.fill_outbox(1)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+        time.sleep(0.01)
+    broker.wait_for(lambda: broker.published_count(ids) == 8, timeout=10, message="8 published")
+    # One batch is one transaction: its rows share their published_at.
+    assert OutboxEvent.objects.filter(id__in=ids).values("published_at").distinct().count() == 1
+    assert relay.terminate() == 0
+
+
 def test_the_relay_process_serves_probes_and_metrics_and_exits_0_on_sigterm(topology, relays):
     relay = relays(topology)
     relay.wait_ready()
