@@ -299,6 +299,11 @@ def make_handler(fake: FakeSendGrid):
         def log_message(self, format, *args):
             pass
 
+        def setup(self):
+            super().setup()
+            with fake.lock:
+                fake.stats["connections"] += 1  # clients that keep connections alive open few
+
         def _send(self, status: int, body=None, headers: dict | None = None, content_type="application/json"):
             data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
             self.send_response(status)

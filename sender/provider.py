@@ -1,20 +1,25 @@
-"""The SendGrid adapter: build the request with the official helpers, send it, classify the answer.
+"""The SendGrid adapter: build the request with the official helpers, send it over a kept-alive
+connection, classify the answer.
 
 Every answer is classified once, here:
     202                                   sent (X-Message-Id is the provider message id)
-    429, 5xx, connection refused/reset    transient: retry later (429 says when)
-    a timeout                             unknown: SendGrid may have taken it
+    429, 5xx, connection refused          transient: retry later (429 says when)
+    a timeout, a connection broken        unknown: SendGrid may have taken it
+    during the call
     400, 413, other 4xx, 403 unverified   permanent for this email
     401, 403 missing permission           our key is bad: stop sending, fail nothing
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import select
 import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 from dataclasses import dataclass
 
 from python_http_client import exceptions as http_errors
@@ -83,10 +88,14 @@ def _retry_after(headers) -> float | None:
 
 
 def classify_http_error(error: http_errors.HTTPError) -> SendResult:
-    status = error.status_code
-    reason = f"{status}: {_messages(error.body)}"
+    return classify_answer(error.status_code, error.body, error.headers)
+
+
+def classify_answer(status: int, body: bytes, headers) -> SendResult:
+    """Any answer but a 2xx."""
+    reason = f"{status}: {_messages(body)}"
     if status == 429:
-        return SendResult(TRANSIENT, status, reason=reason, retry_after=_retry_after(error.headers))
+        return SendResult(TRANSIENT, status, reason=reason, retry_after=_retry_after(headers))
     if status >= 500:
         return SendResult(TRANSIENT, status, reason=reason)
     if status == 401:
@@ -100,13 +109,28 @@ def classify_http_error(error: http_errors.HTTPError) -> SendResult:
 
 
 class SendGridProvider:
-    """Thread-safe: each thread gets a client of its own."""
+    """Thread-safe: each thread keeps a connection of its own.
+
+    The mail is built with the official helpers and sent with the official client's headers,
+    over a kept-alive connection per thread: the official client's transport builds a urllib
+    opener and opens a new connection for every call, which cost the sender more CPU than all
+    of its other work per email.
+    """
 
     name = "sendgrid"
+    # A connection idle longer than this is not reused: the far end may have closed it.
+    IDLE_REUSE_SECONDS = 4.0
 
     def __init__(self, *, api_key: str, host: str, timeout: float):
         self.api_key, self.host, self.timeout = api_key, host.rstrip("/"), timeout
         self._local = threading.local()
+        url = urllib.parse.urlsplit(self.host)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"SENDGRID_HOST must be an http(s) URL, got {host!r}")
+        self._https, self._netloc = url.scheme == "https", url.netloc
+        self._send_path = f"{url.path}/v3/mail/send"
+        self._headers = dict(SendGridAPIClient(api_key=api_key, host=self.host).client.request_headers)
+        self._headers["Content-Type"] = "application/json"
 
     def _client(self) -> SendGridAPIClient:
         client = getattr(self._local, "client", None)
@@ -116,23 +140,61 @@ class SendGridProvider:
             self._local.client = client
         return client
 
-    def send(self, event: EmailRequested, recipients: list[str]) -> SendResult:
-        mail = build_mail(event, recipients)
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it served a call before."""
+        conn, last_used = getattr(self._local, "conn", None), getattr(self._local, "last_used", 0.0)
+        if conn is not None and conn.sock is not None and time.monotonic() - last_used < self.IDLE_REUSE_SECONDS:
+            # An idle connection has nothing to read unless the far end closed it (EOF).
+            if not select.select([conn.sock], [], [], 0)[0]:
+                return conn, True
+        self._drop_connection()
+        factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        self._local.conn = factory(self._netloc, timeout=self.timeout)
+        return self._local.conn, False
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def _post(self, path: str, body: bytes) -> tuple[int, bytes, http.client.HTTPMessage]:
+        conn, reused = self._connection()
         try:
-            response = self._client().send(mail)
-        except http_errors.HTTPError as error:
-            return classify_http_error(error)
+            conn.request("POST", path, body=body, headers=self._headers)
+        except (ConnectionResetError, BrokenPipeError, http.client.CannotSendRequest):
+            if not reused:
+                raise
+            # The far end closed the idle connection before reading our request: nothing was
+            # sent, so a fresh connection may carry it.
+            self._drop_connection()
+            conn, _ = self._connection()
+            conn.request("POST", path, body=body, headers=self._headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.will_close:
+            self._drop_connection()
+        else:
+            self._local.last_used = time.monotonic()
+        return response.status, data, response.headers
+
+    def send(self, event: EmailRequested, recipients: list[str]) -> SendResult:
+        body = json.dumps(build_mail(event, recipients).get()).encode()
+        try:
+            status, data, headers = self._post(self._send_path, body)
         except (TimeoutError, socket.timeout) as error:
+            self._drop_connection()
             return SendResult(UNKNOWN, reason=f"timeout after {self.timeout}s: {error}")
-        except urllib.error.URLError as error:
-            if isinstance(error.reason, (TimeoutError, socket.timeout)):
-                return SendResult(UNKNOWN, reason=f"timeout after {self.timeout}s: {error.reason}")
-            return SendResult(TRANSIENT, reason=f"cannot reach the provider: {error.reason}")
-        except (ConnectionError, OSError) as error:
+        except (ConnectionRefusedError, socket.gaierror) as error:
+            self._drop_connection()
+            return SendResult(TRANSIENT, reason=f"cannot reach the provider: {error}")
+        except (OSError, http.client.HTTPException) as error:
+            self._drop_connection()
             # The request may have been sent before the connection broke.
             return SendResult(UNKNOWN, reason=f"connection broken: {error!r}")
-        message_id = response.headers.get("X-Message-Id", "") if response.headers else ""
-        return SendResult(SENT, response.status_code, message_id=message_id)
+        if 200 <= status < 300:
+            return SendResult(SENT, status, message_id=headers.get("X-Message-Id", ""))
+        return classify_answer(status, data, headers)
 
     def check_key(self) -> bool | None:
         """True when the key may send mail, False when SendGrid refuses it, None when unknown."""

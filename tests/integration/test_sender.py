@@ -2,6 +2,8 @@
 (transaction=True): the sender's store and processes use connections of their own."""
 
 import json
+import socket
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -18,6 +20,7 @@ from sender.models import Delivery
 from sender.provider import SendGridProvider
 from sender.store import DeliveryStore
 from tests import broker
+from tests.broker import free_port
 from tests.conftest import client_for, golden
 from tests.factories import EmailTemplateFactory, UserFactory
 
@@ -340,3 +343,57 @@ def test_more_threads_than_pooled_connections_wait_instead_of_failing(fake_sendg
         assert Delivery.objects.filter(state="sent").count() == 40
     finally:
         small.close()
+
+
+# The provider's connections ---------------------------------------------------------------------
+
+
+def test_calls_share_one_kept_alive_connection(fake_sendgrid, provider):
+    fake, _ = fake_sendgrid
+    results = [provider.send(request([f"r{i}@example.com"], email_id=i), [f"r{i}@example.com"]) for i in range(5)]
+    assert [r.kind for r in results] == ["sent"] * 5
+    assert len({r.message_id for r in results}) == 5
+    assert fake.stats["connections"] == 1
+
+
+def test_a_connection_the_far_end_closed_is_replaced_before_the_call():
+    # A server that answers one call per connection and then hangs up without saying so (as a
+    # load balancer closing an idle connection does): every call must still go through, once.
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = {"connections": 0, "calls": 0}
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            seen["connections"] += 1
+            with conn, conn.makefile("rb") as reader:
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                reader.read(length)
+                seen["calls"] += 1
+                conn.sendall(f"HTTP/1.1 202 Accepted\r\nX-Message-Id: m{seen['calls']}\r\n"
+                             "Content-Length: 0\r\n\r\n".encode())
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        provider = SendGridProvider(api_key="SG.any", host=f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=2)
+        results = []
+        for i in range(3):
+            results.append(provider.send(request(["ann@example.com"], email_id=i), ["ann@example.com"]))
+            time.sleep(0.05)  # the server's hang-up arrives while the connection is idle
+        assert [(r.kind, r.message_id) for r in results] == [("sent", "m1"), ("sent", "m2"), ("sent", "m3")]
+        assert seen == {"connections": 3, "calls": 3}
+    finally:
+        listener.close()
+
+
+def test_an_unreachable_provider_is_transient():
+    port = free_port()  # nothing listens there
+    result = SendGridProvider(api_key="SG.any", host=f"http://127.0.0.1:{port}", timeout=1).send(
+        request(["ann@example.com"]), ["ann@example.com"])
+    assert result.kind == "transient" and "cannot reach" in result.reason
