@@ -89,11 +89,11 @@ def _proc_stats() -> dict[int, tuple[str, int, float]]:
     return stats
 
 
-def cpu_by_group(roots: dict[str, int], postgres_backends: dict[int, str] | None = None) -> dict[str, float]:
-    """CPU seconds used so far, per group: each of `roots` (a process and its descendants),
-    "postgres" (split by the client named in `postgres_backends`, backend pid -> application
-    name), "rabbitmq", "wrk", and "other" for the rest of the machine. Take two readings and
-    subtract them to see where a run's CPU went."""
+def cpu_by_group(roots: dict[str, int], postgres_backends: dict[int, str] | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process, with its group: each of `roots` (a process and
+    its descendants), "postgres" (split by the client named in `postgres_backends`, backend pid
+    -> application name), "rabbitmq", "wrk", and "other" for the rest of the machine. Take two
+    readings and give them to cpu_delta to see where a run's CPU went."""
     stats = _proc_stats()
     group_of: dict[int, str] = {pid: name for name, pid in roots.items()}
 
@@ -120,8 +120,14 @@ def cpu_by_group(roots: dict[str, int], postgres_backends: dict[int, str] | None
             group_of[visited] = found
         return found
 
+    return {pid: (group(pid), seconds) for pid, (_, _, seconds) in stats.items()}
+
+
+def cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per group between two cpu_by_group readings. A process that started in between
+    counts whole; one that exited in between is lost (its CPU can no longer be read)."""
     totals: dict[str, float] = {}
-    for pid, (_, _, seconds) in stats.items():
-        key = group(pid)
-        totals[key] = totals.get(key, 0.0) + seconds
+    for pid, (group, seconds) in after.items():
+        used = seconds - before[pid][1] if pid in before else seconds
+        totals[group] = totals.get(group, 0.0) + used
     return totals

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from common import ROOT, cpu_by_group, setup_django, wrk_post  # noqa: E402
+from common import ROOT, cpu_by_group, cpu_delta, setup_django, wrk_post  # noqa: E402
 
 PREFIX = "bench-load"
 PIPELINE = ("outbox_relay", "sender", "projector")
@@ -141,11 +141,19 @@ def main() -> None:
             for name in PIPELINE:
                 system.processes[name].terminate()
                 system.processes[name].wait(timeout=60)
+            roots = {"server": system.processes["command_api"].pid, "variants": variants.pid}
             for name, (target, tok) in targets.items():
                 wrk_post(target, body, token=tok, connections=args.connections, duration=2)  # warm up
+                before = cpu_by_group(roots)
                 figures, wrk_cpu = measured_wrk(target, body, token=tok, connections=args.connections,
                                                 duration=args.duration)
-                rounds[name].append(figures | {"wrk_cpu_ms": wrk_cpu * 1000 / max(1, figures["requests"])})
+                per_request = {key: seconds * 1000 / max(1, figures["requests"])
+                               for key, seconds in cpu_delta(before, cpu_by_group(roots)).items()}
+                rounds[name].append(figures | {"wrk_cpu_ms": wrk_cpu * 1000 / max(1, figures["requests"]),
+                                               "server_cpu_ms": per_request.get("server", 0.0)
+                                               + per_request.get("variants", 0.0),
+                                               "postgres_cpu_ms": per_request.get("postgres", 0.0),
+                                               "rabbitmq_cpu_ms": per_request.get("rabbitmq", 0.0)})
             # 3: from empty tables and queues, everything running.
             purge(topology)
             sql(f"TRUNCATE {WRITE_AND_READ_TABLES} CASCADE")
@@ -163,9 +171,8 @@ def main() -> None:
             accepted = sql("SELECT count(*) FROM emails_sentemail WHERE id > %s", [first_id])[0][0]
             (backlog,) = sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0]
             last_sent = wait_all_sent(first_id, accepted, timeout=600)
-            cpu_after = cpu_by_group(roots, backends)
-            for key in cpu_after:
-                cpu_ms[key] = cpu_ms.get(key, 0.0) + (cpu_after[key] - cpu_before.get(key, 0.0)) * 1000
+            for key, seconds in cpu_delta(cpu_before, cpu_by_group(roots, backends)).items():
+                cpu_ms[key] = cpu_ms.get(key, 0.0) + seconds * 1000
             cpu_ms["wrk"] = cpu_ms.get("wrk", 0.0) + wrk_cpu * 1000
             accepted_total += accepted
             delivered_emails = accepted / (last_sent - started)
@@ -232,8 +239,10 @@ def main() -> None:
     print(f"  end to end: {delivered:.0f} emails/s ({delivered * 2:.0f} recipients/s) delivered and shown as sent, "
           f"{share:.0%} of the API-only rate (per round: {shares}); "
           f"outbox backlog when the load stopped: {', '.join(str(r['backlog']) for r in e2e_rounds)}")
-    api_wrk = median(rounds["API only (outbox, pipeline stopped)"], "wrk_cpu_ms")
-    print(f"  wrk's own CPU per request, API only: {api_wrk:.2f} ms")
+    print("  CPU per request (ms, medians): " + "; ".join(
+        f"{name}: server {median(runs, 'server_cpu_ms'):.2f}, Postgres {median(runs, 'postgres_cpu_ms'):.2f}, "
+        f"RabbitMQ {median(runs, 'rabbitmq_cpu_ms'):.2f}, wrk {median(runs, 'wrk_cpu_ms'):.2f}"
+        for name, runs in rounds.items()))
     print("  CPU per accepted email, end to end (ms): " + ", ".join(
         f"{key} {value:.2f}" for key, value in sorted(cpu_ms.items(), key=lambda item: -item[1]) if value >= 0.01)
         + f"; total {sum(cpu_ms.values()):.2f}")
