@@ -171,6 +171,7 @@ def main() -> None:
             accepted = sql("SELECT count(*) FROM emails_sentemail WHERE id > %s", [first_id])[0][0]
             (backlog,) = sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0]
             last_sent = wait_all_sent(first_id, accepted, timeout=600)
+            backends |= dict(sql("SELECT pid, application_name FROM pg_stat_activity WHERE application_name <> ''"))
             for key, seconds in cpu_delta(cpu_before, cpu_by_group(roots, backends)).items():
                 cpu_ms[key] = cpu_ms.get(key, 0.0) + seconds * 1000
             cpu_ms["wrk"] = cpu_ms.get("wrk", 0.0) + wrk_cpu * 1000
