@@ -5,6 +5,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +23,19 @@ class LogPagination(CursorPagination):
     def __init__(self):
         self.page_size = settings.QUERY_PAGE_SIZE
         self.max_page_size = settings.QUERY_MAX_PAGE_SIZE
+
+    def decode_cursor(self, request):
+        """DRF's cursor, with its position checked: it comes from the client, and is compared to
+        the `created` column, so anything but a date-time is refused as an invalid cursor."""
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                valid = "\x00" not in cursor.position and parse_datetime(cursor.position) is not None
+            except ValueError:
+                valid = False
+            if not valid:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
 
 
 class RecipientStatusSerializer(serializers.Serializer):
@@ -105,9 +119,11 @@ class SentEmailListApi(APIView):
         if bad := [s for s in statuses if s not in OVERALL]:
             raise field_error("status", f"{bad[0]!r} is not one of {', '.join(OVERALL)}.")
         templates = params.getlist("template")
-        if bad := [t for t in templates if not t.isdigit()]:
+        if bad := [t for t in templates if not (t.isascii() and t.isdigit() and len(t) <= 18)]:
             raise field_error("template", f"{bad[0]!r} is not a template id.")
         recipients = [r.strip() for r in params.getlist("recipient") if r.strip()]
+        if bad := [r for r in recipients if not r.isprintable()]:
+            raise field_error("recipient", f"{bad[0]!r} contains control characters.")
         if len(recipients) > 100:
             raise field_error("recipient", "At most 100 recipients per query.")
         rows = selectors.sent_email_log_list(

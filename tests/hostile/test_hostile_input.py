@@ -81,3 +81,41 @@ def test_a_template_cannot_reach_files_or_the_server(staff_client, body, message
                                  format="json")
     assert response.status_code == 400
     assert message in response.json()["errors"]["body"][0]
+
+
+# The query API's parameters ------------------------------------------------------------------
+
+LOGS = "/api/v1/emails/sent-email/"
+
+
+def _cursor(position: str) -> str:
+    import base64
+    from urllib.parse import urlencode
+
+    return base64.b64encode(urlencode({"p": position}).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"recipient": "ann\x00@example.com"}, "recipient"),
+        ({"template": "²"}, "template"),
+        ({"template": "1\x00"}, "template"),
+        ({"template": "9" * 30}, "template"),
+        ({"status": "sent\x00"}, "status"),
+        ({"start_time": "2026-01-01\x00"}, "start_time"),
+    ],
+)
+def test_query_parameters_with_control_characters_or_odd_digits_are_400(settings, user_client, query, field):
+    settings.ROOT_URLCONF = "query_api.urls"
+    response = user_client.get(LOGS, query)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"]
+
+
+@pytest.mark.parametrize("position", ["not a time", "2026-01-01T00:00:00\x00", "\x00"])
+def test_a_forged_cursor_is_refused_not_a_500(settings, user_client, position):
+    settings.ROOT_URLCONF = "query_api.urls"
+    response = user_client.get(LOGS, {"cursor": _cursor(position)})
+    assert response.status_code == 404
+    assert response.json()["message"] == "Invalid cursor"
