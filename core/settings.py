@@ -83,6 +83,9 @@ DATABASES = {
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# The statements every request or message runs are planned once per session (core/prepared.py);
+# false behind a pooler in transaction mode.
+POSTGRES_PREPARED_STATEMENTS = env_bool("POSTGRES_PREPARED_STATEMENTS", True)
 
 # Shared by every process (login throttling must count across gunicorn workers and pods).
 CACHES = {

@@ -21,8 +21,9 @@ from psycopg2.pool import ThreadedConnectionPool
 
 from core.contracts import EmailFailed, EmailRequested, EmailSent, Event
 from core.outbox.services import OUTBOX_INSERT_COLUMNS, OUTBOX_INSERT_VALUES, new_event_id, outbox_row
+from core.prepared import Prepared
 
-CLAIM_SQL = """
+CLAIM = Prepared("sender_claim", """
     INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until,
                                       provider_message_id, last_error, created_at, updated_at)
     SELECT %(event_id)s, r, %(email_id)s, 'sending', 1, now() + %(lease)s * interval '1 second', '', '', now(), now()
@@ -32,7 +33,7 @@ CLAIM_SQL = """
      WHERE d.state = 'retry'
         OR (%(retry_unknown)s AND d.state IN ('sending', 'unknown') AND d.lease_until < now())
     RETURNING recipient, attempts
-"""
+""")
 UNCLAIMED_SQL = """
     SELECT recipient, state, lease_until > now()
       FROM sender_delivery
@@ -44,7 +45,7 @@ HOLD_SQL = """
      WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[])
        AND (state = 'unknown' OR (state = 'sending' AND lease_until < now()))
 """
-OUTCOME_SQL = f"""
+OUTCOME = Prepared("sender_outcome", f"""
     WITH done AS (
         UPDATE sender_delivery
            SET state = %(state)s, provider_message_id = %(message_id)s, last_error = %(error)s,
@@ -59,7 +60,7 @@ OUTCOME_SQL = f"""
     )
     SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM event),
            CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
-"""
+""")
 SET_STATE_SQL = """
     UPDATE sender_delivery
        SET state = %(state)s, last_error = %(error)s, updated_at = now(),
@@ -132,7 +133,7 @@ class DeliveryStore:
                   "recipients": list(event.recipients), "retry_unknown": retry_unknown}
         claim = Claim()
         with self._cursor() as cursor:
-            cursor.execute(CLAIM_SQL, params)
+            CLAIM.execute(cursor, params)
             claim.claimed = dict(cursor.fetchall())
             if len(claim.claimed) == len(event.recipients):
                 return claim
@@ -163,7 +164,7 @@ class DeliveryStore:
             "channel": self._notify_channel or "",
         }
         with self._cursor() as cursor:
-            cursor.execute(OUTCOME_SQL, params)
+            OUTCOME.execute(cursor, params)
             updated, _, _ = cursor.fetchone()
         return updated
 

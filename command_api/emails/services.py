@@ -22,6 +22,7 @@ from core.contracts import EmailRequested
 from core.errors import ApplicationError, field_error
 from core.outbox.models import OutboxEvent
 from core.outbox.services import OUTBOX_INSERT_COLUMNS, new_event_id, outbox_row
+from core.prepared import Prepared
 
 log = structlog.get_logger(__name__)
 
@@ -251,8 +252,8 @@ WITH template AS (
 )
 """
 _EMAIL_WRITE_RETURNING = {
-    True: _EMAIL_WRITE + "SELECT email.id, pg_notify(%(channel)s, '') FROM email",
-    False: _EMAIL_WRITE + "SELECT email.id FROM email",  # OUTBOX_NOTIFY off: the relay polls
+    True: Prepared("sent_email_write_notify", _EMAIL_WRITE + "SELECT email.id, pg_notify(%(channel)s, '') FROM email"),
+    False: Prepared("sent_email_write", _EMAIL_WRITE + "SELECT email.id FROM email"),  # OUTBOX_NOTIFY off: polling
 }
 
 
@@ -262,9 +263,9 @@ def _email_write(params: dict) -> int | None:
     with connection.cursor() as cursor:
         if connection.in_atomic_block:
             with transaction.atomic():  # a savepoint: a refused write leaves the caller's transaction usable
-                cursor.execute(statement, params)
+                statement.execute(cursor, params)
         else:
-            cursor.execute(statement, params)  # autocommit: the statement is its own transaction
+            statement.execute(cursor, params)  # autocommit: the statement is its own transaction
         row = cursor.fetchone()
     return row[0] if row else None
 

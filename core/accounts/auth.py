@@ -13,19 +13,20 @@ from knox.settings import CONSTANTS
 from rest_framework import exceptions
 
 from core.accounts.models import User
+from core.prepared import Prepared
 
 
 @cache
-def _token_query() -> tuple[str, int]:
-    """The token with its user in one statement that is built once, not per request: every
-    authenticated request runs it. (The SQL text, the number of token columns.)"""
+def _token_query() -> tuple[Prepared, int]:
+    """The token with its user in one statement that is built and planned once, not per request:
+    every authenticated request runs it. (The statement, the number of token columns.)"""
     token_columns = [f"t.{connection.ops.quote_name(f.column)}" for f in AuthToken._meta.concrete_fields]
     user_columns = [f"u.{connection.ops.quote_name(f.column)}" for f in User._meta.concrete_fields]
     user_pk = connection.ops.quote_name(User._meta.pk.column)
     user_fk = connection.ops.quote_name(AuthToken._meta.get_field("user").column)
     return (
-        f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
-        f"JOIN {User._meta.db_table} u ON u.{user_pk} = t.{user_fk} WHERE t.token_key = %s",
+        Prepared("auth_token_lookup", f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
+                 f"JOIN {User._meta.db_table} u ON u.{user_pk} = t.{user_fk} WHERE t.token_key = %(key)s"),
         len(token_columns),
     )
 
@@ -47,9 +48,9 @@ class TokenAuthentication(KnoxTokenAuthentication):
             digest = hash_token(token)
         except (TypeError, binascii.Error):
             raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
-        sql, split = _token_query()
+        statement, split = _token_query()
         with connection.cursor() as cursor:
-            cursor.execute(sql, [token[: CONSTANTS.TOKEN_KEY_LENGTH]])
+            statement.execute(cursor, {"key": token[: CONSTANTS.TOKEN_KEY_LENGTH]})
             rows = cursor.fetchall()
         for row in rows:
             auth_token = AuthToken.from_db(connection.alias, None, row[:split])
