@@ -87,10 +87,6 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-def classify_http_error(error: http_errors.HTTPError) -> SendResult:
-    return classify_answer(error.status_code, error.body, error.headers)
-
-
 def classify_answer(status: int, body: bytes, headers) -> SendResult:
     """Any answer but a 2xx."""
     reason = f"{status}: {_messages(body)}"
