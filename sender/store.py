@@ -88,24 +88,36 @@ class Claim:
 
 class DeliveryStore:
     def __init__(self, database: dict, *, pool_size: int, notify_channel: str | None, provider: str = "sendgrid"):
-        # minconn = maxconn: psycopg2's pool closes every returned connection beyond minconn,
-        # which would make each statement pay for a new Postgres backend.
-        self._pool = ThreadedConnectionPool(
-            pool_size, pool_size,
+        self._pool_size = pool_size
+        self._connect_kwargs = dict(
             host=database["HOST"], port=database["PORT"], dbname=database["NAME"], user=database["USER"],
             password=database["PASSWORD"], connect_timeout=database.get("OPTIONS", {}).get("connect_timeout", 5),
             application_name="sender",
         )
+        # Opened on first use, not here: a sender started while Postgres is down must wait for it
+        # in its run loop like any outage, not die at start.
+        self._pool: ThreadedConnectionPool | None = None
+        self._pool_lock = threading.Lock()
         # ThreadedConnectionPool raises when it is empty; the sender's threads must wait instead.
         self._available = threading.BoundedSemaphore(pool_size)
         self._notify_channel = notify_channel
         self._provider = provider
         self._pause_cache: tuple[float, float] = (0.0, 0.0)  # (checked at, paused until)
 
+    def _connections(self) -> ThreadedConnectionPool:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    # minconn = maxconn: psycopg2's pool closes every returned connection beyond
+                    # minconn, which would make each statement pay for a new Postgres backend.
+                    self._pool = ThreadedConnectionPool(self._pool_size, self._pool_size, **self._connect_kwargs)
+        return self._pool
+
     @contextmanager
     def _cursor(self):
         with self._available:
-            conn = self._pool.getconn()
+            pool = self._connections()
+            conn = pool.getconn()
             broken = False
             try:
                 conn.autocommit = True
@@ -115,10 +127,11 @@ class DeliveryStore:
                 broken = True
                 raise
             finally:
-                self._pool.putconn(conn, close=broken or conn.closed)
+                pool.putconn(conn, close=broken or conn.closed)
 
     def close(self) -> None:
-        self._pool.closeall()
+        if self._pool is not None:
+            self._pool.closeall()
 
     def ping(self) -> None:
         with self._cursor() as cursor:

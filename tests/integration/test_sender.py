@@ -397,3 +397,15 @@ def test_an_unreachable_provider_is_transient():
     result = SendGridProvider(api_key="SG.any", host=f"http://127.0.0.1:{port}", timeout=1).send(
         request(["ann@example.com"]), ["ann@example.com"])
     assert result.kind == "transient" and "cannot reach" in result.reason
+
+
+def test_a_sender_started_while_postgres_is_down_waits_for_it_instead_of_exiting(topology, senders):
+    # A sender (re)started during a Postgres restart must not die: it is not ready, and it keeps
+    # trying, as it does for an outage that starts later.
+    sender = senders(topology, POSTGRES_PORT=free_port())  # nothing listens there
+    time.sleep(3)
+    assert sender.process.poll() is None, sender.logs()[-2000:]
+    assert sender.get("/healthz")[0] == 200
+    assert sender.get("/readyz")[0] == 503
+    assert "postgres_unavailable" in sender.events()
+    assert sender.terminate() == 0
