@@ -30,11 +30,10 @@ def main() -> int:
     setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=prefix,
                  RECONCILE_GRACE_SECONDS="0")
 
-    from core.accounts.models import User
     from core.broker import Topology
     from tests.broker import declare, delete
     from tests.chaos import ChaosPlan, run_chaos
-    from tests.system import Http, System
+    from tests.system import System
 
     topology = Topology(prefix=prefix)
     declare(topology)
@@ -42,19 +41,12 @@ def main() -> int:
                     SENDER_LEASE_SECONDS=5, SENDER_BACKOFF_BASE_SECONDS=1, SENDER_MAX_ATTEMPTS=10)
     system.start_all()
     try:
-        api = Http(system.command_url)
-        email = f"{prefix}@example.com"
-        api.call("POST", "/api/v1/users/register/", {"email": email, "username": prefix,
-                                                     "password": "quiet-meadow-Lantern-45"})
-        User.objects.filter(email=email).update(is_staff=True)
-        token = api.call("POST", "/api/v1/users/login/", {"username": email, "password": "quiet-meadow-Lantern-45"})[1]["token"]
-        template = Http(system.command_url, token).call("POST", "/api/v1/emails/email-template/",
-                                                        {"name": prefix, "subject": "Hi", "body": "<p>Hi</p>"})[1]
+        token, template_id = system.staff_with_template(prefix)
         plan = ChaosPlan(duration=args.duration, rate=args.rate, recipients=args.recipients,
                          kills={"outbox_relay": args.kills, "sender": args.kills, "projector": args.kills},
                          provider_errors_seconds=args.provider_errors, seed=args.seed,
                          converge_timeout=max(180, args.duration * 2))
-        report = run_chaos(system, plan, token=token, template_id=template["id"])
+        report = run_chaos(system, plan, token=token, template_id=template_id)
     finally:
         system.stop_all()
         delete(topology)

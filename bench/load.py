@@ -94,7 +94,6 @@ def main() -> None:
     args = parser.parse_args()
     setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=PREFIX)
 
-    from core.accounts.models import User
     from core.broker import Topology
     from tests.broker import declare, purge
     from tests.system import Http, System
@@ -111,16 +110,8 @@ def main() -> None:
     e2e_rounds: list[dict] = []
     cpu_ms: dict[str, float] = {}
     try:
-        api = Http(system.command_url)
-        api.call("POST", "/api/v1/users/register/", {"email": "load@example.com", "username": "load",
-                                                     "password": "quiet-meadow-Lantern-46"})
-        User.objects.filter(email="load@example.com").update(is_staff=True)
-        token = api.call("POST", "/api/v1/users/login/", {"username": "load@example.com",
-                                                          "password": "quiet-meadow-Lantern-46"})[1]["token"]
-        template = Http(system.command_url, token).call("POST", "/api/v1/emails/email-template/",
-                                                        {"name": f"load-{int(time.time())}", "subject": "Hi {{ name }}",
-                                                         "body": "<p>Hi {{ name }}</p>"})[1]
-        body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template["id"],
+        token, template_id = system.staff_with_template("load", subject="Hi {{ name }}", body="<p>Hi {{ name }}</p>")
+        body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template_id,
                 "context": {"name": "Ann"}}
         url = f"{system.command_url}/api/v1/emails/sent-email/"
 

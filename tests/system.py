@@ -139,6 +139,31 @@ class System:
     def fake(self) -> Http:
         return Http(self.fake_url)
 
+    def staff_with_template(self, name: str, *, subject: str = "Hi", body: str = "<p>Hi</p>") -> tuple[str, int]:
+        """Register `name`@example.com over HTTP (unless an earlier run did), make it staff, log in
+        and create a new template: (its token, the template's id). Raises AssertionError on any
+        other refusal."""
+        import uuid
+
+        from core.accounts.models import User
+
+        api, email, password = Http(self.command_url), f"{name}@example.com", "quiet-meadow-Lantern-44"
+        status, answer = api.call("POST", "/api/v1/users/register/", {"email": email, "username": name,
+                                                                     "password": password})
+        assert status == 201 or (status == 400 and User.objects.filter(email=email).exists()), answer
+        user = User.objects.get(email=email)
+        user.is_staff = True
+        user.set_password(password)  # an earlier run may have registered it with another
+        user.save(update_fields=["is_staff", "password"])
+        status, answer = api.call("POST", "/api/v1/users/login/", {"username": email, "password": password})
+        assert status == 200, answer
+        token = answer["token"]
+        status, template = Http(self.command_url, token).call(
+            "POST", "/api/v1/emails/email-template/",
+            {"name": f"{name}-{uuid.uuid4().hex[:8]}", "subject": subject, "body": body})
+        assert status == 201, template
+        return token, template["id"]
+
     def accepted_calls(self) -> list[dict]:
         status, messages = self.fake().call("GET", "/_messages")
         return messages if status == 200 else []

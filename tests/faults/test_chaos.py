@@ -4,9 +4,8 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from core.accounts.models import User
 from tests.chaos import ChaosPlan, run_chaos
-from tests.system import ROOT, Http, System
+from tests.system import ROOT, System
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -18,16 +17,8 @@ def test_nothing_accepted_is_lost_under_kills_restarts_and_provider_errors(topol
                     SENDER_LEASE_SECONDS=5, SENDER_BACKOFF_BASE_SECONDS=1, SENDER_MAX_ATTEMPTS=10)
     system.start_all()
     try:
-        api = Http(system.command_url)
-        assert api.call("POST", "/api/v1/users/register/", {"email": "load@example.com", "username": "load",
-                                                            "password": "quiet-meadow-Lantern-44"})[0] == 201
-        User.objects.filter(email="load@example.com").update(is_staff=True)
-        token = api.call("POST", "/api/v1/users/login/", {"username": "load@example.com",
-                                                          "password": "quiet-meadow-Lantern-44"})[1]["token"]
-        status, template = Http(system.command_url, token).call(
-            "POST", "/api/v1/emails/email-template/", {"name": "load", "subject": "Hi", "body": "<p>Hi</p>"})
-        assert status == 201
-        report = run_chaos(system, ChaosPlan(duration=20, rate=8, seed=7), token=token, template_id=template["id"])
+        token, template_id = system.staff_with_template("load")
+        report = run_chaos(system, ChaosPlan(duration=20, rate=8, seed=7), token=token, template_id=template_id)
     finally:
         system.stop_all()
     print(f"\n[chaos] {report.summary()}")
