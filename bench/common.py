@@ -38,6 +38,12 @@ def wait_http(url: str, seconds: float = 30) -> None:
     raise SystemExit(f"{url} did not answer in {seconds}s")
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank `q`th percentile of `values`."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
 def parse_wrk(output: str) -> dict:
     """Requests, requests/s, latency percentiles (ms), non-2xx answers and socket errors."""
     def latency_ms(label: str) -> float:

@@ -31,17 +31,12 @@ import sys
 import threading
 import time
 
-from common import ROOT, cpu_by_group, cpu_delta, setup_django, wrk_post  # noqa: E402
+from common import ROOT, cpu_by_group, cpu_delta, percentile, setup_django, wrk_post  # noqa: E402
 
 PREFIX = "bench-load"
 PIPELINE = ("outbox_relay", "sender", "projector")
 WRITE_AND_READ_TABLES = ("outbox, emails_sentemailrecipient, emails_sentemail, sender_delivery, read_sent_email, "
                          "read_sent_email_event, read_processed_event, webhook_provider_event")
-
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def sql(query, params=()):

@@ -24,14 +24,9 @@ import time
 import urllib.request
 import uuid
 
-from common import ROOT, setup_django  # noqa: E402
+from common import ROOT, percentile, setup_django  # noqa: E402
 
 PREFIX = "bench"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def purge(topology) -> None:
