@@ -129,18 +129,16 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
         candidates[str(item["sg_event_id"])] = (item, kind)
 
     with transaction.atomic():
-        known = set(ProviderEvent.objects.filter(pk__in=list(candidates)).values_list("pk", flat=True))
-        fresh = [(pk, item, kind) for pk, (item, kind) in candidates.items() if pk not in known]
         rows = [
             ProviderEvent(provider_event_id=pk, email_id=int(item["email_id"]), request_event_id=item["event_id"],
                           recipient=item.get("recipient") or item.get("email", ""), status=kind,
                           provider_message_id=item.get("sg_message_id", ""),
                           reason=str(item.get("reason") or item.get("response") or "")[:1000],
                           reported_at=_reported_at(item), payload=item)
-            for pk, item, kind in fresh
+            for pk, (item, kind) in candidates.items()
         ]
-        # RETURNING names exactly the rows this transaction inserted: a concurrent post of the
-        # same events writes no second outbox event.
+        # RETURNING names exactly the rows this transaction inserted: events stored before, by an
+        # earlier or a concurrent post of SendGrid's, write no second outbox event.
         inserted = _insert_new(rows)
         received_at = datetime.now(timezone.utc).isoformat()
         statuses = [
