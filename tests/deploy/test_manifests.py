@@ -1,22 +1,23 @@
 """Render every overlay and check it offline: core objects against the Kubernetes schemas
-(kubernetes-validate), KEDA's against its own CRD schemas, and the project's own rules:
-configuration complete, images and ports as docker/ builds them, no secret values."""
+(kubernetes-validate), KEDA's against the cloudcoil models generated from KEDA's CRDs
+(cloudcoil-models-keda, versioned with KEDA), and the project's own rules: configuration complete,
+images and ports as docker/ builds them, no secret values."""
 
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
+import pydantic
 import pytest
 import yaml
+from cloudcoil.resources import get_model
 
 from tests.deploy.test_docker import stages
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-KEDA = ROOT.parent / "shared" / "schemas" / "keda"
 OVERLAYS = ["base", "overlays/minikube", "overlays/minikube-keda", "overlays/production"]
 K8S_VERSION = "1.32"
 
@@ -37,11 +38,15 @@ def containers(objects):
                 yield obj, container
 
 
-def crd_schema(kind: str) -> dict:
-    name = {"ScaledObject": "keda.sh_scaledobjects.yaml", "TriggerAuthentication": "keda.sh_triggerauthentications.yaml"}
-    crd = yaml.safe_load((KEDA / name[kind]).read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    return version["schema"]["openAPIV3Schema"]
+def validate_keda(obj: dict) -> None:
+    """Raise pydantic.ValidationError unless `obj` is a valid KEDA object of its kind.
+
+    The models are generated from KEDA's CRDs. Left to their defaults they drop unknown fields and
+    coerce types, where `kubectl apply` (strict field validation) refuses the object; so validate
+    as strictly: no unknown field (a misspelt one must fail, not vanish), no coercion, and only
+    KEDA's camelCase names (the models also take their Python names)."""
+    model = get_model(obj["kind"], api_version=obj["apiVersion"])
+    model.model_validate(obj, extra="forbid", strict=True, by_alias=True, by_name=False)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -51,7 +56,7 @@ def test_every_object_validates(overlay):
     for obj in objects:
         kind = obj["kind"]
         if obj["apiVersion"].startswith("keda.sh/"):
-            jsonschema.validate(obj, crd_schema(kind))
+            validate_keda(obj)
         elif kind == "HTTPRoute":  # Gateway API: no schema ships offline; check its shape
             rules = obj["spec"]["rules"]
             get_rule = next(r for r in rules if any(m.get("method") == "GET" for m in r["matches"]))
@@ -64,11 +69,34 @@ def test_every_object_validates(overlay):
             assert obj["metadata"].get("namespace") == "emails", f"{kind} {obj['metadata']['name']}"
 
 
-def test_keda_schemas_really_reject_a_bad_scaled_object():
-    bad = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
-           "spec": {"scaleTargetRef": {"name": "sender"}, "triggers": [{"metadata": {}}]}}  # no trigger type
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, crd_schema("ScaledObject"))
+def scaled_object(spec_changes=(), trigger_changes=()) -> dict:
+    trigger = {"type": "rabbitmq", "metadata": {"queueName": "emails.sender"}} | dict(trigger_changes)
+    spec = {"scaleTargetRef": {"name": "sender"}, "minReplicaCount": 2, "triggers": [trigger]} | dict(spec_changes)
+    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
+            "spec": {k: v for k, v in spec.items() if v is not None}}
+
+
+def test_keda_validation_accepts_a_good_scaled_object():
+    validate_keda(scaled_object())
+
+
+@pytest.mark.parametrize(
+    "spec_changes, trigger_changes",
+    [
+        ({"triggers": [{"metadata": {"queueName": "emails.sender"}}]}, {}),  # a trigger without a type
+        ({"scaleTargetRef": None}, {}),  # nothing to scale
+        ({"pollingIntervall": 10}, {}),  # a misspelt field
+        ({}, {"authRef": {"name": "rabbitmq-connection"}}),  # a misspelt field deeper down
+        ({"minReplicaCount": "2"}, {}),  # a string where KEDA wants an integer
+        ({}, {"metadata": {"value": 600}}),  # trigger metadata values are strings
+        ({"scaleTargetRef": None, "scale_target_ref": {"name": "sender"}}, {}),  # the model's name, not KEDA's
+    ],
+    ids=["no-trigger-type", "no-target", "misspelt-field", "misspelt-nested-field", "string-for-integer",
+         "non-string-metadata", "python-name"],
+)
+def test_keda_validation_really_rejects_a_bad_scaled_object(spec_changes, trigger_changes):
+    with pytest.raises(pydantic.ValidationError):
+        validate_keda(scaled_object(spec_changes, trigger_changes))
 
 
 def env_names_read_by_the_code() -> set[str]:
