@@ -11,8 +11,19 @@ The official `sendgrid` client talks to it when given its URL as `host`. It answ
 
 and for people and tests:
 
-    GET  /               an HTML inbox of the latest accepted messages
-    GET  /_messages      accepted messages as JSON (?to=, ?subject=, ?limit=); DELETE clears them
+    GET  /               an HTML inbox of the accepted messages, newest first, each row a link to
+                         its page; ?to= keeps messages with a recipient whose address contains it,
+                         ?subject= those whose subject contains it (both ignore case), ?limit= rows
+                         shown (default 100, at most 1,000), ?refresh= reloads every n seconds
+    GET  /messages/<id>  one message: from, reply-to, subject, received time, message id; the HTML
+                         body in an iframe sandboxed with no permissions (its scripts never run and
+                         it cannot reach the inbox), the text/plain body and the source of every
+                         content block; the recipients with their custom args; the Event Webhook
+                         events queued for it, each pending, posted or failed (and retried)
+    GET  /_messages      accepted messages as JSON (?to= a recipient, exact and ignoring case;
+                         ?subject= a part of it, case-sensitive; ?limit= the newest n); DELETE clears
+                         them
+    GET  /_messages/<id> one message as JSON, with its webhook events and their post state
     GET  /_stats         answers by status, messages and recipients accepted
     GET  /_faults        the fault settings; PUT /_faults changes them (JSON, merged)
     GET  /_webhook_public_key   the key that verifies its Event Webhook posts (SendGrid's format)
@@ -27,6 +38,10 @@ Keys: FAKE_SENDGRID_API_KEYS, comma-separated `key:scope scope`; default `SG.fak
 Event Webhook: with FAKE_SENDGRID_WEBHOOK_URL set it posts processed, then delivered or bounce
 events for every accepted recipient, in batches, signed with ECDSA (P-256, SHA-256) as SendGrid
 does; the private key comes from FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY (PEM) or is made at start.
+A failed post is retried with the next batch until it succeeds.
+
+It keeps the latest FAKE_SENDGRID_STORE_LIMIT messages (default 100,000) with their webhook events.
+The HTML pages are served with a Content-Security-Policy that allows no scripts; they need none.
 """
 
 from __future__ import annotations
@@ -45,11 +60,16 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
 MAX_BODY_BYTES = 30 * 1024 * 1024
+MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_CATEGORIES = 10
+MAX_CATEGORY_LENGTH = 255
+INBOX_ROWS = 100
+MAX_INBOX_ROWS = 1000
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -103,6 +123,12 @@ def validate(body) -> list[dict]:
     def error(message, field_name):
         errors.append({"message": message, "field": field_name, "help": None})
 
+    def check_custom_args(args, field_name):
+        if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):
+            error("Custom arguments must be strings.", field_name)
+        elif len(json.dumps(args).encode()) > MAX_CUSTOM_ARGS_BYTES:
+            error(f"Custom arguments may not exceed {MAX_CUSTOM_ARGS_BYTES} bytes.", field_name)
+
     if not isinstance(body, dict):
         error("Bad Request", None)
         return errors
@@ -147,9 +173,9 @@ def validate(body) -> list[dict]:
         if not uses_template and (not isinstance(subject, str) or not subject):
             error("The subject is required. You can get around this requirement if you use a template "
                   "with a subject defined or if every personalization has a subject defined.", "subject")
-        args = item.get("custom_args", {})
-        if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):
-            error("Custom arguments must be strings.", f"personalizations.{i}.custom_args")
+        check_custom_args(item.get("custom_args", {}), f"personalizations.{i}.custom_args")
+        if "send_at" in item and not _is_timestamp(item["send_at"]):
+            error("The send_at parameter must be a unix timestamp.", f"personalizations.{i}.send_at")
     if total > MAX_RECIPIENTS:
         error(f"The total number of recipients must be no more than {MAX_RECIPIENTS}.", "personalizations")
     sender = body.get("from")
@@ -166,20 +192,48 @@ def validate(body) -> list[dict]:
                 if not (isinstance(block, dict) and isinstance(block.get("type"), str) and block["type"]
                         and isinstance(block.get("value"), str) and block["value"]):
                     error("Each content block needs a type and a non-empty value.", f"content.{k}")
-    args = body.get("custom_args", {})
-    if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):
-        error("Custom arguments must be strings.", "custom_args")
+    check_custom_args(body.get("custom_args", {}), "custom_args")
+    if "reply_to" in body and not _is_address(body["reply_to"]):
+        error("The reply_to email does not contain a valid address.", "reply_to.email")
+    if "reply_to_list" in body:
+        listed = body["reply_to_list"]
+        if "reply_to" in body:
+            error("The reply_to and reply_to_list fields may not both be used.", "reply_to_list")
+        elif not isinstance(listed, list) or not all(map(_is_address, listed)):
+            error("Each reply_to_list entry needs a valid email address.", "reply_to_list")
+    categories = body.get("categories", [])
+    if not (isinstance(categories, list) and len(categories) <= MAX_CATEGORIES
+            and all(isinstance(c, str) and len(c) <= MAX_CATEGORY_LENGTH for c in categories)
+            and len(set(categories)) == len(categories)):
+        error(f"At most {MAX_CATEGORIES} unique categories of at most {MAX_CATEGORY_LENGTH} characters each.",
+              "categories")
+    if "send_at" in body and not _is_timestamp(body["send_at"]):
+        error("The send_at parameter must be a unix timestamp.", "send_at")
     return errors
 
 
+def _is_address(value) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("email"), str) and bool(_EMAIL.match(value["email"]))
+
+
+def _is_timestamp(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 class FakeSendGrid:
-    """The state behind the server: keys, faults, accepted messages, webhook queue."""
+    """The state behind the server: keys, faults, accepted messages, webhook queue.
+
+    `messages` keeps the latest `store_limit` messages. `_by_id` indexes them, and `_events_by_id`
+    keeps the webhook events queued for each (with their post state); both hold only messages the
+    deque holds, and lose a message when the deque drops it, so memory stays bounded by the limit."""
 
     def __init__(self, *, keys: dict[str, set[str]], faults: Faults, store_limit: int = 100_000,
                  webhook_url: str = "", webhook_private_key_pem: str = ""):
         self.keys = keys
         self.faults = faults
         self.messages: collections.deque = collections.deque(maxlen=store_limit)
+        self._by_id: dict[str, dict] = {}
+        self._events_by_id: dict[str, list[dict]] = {}
         self.stats: collections.Counter = collections.Counter()
         self.lock = threading.RLock()
         self.webhook_url = webhook_url
@@ -230,30 +284,81 @@ class FakeSendGrid:
             "recipients": recipients,
         }
         with self.lock:
-            self.messages.append(record)
+            self._store(record)
             self.stats["messages"] += 1
             self.stats["recipients"] += len(recipients)
             if self.webhook_url:
                 self._queue_events(record)
         return message_id
 
+    # Store ------------------------------------------------------------------------------------
+
+    def _store(self, record: dict) -> None:
+        """Append under the lock; the message the full deque drops leaves the indexes with it."""
+        if self.messages.maxlen == 0:
+            return
+        if len(self.messages) == self.messages.maxlen:
+            dropped = self.messages[0]["message_id"]
+            self._by_id.pop(dropped, None)
+            self._events_by_id.pop(dropped, None)
+        self.messages.append(record)
+        self._by_id[record["message_id"]] = record
+
+    def clear(self) -> None:
+        """Forget every message, its events' post state and the stats; queued posts still go out."""
+        with self.lock:
+            self.messages.clear()
+            self._by_id.clear()
+            self._events_by_id.clear()
+            self.stats.clear()
+
+    def message(self, message_id: str) -> dict | None:
+        """A stored message with `webhook_events` (each `{"event", "state", "attempts",
+        "last_attempt_at", "error"}`, a copy taken under the lock); None when unknown or dropped."""
+        with self.lock:
+            record = self._by_id.get(message_id)
+            if record is None:
+                return None
+            return {**record, "webhook_events": [dict(entry) for entry in self._events_by_id.get(message_id, [])]}
+
+    def inbox(self, *, to: str = "", subject: str = "", limit: int = INBOX_ROWS) -> tuple[list[dict], int]:
+        """The newest `limit` messages with a recipient containing `to` and a subject containing
+        `subject` (both ignoring case; empty matches all), newest first, and how many match."""
+        with self.lock:
+            messages = list(self.messages)
+        to, subject = to.lower(), subject.lower()
+        matches = [
+            m for m in reversed(messages)
+            if (not to or any(to in r["email"].lower() for r in m["recipients"]))
+            and (not subject or subject in (m["subject"] or "").lower())
+        ]
+        return matches[:limit], len(matches)
+
     # Event Webhook ---------------------------------------------------------------------------
 
     def _queue_events(self, record: dict) -> None:
+        """Queue the record's events (under the lock), each in an entry whose state the poster
+        moves from pending to posted, or to failed while it retries."""
         bounce = re.compile(self.faults.bounce_pattern) if self.faults.bounce_pattern else None
         now = int(time.time())
+        events = []
         for n, recipient in enumerate(record["recipients"]):
             base = {"email": recipient["email"], "timestamp": now,
                     "sg_message_id": f"{record['message_id']}.filter0001.{n}.0",
                     "smtp-id": f"<{record['message_id']}@fake.sendgrid>", **recipient["custom_args"]}
-            self._webhook_events.append({**base, "event": "processed", "sg_event_id": str(uuid.uuid4())})
+            events.append({**base, "event": "processed", "sg_event_id": str(uuid.uuid4())})
             if bounce and bounce.search(recipient["email"]):
-                self._webhook_events.append({**base, "event": "bounce", "type": "bounce", "status": "5.1.1",
-                                             "reason": "550 5.1.1 The email account does not exist.",
-                                             "sg_event_id": str(uuid.uuid4())})
+                events.append({**base, "event": "bounce", "type": "bounce", "status": "5.1.1",
+                               "reason": "550 5.1.1 The email account does not exist.",
+                               "sg_event_id": str(uuid.uuid4())})
             else:
-                self._webhook_events.append({**base, "event": "delivered", "response": "250 OK",
-                                             "sg_event_id": str(uuid.uuid4())})
+                events.append({**base, "event": "delivered", "response": "250 OK",
+                               "sg_event_id": str(uuid.uuid4())})
+        entries = [{"event": event, "state": "pending", "attempts": 0, "last_attempt_at": None, "error": None}
+                   for event in events]
+        self._webhook_events.extend(entries)
+        if record["message_id"] in self._by_id:
+            self._events_by_id[record["message_id"]] = entries
 
     def sign(self, payload: str, timestamp: str) -> str:
         from cryptography.hazmat.primitives import hashes
@@ -276,7 +381,7 @@ class FakeSendGrid:
                 batch, self._webhook_events = self._webhook_events[:1000], self._webhook_events[1000:]
             if not batch:
                 continue
-            payload = json.dumps(batch)
+            payload = json.dumps([entry["event"] for entry in batch])
             timestamp = str(int(time.time()))
             request = urllib.request.Request(self.webhook_url, data=payload.encode(), method="POST", headers={
                 "Content-Type": "application/json",
@@ -285,11 +390,171 @@ class FakeSendGrid:
             })
             try:
                 urllib.request.urlopen(request, timeout=10).read()
-                self.stats["webhook_posts"] += 1
-            except OSError:  # SendGrid retries failed posts; so do we, once, with the next batch
+            except OSError as exc:  # SendGrid retries failed posts; so do we, with the next batch
                 with self.lock:
+                    for entry in batch:
+                        entry.update(state="failed", attempts=entry["attempts"] + 1,
+                                     last_attempt_at=time.time(), error=str(exc)[:200])
                     self._webhook_events[:0] = batch
-                self.stats["webhook_failures"] += 1
+                    self.stats["webhook_failures"] += 1
+            else:
+                with self.lock:
+                    for entry in batch:
+                        entry.update(state="posted", attempts=entry["attempts"] + 1,
+                                     last_attempt_at=time.time(), error=None)
+                    self.stats["webhook_posts"] += 1
+
+
+# Inbox pages -------------------------------------------------------------------------------------
+# Every value that comes from a message goes through _h(); the pages run no scripts, and the
+# message's own HTML is shown only inside an iframe sandboxed with no permissions.
+
+PAGE_HEADERS = {
+    # srcdoc frames inherit this policy, so the message's inline styles and images still show.
+    "Content-Security-Policy": "default-src 'none'; script-src 'none'; style-src 'unsafe-inline'; "
+                               "img-src * data:; font-src * data:; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_STYLE = (
+    "body{font:14px sans-serif;margin:2em}td,th{padding:4px 10px;text-align:left;vertical-align:top;"
+    "border-bottom:1px solid #ddd}th{white-space:nowrap}pre{background:#f6f6f6;padding:1em;overflow:auto;"
+    "white-space:pre-wrap}iframe{width:100%;height:32em;border:1px solid #ccc}form label{margin-right:1em}"
+    ".failed{color:#b00}.pending{color:#a60}.posted{color:#070}"
+)
+
+
+def _h(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _when(timestamp) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else ""
+
+
+def _address(value) -> str:
+    if not isinstance(value, dict):
+        return ""
+    return f"{value['name']} <{value.get('email', '')}>" if value.get("name") else value.get("email", "")
+
+
+def _recipient_list(recipients: list[dict], shown: int = 5) -> str:
+    listed = ", ".join(r["email"] for r in recipients[:shown])
+    return f"{listed} … ({len(recipients)} in all)" if len(recipients) > shown else listed
+
+
+def _message_href(message_id: str) -> str:
+    return _h("/messages/" + quote(message_id, safe=""))
+
+
+def _page(title: str, body: str, *, refresh: int = 0) -> str:
+    meta = f"<meta http-equiv='refresh' content='{refresh}'>" if refresh else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_h(title)}</title>{meta}"
+            f"<style>{_STYLE}</style></head><body>{body}</body></html>")
+
+
+def inbox_page(shown: list[dict], *, matched: int, stored: int, stats: dict, to: str = "", subject: str = "",
+               limit: int = INBOX_ROWS, refresh: int = 0) -> str:
+    """The inbox: the filter form, how many match, and the shown messages (newest first)."""
+    rows = "".join(
+        f"<tr><td>{_when(m['received_at'])}</td><td>{_h(_address(m['from']))}</td>"
+        f"<td>{_h(_recipient_list(m['recipients']))}</td>"
+        f"<td><a href='{_message_href(m['message_id'])}'>{_h(m['subject'] or '(no subject)')}</a></td>"
+        f"<td><code>{_h(m['message_id'])}</code></td></tr>"
+        for m in shown
+    )
+    checked = f"value='{refresh}' checked" if refresh else "value='5'"
+    form = (
+        "<form method='get' action='/'>"
+        f"<label>To <input name='to' value='{_h(to)}' placeholder='any part of an address'></label>"
+        f"<label>Subject <input name='subject' value='{_h(subject)}' placeholder='any part'></label>"
+        f"<label>Rows <input name='limit' type='number' min='1' max='{MAX_INBOX_ROWS}' value='{limit}'></label>"
+        f"<label><input type='checkbox' name='refresh' {checked}> refresh every {refresh or 5} s</label>"
+        "<button>Filter</button> <a href='/'>clear</a></form>"
+    )
+    summary = (f"<p id='count'>{matched} of {stored} stored messages match; showing the newest {len(shown)}. "
+               f"{stats.get('messages', 0)} messages, {stats.get('recipients', 0)} recipients accepted.</p>")
+    return _page("Fake SendGrid inbox", (
+        f"<h1>Fake SendGrid inbox</h1>{form}{summary}"
+        "<table id='messages'><tr><th>received</th><th>from</th><th>to</th><th>subject</th>"
+        f"<th>message id</th></tr>{rows}</table>"
+    ), refresh=refresh)
+
+
+def _post_state(entry: dict) -> str:
+    if entry["state"] == "posted":
+        return f"<span class='posted'>posted {_h(_when(entry['last_attempt_at']))}</span>"
+    if entry["state"] == "failed":
+        return (f"<span class='failed'>failed {entry['attempts']}×, retrying: {_h(entry['error'])} "
+                f"(last {_h(_when(entry['last_attempt_at']))})</span>")
+    return "<span class='pending'>pending</span>"
+
+
+def message_page(message: dict, *, webhook_url: str = "") -> str:
+    """One message (as FakeSendGrid.message returns it): headers, bodies, recipients, events."""
+    content = message.get("content") or []
+    html_bodies = [block["value"] for block in content if block.get("type") == "text/html"]
+    text_bodies = [block["value"] for block in content if block.get("type") == "text/plain"]
+    headers = "".join(f"<tr><th>{name}</th><td>{_h(value)}</td></tr>" for name, value in (
+        ("From", _address(message["from"])),
+        ("Reply-To", _address(message.get("reply_to")) or "—"),
+        ("Subject", message["subject"] or "(no subject)"),
+        ("Received", _when(message["received_at"])),
+        ("Message id", message["message_id"]),
+    ))
+    if html_bodies:
+        # The empty sandbox gives the frame an opaque origin with no scripts, forms or popups;
+        # _h() escapes quotes too, so the body cannot end the srcdoc attribute.
+        body = "".join(f"<iframe sandbox srcdoc=\"{_h(value)}\" title='HTML body'></iframe>" for value in html_bodies)
+    else:
+        body = "<p>No text/html content.</p>"
+    text = "".join(f"<pre>{_h(value)}</pre>" for value in text_bodies) or "<p>No text/plain content.</p>"
+    source = "".join(f"<h3>{_h(block.get('type'))}</h3><pre>{_h(block.get('value'))}</pre>" for block in content)
+    recipients = "".join(
+        f"<tr><td>{_h(r['email'])}</td><td>"
+        + ("".join(f"<code>{_h(k)}</code> = <code>{_h(v)}</code><br>" for k, v in sorted(r["custom_args"].items()))
+           or "—")
+        + "</td></tr>"
+        for r in message["recipients"]
+    )
+    events = "".join(
+        f"<tr><td>{_h(entry['event'].get('email'))}</td><td>{_h(entry['event'].get('event'))}</td>"
+        f"<td>{_h(_when(entry['event'].get('timestamp')))}</td>"
+        f"<td>{_h(entry['event'].get('response') or entry['event'].get('reason') or '')}</td>"
+        f"<td>{_post_state(entry)}</td></tr>"
+        for entry in message.get("webhook_events", [])
+    )
+    if events:
+        events = ("<table id='events'><tr><th>recipient</th><th>event</th><th>time</th><th>detail</th>"
+                  f"<th>webhook post</th></tr>{events}</table>")
+    elif webhook_url:
+        events = "<p>No events queued for this message.</p>"
+    else:
+        events = "<p>No Event Webhook configured (FAKE_SENDGRID_WEBHOOK_URL).</p>"
+    json_href = _h("/_messages/" + quote(message["message_id"], safe=""))
+    return _page(f"{message['subject'] or '(no subject)'} · Fake SendGrid", (
+        f"<p><a href='/'>← inbox</a> · <a href='{json_href}'>JSON</a></p>"
+        f"<h1>{_h(message['subject'] or '(no subject)')}</h1><table id='headers'>{headers}</table>"
+        f"<h2>HTML</h2>{body}<h2>Text</h2>{text}<h2>Source</h2>{source or '<p>No content blocks.</p>'}"
+        f"<h2>Recipients</h2><table id='recipients'><tr><th>to</th><th>custom args</th></tr>{recipients}</table>"
+        f"<h2>Event Webhook</h2>{events}"
+    ))
+
+
+def not_found_page(message_id: str) -> str:
+    return _page("Not found · Fake SendGrid", (
+        f"<h1>No message {_h(message_id)}</h1><p>It was never accepted, or it was cleared or dropped "
+        "to keep within the store limit.</p><p><a href='/'>← inbox</a></p>"
+    ))
+
+
+def _int(value, default: int, low: int, high: int) -> int:
+    try:
+        return min(max(int(value), low), high)
+    except (TypeError, ValueError):
+        return default
 
 
 def make_handler(fake: FakeSendGrid):
@@ -317,6 +582,9 @@ def make_handler(fake: FakeSendGrid):
             with fake.lock:
                 fake.stats[f"status_{status}"] += 1
 
+        def _html(self, status: int, page: str):
+            self._send(status, page.encode(), PAGE_HEADERS, content_type="text/html; charset=utf-8")
+
         def _errors(self, status: int, message: str, field_name=None, headers=None):
             self._send(status, {"errors": [{"message": message, "field": field_name, "help": None}]}, headers)
 
@@ -337,6 +605,17 @@ def make_handler(fake: FakeSendGrid):
                 return self._send(200, {"scopes": sorted(scopes)})
             if url.path == "/_messages":
                 return self._send(200, self._select(query))
+            if url.path.startswith("/_messages/"):
+                message = fake.message(unquote(url.path[len("/_messages/"):]))
+                if message is None:
+                    return self._errors(404, "message not found")
+                return self._send(200, message)
+            if url.path.startswith("/messages/"):
+                message_id = unquote(url.path[len("/messages/"):])
+                message = fake.message(message_id)
+                if message is None:
+                    return self._html(404, not_found_page(message_id))
+                return self._html(200, message_page(message, webhook_url=fake.webhook_url))
             if url.path == "/_stats":
                 with fake.lock:
                     stats = dict(fake.stats)
@@ -348,14 +627,12 @@ def make_handler(fake: FakeSendGrid):
                     return self._errors(404, "no webhook key configured")
                 return self._send(200, {"public_key": fake.public_key()})
             if url.path == "/":
-                return self._send(200, self._inbox().encode(), content_type="text/html; charset=utf-8")
+                return self._html(200, self._inbox(query))
             self._errors(404, "not found")
 
         def do_DELETE(self):
             if urlparse(self.path).path == "/_messages":
-                with fake.lock:
-                    fake.messages.clear()
-                    fake.stats.clear()
+                fake.clear()
                 return self._send(204)
             self._errors(404, "not found")
 
@@ -425,29 +702,18 @@ def make_handler(fake: FakeSendGrid):
                 messages = [m for m in messages if any(r["email"].lower() == wanted for r in m["recipients"])]
             if "subject" in query:
                 messages = [m for m in messages if query["subject"] in (m["subject"] or "")]
-            limit = int(query.get("limit", 0) or 0)
+            limit = _int(query.get("limit"), 0, 0, len(messages))  # 0 (or not a number): all of them
             return messages[-limit:] if limit else messages
 
-        def _inbox(self) -> str:
+        def _inbox(self, query: dict) -> str:
+            to, subject = query.get("to", "").strip(), query.get("subject", "").strip()
+            limit = _int(query.get("limit"), INBOX_ROWS, 1, MAX_INBOX_ROWS)
+            refresh = _int(query.get("refresh"), 0, 0, 3600)
+            shown, matched = fake.inbox(to=to, subject=subject, limit=limit)
             with fake.lock:
-                latest = list(fake.messages)[-100:][::-1]
-            rows = "".join(
-                f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(m['received_at']))}</td>"
-                f"<td>{html.escape(m['from'].get('email', ''))}</td>"
-                f"<td>{html.escape(', '.join(r['email'] for r in m['recipients'][:5]))}"
-                f"{' …' if len(m['recipients']) > 5 else ''}</td>"
-                f"<td>{html.escape(m['subject'] or '')}</td><td><code>{m['message_id']}</code></td></tr>"
-                for m in latest
-            )
-            return (
-                "<!doctype html><html><head><meta charset='utf-8'><title>Fake SendGrid inbox</title>"
-                "<meta http-equiv='refresh' content='5'><style>body{font:14px sans-serif;margin:2em}"
-                "td,th{padding:4px 10px;text-align:left;border-bottom:1px solid #ddd}</style></head><body>"
-                f"<h1>Fake SendGrid inbox</h1><p>{fake.stats['messages']} messages, "
-                f"{fake.stats['recipients']} recipients accepted. Latest first.</p>"
-                "<table><tr><th>received</th><th>from</th><th>to</th><th>subject</th><th>message id</th></tr>"
-                f"{rows}</table></body></html>"
-            )
+                stats, stored = dict(fake.stats), len(fake.messages)
+            return inbox_page(shown, matched=matched, stored=stored, stats=stats, to=to, subject=subject, limit=limit,
+                              refresh=refresh)
 
     return Handler
 
