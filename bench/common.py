@@ -21,7 +21,6 @@ def setup_django(*, database: str, settings_module: str, prefix: str, **env: str
                        **env})
     subprocess.run([sys.executable, "-m", "core.db_bootstrap"], cwd=ROOT, check=True)
     subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True)
-    subprocess.run([sys.executable, "manage.py", "createcachetable"], cwd=ROOT, check=True)  # login throttling
     import django
 
     django.setup()

@@ -1,0 +1,52 @@
+"""`migrate` alone leaves a working system: on a database that has never seen the project, the
+migrations make every table a request needs, the login throttle's cache table included."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+import psycopg2
+import pytest
+from django.db import connection
+
+from tests.system import ROOT
+
+LOGIN = """
+import django, json
+django.setup()
+from django.test import Client
+client = Client()
+body = json.dumps({"username": "nobody@example.com", "password": "wrong"})
+print([client.post("/api/v1/users/login/", body, content_type="application/json").status_code for _ in range(7)])
+"""
+
+
+@pytest.fixture
+def fresh_database():
+    settings = connection.settings_dict
+    name = f"emails_fresh_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
+                             password=settings["PASSWORD"], dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_migrate_alone_makes_the_login_throttle_work(fresh_database):
+    env = os.environ | {"POSTGRES_DB": fresh_database, "DJANGO_SETTINGS_MODULE": "command_api.settings",
+                        "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "migrate-test-only", "LOG_LEVEL": "ERROR",
+                        "DJANGO_ALLOWED_HOSTS": "testserver", "LOGIN_FAILURE_LIMIT": "5"}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True,
+                   timeout=300)
+    answer = subprocess.run([sys.executable, "-c", LOGIN], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    # Five wrong passwords are refused, then the throttle (counting in the cache table) answers 429.
+    assert answer.stdout.strip().splitlines()[-1] == "[400, 400, 400, 400, 400, 429, 429]"
