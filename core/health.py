@@ -1,7 +1,10 @@
 """Probe endpoints: /healthz says the process answers, /readyz that it can reach its database."""
 
+import structlog
 from django.db import connection
 from django.http import JsonResponse
+
+log = structlog.get_logger(__name__)
 
 
 def healthz(request):
@@ -9,11 +12,14 @@ def healthz(request):
 
 
 def readyz(request):
+    """200 when every dependency answers; otherwise 503 naming the one that does not. What went
+    wrong goes to the log, never to the caller: the probe path is public."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except Exception as exc:  # any failure means "not ready", and the probe must get an answer
-        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
+        log.warning("readiness_check_failed", dependency="database", error=str(exc))
+        return JsonResponse({"status": "unavailable", "database": "unavailable"}, status=503)
     return JsonResponse({"status": "ok", "database": "ok"})
 
 

@@ -1,15 +1,17 @@
 """Per-request correlation id and one structured access-log line per request."""
 
+import ipaddress
 import re
 import time
 import uuid
 
 import structlog
+from django.conf import settings
 
 CORRELATION_HEADER = "X-Correlation-ID"
 _META_KEYS = ("HTTP_X_CORRELATION_ID", "HTTP_X_REQUEST_ID")
 # Accept a caller's id only when it is short and harmless to put in logs and headers.
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 log = structlog.get_logger("request")
 
@@ -17,9 +19,29 @@ log = structlog.get_logger("request")
 def correlation_id_from(meta: dict) -> str:
     for key in _META_KEYS:
         candidate = meta.get(key, "")
-        if _VALID_ID.match(candidate):
+        if _VALID_ID.fullmatch(candidate):
             return candidate
     return uuid.uuid4().hex
+
+
+def client_address(request) -> str:
+    """The address of the client, for per-client limits such as the login throttle.
+
+    With no proxy in front (TRUSTED_PROXY_HOPS=0), REMOTE_ADDR. Behind the gateway, REMOTE_ADDR is
+    the gateway's, and each trusted proxy appends the address it received from to
+    X-Forwarded-For: the client's is the entry TRUSTED_PROXY_HOPS from the right. Entries further
+    left are the client's own claim and are never used."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    hops = settings.TRUSTED_PROXY_HOPS
+    if hops <= 0:
+        return remote
+    forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    if len(forwarded) < hops:
+        return remote
+    try:
+        return str(ipaddress.ip_address(forwarded[-hops]))
+    except ValueError:
+        return remote
 
 
 class CorrelationIdMiddleware:

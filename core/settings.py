@@ -119,6 +119,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
@@ -150,6 +155,10 @@ REST_KNOX = {
 # answer 429 until the window has passed.
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60)
+# Proxies in front of the APIs that append to X-Forwarded-For (the gateway: 1). 0 trusts no
+# header: the client is REMOTE_ADDR. Set it to what is really in front, or clients can pose as
+# others (too high) or all share one throttle (too low).
+TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)
 
 # The local demo (bin/run, DEBUG only): an admin and a template to try the API with.
 DEMO_ADMIN_EMAIL = env_str("DEMO_ADMIN_EMAIL", "admin@example.com")
@@ -158,14 +167,20 @@ DEMO_ADMIN_PASSWORD = env_str("DEMO_ADMIN_PASSWORD", "demo-admin-Pass-2026" if D
 # Sending.
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@example.com")
 SEND_MAX_RECIPIENTS = env_int("SEND_MAX_RECIPIENTS", 1000)
+# Rendering one email (subject and body) may not produce more, loop more or take longer than this:
+# a staff template's loops multiply with the caller's context. Over a limit the send is a 400.
+RENDER_MAX_BYTES = env_int("RENDER_MAX_BYTES", 1024 * 1024)
+RENDER_MAX_LOOP_ITERATIONS = env_int("RENDER_MAX_LOOP_ITERATIONS", 100_000)
+RENDER_TIMEOUT_MS = env_int("RENDER_TIMEOUT_MS", 2000)
 # "<count>/<second|minute|hour|day>" per user; empty or "off" disables the limit.
 SEND_RATE_LIMIT = env_str("SEND_RATE_LIMIT", "10/day")
 # One NOTIFY per committing transaction wakes the relay; off leaves it to polling.
 OUTBOX_NOTIFY = env_bool("OUTBOX_NOTIFY", True)
 OUTBOX_NOTIFY_CHANNEL = env_str("OUTBOX_NOTIFY_CHANNEL", "outbox")
 
-# Larger bodies are refused before they are parsed.
+# Larger bodies are refused before they are parsed; JSON nested deeper is refused as it is parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("REQUEST_MAX_BYTES", 1024 * 1024)
+REQUEST_MAX_JSON_DEPTH = env_int("REQUEST_MAX_JSON_DEPTH", 32)
 
 # RabbitMQ: the command API never talks to it; the relay and the workers do.
 RABBITMQ_URL = env_str("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

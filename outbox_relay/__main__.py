@@ -17,19 +17,9 @@ import getpass
 import json
 import os
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-
-def _time(value: str) -> datetime:
-    from django.utils.dateparse import parse_date, parse_datetime
-    from django.utils.timezone import is_naive, make_aware
-
-    parsed = parse_datetime(value)
-    if parsed is None and (day := parse_date(value)) is not None:
-        parsed = datetime(day.year, day.month, day.day)
-    if parsed is None:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {value!r}")
-    return make_aware(parsed) if is_naive(parsed) else parsed
+from core import cli
 
 
 def _selection(args):
@@ -174,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="relay the outbox to RabbitMQ until SIGTERM")
     run.add_argument("--http-host", default=os.environ.get("OUTBOX_RELAY_HTTP_HOST", "0.0.0.0"))
-    run.add_argument("--http-port", type=int, default=None,
+    run.add_argument("--http-port", type=cli.port, default=None,
                      help="probes and /metrics (default OUTBOX_RELAY_HTTP_PORT; 0: none)")
     run.set_defaults(func=command_run)
 
@@ -183,31 +173,32 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(func=command_status)
 
     def filters(p, *, for_list: bool):
-        p.add_argument("--event-id", action="append", metavar="ID", help="repeatable")
-        p.add_argument("--aggregate", metavar="ID", help="the aggregate id, e.g. an email id")
-        p.add_argument("--type", metavar="TYPE", help="the event type, e.g. email.requested")
-        p.add_argument("--since", type=_time, metavar="TIME", help="created at or after (ISO 8601)")
-        p.add_argument("--until", type=_time, metavar="TIME", help="created at or before (ISO 8601)")
+        p.add_argument("--event-id", action="append", type=cli.event_id, metavar="ID", help="repeatable")
+        p.add_argument("--aggregate", type=cli.line(64), metavar="ID", help="the aggregate id, e.g. an email id")
+        p.add_argument("--type", type=cli.line(64), metavar="TYPE", help="the event type, e.g. email.requested")
+        p.add_argument("--since", type=cli.moment, metavar="TIME", help="created at or after (ISO 8601)")
+        p.add_argument("--until", type=cli.moment, metavar="TIME", help="created at or before (ISO 8601)")
         if for_list:
             p.add_argument("--state", choices=["pending", "published", "failed"])
             p.add_argument("--failing", action="store_true", help="failed, or pending after an error")
 
     listing = verbs.add_parser("list", help="outbox rows, oldest first")
     filters(listing, for_list=True)
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=cli.integer(1, 1_000_000), default=100)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=command_list)
 
     replay = verbs.add_parser("replay", help="publish events again with their own ids")
     filters(replay, for_list=False)
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
-    replay.add_argument("--reason", default="", help="recorded with the replay")
-    replay.add_argument("--actor", default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
+    replay.add_argument("--reason", type=cli.text(1000), default="", help="recorded with the replay")
+    replay.add_argument("--actor", type=cli.line(150), default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
                         help="who replays (default $OPS_ACTOR or the login name)")
     replay.set_defaults(func=command_replay)
 
     purge = verbs.add_parser("purge", help="delete published rows older than the retention period")
-    purge.add_argument("--older-than-days", type=int, default=None, help="default OUTBOX_RETENTION_DAYS")
+    purge.add_argument("--older-than-days", type=cli.integer(0, 36_500), default=None,
+                       help="default OUTBOX_RETENTION_DAYS")
     purge.add_argument("--dry-run", action="store_true")
     purge.set_defaults(func=command_purge)
     return root

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from core import cli
+
 
 def command_project(args) -> int:
     from django.conf import settings
@@ -65,13 +67,15 @@ def main(argv=None) -> int:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     project = verbs.add_parser("project", help="apply events to the read table until SIGTERM")
     project.add_argument("--http-host", default=os.environ.get("PROJECTOR_HTTP_HOST", "0.0.0.0"))
-    project.add_argument("--http-port", type=int, default=None, help="probes and /metrics (default PROJECTOR_HTTP_PORT)")
+    project.add_argument("--http-port", type=cli.port, default=None,
+                         help="probes and /metrics (default PROJECTOR_HTTP_PORT)")
     project.set_defaults(func=command_project)
     rebuild = verbs.add_parser("rebuild", help="rebuild the read table from the write side")
     rebuild.set_defaults(func=command_rebuild)
     reconcile = verbs.add_parser("reconcile", help="find (and mend) read rows missing or behind")
     reconcile.add_argument("--repair", action="store_true")
-    reconcile.add_argument("--limit", type=int, default=10_000, help="at most this many emails per run")
+    reconcile.add_argument("--limit", type=cli.integer(1, 10_000_000), default=10_000,
+                           help="at most this many emails per run")
     reconcile.set_defaults(func=command_reconcile)
     args = parser.parse_args(argv)
     import django

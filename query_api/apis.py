@@ -1,4 +1,5 @@
 from datetime import datetime, time, timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.utils import timezone
@@ -78,20 +79,29 @@ class HistorySerializer(serializers.Serializer):
 
 
 def _parse_bound(name: str, raw: str, *, end: bool) -> datetime:
-    """An ISO 8601 date or date-time. A date is the whole day: from its start, or up to its end."""
+    """An ISO 8601 date or date-time. A date is the whole day: from its start, or up to its end.
+    Raises a 400 naming `name` for anything else: a date that does not exist, a UTC offset out of
+    range, a bound past the calendar's end."""
+    try:
+        moment = _bound(raw, end=end)
+    except (ValueError, OverflowError):
+        moment = None
+    if moment is None:
+        raise field_error(name, f"{raw!r} is not an ISO 8601 date or date-time within the calendar.")
+    return moment
+
+
+def _bound(raw: str, *, end: bool) -> datetime | None:
     moment = parse_datetime(raw.replace(" ", "+")) if "T" in raw or ":" in raw else None
     if moment is None:
-        day = None
-        try:
-            day = parse_date(raw)
-        except ValueError:
-            pass
+        day = parse_date(raw)
         if day is None:
-            raise field_error(name, f"{raw!r} is not an ISO 8601 date or date-time.")
+            return None
         moment = datetime.combine(day + timedelta(days=1) if end else day, time.min)
         return timezone.make_aware(moment, timezone.get_default_timezone())
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, timezone.get_default_timezone())
+    moment.astimezone(dt_timezone.utc)  # an offset that takes it past the calendar raises here
     # A date-time end is inclusive: the selector's bound is exclusive.
     return moment + timedelta(microseconds=1) if end else moment
 

@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from core import cli
+
 
 def command_run(args) -> int:
     from django.conf import settings
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     run = verbs.add_parser("run", help="consume email.requested and deliver until SIGTERM")
     run.add_argument("--http-host", default=os.environ.get("SENDER_HTTP_HOST", "0.0.0.0"))
-    run.add_argument("--http-port", type=int, default=None, help="probes and /metrics (default SENDER_HTTP_PORT)")
+    run.add_argument("--http-port", type=cli.port, default=None, help="probes and /metrics (default SENDER_HTTP_PORT)")
     run.set_defaults(func=command_run)
     args = parser.parse_args(argv)
     import django

@@ -8,6 +8,8 @@ from rest_framework.views import APIView
 from command_api.emails import selectors, services
 from core.errors import field_error
 from core.pagination import page_of
+from core.text import MAX_ID
+from core.validation import JSONObjectField, LineField, TextField
 
 
 class IsStaffOrReadOnly(BasePermission):
@@ -32,9 +34,9 @@ class EmailTemplateOutputSerializer(serializers.Serializer):
 
 
 class EmailTemplateInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    subject = serializers.CharField(max_length=998)
-    body = serializers.CharField(trim_whitespace=False)
+    name = LineField(max_length=200)
+    subject = LineField(max_length=998)
+    body = TextField(trim_whitespace=False)
 
 
 class EmailTemplateListCreateApi(APIView):
@@ -102,8 +104,8 @@ class SentEmailCreateApi(APIView):
             ref_name = "SentEmailInput"
 
         recipients = serializers.ListField(child=serializers.CharField(trim_whitespace=False))
-        template = serializers.IntegerField(min_value=1)
-        context = serializers.DictField(required=False, default=dict)
+        template = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+        context = JSONObjectField(required=False, default=dict)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:

@@ -7,20 +7,31 @@ libraries: a template is data from the API, not code.
 
 from functools import lru_cache
 
+from django.conf import settings
 from django.template import Context, Engine, TemplateSyntaxError
-from django.template.defaulttags import DebugNode
+from django.template.defaulttags import DebugNode, LoremNode
 from django.template.loader_tags import ExtendsNode, IncludeNode
 
-_body_engine = Engine(autoescape=True, loaders=[], libraries={}, debug=False)
-_subject_engine = Engine(autoescape=False, loaders=[], libraries={}, debug=False)
+from command_api.emails.template_limits import Budget, RenderLimitExceeded
+
+# Django's tags and filters, with loops and the filters that pad bounded (template_limits).
+_LIMITS = ["command_api.emails.template_limits"]
+_body_engine = Engine(autoescape=True, loaders=[], libraries={}, builtins=_LIMITS, debug=False)
+_subject_engine = Engine(autoescape=False, loaders=[], libraries={}, builtins=_LIMITS, debug=False)
 
 
 class RenderError(Exception):
     pass
 
 
-# Tags that reach outside the template: files, or (with DEBUG) the server's context and modules.
-_FORBIDDEN = {DebugNode: "debug", IncludeNode: "include", ExtendsNode: "extends"}
+class RenderTooLarge(RenderError):
+    """Rendering went over RENDER_MAX_BYTES, RENDER_MAX_LOOP_ITERATIONS or RENDER_TIMEOUT_MS;
+    the message names the limit."""
+
+
+# Tags that reach outside the template (files, or with DEBUG the server's context and modules),
+# or write text of any length the template asks for.
+_FORBIDDEN = {DebugNode: "debug", IncludeNode: "include", ExtendsNode: "extends", LoremNode: "lorem"}
 
 
 @lru_cache(maxsize=512)
@@ -42,9 +53,25 @@ def check_compiles(source: str, *, html: bool) -> str | None:
     return None
 
 
-def render(source: str, context: dict, *, html: bool) -> str:
-    """Render `source` with `context`; raises RenderError for a template that cannot render."""
+def new_budget() -> Budget:
+    """What one email's rendering (its subject and body together) may cost."""
+    return Budget(max_bytes=settings.RENDER_MAX_BYTES, max_iterations=settings.RENDER_MAX_LOOP_ITERATIONS,
+                  timeout=settings.RENDER_TIMEOUT_MS / 1000)
+
+
+def render(source: str, context: dict, *, html: bool, budget: Budget | None = None) -> str:
+    """Render `source` with `context` within `budget` (a new one when None). Raises RenderTooLarge
+    over a limit, RenderError for a template that cannot render."""
+    budget = budget or new_budget()
+    rendering = Context(context, autoescape=html)
+    rendering.budget = budget  # read by the bounded loop and filters of template_limits
     try:
-        return _compile(source, html=html).render(Context(context, autoescape=html))
+        output = _compile(source, html=html).render(rendering)
+    except RenderLimitExceeded as exc:
+        raise RenderTooLarge(str(exc)) from None
     except Exception as exc:  # syntax errors, missing includes, errors inside filters
         raise RenderError(str(exc)) from exc
+    # Loops charged characters as they went; the whole is measured in bytes, as it is sent.
+    if len(output) * 4 > budget.max_bytes and len(output.encode("utf-8", "surrogatepass")) > budget.max_bytes:
+        raise RenderTooLarge(f"The rendered email would exceed RENDER_MAX_BYTES ({budget.max_bytes} bytes).")
+    return output

@@ -23,6 +23,7 @@ from core.errors import ApplicationError, field_error
 from core.outbox.models import OutboxEvent
 from core.outbox.services import OUTBOX_INSERT_COLUMNS, new_event_id, outbox_row
 from core.prepared import Prepared
+from core.text import text_problem
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +118,9 @@ def parse_rate(rate: str) -> tuple[int, int] | None:
         ) from None
 
 
+ADDRESS_MAX_LENGTH = SentEmailRecipient._meta.get_field("address").max_length
+
+
 def clean_recipients(raw: list[str]) -> list[str]:
     """Strip, validate and de-duplicate (case-insensitively, first spelling wins) the addresses.
     Raises ApplicationError naming `recipients` and every bad value."""
@@ -125,9 +129,13 @@ def clean_recipients(raw: list[str]) -> list[str]:
     cleaned: list[str] = []
     for item in raw:
         address = item.strip() if isinstance(item, str) else item
+        if isinstance(address, str) and len(address) > ADDRESS_MAX_LENGTH:
+            invalid.append(f"{address[:40]!r}… is {len(address)} characters long; an address has at most "
+                           f"{ADDRESS_MAX_LENGTH}.")
+            continue
         try:
-            if not isinstance(address, str) or _LINE_BREAK.search(address):
-                raise DjangoValidationError("not a string")
+            if not isinstance(address, str) or text_problem(address, single_line=True):
+                raise DjangoValidationError("not a single line of text")
             validate_email(address)
         except DjangoValidationError:
             invalid.append(f"{item!r} is not a valid email address.")
@@ -192,17 +200,27 @@ def _check_rate_limit(*, sender: User) -> None:
         )
 
 
+SUBJECT_MAX_LENGTH = SentEmail._meta.get_field("subject").max_length
+
+
 def _render(template: EmailTemplate, context: dict) -> tuple[str, str]:
+    budget = rendering.new_budget()  # the subject's and the body's rendering share it
     try:
-        subject = rendering.render(template.subject, context, html=False)
-        body = rendering.render(template.body, context, html=True)
+        subject = rendering.render(template.subject, context, html=False, budget=budget)
+        body = rendering.render(template.body, context, html=True, budget=budget)
+    except rendering.RenderTooLarge as exc:
+        raise field_error("context", f"Template {template.pk} with this context is too large to send: {exc}") from None
     except rendering.RenderError as exc:
         raise field_error("template", f"Template {template.pk} cannot be rendered: {exc}") from None
     if _LINE_BREAK.search(subject):
         raise field_error(
             "context", f"The subject would contain a line break: {subject!r}. Remove it from the values."
         )
-    return subject.strip(), body
+    subject = subject.strip()
+    if len(subject) > SUBJECT_MAX_LENGTH:
+        raise field_error("context", f"The subject would be {len(subject)} characters long; at most "
+                                     f"{SUBJECT_MAX_LENGTH} are allowed.")
+    return subject, body
 
 
 # Templates a send renders with, as last read by this process: the write below checks that the

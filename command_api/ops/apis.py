@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from core.pagination import page_of
 from core.outbox.selectors import STATES, OutboxFilter, outbox_event_list, outbox_status
 from core.outbox.services import outbox_replay
+from core.validation import LineField, TextField
 
 
 class OutboxEventSerializer(serializers.Serializer):
@@ -35,8 +36,8 @@ class OutboxFilterSerializer(serializers.Serializer):
         ref_name = "OutboxSelection"
 
     event_ids = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=10_000)
-    aggregate_id = serializers.CharField(required=False, max_length=64)
-    event_type = serializers.CharField(required=False, max_length=64)
+    aggregate_id = LineField(required=False, max_length=64)
+    event_type = LineField(required=False, max_length=64)
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
 
@@ -58,8 +59,8 @@ class OutboxListFilterSerializer(serializers.Serializer):
         ref_name = "OutboxListFilter"
 
     event_id = serializers.ListField(child=serializers.UUIDField(), required=False)
-    aggregate_id = serializers.CharField(required=False, max_length=64)
-    event_type = serializers.CharField(required=False, max_length=64)
+    aggregate_id = LineField(required=False, max_length=64)
+    event_type = LineField(required=False, max_length=64)
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
     state = serializers.ChoiceField(choices=STATES, required=False)
@@ -116,7 +117,7 @@ class OutboxReplayApi(APIView):
             ref_name = "OutboxReplayInput"
 
         dry_run = serializers.BooleanField(required=False, default=False)
-        reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=1000)
+        reason = TextField(required=False, default="", allow_blank=True, max_length=1000)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:

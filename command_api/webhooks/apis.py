@@ -29,6 +29,7 @@ class SendGridWebhookApi(APIView):
         accepted = serializers.IntegerField()
         duplicates = serializers.IntegerField()
         ignored = serializers.IntegerField()
+        rejected = serializers.IntegerField()
 
     @extend_schema(request={"application/json": {"type": "array", "items": {"type": "object"}}},
                    responses={200: OutputSerializer})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -18,6 +19,7 @@ from command_api.webhooks.models import ProviderEvent
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses
 from core.errors import ApplicationError
 from core.outbox.services import new_event_id, outbox_events_add
+from core.text import MAX_ID, OutOfRange, array_items, first_problem, text_problem
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +47,8 @@ STATUSES_PER_EVENT = 500
 class WebhookResult:
     accepted: int
     duplicates: int
-    ignored: int
+    ignored: int  # not about an email of ours, or a kind of event we do not track
+    rejected: int  # malformed: counted, logged and dropped; the rest of the post is kept
 
 
 def _forbidden(message: str) -> ApplicationError:
@@ -74,11 +77,63 @@ def verify_signature(*, body: str, signature: str | None, timestamp: str | None)
         raise _forbidden("Bad webhook signature.")
 
 
-def _reported_at(item: dict) -> datetime:
+_LATEST_TIMESTAMP = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _line(item: dict, key: str, *, max_length: int, required: bool = True) -> str:
+    value = item.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value or len(value) > max_length or text_problem(value, single_line=True):
+        raise _Malformed(f"{key} is not a line of 1 to {max_length} characters")
+    return value
+
+
+def _email_id(item: dict) -> int:
+    value = item.get("email_id")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ID:
+        raise _Malformed("email_id is not a plain integer in range")
+    return value
+
+
+def _request_event_id(item: dict) -> str:
     try:
-        return datetime.fromtimestamp(int(item.get("timestamp")), tz=timezone.utc)
-    except (TypeError, ValueError):
+        return str(uuid.UUID(str(item.get("event_id"))))
+    except ValueError:
+        raise _Malformed("event_id is not a UUID") from None
+
+
+def _reported_at(item: dict) -> datetime:
+    value = item.get("timestamp")
+    if value is None:
         return datetime.now(timezone.utc)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _LATEST_TIMESTAMP:
+        raise _Malformed("timestamp is not a Unix time in range")
+    return datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def _provider_event(item: dict, kind: str) -> ProviderEvent:
+    """The record of one event of ours, or _Malformed naming what is wrong with it."""
+    if found := first_problem(item, max_depth=_ITEM_MAX_DEPTH):
+        raise _Malformed(f"{found[0]}: {found[1]}")
+    reason = item.get("reason") or item.get("response") or ""
+    return ProviderEvent(
+        provider_event_id=_line(item, "sg_event_id", max_length=100), email_id=_email_id(item),
+        request_event_id=_request_event_id(item),
+        recipient=_line(item, "recipient" if "recipient" in item else "email", max_length=254),
+        status=kind, provider_message_id=_line(item, "sg_message_id", max_length=200, required=False),
+        reason=str(reason)[:1000], reported_at=_reported_at(item), payload=item)
+
+
+_ITEM_MAX_DEPTH = 8
 
 
 def _insert_new(rows: list[ProviderEvent]) -> set[str]:
@@ -104,39 +159,75 @@ def _insert_new(rows: list[ProviderEvent]) -> set[str]:
         return {row[0] for row in cursor.fetchall()}
 
 
+def _loads(text: str):
+    # A number no column can hold stays in place as OutOfRange, so only its item is rejected.
+    return json.loads(text, parse_int=OutOfRange.parse_int, parse_float=OutOfRange.parse_float)
+
+
+class _TooDeep:
+    """An item nested too deep for the JSON parser: rejected on its own."""
+
+
+def _parse_items(body: str) -> list:
+    """The post's items. An item too deep to parse does not cost the others: the array is then
+    split at its top-level commas and each item parsed alone. Raises a 400 ApplicationError
+    unless the body is a JSON list."""
+    not_a_list = ApplicationError("Expected a JSON list of events.", errors={"body": ["Expected a JSON list of events."]})
+    try:
+        items = _loads(body)
+    except ValueError:
+        raise not_a_list from None
+    except RecursionError:
+        texts = array_items(body)
+        if texts is None:
+            raise not_a_list from None
+        items = []
+        for text in texts:
+            try:
+                items.append(_loads(text))
+            except RecursionError:
+                items.append(_TooDeep())
+            except ValueError:
+                raise not_a_list from None
+    if not isinstance(items, list):
+        raise not_a_list
+    return items
+
+
 def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str | None,
                             correlation_id: str) -> WebhookResult:
     """Verify SendGrid's signature, then in one transaction store each new event (SendGrid's
     repeated posts are dropped by sg_event_id) and write the new ones to the outbox as
-    `email.delivery_statuses` events (STATUSES_PER_EVENT each). Events without our custom_args, or of kinds we do not track, are ignored.
+    `email.delivery_statuses` events (STATUSES_PER_EVENT each). Events without our custom_args,
+    or of kinds we do not track, are ignored; malformed ones (a bad id, an oversized field, a
+    control character) are counted as rejected and logged, and the others are still stored.
     Raises ApplicationError: 403 (signature), 400 (not a JSON list)."""
     verify_signature(body=body, signature=signature, timestamp=timestamp)
-    try:
-        items = json.loads(body)
-    except ValueError:
-        raise ApplicationError("The body is not JSON.", errors={"body": ["Expected a JSON list of events."]}) from None
-    if not isinstance(items, list):
-        raise ApplicationError("Expected a JSON list of events.", errors={"body": ["Expected a JSON list of events."]})
+    items = _parse_items(body)
 
-    candidates: dict[str, tuple[dict, str]] = {}
-    ignored = 0
-    for item in items:
-        kind = STATUS_OF.get(item.get("event")) if isinstance(item, dict) else None
-        if kind is None or not item.get("sg_event_id") or not str(item.get("email_id", "")).isdigit() \
-                or not item.get("event_id"):
-            ignored += 1
+    candidates: dict[str, ProviderEvent] = {}
+    ignored, rejected = 0, []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            rejected.append((index, "nested too deep to parse" if isinstance(item, _TooDeep) else "not an object"))
             continue
-        candidates[str(item["sg_event_id"])] = (item, kind)
+        kind = STATUS_OF.get(item["event"]) if isinstance(item.get("event"), str) else None
+        if kind is None or ("email_id" not in item and "event_id" not in item):
+            ignored += 1  # another kind of event, or mail not sent by us (no custom_args of ours)
+            continue
+        try:
+            event = _provider_event(item, kind)
+        except _Malformed as exc:
+            rejected.append((index, str(exc)))
+            continue
+        candidates[event.provider_event_id] = event
+    if rejected:
+        # A bad item must not cost the good ones: SendGrid would retry the whole post, then drop it.
+        log.warning("sendgrid_webhook_items_rejected", count=len(rejected),
+                    first=[f"item {index}: {why}" for index, why in rejected[:5]])
 
     with transaction.atomic():
-        rows = [
-            ProviderEvent(provider_event_id=pk, email_id=int(item["email_id"]), request_event_id=item["event_id"],
-                          recipient=item.get("recipient") or item.get("email", ""), status=kind,
-                          provider_message_id=item.get("sg_message_id", ""),
-                          reason=str(item.get("reason") or item.get("response") or "")[:1000],
-                          reported_at=_reported_at(item), payload=item)
-            for pk, (item, kind) in candidates.items()
-        ]
+        rows = list(candidates.values())
         # RETURNING names exactly the rows this transaction inserted: events stored before, by an
         # earlier or a concurrent post of SendGrid's, write no second outbox event.
         inserted = _insert_new(rows)
@@ -161,7 +252,8 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
             ],
             aggregatetype=EmailDeliveryStatuses.AGGREGATE,
         )
-    result = WebhookResult(accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored)
+    result = WebhookResult(accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored,
+                           rejected=len(rejected))
     log.info("sendgrid_webhook_received", accepted=result.accepted, duplicates=result.duplicates,
-             ignored=result.ignored)
+             ignored=result.ignored, rejected=result.rejected)
     return result

@@ -1,3 +1,4 @@
+from django.contrib.auth.validators import UnicodeUsernameValidator
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -5,6 +6,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.accounts.services import user_login, user_logout, user_register
+from core.middleware import client_address
+from core.validation import AddressField, LineField
 
 
 class RegisterApi(APIView):
@@ -15,8 +18,8 @@ class RegisterApi(APIView):
         class Meta:
             ref_name = "RegisterInput"
 
-        email = serializers.EmailField(max_length=254)
-        username = serializers.CharField(max_length=150)
+        email = AddressField()
+        username = LineField(max_length=150, validators=[UnicodeUsernameValidator()])
         password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
 
     class OutputSerializer(serializers.Serializer):
@@ -42,7 +45,7 @@ class LoginApi(APIView):
         class Meta:
             ref_name = "LoginInput"
 
-        username = serializers.CharField(max_length=254, help_text="The user's email address.")
+        username = LineField(max_length=254, help_text="The user's email address.")
         password = serializers.CharField(max_length=128, trim_whitespace=False)
 
     class OutputSerializer(serializers.Serializer):
@@ -60,7 +63,7 @@ class LoginApi(APIView):
         issued = user_login(
             email=data.validated_data["username"],
             password=data.validated_data["password"],
-            client_address=request.META.get("REMOTE_ADDR", ""),
+            client_address=client_address(request),
         )
         return Response(self.OutputSerializer(issued).data)
 

@@ -1,4 +1,5 @@
 import binascii
+import re
 from functools import cache
 from hmac import compare_digest
 
@@ -14,6 +15,10 @@ from rest_framework import exceptions
 
 from core.accounts.models import User
 from core.prepared import Prepared
+
+
+_TOKEN_SHAPE = re.compile(rb"[A-Za-z0-9_.~+/=-]+")
+_MAX_TOKEN_LENGTH = 512
 
 
 @cache
@@ -43,7 +48,11 @@ class TokenAuthentication(KnoxTokenAuthentication):
         """Knox's check (the key's prefix finds candidates, the digest must match, the token must
         not have expired, the user must be active), with SQL built once instead of a queryset
         compiled on every request."""
-        token = token.decode("utf-8")
+        # Keys are ASCII (hex, behind an optional prefix): anything else, undecodable bytes and
+        # control characters included, cannot be one and is refused before it reaches SQL.
+        if len(token) > _MAX_TOKEN_LENGTH or not _TOKEN_SHAPE.fullmatch(token):
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
+        token = token.decode("ascii")
         try:
             digest = hash_token(token)
         except (TypeError, binascii.Error):

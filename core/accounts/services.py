@@ -1,5 +1,6 @@
 """Account writes: register, log in (issue a token), log out (revoke it)."""
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -52,7 +53,8 @@ class IssuedToken:
 
 
 def _failure_key(email: str, client_address: str) -> str:
-    return f"login-failures:{client_address}:{email}"
+    # Hashed: a cache key is short and plain whatever the client typed.
+    return "login-failures:" + hashlib.sha256(f"{client_address}\n{email}".encode("utf-8", "replace")).hexdigest()
 
 
 def user_login(*, email: str, password: str, client_address: str) -> IssuedToken:

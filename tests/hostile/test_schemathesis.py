@@ -1,11 +1,14 @@
-"""Requests generated from each API's own OpenAPI schema: no 5xx, and every answer fits the
-schema (its status code, content type and body are documented). Runs against the WSGI apps
-in-process, with a real staff token. A refusal of valid-looking data is allowed: a second
-template with a name an earlier example took is rightly a 400."""
+"""Requests generated from each API's own OpenAPI schema, in positive mode (data the schema
+allows) and negative mode (data it forbids: wrong types, missing or extra fields, values out of
+range): no 5xx, and every answer fits the schema (its status code, content type and body are
+documented). Runs against the WSGI apps in-process, with a real staff token. A refusal of
+valid-looking data is allowed: a second template with a name an earlier example took is rightly
+a 400. bench/hostile.py runs the same with many more examples and counts."""
 
 import pytest
 import schemathesis
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -19,22 +22,18 @@ from django.utils import timezone
 
 from query_api.models import SentEmailLog
 from tests.factories import EmailTemplateFactory, UserFactory
+from tests.hostile.conftest import webhook_key
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+BOTH_MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 command_api = schemathesis.openapi.from_wsgi("/api/schema/?format=json", WSGIHandler())
+command_api.config.generation.update(modes=BOTH_MODES)
 
 
 @pytest.fixture
 def staff_token(db, settings):
     # A configured webhook key: unsigned posts are then refused with 403, not 503.
-    import base64
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    der = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = base64.b64encode(der).decode()
+    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = webhook_key()[1]
     # As Django's test client does: a request must not close the test's transaction.
     from django.core import signals
     from django.db import close_old_connections
@@ -68,6 +67,7 @@ class QueryApiWSGI(WSGIHandler):
 
 
 query_api = schemathesis.openapi.from_wsgi("/api/schema/?format=json", QueryApiWSGI())
+query_api.config.generation.update(modes=BOTH_MODES)
 
 
 @query_api.parametrize()

@@ -123,6 +123,36 @@ def test_repeated_failures_are_throttled(api_client, user):
     assert "token" not in throttled.json()
 
 
+@override_settings(LOGIN_FAILURE_LIMIT=3, TRUSTED_PROXY_HOPS=1)
+def test_behind_the_gateway_one_clients_failures_do_not_lock_out_another(api_client, user):
+    # The gateway connects from one address for everybody; it appends each client's own to
+    # X-Forwarded-For. What a client wrote there itself (left of it) is not believed.
+    def attempt(password, forwarded):
+        return api_client.post(LOGIN, {"username": user.email, "password": password}, format="json",
+                               REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
+
+    for n in range(3):
+        assert attempt("wrong", f"192.0.2.{n}, 198.51.100.7").status_code == 400  # posing as others
+    assert attempt(PASSWORD, "198.51.100.7").status_code == 429
+    assert attempt(PASSWORD, "203.0.113.9").status_code == 200
+
+
+@override_settings(TRUSTED_PROXY_HOPS=0)
+def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(rf):
+    from core.middleware import client_address
+
+    request = rf.get("/", REMOTE_ADDR="192.0.2.1", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert client_address(request) == "192.0.2.1"
+    with override_settings(TRUSTED_PROXY_HOPS=1):
+        assert client_address(request) == "203.0.113.9"
+        assert client_address(rf.get("/", REMOTE_ADDR="192.0.2.1", HTTP_X_FORWARDED_FOR="not an address")) == \
+            "192.0.2.1"
+        assert client_address(rf.get("/", REMOTE_ADDR="192.0.2.1")) == "192.0.2.1"
+    with override_settings(TRUSTED_PROXY_HOPS=2):
+        assert client_address(rf.get("/", REMOTE_ADDR="10.0.0.1",
+                                     HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9, 10.0.0.2")) == "203.0.113.9"
+
+
 def test_logout_revokes_the_token(api_client, user):
     token = login(api_client, user.email, PASSWORD).json()["token"]
     api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")

@@ -143,7 +143,7 @@ def test_cli_refuses_an_empty_replay_and_bad_times(rows, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["replay", "--since", "yesterday"])
     assert exit_info.value.code == 2
-    assert "not an ISO 8601 date or time: 'yesterday'" in capsys.readouterr().err
+    assert "not an ISO 8601 date or time within the calendar: 'yesterday'" in capsys.readouterr().err
 
 
 def test_cli_purge(rows, capsys):

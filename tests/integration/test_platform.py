@@ -1,5 +1,6 @@
 """Health probes, the OpenAPI schema and docs page, the admin."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,18 +18,24 @@ def test_health_and_readiness(api_client):
     assert api_client.get("/readyz").json() == {"status": "ok", "database": "ok"}
 
 
-def test_readiness_fails_without_database():
-    # A process whose database does not answer (nothing listens on port 1) must say so.
+@pytest.mark.parametrize("settings_module", ["command_api.settings", "query_api.settings"])
+def test_readiness_names_the_dependency_down_without_its_error(settings_module):
+    # A process whose database does not answer (nothing listens on port 1) says which dependency
+    # is down; what went wrong goes to its log, not to whoever asks.
     code = (
-        "import django; django.setup();"
+        "import django, json; django.setup();"
         "from django.test import Client; r = Client().get('/readyz');"
-        "print(r.status_code, r.json()['status'])"
+        "print(r.status_code, json.dumps(r.json()))"
     )
-    env = os.environ | {"POSTGRES_PORT": "1", "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env = os.environ | {"POSTGRES_PORT": "1", "DJANGO_SETTINGS_MODULE": settings_module, "DJANGO_DEBUG": "false",
+                        "DJANGO_SECRET_KEY": "readiness-test-only", "DJANGO_ALLOWED_HOSTS": "testserver",
+                        "LOG_JSON": "true"}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
-    assert result.stdout.split() == ["503", "unavailable"], result.stderr
+    status, body = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert (status, json.loads(body)) == ("503", {"status": "unavailable", "database": "unavailable"}), result.stderr
+    assert "readiness_check_failed" in result.stdout + result.stderr and "port 1" in result.stdout + result.stderr
 
 
 def test_openapi_schema_lists_the_public_api(api_client):

@@ -238,7 +238,7 @@ def test_a_signed_webhook_becomes_outbox_events_once(api_client, signer):
     body = hook_events()
     first = api_client.post(HOOK, body, content_type="application/json", **signer(body))
     assert first.status_code == 200
-    assert first.json() == {"accepted": 2, "duplicates": 0, "ignored": 1}
+    assert first.json() == {"accepted": 2, "duplicates": 0, "ignored": 1, "rejected": 0}
     # The whole post is one event (one message), its items the statuses.
     (row,) = OutboxEvent.objects.all()
     assert (row.type, row.aggregatetype) == ("email.delivery_statuses", "provider_webhook")
@@ -247,7 +247,7 @@ def test_a_signed_webhook_becomes_outbox_events_once(api_client, signer):
     assert {(item.email_id, item.recipient) for item in items} == {(9, "Ann@example.com")}
     assert len({item.event_id for item in items}) == 2
     again = api_client.post(HOOK, body, content_type="application/json", **signer(body))  # SendGrid retries
-    assert again.json() == {"accepted": 0, "duplicates": 2, "ignored": 1}
+    assert again.json() == {"accepted": 0, "duplicates": 2, "ignored": 1, "rejected": 0}
     assert OutboxEvent.objects.count() == 1
 
 
@@ -257,7 +257,8 @@ def test_a_large_webhook_post_is_split_into_events_of_bounded_size(api_client, s
 
     body = json.dumps([
         {"email": f"r{i}@example.com", "timestamp": int(NOW.timestamp()), "event": "delivered",
-         "sg_event_id": f"sg-big-{i}", "event_id": str(uuid.uuid4()), "email_id": str(i), "recipient": f"r{i}@example.com"}
+         "sg_event_id": f"sg-big-{i}", "event_id": str(uuid.uuid4()), "email_id": str(i + 1),
+         "recipient": f"r{i}@example.com"}
         for i in range(webhook_services.STATUSES_PER_EVENT * 2 + 1)
     ])
     assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200

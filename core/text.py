@@ -1,0 +1,143 @@
+"""What a string from a client may hold: the rules every API field and command-line option applies.
+
+Postgres stores no NUL, UTF-8 has no lone surrogates, and a control character in a name, an
+address or a filter is never meant. So:
+
+- every string of a request (JSON body, form field, query parameter), keys included, is free of
+  NUL, the other C0 and C1 control characters and lone surrogates; tab, line feed and carriage
+  return are allowed in free text (a template's body, a context value);
+- a single-line field (a name, an address, a subject, a filter) allows none of them, nor a line
+  or paragraph separator.
+
+Each refusal names the field and the character. No framework here: the command-line tools use
+these rules before Django is set up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+MAX_ID = 2**63 - 1  # a bigint: the largest id a row can have
+
+# Never in any string: C0 controls but tab, LF and CR; DEL; C1 controls; lone surrogates.
+FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# Not in a single-line value either: tab, LF, CR and the Unicode line and paragraph separators.
+FORBIDDEN_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def describe(character: str) -> str:
+    code = ord(character)
+    if 0xD800 <= code <= 0xDFFF:
+        kind = "a lone surrogate"
+    elif character in "\t\n\r\u2028\u2029":
+        kind = "a line break or tab"
+    else:
+        kind = "a control character"
+    return f"It contains {kind} (U+{code:04X}), which is not allowed here."
+
+
+def text_problem(value: str, *, single_line: bool = False) -> str | None:
+    """Why `value` may not be stored, or None."""
+    found = (FORBIDDEN_IN_LINE if single_line else FORBIDDEN).search(value)
+    return describe(found.group()) if found else None
+
+
+class OutOfRange:
+    """A JSON number no column or JSON document here can hold: more digits than any id, or a
+    float beyond the double range. The parser keeps its place so the refusal names the field."""
+
+    MAX_DIGITS = 40
+
+    def __init__(self, text: str):
+        self.text = text
+
+    @classmethod
+    def parse_int(cls, text: str):
+        return int(text) if len(text) <= cls.MAX_DIGITS else cls(text)
+
+    @classmethod
+    def parse_float(cls, text: str):
+        value = float(text)
+        return value if math.isfinite(value) else cls(text)
+
+
+def printable_key(key: str) -> str:
+    """`key` as it can be shown in a field path: forbidden characters written as escapes."""
+    return FORBIDDEN_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
+
+
+def first_problem(data, *, max_depth: int, path: str = "") -> tuple[str, str] | None:
+    """The first (field path, reason) in a parsed JSON document whose nesting is deeper than
+    `max_depth` or whose strings (keys included) hold a forbidden character; None when clean.
+    Paths look like `context.items.2.name`."""
+    stack = [(data, path, 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            if FORBIDDEN.search(value):
+                return where or "body", describe(FORBIDDEN.search(value).group())
+        elif isinstance(value, OutOfRange):
+            return where or "body", f"The number {value.text[:20]}… is out of range."
+        elif isinstance(value, (dict, list)):
+            if depth > max_depth:
+                return where or "body", f"It is nested deeper than {max_depth} levels."
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                child = f"{where}.{printable_key(str(key))}" if where else printable_key(str(key))
+                if isinstance(key, str) and (found := FORBIDDEN.search(key)):
+                    return child, f"Its name: {describe(found.group())}"
+                stack.append((item, child, depth + 1))
+    return None
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+def array_items(text: str) -> list[str] | None:
+    """The texts of the items of the JSON array `text`, split at its top-level commas without
+    parsing the items (so an item too deep to parse costs only itself); None if `text` is not an
+    array."""
+    stripped = text.strip()
+    if not stripped.startswith("[") or not stripped.endswith("]"):
+        return None
+    items, depth, start = [], 0, 1
+    for token in _JSON_TOKEN.finditer(stripped):
+        value = token.group()
+        if value in "[{":
+            depth += 1
+        elif value in "]}":
+            depth -= 1
+            if depth == 0:
+                items.append(stripped[start:token.start()])
+        elif value == "," and depth == 1:
+            items.append(stripped[start:token.start()])
+            start = token.end()
+    return [item for item in items if item.strip()] if depth == 0 else None
+
+
+def deep_path(text: str, *, max_depth: int) -> str:
+    """The field path of the first value in JSON `text` nested deeper than `max_depth`, found by
+    scanning the text: for documents too deep for the parser itself to report it."""
+    frames: list[list] = []  # per open container: [kind, the key or index being read in it]
+    for token in _JSON_TOKEN.finditer(text):
+        value = token.group()
+        if value in "[{":
+            if len(frames) == max_depth:
+                break
+            frames.append([value, 0 if value == "[" else None])
+        elif value in "]}":
+            if frames:
+                frames.pop()
+        elif value == ",":
+            if frames and frames[-1][0] == "[":
+                frames[-1][1] += 1
+        elif value != ":" and frames and frames[-1][0] == "{":
+            try:
+                frames[-1][1] = json.loads(value)  # a key (a string value is overwritten by the next key)
+            except ValueError:
+                pass
+    return ".".join(printable_key(str(cursor)) for _, cursor in frames if cursor is not None) or "body"
+
+

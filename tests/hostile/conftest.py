@@ -1,0 +1,44 @@
+import base64
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.utils import timezone
+from knox.models import AuthToken
+
+from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
+from command_api.webhooks.models import ProviderEvent
+from core.accounts.models import User
+from core.outbox.models import OutboxEvent, OutboxReplay
+from query_api.models import SentEmailLog
+from tests.factories import EmailTemplateFactory, UserFactory
+from tests.hostile.hostile import Fixture
+
+WRITE_TABLES = (User, EmailTemplate, SentEmail, SentEmailRecipient, OutboxEvent, OutboxReplay, ProviderEvent)
+
+
+def write_counts() -> tuple[int, ...]:
+    """Rows in every table a request may write (the login throttle's cache aside: a failed login
+    is meant to count)."""
+    return tuple(model.objects.count() for model in WRITE_TABLES)
+
+
+def webhook_key() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """A signing key and its public half as SendGrid's settings show it (base64 DER)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, base64.b64encode(der).decode()
+
+
+@pytest.fixture
+def hostile_fixture(db, settings) -> Fixture:
+    """A staff user's token, a template and one email in the read model for the baselines; a
+    webhook key, so that an unsigned post is a 403 and not a 503 (no key configured)."""
+    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = webhook_key()[1]
+    user = UserFactory(is_staff=True)
+    template = EmailTemplateFactory()
+    email = SentEmailLog.objects.create(id=424242, owner_id=user.pk, recipients=["ann@example.com"], created=timezone.now(),
+                                        status="sent", template_id=template.pk,
+                                        recipient_status={"ann@example.com": {"status": "sent"}})
+    _, token = AuthToken.objects.create(user=user)
+    return Fixture(token=token, template_id=template.pk, email_id=email.pk)
