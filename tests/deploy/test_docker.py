@@ -1,6 +1,6 @@
 """Docker cannot run here, so check what can be: the Dockerfile's COPY sources exist, every
-target's command resolves to a real module of the project, and the compose file parses and
-names only existing targets."""
+target's command resolves to a real module of the project, and the compose file parses, names
+only existing targets and serves both APIs through the gateway."""
 
 import json
 import os
@@ -67,6 +67,24 @@ def test_compose_parses_and_names_only_existing_targets():
     for name, svc in compose["services"].items():
         for dependency in svc.get("depends_on", {}):
             assert dependency in compose["services"], f"{name} depends on unknown {dependency}"
+
+
+def test_compose_serves_every_endpoint_through_the_gateway_on_8000():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    gateway = services["gateway"]
+    assert gateway["image"].startswith("caddy:2") and "build" not in gateway
+    # The repository's Caddyfile, read-only, where the image's command reads it.
+    mounts = {target: ((ROOT / "docker" / source).resolve(), mode)
+              for source, target, mode in (volume.split(":") for volume in gateway["volumes"])}
+    assert mounts["/etc/caddy/Caddyfile"] == (ROOT / "gateway" / "Caddyfile", "ro")
+    assert gateway["ports"] == ["8000:8000"]
+    host_ports = {name: [port.split(":")[-2] for port in svc.get("ports", [])] for name, svc in services.items()}
+    assert [name for name, ports in host_ports.items() if "8000" in ports] == ["gateway"]
+    assert set(gateway["depends_on"]) == {"command-api", "query-api"}
+    # The gateway passes the client's Host on: the APIs must allow the laptop's names.
+    for api in ("command-api", "query-api"):
+        assert {"localhost", "127.0.0.1"} <= set(services[api]["environment"]["DJANGO_ALLOWED_HOSTS"].split(","))
 
 
 def test_compose_takes_secrets_from_the_environment():
