@@ -1,12 +1,13 @@
-"""The JSON body parser of both APIs: strict UTF-8, no NaN or Infinity, bounded nesting, and no
-string a field could not store (see core.validation). Every refusal is a 400 naming the field."""
+"""The request body parser of both APIs: JSON only, strictly UTF-8 (RFC 8259 allows no other
+encoding, so a declared charset is not believed), no NaN or Infinity, numbers that fit a column,
+bounded nesting, and no string a field could not store (see core.text). Every refusal is a 400,
+naming the field when there is one."""
 
 import json
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.parsers import JSONParser as DRFJSONParser
-from rest_framework.parsers import get_encoding
 
 from core.text import OutOfRange, deep_path, first_problem
 
@@ -17,12 +18,11 @@ def _refuse_constant(name: str):
 
 class JSONParser(DRFJSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        encoding = get_encoding(parser_context or {})
         raw = stream.read() if stream is not None else b""
         try:
-            text = raw.decode(encoding)
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ParseError(f"The body is not valid {encoding}: byte {exc.start} cannot be decoded.") from None
+            raise ParseError(f"The body is not valid utf-8: byte {exc.start} cannot be decoded.") from None
         try:
             data = json.loads(text, parse_constant=_refuse_constant, parse_int=OutOfRange.parse_int,
                               parse_float=OutOfRange.parse_float)
@@ -31,7 +31,7 @@ class JSONParser(DRFJSONParser):
             raise ValidationError({deep_path(text, max_depth=depth): [f"It is nested deeper than {depth} levels."]})
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
-        if found := first_problem(data, max_depth=settings.REQUEST_MAX_JSON_DEPTH):
+        if found := first_problem(data, max_depth=settings.REQUEST_MAX_JSON_DEPTH, text=text):
             field, reason = found
             raise ValidationError({field: [reason]})
         return data

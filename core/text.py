@@ -27,6 +27,16 @@ FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 FORBIDDEN_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
+def parse_id(value) -> int | None:
+    """A row id from a client: an int, or a string of ASCII digits, from 1 to MAX_ID; else None.
+    (URL paths match `<id:…>` of core.converters, which keeps to 18 digits.)"""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
+        return value
+    return None
+
+
 def describe(character: str) -> str:
     code = ord(character)
     if 0xD800 <= code <= 0xDFFF:
@@ -68,28 +78,70 @@ def printable_key(key: str) -> str:
     return FORBIDDEN_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
 
 
-def first_problem(data, *, max_depth: int, path: str = "") -> tuple[str, str] | None:
-    """The first (field path, reason) in a parsed JSON document whose nesting is deeper than
-    `max_depth` or whose strings (keys included) hold a forbidden character; None when clean.
-    Paths look like `context.items.2.name`."""
-    stack = [(data, path, 1)]
-    while stack:
-        value, where, depth = stack.pop()
-        if isinstance(value, str):
-            if FORBIDDEN.search(value):
-                return where or "body", describe(FORBIDDEN.search(value).group())
-        elif isinstance(value, OutOfRange):
-            return where or "body", f"The number {value.text[:20]}… is out of range."
-        elif isinstance(value, (dict, list)):
-            if depth > max_depth:
-                return where or "body", f"It is nested deeper than {max_depth} levels."
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, item in items:
-                child = f"{where}.{printable_key(str(key))}" if where else printable_key(str(key))
-                if isinstance(key, str) and (found := FORBIDDEN.search(key)):
-                    return child, f"Its name: {describe(found.group())}"
-                stack.append((item, child, depth + 1))
+# A forbidden character in JSON text: C1 controls and DEL may stand raw, the rest only escaped.
+_RAW_C1 = re.compile(r"[\x80-\x9f]")
+_ESCAPED = re.compile(r"\\u(?:00[01189][0-9a-fA-F]|007[fF]|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _suspect_json(text: str) -> bool:
+    """Whether JSON `text` may hold a forbidden character; the common answer, no, at C speed."""
+    if "\x7f" in text or (not text.isascii() and _RAW_C1.search(text)):
+        return True
+    return "\\u" in text and _ESCAPED.search(text) is not None
+
+
+_END = object()
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def first_problem(data, *, max_depth: int, text: str | None = None) -> tuple[str, str] | None:
+    """The first (field path, reason) in a parsed JSON document: a container nested deeper than
+    `max_depth`, a string (or a key) holding a forbidden character, a number OutOfRange, or a value
+    that is not JSON at all (a file from a form, say); None when clean. Paths look like
+    `context.items.2.name`. With the `text` it was parsed from, strings are searched one by one
+    only when the text holds a forbidden character, raw or escaped; paths are built only for a
+    problem. Both keep a large clean body cheap."""
+    strings = text is None or _suspect_json(text)
+    if problem := _value_problem(data, strings):
+        return "body", problem
+    if not isinstance(data, (dict, list)):
+        return None
+    frames = [(_items(data), None)]  # per open container: its (key, value) iterator, its key
+    while frames:
+        entry = next(frames[-1][0], _END)
+        if entry is _END:
+            frames.pop()
+            continue
+        key, value = entry
+        if strings and isinstance(key, str) and (found := FORBIDDEN.search(key)):
+            return _path(frames, key), f"Its name: {describe(found.group())}"
+        if isinstance(value, (dict, list)):
+            if len(frames) >= max_depth:
+                return _path(frames, key), f"It is nested deeper than {max_depth} levels."
+            if strings or not _PLAIN_SCALARS.issuperset(map(type, value.values() if isinstance(value, dict) else value)):
+                frames.append((_items(value), key))  # else: clean scalars only, seen at C speed
+        elif problem := _value_problem(value, strings):
+            return _path(frames, key), problem
     return None
+
+
+def _items(container):
+    return iter(container.items()) if isinstance(container, dict) else enumerate(container)
+
+
+def _path(frames, key) -> str:
+    return ".".join(printable_key(str(k)) for k in [*(k for _, k in frames[1:]), key])
+
+
+def _value_problem(value, strings: bool) -> str | None:
+    if isinstance(value, str):
+        found = FORBIDDEN.search(value) if strings else None
+        return describe(found.group()) if found else None
+    if isinstance(value, OutOfRange):
+        return f"The number {value.text[:20]}… is out of range."
+    if value is None or isinstance(value, (bool, int, float, dict, list)):
+        return None
+    return f"It is not a JSON value ({type(value).__name__})."
 
 
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')

@@ -1,9 +1,10 @@
 """The request fields of both APIs that enforce core.text's rules: each refusal is a 400 naming
 the field and the character."""
 
+from django.conf import settings
 from rest_framework import serializers
 
-from core.text import first_problem, text_problem
+from core.text import first_problem, printable_key, text_problem
 
 
 class LineField(serializers.CharField):
@@ -42,19 +43,21 @@ class AddressField(serializers.EmailField):
 
 
 class JSONObjectField(serializers.DictField):
-    """A JSON object from the client (an email's context): names are single lines, strings
-    anywhere inside are free text, nesting is bounded. Whatever parser read the request."""
+    """A JSON object from the client (an email's context): names are single lines of at most
+    `max_key_length` characters, and anything inside is checked as the JSON parser checks a body
+    (strings free text, numbers in range, nesting within REQUEST_MAX_JSON_DEPTH), so the field
+    holds whatever parser read the request."""
 
-    def __init__(self, *, max_depth: int = 16, max_key_length: int = 200, **kwargs):
-        self.max_depth, self.max_key_length = max_depth, max_key_length
+    def __init__(self, *, max_key_length: int = 200, **kwargs):
+        self.max_key_length = max_key_length
         super().__init__(**kwargs)
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
-        if found := first_problem(value, max_depth=self.max_depth):
+        if found := first_problem(value, max_depth=settings.REQUEST_MAX_JSON_DEPTH):
             raise serializers.ValidationError({found[0]: [found[1]]})
         for key in value:
             if (problem := text_problem(key, single_line=True)) or len(key) > self.max_key_length:
-                raise serializers.ValidationError(
-                    {key: [f"Its name: {problem}" if problem else f"Names are at most {self.max_key_length} characters."]})
+                raise serializers.ValidationError({printable_key(key): [
+                    f"Its name: {problem}" if problem else f"Names are at most {self.max_key_length} characters."]})
         return value

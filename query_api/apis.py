@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from core.errors import field_error
 from core.pagination import page_of
+from core.text import parse_id, text_problem
 from query_api import selectors
 from query_api.projection import OVERALL
 
@@ -128,17 +129,18 @@ class SentEmailListApi(APIView):
         statuses = params.getlist("status")
         if bad := [s for s in statuses if s not in OVERALL]:
             raise field_error("status", f"{bad[0]!r} is not one of {', '.join(OVERALL)}.")
-        templates = params.getlist("template")
-        if bad := [t for t in templates if not (t.isascii() and t.isdigit() and len(t) <= 18)]:
-            raise field_error("template", f"{bad[0]!r} is not a template id.")
+        templates = [parse_id(t) for t in params.getlist("template")]
+        if None in templates:
+            bad = params.getlist("template")[templates.index(None)]
+            raise field_error("template", f"{bad!r} is not a template id.")
         recipients = [r.strip() for r in params.getlist("recipient") if r.strip()]
-        if bad := [r for r in recipients if not r.isprintable()]:
-            raise field_error("recipient", f"{bad[0]!r} contains control characters.")
+        if problems := [problem for r in recipients if (problem := text_problem(r, single_line=True))]:
+            raise field_error("recipient", problems[0])
         if len(recipients) > 100:
             raise field_error("recipient", "At most 100 recipients per query.")
         rows = selectors.sent_email_log_list(
             owner_id=request.user.pk, recipients=recipients, start=start, end=end, statuses=statuses,
-            template_ids=[int(t) for t in templates],
+            template_ids=templates,
         )
         paginator = LogPagination()
         page = paginator.paginate_queryset(rows, request, view=self)

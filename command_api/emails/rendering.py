@@ -13,6 +13,7 @@ from django.template.defaulttags import DebugNode, LoremNode
 from django.template.loader_tags import ExtendsNode, IncludeNode
 
 from command_api.emails.template_limits import Budget, RenderLimitExceeded
+from core.text import text_problem
 
 # Django's tags and filters, with loops and the filters that pad bounded (template_limits).
 _LIMITS = ["command_api.emails.template_limits"]
@@ -27,6 +28,10 @@ class RenderError(Exception):
 class RenderTooLarge(RenderError):
     """Rendering went over RENDER_MAX_BYTES, RENDER_MAX_LOOP_ITERATIONS or RENDER_TIMEOUT_MS;
     the message names the limit."""
+
+
+class RenderUnstorable(RenderError):
+    """The rendered text holds a character no email may (a control character a filter made)."""
 
 
 # Tags that reach outside the template (files, or with DEBUG the server's context and modules),
@@ -74,4 +79,8 @@ def render(source: str, context: dict, *, html: bool, budget: Budget | None = No
     # Loops charged characters as they went; the whole is measured in bytes, as it is sent.
     if len(output) * 4 > budget.max_bytes and len(output.encode("utf-8", "surrogatepass")) > budget.max_bytes:
         raise RenderTooLarge(f"The rendered email would exceed RENDER_MAX_BYTES ({budget.max_bytes} bytes).")
+    # The template and the context hold no such character, but a filter can make one
+    # (`stringformat:'c'` of a number): the email could not be stored or sent.
+    if problem := text_problem(output):
+        raise RenderUnstorable(f"The rendered text could not be stored or sent. {problem}")
     return output

@@ -210,6 +210,8 @@ def _render(template: EmailTemplate, context: dict) -> tuple[str, str]:
         body = rendering.render(template.body, context, html=True, budget=budget)
     except rendering.RenderTooLarge as exc:
         raise field_error("context", f"Template {template.pk} with this context is too large to send: {exc}") from None
+    except rendering.RenderUnstorable as exc:
+        raise field_error("context", f"Template {template.pk} with this context cannot be sent: {exc}") from None
     except rendering.RenderError as exc:
         raise field_error("template", f"Template {template.pk} cannot be rendered: {exc}") from None
     if _LINE_BREAK.search(subject):

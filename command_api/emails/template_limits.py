@@ -16,6 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.template import Library, Node, NodeList, defaultfilters, defaulttags
 
 register = Library()
@@ -104,9 +105,14 @@ class _MeteredNode(Node):
         self.token, self.origin = inner.token, getattr(inner, "origin", None)
 
     def render_annotated(self, context):
+        budget = budget_of(context)
+        if budget is None:
+            return self.inner.render_annotated(context)
+        charged = budget.size
         output = self.inner.render_annotated(context)
-        if budget := budget_of(context):
-            budget.charge(size=len(output))
+        # A loop nested inside has charged its own output, which is part of this one: charge only
+        # the rest, so that the budget counts each byte of the email once.
+        budget.charge(size=len(output) - (budget.size - charged))
         return output
 
     render = render_annotated
@@ -151,10 +157,13 @@ for _name in ("ljust", "rjust", "center", "stringformat", "floatformat"):
 
 @register.filter(is_safe=True, needs_autoescape=True)
 def join(value, arg, autoescape=True):
-    if isinstance(value, (list, tuple)):
-        from django.conf import settings
-
-        size = len(value) * len(str(arg)) + sum(len(str(item)) for item in value)
+    """Django's join, refused before it builds a string over RENDER_MAX_BYTES: a list, a string
+    (joined character by character) or a dict (its keys) of the caller's, joined with a separator
+    of the caller's, grows with the product of their lengths."""
+    if hasattr(value, "__len__"):
+        size = len(value) * len(str(arg))
+        if size <= settings.RENDER_MAX_BYTES:
+            size += sum(len(str(item)) for item in value)
         if size > settings.RENDER_MAX_BYTES:
             raise RenderLimitExceeded(
                 f"The rendered email would exceed RENDER_MAX_BYTES ({settings.RENDER_MAX_BYTES} bytes).")

@@ -19,7 +19,7 @@ from command_api.webhooks.models import ProviderEvent
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses
 from core.errors import ApplicationError
 from core.outbox.services import new_event_id, outbox_events_add
-from core.text import MAX_ID, OutOfRange, array_items, first_problem, text_problem
+from core.text import OutOfRange, array_items, first_problem, parse_id, text_problem
 
 log = structlog.get_logger(__name__)
 
@@ -94,10 +94,7 @@ def _line(item: dict, key: str, *, max_length: int, required: bool = True) -> st
 
 
 def _email_id(item: dict) -> int:
-    value = item.get("email_id")
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ID:
+    if (value := parse_id(item.get("email_id"))) is None:
         raise _Malformed("email_id is not a plain integer in range")
     return value
 

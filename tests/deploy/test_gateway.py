@@ -65,3 +65,21 @@ def test_the_caddyfile_routes_like_the_clusters_httproute():
 
     assert gateway == cluster
     assert gateway[0] == ("/api/v1/emails/sent-email", {"GET", "HEAD"}, "query-api")
+
+
+def test_the_docs_pages_swagger_settings_are_javascript_offering_both_schemas():
+    # drf-spectacular writes the setting into the page's script as it is: a syntax error there
+    # would leave the docs page blank. Node evaluates it with stand-ins for Swagger UI's globals.
+    import shutil
+
+    from django.conf import settings
+
+    node = shutil.which("node")
+    assert node, "node is needed to check the docs page's script"
+    script = ("const SwaggerUIBundle = {presets: {apis: 'apis'}}, SwaggerUIStandalonePreset = 'standalone';"
+              f"const s = ({settings.SPECTACULAR_SETTINGS['SWAGGER_UI_SETTINGS']});"
+              "console.log(JSON.stringify({urls: s.urls.map(u => u.url), layout: s.layout, presets: s.presets}));")
+    result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"urls": ["/api/schema/", "/api/schema/sent-email-log/"],
+                                         "layout": "StandaloneLayout", "presets": ["apis", "standalone"]}

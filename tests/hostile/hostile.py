@@ -279,6 +279,11 @@ RAW_BODIES = [
     b'{"a": 1', b"[" * 100_000, b'{"a": NaN}', b'{"a": Infinity}', b"\x00", b'{"\\u0000": 1}', b'"\\ud800"',
     b'{"template": 1e999}',
 ]
+CONTENT_TYPES = [
+    "application/json; charset=punycode", "application/json; charset=utf-16", "application/json; charset=nonsense",
+    "application/json; charset=latin-1", "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=punycode",
+    "multipart/form-data; boundary=x", "multipart/form-data", "text/plain", "application/json\x00", "",
+]
 HOSTILE_AUTHORIZATION = [
     "Token \xff\xfe\xfd", "Token " + "\xe9" * 20, "Token \x00", "Token " + "a" * 10_000, "Bearer abc",
     "Basic Zm9vOmJhcg==", "Token", "Token a b", "Digest username=x", "\x00", "Token %00",
@@ -294,6 +299,8 @@ def hostile_for(target: str) -> st.SearchStrategy:
         return st.one_of(st.sampled_from(HOSTILE_AUTHORIZATION),
                          st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=40)
                          .map(lambda t: "Token " + t))
+    if target == "header.CONTENT_TYPE":
+        return st.one_of(st.sampled_from(CONTENT_TYPES), st.sampled_from(NASTY_STRINGS[:20]))
     if target.startswith("header."):
         return st.one_of(st.sampled_from(NASTY_STRINGS[:20]),
                          st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=300))

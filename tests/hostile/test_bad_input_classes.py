@@ -279,3 +279,52 @@ def test_the_lorem_tag_is_not_allowed(staff_client):
     response = staff_client.post(TEMPLATES, {"name": "t", "subject": "s", "body": "{% lorem 999999 w %}"},
                                  format="json")
     assert "lorem tag is not allowed" in refused(response, "body")["errors"]["body"][0]
+
+
+# What the review found: charsets, form bodies, characters a filter makes, nested loops ----------
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=punycode", "application/json; charset=utf-16"])
+def test_a_declared_charset_is_not_believed_json_is_utf8(api_client, content_type):
+    response = api_client.post("/api/v1/users/login/", b'{"username": "a@example.com", "password": "x"}',
+                               content_type=content_type)
+    assert response.status_code == 400 and response.json()["errors"] == {"non_field_errors": [
+        "Unable to log in with the given credentials."]}
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("application/x-www-form-urlencoded; charset=punycode", b"username=a%40example.com&password=x"),
+    ("application/x-www-form-urlencoded", b"recipients=a%40example.com&template=1&context.name=x"),
+    ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="context.name"; '
+                                        b'filename="f.txt"\r\n\r\nhello\r\n--b--\r\n'),
+])
+def test_bodies_other_than_json_are_415(user_client, template, content_type, body):
+    response = user_client.post(SEND, body, content_type=content_type)
+    assert response.status_code == 415 and response.json()["message"]
+    assert nothing_sent()
+
+
+@pytest.mark.parametrize("number", [0, 27, 55296])
+def test_a_control_character_a_filter_makes_is_refused(user_client, number):
+    template = EmailTemplateFactory(subject="x", body="<p>{{ n|stringformat:'c' }}</p>")
+    body = refused(send(user_client, template, context={"n": number}), "context")
+    assert "could not be stored or sent" in body["errors"]["context"][0]
+    assert nothing_sent()
+
+
+@pytest.mark.parametrize("items, sep", [("a" * 10_000, "x" * 10_000), ({f"k{i}": 1 for i in range(5000)}, "y" * 500)])
+def test_join_of_a_string_or_a_dict_is_bounded_too(user_client, items, sep):
+    template = EmailTemplateFactory(subject="x", body="{{ items|join:sep }}")
+    body = refused(send(user_client, template, context={"items": items, "sep": sep}), "context")
+    assert "RENDER_MAX_BYTES" in body["errors"]["context"][0]
+
+
+def test_nested_loops_count_each_byte_of_the_email_once(user_client, settings):
+    # 20 x 20 iterations of a 1,500-byte row: 600 KB, under the 1 MiB limit, though the inner
+    # loop's output is also the outer loop's.
+    template = EmailTemplateFactory(subject="x", body="{% for a in items %}{% for b in items %}{{ row }}"
+                                                      "{% endfor %}{% endfor %}")
+    assert send(user_client, template, context={"items": list(range(20)), "row": "r" * 1500}).status_code == 202
+    assert len(SentEmail.objects.get().body) == 600_000
+    settings.RENDER_MAX_BYTES = 599_999
+    refused(send(user_client, template, context={"items": list(range(20)), "row": "r" * 1500, "n": 2}), "context")
