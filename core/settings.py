@@ -36,7 +36,7 @@ INSTALLED_APPS = [
     "core.outbox",
     "command_api.emails",
     "command_api.webhooks",
-    "sender",
+    "core.deliveries",
     "query_api",
     "django.contrib.postgres",
 ]

@@ -20,7 +20,7 @@ def command_run(args) -> int:
     from sender.consumer import SenderConfig, SenderWorker
     from sender.handlers import Policy
     from sender.provider import SendGridProvider
-    from sender.store import DeliveryStore
+    from core.deliveries.store import DeliveryStore
 
     if not settings.SENDGRID_API_KEY:
         print("SENDGRID_API_KEY is not set: the sender cannot send. Locally, bin/run starts the fake SendGrid "

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 
 from core.contracts import EmailRequested
 from sender.provider import BAD_KEY, MAX_RECIPIENTS_PER_CALL, PERMANENT, SENT, UNKNOWN, SendResult
-from sender.store import DeliveryStore
+from core.deliveries.store import DeliveryStore
 
 log = structlog.get_logger(__name__)
 

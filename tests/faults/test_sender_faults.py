@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from core.contracts import EmailRequested
-from sender.models import Delivery
+from core.deliveries.models import Delivery
 from tests import broker
 
 pytestmark = pytest.mark.django_db(transaction=True)

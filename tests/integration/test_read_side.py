@@ -304,7 +304,7 @@ def _snapshot():
 def test_rebuild_after_truncation_gives_the_same_table(conn, signer, api_client):
     from command_api.emails.models import SentEmail
     from query_api.rebuild import read_model_rebuild
-    from sender.store import DeliveryStore
+    from core.deliveries.store import DeliveryStore
 
     user = UserFactory()
     client = client_for(user)
@@ -357,7 +357,7 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
                     format="json")
     requests = [EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")]
     apply_batch(conn, requests[:1])  # the second email's row is missing
-    from sender.store import DeliveryStore
+    from core.deliveries.store import DeliveryStore
 
     store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
     try:

@@ -16,9 +16,9 @@ from core.contracts import EmailFailed, EmailRequested, EmailSent, event_from_di
 from core.outbox.models import OutboxEvent
 from sender import handlers
 from sender.handlers import ACK, BAD_KEY_PAUSE, DEAD_LETTER, RETRY, Policy, handle_email_requested
-from sender.models import Delivery
+from core.deliveries.models import Delivery
 from sender.provider import SendGridProvider
-from sender.store import DeliveryStore
+from core.deliveries.store import DeliveryStore
 from tests import broker
 from tests.broker import free_port
 from tests.conftest import client_for, golden

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from sender.models import Delivery, ProviderPause
+from core.deliveries.models import Delivery, ProviderPause
 
 
 @admin.register(Delivery)

@@ -1,7 +1,0 @@
-from django.apps import AppConfig
-
-
-class SenderConfig(AppConfig):
-    name = "sender"
-    label = "sender"
-    verbose_name = "Sender"
