@@ -38,7 +38,8 @@ def main() -> int:
     topology = Topology(prefix=prefix)
     declare(topology)
     system = System(database=args.database, prefix=prefix, log_dir=ROOT / "var" / "chaos" / prefix,
-                    SENDER_LEASE_SECONDS=5, SENDER_BACKOFF_BASE_SECONDS=1, SENDER_MAX_ATTEMPTS=10)
+                    SENDER_LEASE_SECONDS=5, SENDER_RETRY_SCHEDULE="1s,2s,2s,5s,5s,10s,10s,10s",
+                    SENDER_IN_DOUBT_GRACE_SECONDS=15)
     system.start_all()
     try:
         token, template_id = system.staff_with_template(prefix)

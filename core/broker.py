@@ -43,6 +43,9 @@ CONSUMERS: tuple[ConsumerQueue, ...] = (
         delivery_limit=5,
         retry_delays_ms=(1_000, 10_000, 60_000, 300_000),
     ),
+    # The provider's reports, for the sender to settle deliveries in doubt without resending.
+    ConsumerQueue(role="sender-receipts", routing_keys=("email.delivery_statuses", "email.delivery_status"),
+                  delivery_limit=5, retry_delays_ms=(5_000,)),
     ConsumerQueue(role="projector", routing_keys=("email.#",), delivery_limit=5),
 )
 

@@ -1,6 +1,7 @@
 """Typed readers for environment variables, the only place settings come from (12-factor)."""
 
 import os
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -44,3 +45,26 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_durations(text: str) -> tuple[float, ...]:
+    """'10s, 1m, 2h' -> (10.0, 60.0, 7200.0). Raises ValueError naming the bad item."""
+    values = []
+    for item in text.split(","):
+        match = _DURATION.match(item)
+        if not match:
+            raise ValueError(f"{item.strip()!r} is not a duration like 500ms, 10s, 5m, 2h or 1d")
+        values.append(float(match.group(1)) * _UNITS[match.group(2)])
+    return tuple(values)
+
+
+def env_durations(name: str, default: str) -> tuple[float, ...]:
+    raw = os.environ.get(name)
+    try:
+        return parse_durations(default if raw is None or not raw.strip() else raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}.") from None

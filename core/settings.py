@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from core.env import env_bool, env_int, env_list, env_str
+from core.env import env_bool, env_durations, env_int, env_list, env_str
 from core.logging import configure_structlog, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -200,14 +200,18 @@ SENDGRID_TIMEOUT_SECONDS = env_int("SENDGRID_TIMEOUT_SECONDS", 10)
 SENDER_PREFETCH = env_int("SENDER_PREFETCH", 100)
 SENDER_CONCURRENCY = env_int("SENDER_CONCURRENCY", 64)
 SENDER_DB_POOL_SIZE = env_int("SENDER_DB_POOL_SIZE", 16)
-SENDER_MAX_ATTEMPTS = env_int("SENDER_MAX_ATTEMPTS", 5)
+# The waits between a recipient's attempts after transient failures (with ±20% jitter): one more
+# attempt than there are tiers, then `failed`. The default rides out a day's outage and more.
+SENDER_RETRY_SCHEDULE = env_durations("SENDER_RETRY_SCHEDULE", "10s,30s,2m,5m,15m,30m,1h,2h,4h,8h,8h,8h")
 SENDER_LEASE_SECONDS = env_int("SENDER_LEASE_SECONDS", 60)
-SENDER_BACKOFF_BASE_SECONDS = env_int("SENDER_BACKOFF_BASE_SECONDS", 2)
+# A delivery in doubt (the sender died, or the call timed out, after the provider may have taken
+# it) waits this long for the provider's own events to say it has it before it is sent again.
+SENDER_IN_DOUBT_GRACE_SECONDS = env_int("SENDER_IN_DOUBT_GRACE_SECONDS", 300)
 SENDER_KEY_PROBE_SECONDS = env_int("SENDER_KEY_PROBE_SECONDS", 30)
 SENDER_SHUTDOWN_GRACE_SECONDS = env_int("SENDER_SHUTDOWN_GRACE_SECONDS", 25)
 SENDER_HTTP_PORT = env_int("SENDER_HTTP_PORT", 9102)
-# What a delivery whose outcome is unknown (a timeout, a crash after the call) becomes:
-# "retry" sends again (at-least-once), "hold" leaves it for ops (or a later webhook event).
+# What a delivery in doubt becomes when the grace passed with no word from the provider:
+# "retry" sends it again, "hold" leaves it for ops to re-drive.
 SENDER_UNKNOWN_OUTCOME = env_str("SENDER_UNKNOWN_OUTCOME", "retry")
 if SENDER_UNKNOWN_OUTCOME not in ("retry", "hold"):
     raise ImproperlyConfigured(f"SENDER_UNKNOWN_OUTCOME must be retry or hold, got {SENDER_UNKNOWN_OUTCOME!r}.")

@@ -45,10 +45,10 @@ def command_run(args) -> int:
             notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
         ),
         policy=Policy(
-            max_attempts=settings.SENDER_MAX_ATTEMPTS,
+            schedule=settings.SENDER_RETRY_SCHEDULE,
             lease_seconds=settings.SENDER_LEASE_SECONDS,
-            retry_unknown=settings.SENDER_UNKNOWN_OUTCOME == "retry",
-            backoff_base=settings.SENDER_BACKOFF_BASE_SECONDS,
+            resend_in_doubt=settings.SENDER_UNKNOWN_OUTCOME == "retry",
+            in_doubt_grace=settings.SENDER_IN_DOUBT_GRACE_SECONDS,
         ),
         health=health,
     )

@@ -6,12 +6,26 @@ and runs the acks, rejects and retry publishes that the worker threads hand back
 `add_callback_threadsafe`. So one process keeps SENDER_CONCURRENCY provider calls in flight
 while its connection stays single-threaded.
 
-A retry is the same message (same message_id and body) published, confirmed, to the delay queue
-whose TTL fits the wanted delay, with a per-message TTL for jitter; then the original is acked.
-A message that cannot be parsed is rejected at once into the dead-letter queue. A rejected key
-stops consuming (readiness says why) and the key is probed until it works again. SIGTERM stops
-taking messages, gives the ones not started back through the shortest delay queue (so they do
-not burn the queue's delivery limit), lets the started ones finish, and exits 0.
+Attempts are scheduled in the data (see handlers.py): the event's outbox row is armed again for
+its next attempt and the message is acked. Only waits that spend no attempt go through the
+broker: a retry there is the same message (same message_id and body) published, confirmed, to
+the delay queue whose TTL fits the wanted delay (a provider pause, a database outage, a rejected
+key, a sender stopping), then the original is acked.
+
+RabbitMQ before 4.0 counts every return of a message towards the queue's delivery limit, a
+closed connection's included, so connection churn alone could dead-letter a healthy message.
+A message delivered for the limit's last time is therefore not handled but refreshed: its
+outbox row is armed to go again at once (a fresh message, the same event id), and this copy is
+acked. Only a message that breaks the sender before it gets that far reaches the dead-letter
+queue, and one that cannot be parsed goes there at once.
+
+The same connection consumes the provider's reports (`email.delivery_statuses`) from the
+sender-receipts queue and notes them on the deliveries, which settles the ones in doubt.
+
+A rejected key stops consuming requests (readiness says why) and the key is probed until it
+works again. SIGTERM stops taking messages, gives the ones not started back through the
+shortest delay queue (so they do not burn the queue's delivery limit), lets the started ones
+finish, and exits 0.
 """
 
 from __future__ import annotations
@@ -21,18 +35,18 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pika
 import psycopg2
 import structlog
 from pika.exceptions import AMQPError
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from core.broker import Topology, connection_parameters, declare_topology
-from core.contracts import ContractError, EmailRequested
+from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
 from core.workers import Backoff, Outages, StoppableWorker
-from sender.handlers import ACK, BAD_KEY_PAUSE, DEAD_LETTER, RETRY, Decision, Policy, handle_email_requested
+from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Decision, Policy, handle_email_requested
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +54,9 @@ IN_FLIGHT = Gauge("sender_in_flight", "Messages being handled")
 QUEUE_LAG = Histogram("sender_queue_lag_seconds", "From the email's acceptance to a sender starting on it",
                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 PROVIDER_KEY_OK = Gauge("sender_provider_key_ok", "1 while the provider accepts our key")
+REFRESHED = Counter("sender_messages_refreshed_total", "Messages re-emitted from the outbox before the queue's "
+                    "delivery limit could dead-letter them")
+RECEIPTS = Counter("sender_provider_receipts_total", "Provider reports noted on deliveries")
 
 
 @dataclass(frozen=True)
@@ -51,13 +68,13 @@ class SenderConfig:
     shutdown_grace_seconds: float = 25.0
 
 
-def delay_route(topology: Topology, delay_seconds: float) -> tuple[str, int]:
-    """The delay queue for `delay_seconds` and the per-message TTL (ms) to set: the smallest
-    tier that is long enough (or the longest), the TTL capped by the tier."""
-    tiers = sorted(topology.consumer("sender").retry_delays_ms)
+def delay_route(topology: Topology, delay_seconds: float, role: str = "sender") -> tuple[str, int]:
+    """The delay queue of `role` for `delay_seconds` and the per-message TTL (ms) to set: the
+    smallest tier that is long enough (or the longest), the TTL capped by the tier."""
+    tiers = sorted(topology.consumer(role).retry_delays_ms)
     wanted = max(1, int(delay_seconds * 1000))
     tier = next((t for t in tiers if t >= wanted), tiers[-1])
-    return topology.delay_queue("sender", tier), min(wanted, tier)
+    return topology.delay_queue(role, tier), min(wanted, tier)
 
 
 class SenderWorker(StoppableWorker):
@@ -70,8 +87,11 @@ class SenderWorker(StoppableWorker):
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._consumer_tag: str | None = None
+        self._receipts_tag: str | None = None
+        # The delivery whose turn would be the queue's last: refresh instead of handling.
+        self._refresh_at = topology.consumer("sender").delivery_limit - 1
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="send")
-        self._work: dict[int, tuple[Future, object, pika.BasicProperties, bytes]] = {}
+        self._work: dict[int, tuple[Future, object, pika.BasicProperties, bytes, str]] = {}
         self._work_lock = threading.Lock()
         self._next_probe = 0.0
         health.set("provider_key", True)
@@ -113,7 +133,8 @@ class SenderWorker(StoppableWorker):
         self._channel = channel
 
     def _close_connection(self) -> None:
-        connection, self._connection, self._channel, self._consumer_tag = self._connection, None, None, None
+        connection, self._connection, self._channel = self._connection, None, None
+        self._consumer_tag = self._receipts_tag = None
         if connection is not None and connection.is_open:
             try:
                 connection.close()
@@ -123,6 +144,7 @@ class SenderWorker(StoppableWorker):
     # Consuming -------------------------------------------------------------------------------
 
     def _consume_until_stopped(self) -> None:
+        self._receipts_tag = self._channel.basic_consume(self.topology.queue("sender-receipts"), self._on_receipts)
         if not self.key_rejected.is_set():
             self._start_consuming()
         while not self._stopping:
@@ -157,18 +179,27 @@ class SenderWorker(StoppableWorker):
                 self._start_consuming()
 
     def _on_message(self, channel, method, properties, body) -> None:
-        tag = method.delivery_tag
+        self._submit(self._handle, "sender", channel, method.delivery_tag, properties, body)
+
+    def _on_receipts(self, channel, method, properties, body) -> None:
+        self._submit(self._handle_receipts, "sender-receipts", channel, method.delivery_tag, properties, body)
+
+    def _submit(self, handler, role: str, channel, tag: int, properties, body: bytes) -> None:
         with self._work_lock:
-            future = self._executor.submit(self._handle, channel, tag, properties, body)
-            self._work[tag] = (future, channel, properties, body)
+            future = self._executor.submit(handler, channel, tag, properties, body)
+            self._work[tag] = (future, channel, properties, body, role)
 
     def _drain(self) -> None:
         """SIGTERM: take nothing new, give back what has not started, finish the rest."""
         self._stop_consuming()
+        if self._receipts_tag is not None and self._channel is not None and self._channel.is_open:
+            self._channel.basic_cancel(self._receipts_tag)
+        self._receipts_tag = None
         with self._work_lock:
             waiting = [(tag, item) for tag, item in self._work.items() if item[0].cancel()]
-        for tag, (_, channel, properties, body) in waiting:
-            self._retry_now(channel, tag, properties, body, Decision(RETRY, delay=0, reason="sender stopping"))
+        for tag, (_, channel, properties, body, role) in waiting:
+            self._retry_now(channel, tag, properties, body, Decision(RETRY, delay=0, reason="sender stopping"),
+                            role=role)
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
         while time.monotonic() < deadline:
             with self._work_lock:
@@ -195,16 +226,17 @@ class SenderWorker(StoppableWorker):
                 return
             QUEUE_LAG.observe(max(0.0, time.time() - datetime.fromisoformat(event.occurred_at).timestamp()))
             try:
-                decision = handle_email_requested(event, provider=self.provider, store=self.store,
-                                                  policy=self.policy, key_rejected=self.key_rejected.is_set())
+                if int((properties.headers or {}).get("x-delivery-count") or 0) >= self._refresh_at:
+                    decision = self._refresh(event)
+                else:
+                    decision = handle_email_requested(event, provider=self.provider, store=self.store,
+                                                      policy=self.policy, key_rejected=self.key_rejected.is_set())
                 self.outages.up("postgres")
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self.outages.down("postgres", exc)
                 decision = Decision(RETRY, delay=1, reason="database unavailable")
             if decision.action == ACK:
                 self._later(channel, tag, lambda: channel.basic_ack(tag))
-            elif decision.action == DEAD_LETTER:
-                self._later(channel, tag, lambda: channel.basic_reject(tag, requeue=False))
             else:
                 if decision.action == BAD_KEY_PAUSE:
                     self.key_rejected.set()
@@ -217,6 +249,51 @@ class SenderWorker(StoppableWorker):
         finally:
             IN_FLIGHT.dec()
             structlog.contextvars.clear_contextvars()
+
+    def _refresh(self, event: EmailRequested) -> Decision:
+        """This delivery is the queue's last before it dead-letters the message: arm the event's
+        outbox row to go again now (a fresh message, its count back at 0) and ack this one."""
+        self.store.rearm(event, in_doubt_grace=self.policy.in_doubt_grace, at=datetime.now(timezone.utc),
+                         reason="refreshed before the queue's delivery limit")
+        REFRESHED.inc()
+        log.warning("message_refreshed_before_delivery_limit", email_id=event.email_id)
+        return Decision(ACK)
+
+    def _handle_receipts(self, channel, tag: int, properties, body: bytes) -> None:
+        """Note the provider's reports on the deliveries they name; ack. A report that cannot be
+        read goes to the dead-letter queue; a database outage returns it later."""
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(correlation_id=properties.correlation_id,
+                                               event_id=properties.message_id)
+        try:
+            event = event_from_dict(json.loads(body))
+            items = event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
+            if not all(isinstance(item, EmailDeliveryStatus) for item in items):
+                raise ContractError(f"not a delivery status: {event.TYPE}")
+        except (ValueError, TypeError, KeyError, ContractError) as exc:
+            log.error("poison_message_dead_lettered", error=str(exc)[:300])
+            self._later(channel, tag, lambda: channel.basic_reject(tag, requeue=False))
+            return
+        try:
+            noted = self.store.record_receipts([
+                {"event_id": item.request_event_id, "recipient": item.recipient,
+                 "message_id": item.provider_message_id.split(".", 1)[0], "reported_at": item.reported_at}
+                for item in items])
+            self.outages.up("postgres")
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.outages.down("postgres", exc)
+            self._later(channel, tag, lambda: self._retry_now(
+                channel, tag, properties, body, Decision(RETRY, delay=5, reason="database unavailable"),
+                role="sender-receipts"))
+            return
+        except Exception:
+            log.exception("receipts_handling_failed")
+            self._later(channel, tag, lambda: channel.basic_nack(tag, requeue=True))
+            return
+        finally:
+            structlog.contextvars.clear_contextvars()
+        RECEIPTS.inc(noted)
+        self._later(channel, tag, lambda: channel.basic_ack(tag))
 
     def _later(self, channel, tag: int, action) -> None:
         """Run `action` on the connection's thread, if the channel it came from is still open
@@ -235,9 +312,10 @@ class SenderWorker(StoppableWorker):
         except AMQPError:
             pass
 
-    def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision) -> None:
+    def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision,
+                   role: str = "sender") -> None:
         """On the connection thread: publish the message to its delay queue, confirmed, then ack."""
-        queue, ttl_ms = delay_route(self.topology, decision.delay)
+        queue, ttl_ms = delay_route(self.topology, decision.delay, role)
         headers = dict(properties.headers or {})
         headers["x-retries"] = int(headers.get("x-retries", 0)) + 1
         headers["x-retry-reason"] = decision.reason[:200]

@@ -248,7 +248,7 @@ def RelayProcess(topology: Topology, **env) -> WorkerProcess:
 
 
 def publish(topology: Topology, body: dict, *, message_id: str, routing_key: str = "email.requested",
-            raw: bytes | None = None) -> None:
+            raw: bytes | None = None, headers: dict | None = None) -> None:
     """Publish one event (or raw bytes) to the topology's exchange, confirmed."""
     import json
 
@@ -259,7 +259,7 @@ def publish(topology: Topology, body: dict, *, message_id: str, routing_key: str
         channel.basic_publish(
             topology.exchange, routing_key, raw if raw is not None else json.dumps(body).encode(),
             pika.BasicProperties(message_id=message_id, type=routing_key, delivery_mode=2,
-                                 correlation_id="test"),
+                                 correlation_id="test", headers=headers),
             mandatory=True,
         )
     finally:

@@ -1,5 +1,5 @@
-"""The sender's own records. The worker writes them with psycopg2 (see store.py); the models
-exist for migrations, the admin and tests."""
+"""The delivery records. The sender writes them with psycopg2 (see store.py); the models exist
+for migrations, the admin, the ops tools and tests."""
 
 from django.db import models
 from django.db.models.functions import Now
@@ -14,7 +14,7 @@ class Delivery(models.Model):
         SENT = "sent", "sent"
         FAILED = "failed", "failed"
         RETRY = "retry", "waiting for a retry"
-        UNKNOWN = "unknown", "outcome unknown (timeout)"
+        UNKNOWN = "unknown", "in doubt (a timeout): waiting for the provider's word"
         HELD = "held", "held for ops (outcome unknown)"
 
     event_id = models.UUIDField()
@@ -23,6 +23,11 @@ class Delivery(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     attempts = models.PositiveIntegerField(default=0)
     lease_until = models.DateTimeField(null=True, blank=True)
+    claim_token = models.UUIDField(null=True, blank=True, help_text="The claim that holds it: outcome writes "
+                                   "apply only while it does.")
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a retry is due.")
+    provider_seen_at = models.DateTimeField(null=True, blank=True, help_text="When the provider's own events first "
+                                            "reported on it: it has the mail, and never gets it twice.")
     provider_message_id = models.CharField(max_length=128, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())

@@ -1,10 +1,21 @@
-"""The sender's Postgres side: claim deliveries, record outcomes with their status events.
+"""The delivery records' SQL on the sender's path: claim deliveries, record outcomes with their
+status events, schedule what comes next, and note what the provider reported.
 
-Each method is one statement in autocommit (one round trip): the claim is an upsert that only
-takes recipients nobody finished and nobody holds; an outcome updates the claimed rows and writes
-the status event into the outbox, with its NOTIFY, in the same statement, so the result and the
-event commit together or not at all. Connections come from a small pool; the provider call never
-holds one.
+Each method is one statement in autocommit (one round trip). The claim is an upsert that only
+takes recipients nobody finished, nobody holds, and that are due; it stamps them with a claim
+token, and every outcome write applies only while that token still holds the row (a sender
+whose lease ran out cannot overwrite another's result). An outcome updates the claimed rows and
+writes the status event into the outbox, with its NOTIFY, in the same statement, so the result
+and the event commit together or not at all.
+
+What comes later lives in the data, not in the broker: a recipient to retry has its
+`next_attempt_at`, and the event's own outbox row is armed again for the earliest moment one of
+its recipients is due (`rearm`), so the relay publishes the same event id again then. A
+delivery in doubt (the sender died, or the call timed out, after the provider may have taken
+it) is resolved from the provider's own events (`record_receipts` notes them): seen, it is
+sent, never resent; not seen within the grace period, it is sent again (or held, by policy).
+
+Connections come from a small pool; the provider call never holds one.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,34 +35,43 @@ from core.contracts import EmailFailed, EmailRequested, EmailSent, Event
 from core.outbox.services import OUTBOX_INSERT_COLUMNS, OUTBOX_INSERT_VALUES, new_event_id, outbox_row
 from core.prepared import Prepared
 
+TERMINAL = ("sent", "failed")
+
 CLAIM = Prepared("sender_claim", """
-    INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until,
+    INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until, claim_token,
                                       provider_message_id, last_error, created_at, updated_at)
-    SELECT %(event_id)s, r, %(email_id)s, 'sending', 1, now() + %(lease)s * interval '1 second', '', '', now(), now()
+    SELECT %(event_id)s::uuid, r, %(email_id)s::bigint, 'sending', 1, now() + %(lease)s::float8 * interval '1 second',
+           %(token)s::uuid, '', '', now(), now()
       FROM unnest(%(recipients)s::text[]) AS r
     ON CONFLICT (event_id, recipient) DO UPDATE
-       SET state = 'sending', attempts = d.attempts + 1, lease_until = EXCLUDED.lease_until, updated_at = now()
-     WHERE d.state = 'retry'
-        OR (%(retry_unknown)s AND d.state IN ('sending', 'unknown') AND d.lease_until < now())
-    RETURNING recipient, attempts
+       SET state = 'sending', attempts = d.attempts + 1, lease_until = EXCLUDED.lease_until,
+           claim_token = EXCLUDED.claim_token, next_attempt_at = NULL, updated_at = now()
+     WHERE (d.state = 'retry' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
+        OR (%(resend)s::bool AND d.state IN ('sending', 'unknown') AND d.lease_until < now()
+            AND d.provider_seen_at IS NULL AND d.updated_at <= now() - %(grace)s::float8 * interval '1 second')
+    RETURNING recipient, attempts, last_error
 """)
+# What the claim did not take, and why.
 UNCLAIMED_SQL = """
-    SELECT recipient, state, lease_until > now()
+    SELECT recipient, state, coalesce(lease_until > now(), false), provider_seen_at IS NOT NULL,
+           updated_at > now() - %(grace)s::float8 * interval '1 second'
       FROM sender_delivery
      WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[])
 """
 HOLD_SQL = """
-    UPDATE sender_delivery SET state = 'held', lease_until = NULL, updated_at = now(),
+    UPDATE sender_delivery SET state = 'held', lease_until = NULL, claim_token = NULL, updated_at = now(),
            last_error = CASE WHEN last_error = '' THEN 'outcome unknown' ELSE last_error END
-     WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[])
+     WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND provider_seen_at IS NULL
        AND (state = 'unknown' OR (state = 'sending' AND lease_until < now()))
 """
 OUTCOME = Prepared("sender_outcome", f"""
     WITH done AS (
         UPDATE sender_delivery
            SET state = %(state)s, provider_message_id = %(message_id)s, last_error = %(error)s,
-               lease_until = NULL, updated_at = %(occurred_at)s::timestamptz
+               lease_until = NULL, claim_token = NULL, updated_at = %(occurred_at)s::timestamptz,
+               attempts = attempts - %(uncount)s::int
          WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND state = 'sending'
+           AND claim_token = %(token)s::uuid
         RETURNING 1
     ), event AS (
         INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
@@ -61,12 +82,72 @@ OUTCOME = Prepared("sender_outcome", f"""
     SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM event),
            CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
 """)
-SET_STATE_SQL = """
+# Release claimed recipients: `retry` (due at next_attempt_at), `unknown` (in doubt from now).
+RELEASE = Prepared("sender_release", """
     UPDATE sender_delivery
-       SET state = %(state)s, last_error = %(error)s, updated_at = now(),
-           lease_until = CASE WHEN %(state)s = 'unknown' THEN now() ELSE NULL END,
-           attempts = attempts - %(uncount)s
-     WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND state = 'sending'
+       SET state = %(state)s::varchar, last_error = %(error)s::text, updated_at = now(), claim_token = NULL,
+           lease_until = CASE WHEN %(state)s::varchar = 'unknown' THEN now() END,
+           next_attempt_at = CASE WHEN %(state)s::varchar = 'retry'
+                                  THEN now() + %(delay)s::float8 * interval '1 second' END,
+           attempts = attempts - %(uncount)s::int
+     WHERE event_id = %(event_id)s::uuid AND recipient = ANY(%(recipients)s::text[]) AND state = 'sending'
+       AND claim_token = %(token)s::uuid
+""")
+# In doubt, and the provider's own events say it has the mail: sent, with its message id, and
+# `email.sent` in the outbox, in one statement. Never resent.
+RESOLVE_SEEN_SQL = f"""
+    WITH done AS (
+        UPDATE sender_delivery
+           SET state = 'sent', lease_until = NULL, claim_token = NULL, updated_at = now()
+         WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND provider_seen_at IS NOT NULL
+           AND (state IN ('unknown', 'held') OR (state = 'sending' AND lease_until < now()))
+        RETURNING recipient, provider_message_id, attempts
+    ), event AS (
+        INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
+        SELECT %(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s,
+               %(payload)s::jsonb || jsonb_build_object(
+                   'recipients', (SELECT jsonb_agg(recipient ORDER BY recipient) FROM done),
+                   'provider_message_id', (SELECT coalesce(min(provider_message_id), '') FROM done),
+                   'attempt', (SELECT max(attempts) FROM done)),
+               %(headers)s::jsonb, now(), now(), 0, ''
+         WHERE EXISTS (SELECT 1 FROM done)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM done),
+           CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
+"""
+# Arm the event's outbox row again for the earliest moment one of its recipients is due (or
+# `at`, when given and sooner): the relay publishes the same event id then. Inserts the row when
+# it was purged. A row already waiting for an earlier time keeps it.
+REARM = Prepared("sender_rearm", f"""
+    WITH due AS (
+        SELECT least(min(CASE
+                   WHEN state = 'retry' THEN coalesce(next_attempt_at, now())
+                   WHEN state = 'sending' AND lease_until > now() THEN lease_until
+                   WHEN state IN ('sending', 'unknown') AND provider_seen_at IS NOT NULL THEN now()
+                   WHEN state IN ('sending', 'unknown')
+                       THEN greatest(updated_at + %(grace)s::float8 * interval '1 second', lease_until)
+               END), %(at)s::timestamptz) AS at
+          FROM sender_delivery WHERE event_id = %(id)s::uuid
+    )
+    INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
+    SELECT %(id)s::uuid, %(aggregatetype)s, %(aggregateid)s, %(type)s, %(payload)s::jsonb, %(headers)s::jsonb,
+           now(), due.at, 0, %(reason)s::text
+      FROM due WHERE due.at IS NOT NULL
+    ON CONFLICT (id) DO UPDATE
+       SET published_at = NULL, failed_at = NULL, not_before = EXCLUDED.not_before, last_error = %(reason)s
+     WHERE outbox.published_at IS NOT NULL OR outbox.failed_at IS NOT NULL
+        OR outbox.not_before > EXCLUDED.not_before
+    RETURNING not_before
+""")
+# The provider reported on these (event, recipient) pairs: it has the mail.
+RECEIPTS_SQL = """
+    UPDATE sender_delivery AS d
+       SET provider_seen_at = r.reported_at,
+           provider_message_id = CASE WHEN d.provider_message_id = '' THEN r.message_id
+                                      ELSE d.provider_message_id END
+      FROM jsonb_to_recordset(%s::jsonb) AS r(event_id uuid, recipient text, message_id text, reported_at timestamptz)
+     WHERE d.event_id = r.event_id AND d.recipient = r.recipient AND d.provider_seen_at IS NULL
 """
 PAUSE_GET_SQL = "SELECT extract(epoch FROM paused_until) FROM sender_provider_pause WHERE provider = %s"
 PAUSE_SET_SQL = """
@@ -80,9 +161,14 @@ PAUSE_SET_SQL = """
 
 @dataclass
 class Claim:
+    token: str = ""  # fences every outcome write of this claim
     claimed: dict[str, int] = field(default_factory=dict)  # recipient -> attempt number
+    last_errors: dict[str, str] = field(default_factory=dict)  # recipient -> the error of its last attempt
     busy: list[str] = field(default_factory=list)  # leased by another sender right now
-    held: list[str] = field(default_factory=list)  # outcome unknown, held for ops by policy
+    scheduled: list[str] = field(default_factory=list)  # waiting for their next attempt
+    seen: list[str] = field(default_factory=list)  # in doubt, and the provider reported on them: sent
+    waiting: list[str] = field(default_factory=list)  # in doubt, within the grace for the provider's word
+    held: list[str] = field(default_factory=list)  # in doubt past the grace, held for ops by policy
     done: list[str] = field(default_factory=list)  # sent, failed or held before
 
 
@@ -139,40 +225,56 @@ class DeliveryStore:
 
     # Claims ----------------------------------------------------------------------------------
 
-    def claim(self, event: EmailRequested, *, lease_seconds: float, retry_unknown: bool) -> Claim:
-        """Take the recipients of `event` that nobody finished or holds. Idempotent: a second
-        claim of a finished delivery takes nothing."""
+    def claim(self, event: EmailRequested, *, lease_seconds: float, resend_in_doubt: bool,
+              in_doubt_grace: float) -> Claim:
+        """Take the recipients of `event` that are due: new ones, retries whose time has come, and
+        (with `resend_in_doubt`) ones in doubt whose grace passed with no word from the provider.
+        Idempotent: a second claim of a finished delivery takes nothing. Says why the others
+        were not taken; holds, by policy, the ones in doubt past the grace."""
         params = {"event_id": event.event_id, "email_id": event.email_id, "lease": lease_seconds,
-                  "recipients": list(event.recipients), "retry_unknown": retry_unknown}
-        claim = Claim()
+                  "recipients": list(event.recipients), "resend": resend_in_doubt, "grace": in_doubt_grace,
+                  "token": str(uuid.uuid4())}
+        claim = Claim(token=params["token"])
         with self._cursor() as cursor:
             CLAIM.execute(cursor, params)
-            claim.claimed = dict(cursor.fetchall())
+            for recipient, attempts, last_error in cursor.fetchall():
+                claim.claimed[recipient] = attempts
+                claim.last_errors[recipient] = last_error
             if len(claim.claimed) == len(event.recipients):
                 return claim
             cursor.execute(UNCLAIMED_SQL, params)
             rows = [row for row in cursor.fetchall() if row[0] not in claim.claimed]
-            stale = [r for r, state, live in rows if state == "unknown" or (state == "sending" and not live)]
-            if stale and not retry_unknown:
-                cursor.execute(HOLD_SQL, params | {"recipients": stale})
-        for recipient, state, live in rows:
+            past_grace = [recipient for recipient, state, live, seen, in_grace in rows
+                          if _in_doubt(state, live) and not seen and not in_grace]
+            if past_grace and not resend_in_doubt:
+                cursor.execute(HOLD_SQL, params | {"recipients": past_grace})
+        for recipient, state, live, seen, in_grace in rows:
             if state == "sending" and live:
                 claim.busy.append(recipient)
-            elif recipient in stale and not retry_unknown:
+            elif state == "retry":
+                claim.scheduled.append(recipient)
+            elif seen and (_in_doubt(state, live) or state == "held"):
+                claim.seen.append(recipient)
+            elif _in_doubt(state, live) and in_grace:
+                claim.waiting.append(recipient)
+            elif recipient in past_grace and not resend_in_doubt:
                 claim.held.append(recipient)
+            elif _in_doubt(state, live):
+                claim.busy.append(recipient)  # a claim raced ours: look again later
             else:
                 claim.done.append(recipient)
         return claim
 
     # Outcomes --------------------------------------------------------------------------------
 
-    def _outcome(self, *, state: str, event: Event, request: EmailRequested, recipients: list[str],
-                 message_id: str = "", error: str = "") -> int:
+    def _outcome(self, *, state: str, event: Event, request: EmailRequested, recipients: list[str], token: str,
+                 message_id: str = "", error: str = "", uncount: bool = False) -> int:
         row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
         params = row | {
             "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
             "state": state, "message_id": message_id, "error": error, "event_id": request.event_id,
-            "recipients": recipients, "notify": self._notify_channel is not None,
+            "recipients": recipients, "notify": self._notify_channel is not None, "token": token,
+            "uncount": 1 if uncount else 0,
             "occurred_at": event.occurred_at,  # the row and its event carry the same time
             "channel": self._notify_channel or "",
         }
@@ -181,31 +283,76 @@ class DeliveryStore:
             updated, _, _ = cursor.fetchone()
         return updated
 
-    def record_sent(self, request: EmailRequested, recipients: list[str], *, message_id: str, attempt: int,
-                    provider: str) -> int:
-        """Mark the claimed recipients sent and write `email.sent`, in one statement."""
+    def record_sent(self, request: EmailRequested, recipients: list[str], *, token: str, message_id: str,
+                    attempt: int, provider: str) -> int:
+        """Mark the claimed recipients sent and write `email.sent`, in one statement, while the
+        claim `token` holds them. Returns how many it marked (0: the claim was lost)."""
         event = EmailSent(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
                           email_id=request.email_id, request_event_id=request.event_id,
                           recipients=tuple(recipients), provider=provider, provider_message_id=message_id,
                           attempt=attempt)
-        return self._outcome(state="sent", event=event, request=request, recipients=recipients, message_id=message_id)
+        return self._outcome(state="sent", event=event, request=request, recipients=recipients, token=token,
+                             message_id=message_id)
 
-    def record_failed(self, request: EmailRequested, recipients: list[str], *, reason: str, permanent: bool,
-                      attempt: int, provider: str) -> int:
-        """Mark the claimed recipients failed and write `email.failed`, in one statement."""
+    def record_failed(self, request: EmailRequested, recipients: list[str], *, token: str, reason: str,
+                      permanent: bool, attempt: int, provider: str, uncount: bool = False) -> int:
+        """Mark the claimed recipients failed and write `email.failed`, in one statement, while
+        the claim `token` holds them (`uncount`: the claim made no call). Returns how many."""
         event = EmailFailed(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
                             email_id=request.email_id, request_event_id=request.event_id,
                             recipients=tuple(recipients), provider=provider, reason=reason[:1000],
                             permanent=permanent, attempt=attempt)
-        return self._outcome(state="failed", event=event, request=request, recipients=recipients, error=reason[:1000])
+        return self._outcome(state="failed", event=event, request=request, recipients=recipients, token=token,
+                             error=reason[:1000], uncount=uncount)
 
-    def set_state(self, request: EmailRequested, recipients: list[str], *, state: str, error: str,
-                  uncount: bool = False) -> None:
-        """Release claimed recipients: `retry` (wait for the retry message), `unknown` (a timeout:
-        reclaimable at once by policy) or `held`. `uncount` gives the attempt back."""
+    def release(self, request: EmailRequested, recipients: list[str], *, token: str, state: str, error: str,
+                delay: float = 0.0, uncount: bool = False) -> None:
+        """Let go of claimed recipients while `token` holds them: `retry` (due in `delay`
+        seconds) or `unknown` (in doubt from now: the provider may have the mail). `uncount`
+        gives the attempt back."""
+        if state not in ("retry", "unknown"):
+            raise ValueError(f"release to retry or unknown, not {state!r}")
         with self._cursor() as cursor:
-            cursor.execute(SET_STATE_SQL, {"state": state, "error": error[:1000], "event_id": request.event_id,
-                                           "recipients": recipients, "uncount": 1 if uncount else 0})
+            RELEASE.execute(cursor, {"state": state, "error": error[:1000], "event_id": request.event_id,
+                                     "recipients": recipients, "token": token, "delay": delay,
+                                     "uncount": 1 if uncount else 0})
+
+    def resolve_seen(self, request: EmailRequested, recipients: list[str], *, provider: str) -> int:
+        """Mark in-doubt recipients the provider reported on sent, with `email.sent`, in one
+        statement; they are never sent again. Returns how many."""
+        event = EmailSent(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
+                          email_id=request.email_id, request_event_id=request.event_id, recipients=(),
+                          provider=provider, provider_message_id="", attempt=0)
+        row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
+        params = row | {"payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
+                        "event_id": request.event_id, "recipients": recipients,
+                        "notify": self._notify_channel is not None, "channel": self._notify_channel or ""}
+        with self._cursor() as cursor:
+            cursor.execute(RESOLVE_SEEN_SQL, params)
+            resolved, _ = cursor.fetchone()
+        return resolved
+
+    def rearm(self, request: EmailRequested, *, in_doubt_grace: float, reason: str,
+              at: datetime | None = None) -> datetime | None:
+        """Arm the request's outbox row for the earliest moment one of its recipients is due, or
+        `at` when sooner. Returns that moment, or None when nothing of it is due again."""
+        row = outbox_row(request, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
+        params = row | {"payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
+                        "grace": in_doubt_grace, "at": at, "reason": reason[:1000]}
+        with self._cursor() as cursor:
+            REARM.execute(cursor, params)
+            armed = cursor.fetchone()
+        return armed[0] if armed else None
+
+    def record_receipts(self, receipts: list[dict]) -> int:
+        """Note that the provider has the mail for these `{event_id, recipient, message_id,
+        reported_at}`: a delivery in doubt is then resolved as sent, never resent. Returns how
+        many deliveries learnt it now."""
+        if not receipts:
+            return 0
+        with self._cursor() as cursor:
+            cursor.execute(RECEIPTS_SQL, [json.dumps(receipts)])
+            return cursor.rowcount
 
     # The shared pause after a 429 --------------------------------------------------------------
 
@@ -226,6 +373,10 @@ class DeliveryStore:
         with self._cursor() as cursor:
             cursor.execute(PAUSE_SET_SQL, [self._provider, until, reason[:500]])
         self._pause_cache = (time.time(), max(until, self._pause_cache[1]))
+
+
+def _in_doubt(state: str, live: bool) -> bool:
+    return state == "unknown" or (state == "sending" and not live)
 
 
 def _now() -> str:

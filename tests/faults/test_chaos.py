@@ -14,7 +14,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_nothing_accepted_is_lost_under_kills_restarts_and_provider_errors(topology):
     system = System(database=connection.settings_dict["NAME"], prefix=topology.prefix,
                     log_dir=ROOT / "var" / "test-logs" / f"chaos-{topology.prefix}",
-                    SENDER_LEASE_SECONDS=5, SENDER_BACKOFF_BASE_SECONDS=1, SENDER_MAX_ATTEMPTS=10)
+                    SENDER_LEASE_SECONDS=5, SENDER_RETRY_SCHEDULE="1s,2s,2s,5s,5s,10s,10s,10s",
+                    SENDER_IN_DOUBT_GRACE_SECONDS=15)
     system.start_all()
     try:
         token, template_id = system.staff_with_template("load")

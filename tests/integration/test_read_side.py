@@ -318,8 +318,9 @@ def test_rebuild_after_truncation_gives_the_same_table(conn, signer, api_client)
     store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
     try:
         for request in requests[:2]:
-            store.claim(request, lease_seconds=30, retry_unknown=True)
-            store.record_sent(request, list(request.recipients), message_id="m", attempt=1, provider="sendgrid")
+            claim = store.claim(request, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
+            store.record_sent(request, list(request.recipients), token=claim.token, message_id="m", attempt=1,
+                              provider="sendgrid")
     finally:
         store.close()
     body = json.dumps([{"email": requests[0].recipients[0], "timestamp": int(time.time()), "event": "delivered",
@@ -361,8 +362,9 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
 
     store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
     try:
-        store.claim(requests[0], lease_seconds=30, retry_unknown=True)
-        store.record_sent(requests[0], list(requests[0].recipients), message_id="m", attempt=1, provider="sendgrid")
+        claim = store.claim(requests[0], lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
+        store.record_sent(requests[0], list(requests[0].recipients), token=claim.token, message_id="m", attempt=1,
+                          provider="sendgrid")
     finally:
         store.close()  # its email.sent never reached the projector: the first row is behind
     report = read_model_reconcile()

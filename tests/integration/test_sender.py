@@ -12,10 +12,16 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from core.contracts import EmailFailed, EmailRequested, EmailSent, event_from_dict
+from core.contracts import (
+    EmailDeliveryStatus,
+    EmailDeliveryStatuses,
+    EmailFailed,
+    EmailRequested,
+    EmailSent,
+    event_from_dict,
+)
 from core.outbox.models import OutboxEvent
-from sender import handlers
-from sender.handlers import ACK, BAD_KEY_PAUSE, DEAD_LETTER, RETRY, Policy, handle_email_requested
+from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Policy, handle_email_requested, next_delay
 from core.deliveries.models import Delivery
 from sender.provider import SendGridProvider
 from core.deliveries.store import DeliveryStore
@@ -25,7 +31,8 @@ from tests.conftest import client_for, golden
 from tests.factories import EmailTemplateFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-POLICY = Policy(max_attempts=3, lease_seconds=30, retry_unknown=True, backoff_base=1)
+# Short waits: a schedule of 3 tiers (4 attempts), no jitter, a grace of 0.5 s.
+POLICY = Policy(schedule=(0.05, 0.05, 0.05), lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0.5, jitter=0)
 
 
 @pytest.fixture
@@ -62,13 +69,22 @@ def states(event) -> dict[str, tuple[str, int]]:
     return {d.recipient: (d.state, d.attempts) for d in Delivery.objects.filter(event_id=event.event_id)}
 
 
+def armed(event) -> OutboxEvent | None:
+    """The request's outbox row, when it waits to be published again."""
+    return OutboxEvent.objects.filter(id=event.event_id, published_at__isnull=True, failed_at__isnull=True).first()
+
+
+def handle(event, provider, store, policy=POLICY):
+    return handle_email_requested(event, provider=provider, store=store, policy=policy)
+
+
 # The handler: claim, call, record -----------------------------------------------------------
 
 
 def test_three_recipients_go_in_one_call_with_three_personalizations(fake_sendgrid, provider, store):
     fake, _ = fake_sendgrid
     event = request()
-    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    assert handle(event, provider, store).action == ACK
     (call,) = calls(fake)
     assert [p["to"] for p in call["personalizations"]] and len(call["personalizations"]) == 3
     assert all(len(p["to"]) == 1 for p in call["personalizations"])
@@ -80,6 +96,7 @@ def test_three_recipients_go_in_one_call_with_three_personalizations(fake_sendgr
     row = OutboxEvent.objects.get(type="email.sent")
     assert set(row.payload) == set(golden("email.sent", 1))  # the producer side of the contract
     assert row.aggregateid == str(event.email_id) and row.headers["correlation_id"] == "corr-1"
+    assert armed(event) is None  # nothing left to do: no outbox row armed for it
 
 
 def test_the_consumer_reads_the_golden_request():
@@ -90,47 +107,65 @@ def test_the_consumer_reads_the_golden_request():
 def test_the_same_event_twice_makes_one_call(fake_sendgrid, provider, store):
     fake, _ = fake_sendgrid
     event = request()
-    handle_email_requested(event, provider=provider, store=store, policy=POLICY)
-    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    handle(event, provider, store)
+    assert handle(event, provider, store).action == ACK
     assert len(calls(fake)) == 1 and len(status_events()) == 1
 
 
-def test_429_pauses_every_sender_then_succeeds(fake_sendgrid, provider, store):
+def test_429_pauses_every_sender_gives_the_attempt_back_and_arms_the_retry(fake_sendgrid, provider, store):
     fake, _ = fake_sendgrid
     fake.faults.update({"script": [429], "retry_after": 1})
     event = request(["ann@example.com"])
-    first = handle_email_requested(event, provider=provider, store=store, policy=POLICY)
-    assert first.action == RETRY and first.delay >= 1
-    assert states(event) == {"ann@example.com": ("retry", 1)}
+    assert handle(event, provider, store).action == ACK
+    assert states(event) == {"ann@example.com": ("retry", 0)}  # Retry-After spends no attempt
+    delivery = Delivery.objects.get(event_id=event.event_id)
+    assert 0.8 <= (delivery.next_attempt_at - datetime.now(timezone.utc)).total_seconds() <= 1.1
+    assert abs((armed(event).not_before - delivery.next_attempt_at).total_seconds()) < 0.01
     other_sender = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
     try:
         assert other_sender.paused_for() > 0  # a second sender honours the pause too
-        paused = handle_email_requested(request(["zed@example.com"]), provider=provider, store=other_sender,
-                                        policy=POLICY)
+        paused = handle(request(["zed@example.com"]), provider, other_sender)
         assert paused.action == RETRY and "wait" in paused.reason
     finally:
         other_sender.close()
+    assert handle(event, provider, store).action == RETRY and states(event)["ann@example.com"] == ("retry", 0)
     assert fake.stats["status_429"] == 1 and fake.stats["messages"] == 0
-    time.sleep(1.6)
-    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
-    assert states(event) == {"ann@example.com": ("sent", 2)}
+    time.sleep(1.2)
+    assert handle(event, provider, store).action == ACK
+    assert states(event) == {"ann@example.com": ("sent", 1)}
 
 
-def test_500_twice_then_success(fake_sendgrid, provider, store):
+def test_500_twice_then_success_each_retry_armed_in_the_outbox(fake_sendgrid, provider, store):
     fake, _ = fake_sendgrid
     fake.faults.update({"script": [500, 500]})
     event = request(["ann@example.com"])
-    decisions = [handle_email_requested(event, provider=provider, store=store, policy=POLICY).action for _ in range(3)]
-    assert decisions == [RETRY, RETRY, ACK]
+    for attempt in (1, 2):
+        assert handle(event, provider, store).action == ACK
+        assert states(event) == {"ann@example.com": ("retry", attempt)}
+        assert armed(event) is not None and armed(event).last_error == "next attempt"
+        assert handle(event, provider, store).action == ACK and len(fake.messages) == 0  # not due yet: no call
+        time.sleep(0.06)
+    assert handle(event, provider, store).action == ACK
     assert states(event) == {"ann@example.com": ("sent", 3)}
     assert [type(e) for e in status_events()] == [EmailSent] and status_events()[0].attempt == 3
+
+
+def test_the_default_schedule_rides_out_a_day_and_retries_never_sooner_than_asked():
+    from django.conf import settings
+
+    default = Policy(schedule=settings.SENDER_RETRY_SCHEDULE)
+    assert sum(default.schedule) * (1 - default.jitter) >= 24 * 3600
+    assert default.max_attempts == len(default.schedule) + 1 == 13
+    assert all(8 <= next_delay(1, default) <= 12 for _ in range(50))  # 10 s, ±20%
+    assert all(0.8 * 28800 <= next_delay(40, default) <= 1.2 * 28800 for _ in range(50))  # the last tier
+    assert next_delay(1, default, retry_after=60) == 60
 
 
 def test_a_permanent_400_fails_the_email_with_the_reason(fake_sendgrid, provider, store):
     fake, _ = fake_sendgrid
     fake.faults.update({"reject_pattern": "^bob@"})
     event = request(["ann@example.com", "bob@example.org"])
-    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    assert handle(event, provider, store).action == ACK
     (failed,) = status_events()
     assert isinstance(failed, EmailFailed) and failed.permanent
     assert "400: The to email does not contain a valid address." == failed.reason
@@ -143,7 +178,7 @@ def test_a_bad_key_stops_sending_and_fails_nothing(fake_sendgrid, store):
     fake, url = fake_sendgrid
     bad = SendGridProvider(api_key="SG.revoked", host=url, timeout=2)
     event = request(["ann@example.com"])
-    assert handle_email_requested(event, provider=bad, store=store, policy=POLICY).action == BAD_KEY_PAUSE
+    assert handle(event, bad, store).action == BAD_KEY_PAUSE
     assert states(event) == {"ann@example.com": ("retry", 0)}  # the attempt is given back
     assert status_events() == []
     assert bad.check_key() is False
@@ -151,49 +186,102 @@ def test_a_bad_key_stops_sending_and_fails_nothing(fake_sendgrid, store):
     assert SendGridProvider(api_key="SG.fake-key", host=url, timeout=2).check_key() is True
 
 
-def test_attempts_run_out_then_the_email_fails_and_is_dead_lettered(fake_sendgrid, provider, store):
+def test_the_schedule_runs_out_then_the_email_fails_with_the_reason(fake_sendgrid, provider, store):
     fake, _ = fake_sendgrid
     fake.faults.update({"rate_500": 1.0})
     event = request(["ann@example.com"])
-    actions = [handle_email_requested(event, provider=provider, store=store, policy=POLICY).action for _ in range(3)]
-    assert actions == [RETRY, RETRY, DEAD_LETTER]
+    for _ in range(POLICY.max_attempts):
+        assert handle(event, provider, store).action == ACK
+        time.sleep(0.06)
     (failed,) = status_events()
-    assert not failed.permanent and failed.reason.startswith("gave up after 3 attempts: 500")
+    assert not failed.permanent and failed.reason.startswith("gave up after 4 attempts: 500")
+    assert states(event) == {"ann@example.com": ("failed", 4)} and fake.stats["status_500"] == 4
 
 
-def test_a_timeout_is_an_unknown_outcome_retried_by_default(fake_sendgrid, store):
-    fake, url = fake_sendgrid
-    fake.faults.update({"script": ["timeout"], "timeout_seconds": 1.0})
-    provider = SendGridProvider(api_key="SG.fake-key", host=url, timeout=0.3)
+class CrashingProvider:
+    """A provider with a bug: its send raises before any request goes out."""
+
+    name = "sendgrid"
+
+    def __init__(self):
+        self.calls = 0
+
+    def send(self, event, recipients):
+        self.calls += 1
+        raise RuntimeError("a bug in the provider adapter")
+
+
+def test_an_exception_after_the_claim_counts_as_an_attempt_and_the_schedule_ends_it(store):
+    crashing = CrashingProvider()
     event = request(["ann@example.com"])
-    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == RETRY
-    assert states(event)["ann@example.com"][0] == "unknown"
-    time.sleep(1.0)
-    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
-    assert len(calls(fake)) == 2  # the duplicate the retry policy accepts: SendGrid took both
+    no_grace = Policy(schedule=(0.05, 0.05), lease_seconds=30, in_doubt_grace=0, jitter=0)
+    for _ in range(no_grace.max_attempts + 2):
+        assert handle(event, crashing, store, no_grace).action == ACK
+        time.sleep(0.06)
+    assert crashing.calls == no_grace.max_attempts  # then the claim itself gives up
+    (failed,) = status_events()
+    assert failed.reason.startswith("gave up after 3 attempts: crashed: RuntimeError")
+    assert states(event) == {"ann@example.com": ("failed", 3)}
 
 
-def test_a_timeout_is_held_for_ops_under_the_hold_policy(fake_sendgrid, store):
+def test_an_outcome_write_of_a_claim_that_lost_its_lease_is_fenced(fake_sendgrid, provider, store):
+    event = request(["ann@example.com"])
+    stalled = store.claim(event, lease_seconds=0.1, resend_in_doubt=True, in_doubt_grace=0)  # then it stalls
+    time.sleep(0.2)
+    assert handle(event, provider, store, Policy(in_doubt_grace=0)).action == ACK  # another sender takes over
+    assert states(event) == {"ann@example.com": ("sent", 2)}
+    # The stalled sender wakes up and records its own (different) outcome: refused.
+    assert store.record_failed(event, ["ann@example.com"], token=stalled.token, reason="late", permanent=True,
+                               attempt=1, provider="sendgrid") == 0
+    assert states(event) == {"ann@example.com": ("sent", 2)} and len(status_events("email.failed")) == 0
+
+
+def test_a_send_in_doubt_the_provider_reported_on_is_sent_never_resent(fake_sendgrid, provider, store):
+    fake, _ = fake_sendgrid
+    event = request(["ann@example.com", "bob@example.org"])
+    claim = store.claim(event, lease_seconds=0.2, resend_in_doubt=True, in_doubt_grace=0)
+    answer = provider.send(event, list(event.recipients))  # SendGrid took it (202) ...
+    assert answer.kind == "sent"  # ... and the sender died before its commit
+    time.sleep(0.3)
+    # The provider's Event Webhook reported `processed` for ann (the relay and the webhook carry it).
+    assert store.record_receipts([{"event_id": event.event_id, "recipient": "ann@example.com",
+                                   "message_id": answer.message_id, "reported_at": "2026-11-30T10:00:00Z"}]) == 1
+    assert handle(event, provider, store).action == ACK
+    assert states(event)["ann@example.com"] == ("sent", 1) and len(calls(fake)) == 1
+    (sent,) = status_events("email.sent")
+    assert sent.recipients == ("ann@example.com",) and sent.provider_message_id == answer.message_id
+    # bob: no word yet, within the grace: not resent, the event armed for when the grace ends.
+    assert states(event)["bob@example.org"][0] == "sending" and armed(event) is not None
+    assert claim.token  # (the dead sender's claim)
+    time.sleep(0.5)
+    assert handle(event, provider, store).action == ACK  # the grace passed with no word: sent again
+    assert states(event)["bob@example.org"] == ("sent", 2) and len(calls(fake)) == 2
+
+
+def test_a_timeout_is_in_doubt_and_held_for_ops_under_the_hold_policy(fake_sendgrid, store):
     fake, url = fake_sendgrid
     fake.faults.update({"script": ["timeout"], "timeout_seconds": 0.6})
     provider = SendGridProvider(api_key="SG.fake-key", host=url, timeout=0.3)
-    hold = Policy(max_attempts=3, lease_seconds=30, retry_unknown=False)
+    hold = Policy(lease_seconds=30, resend_in_doubt=False, in_doubt_grace=0.2)
     event = request(["ann@example.com"])
-    assert handle_email_requested(event, provider=provider, store=store, policy=hold).action == ACK
+    assert handle(event, provider, store, hold).action == ACK
+    assert states(event) == {"ann@example.com": ("unknown", 1)} and armed(event) is not None
+    time.sleep(0.3)
+    assert handle(event, provider, store, hold).action == ACK
     assert states(event) == {"ann@example.com": ("held", 1)}
-    assert handle_email_requested(event, provider=provider, store=store, policy=hold).action == ACK
+    assert handle(event, provider, store, hold).action == ACK
     assert len(calls(fake)) <= 1 and status_events() == []
 
 
-def test_a_crash_after_the_call_leaves_a_lease_that_expires(fake_sendgrid, provider, store):
+def test_a_crash_after_the_call_leaves_a_lease_that_another_sender_waits_out(fake_sendgrid, provider, store):
     fake, _ = fake_sendgrid
     event = request(["ann@example.com"])
-    short = Policy(max_attempts=3, lease_seconds=0.5, retry_unknown=True)
-    store.claim(event, lease_seconds=0.5, retry_unknown=True)  # a sender claimed, then died
-    busy = handle_email_requested(event, provider=provider, store=store, policy=short)
-    assert busy.action == RETRY and "another sender" in busy.reason and calls(fake) == []
-    time.sleep(0.7)
-    assert handle_email_requested(event, provider=provider, store=store, policy=short).action == ACK
+    store.claim(event, lease_seconds=0.5, resend_in_doubt=True, in_doubt_grace=0)  # a sender claimed, then died
+    assert handle(event, provider, store, Policy(lease_seconds=0.5, in_doubt_grace=0)).action == ACK
+    assert calls(fake) == [] and armed(event) is not None  # due again when the lease runs out
+    assert armed(event).not_before == Delivery.objects.get(event_id=event.event_id).lease_until
+    time.sleep(0.6)
+    assert handle(event, provider, store, Policy(lease_seconds=0.5, in_doubt_grace=0)).action == ACK
     assert states(event) == {"ann@example.com": ("sent", 2)}
 
 
@@ -206,19 +294,11 @@ def test_1500_recipients_go_in_two_calls_of_at_most_1000(fake_sendgrid, provider
                            "template": EmailTemplateFactory().pk, "context": {"name": "All"}}, format="json")
     assert response.status_code == 202
     event = EmailRequested.from_dict(OutboxEvent.objects.get(type="email.requested").payload)
-    assert handle_email_requested(event, provider=provider, store=store, policy=POLICY).action == ACK
+    assert handle(event, provider, store).action == ACK
     sizes = sorted(len(call["personalizations"]) for call in calls(fake))
     assert sizes == [500, 1000]
     assert {r["email"] for call in calls(fake) for r in call["recipients"]} == set(recipients)
     assert sorted(len(e.recipients) for e in status_events()) == [500, 1000]
-
-
-def test_backoff_grows_with_jitter_and_honours_retry_after():
-    policy = Policy(backoff_base=1, backoff_cap=300)
-    assert all(0.5 <= handlers.backoff(1, policy) <= 1 for _ in range(50))
-    assert all(4 <= handlers.backoff(4, policy) <= 8 for _ in range(50))
-    assert handlers.backoff(1, policy, retry_after=30) == 30
-    assert handlers.backoff(20, policy) <= 300
 
 
 # The process: AMQP, retries through delay queues, pauses, SIGTERM -----------------------------
@@ -280,17 +360,58 @@ def test_a_poison_message_goes_to_the_dead_letter_queue_at_once(topology, sender
     assert sender.events().count("poison_message_dead_lettered") == 2
 
 
-def test_transient_errors_retry_through_the_delay_queues(topology, senders, fake_sendgrid):
+def test_transient_errors_retry_through_the_outbox(topology, senders, relays, fake_sendgrid):
     fake, _ = fake_sendgrid
     fake.faults.update({"script": [429, 500], "retry_after": 1})
     sender = senders(topology)
+    relays(topology).wait_ready()
     sender.wait_ready()
     event = request(["ann@example.com"])
     send_event(topology, event)
     broker.wait_for(lambda: delivered(event), timeout=30, message="delivery after retries")
-    assert states(event) == {"ann@example.com": ("sent", 3)}
+    assert states(event) == {"ann@example.com": ("sent", 2)}  # the 429 gave its attempt back
     assert fake.stats["status_429"] == 1 and fake.stats["status_500"] == 1 and len(calls(fake)) == 1
-    assert sender.events().count("email_retry_scheduled") == 2
+    assert sender.events().count("email_retry_scheduled") == 1 and "email_rate_limited" in sender.events()
+    # The retries went out as the same event, through the request's own outbox row.
+    assert OutboxEvent.objects.get(id=event.event_id).published_at is not None
+
+
+def test_a_message_on_its_last_delivery_is_refreshed_not_dead_lettered(topology, senders, relays, fake_sendgrid):
+    # RabbitMQ 3.x counts every return towards the delivery limit, a closed connection's too: a
+    # message delivered for the last time is re-emitted from the outbox instead of risking it.
+    fake, _ = fake_sendgrid
+    sender = senders(topology)
+    sender.wait_ready()
+    event = request(["ann@example.com"])
+    limit = topology.consumer("sender").delivery_limit
+    broker.publish(topology, event.to_dict(), message_id=event.event_id, headers={"x-delivery-count": limit - 1})
+    broker.wait_for(lambda: armed(event) is not None, timeout=10, message="the event armed again")
+    broker.wait_for(lambda: broker.queue_depth(topology.queue("sender")) == 0, timeout=10, message="the copy acked")
+    assert calls(fake) == [] and "message_refreshed_before_delivery_limit" in sender.events()
+    relays(topology).wait_ready()
+    broker.wait_for(lambda: delivered(event), timeout=20, message="the fresh copy delivered")
+    assert len(calls(fake)) == 1 and broker.queue_depth(topology.dead_letter_queue("sender")) == 0
+
+
+def test_the_providers_reports_reach_the_deliveries(topology, senders, fake_sendgrid, store, provider):
+    sender = senders(topology)
+    sender.wait_ready()
+    event = request(["ann@example.com", "bob@example.org"])
+    store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
+    items = [EmailDeliveryStatus(
+        event_id=str(uuid.uuid4()), correlation_id="c", occurred_at="2026-11-30T10:00:01+00:00", email_id=1,
+        request_event_id=event.event_id, recipient="ann@example.com", status="processed", provider="sendgrid",
+        provider_event_id="sg-1", provider_message_id="m123.filter0001.1.0", reason="",
+        reported_at="2026-11-30T10:00:00+00:00").to_dict()]
+    batch = EmailDeliveryStatuses(event_id=str(uuid.uuid4()), correlation_id="c",
+                                  occurred_at="2026-11-30T10:00:01+00:00", statuses=tuple(items))
+    broker.publish(topology, batch.to_dict(), message_id=batch.event_id, routing_key="email.delivery_statuses")
+    broker.wait_for(lambda: Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com")
+                    .provider_seen_at is not None, timeout=10, message="the report noted")
+    ann = Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com")
+    assert ann.provider_message_id == "m123" and ann.state == "sending"  # its sender may still be at it
+    assert Delivery.objects.get(event_id=event.event_id, recipient="bob@example.org").provider_seen_at is None
+    broker.wait_for(lambda: broker.queue_depth(topology.queue("sender-receipts")) == 0, timeout=10, message="acked")
 
 
 def test_a_bad_key_pauses_consuming_until_the_key_works(topology, senders, fake_sendgrid):
