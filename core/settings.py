@@ -224,6 +224,10 @@ QUERY_PAGE_SIZE = env_int("QUERY_PAGE_SIZE", 50)
 QUERY_MAX_PAGE_SIZE = env_int("QUERY_MAX_PAGE_SIZE", 200)
 # Reconcile: a read row older than this that disagrees with the write side is "behind".
 RECONCILE_GRACE_SECONDS = env_int("RECONCILE_GRACE_SECONDS", 300)
+# An email not finished (every recipient sent or failed) this long after it was accepted counts as
+# stuck: the projector's `emails_unfinished` gauge and reconcile's report. A provider outage makes
+# many legitimately so for hours while their retries run.
+EMAIL_STUCK_AFTER_SECONDS = env_int("EMAIL_STUCK_AFTER_SECONDS", 900)
 
 # SendGrid Event Webhook: SendGrid's verification key (base64, as its settings page shows it).
 SENDGRID_WEBHOOK_PUBLIC_KEY = env_str("SENDGRID_WEBHOOK_PUBLIC_KEY", "")

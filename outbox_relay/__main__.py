@@ -5,6 +5,10 @@
     python -m outbox_relay list [filters]           rows, oldest first
     python -m outbox_relay replay FILTERS [--dry-run]   publish rows again, same event ids
     python -m outbox_relay purge [--older-than-days N] [--dry-run]
+    python -m outbox_relay redrive (--email ID | --event-id ID | --since/--until) [--state failed|held]
+                                    [--dry-run] [--reason TEXT]      send failed or held deliveries again
+    python -m outbox_relay dead-letters [--all] [--json]            what the dead-letter queues received
+    python -m outbox_relay dead-letters redrive|dismiss --id N [--id N …] [--dry-run]
 
 Filters: --event-id ID (repeatable), --aggregate ID, --type TYPE, --since/--until ISO time,
 and for list also --state pending|published|failed and --failing.
@@ -157,6 +161,63 @@ def command_purge(args) -> int:
     return 0
 
 
+def command_redrive(args) -> int:
+    from tqdm import tqdm
+
+    from core.deliveries.services import RedriveSelection, deliveries_redrive, deliveries_select
+    from core.errors import ApplicationError
+
+    selection = RedriveSelection(email_ids=tuple(args.email or ()), event_ids=tuple(args.event_id or ()),
+                                 states=tuple(args.state or ("failed", "held")), since=args.since, until=args.until)
+    try:
+        preview = deliveries_redrive(selection=selection, actor=args.actor, via="cli", dry_run=True)
+    except ApplicationError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"{preview.retried + preview.settled} deliveries match {json.dumps(selection.describe())}: "
+          f"{preview.retried} to send again, {preview.settled} held that the provider reported on (to mark sent)")
+    for delivery in preview.sample:
+        print(f"  email {delivery.email_id:<10} {delivery.recipient:40} {delivery.state:7} {delivery.last_error[:60]}")
+    if args.dry_run or not preview.retried + preview.settled:
+        print("dry run: nothing changed" if args.dry_run else "nothing to re-drive")
+        return 0
+    with tqdm(total=deliveries_select(selection).count(), unit="delivery", desc="re-drive", file=sys.stderr) as bar:
+        result = deliveries_redrive(selection=selection, actor=args.actor, via="cli", reason=args.reason,
+                                    progress=bar.update)
+    print(f"re-drive #{result.redrive.pk} by {args.actor}: {result.retried} sent again, {result.settled} marked sent"
+          + (f", {result.unavailable} left (their request is gone)" if result.unavailable else ""))
+    return 0
+
+
+def command_dead_letters(args) -> int:
+    from core.outbox.deadletters import dead_letters_dismiss, dead_letters_redrive
+    from core.outbox.models import DeadLetter
+
+    if args.action == "list":
+        rows = DeadLetter.objects.all() if args.all else DeadLetter.objects.filter(resolution__in=["parked", "failed"])
+        for record in rows[:args.limit]:
+            row = {"id": record.pk, "received_at": record.received_at.isoformat(), "queue": record.queue,
+                   "reason": record.reason, "deaths": record.deaths, "type": record.type,
+                   "message_id": record.message_id, "email_id": record.email_id, "resolution": record.resolution,
+                   "detail": record.detail}
+            print(json.dumps(row) if args.json else
+                  f"#{row['id']:<6} {row['received_at'][:19]}  {row['queue']:28} {row['reason']:15} "
+                  f"{row['type'] or '-':24} email {row['email_id'] or '-':<8} {row['resolution']:9} {row['detail'][:60]}")
+        return 0
+    if not args.id:
+        print("error: name the dead letters with --id", file=sys.stderr)
+        return 2
+    if args.action == "dismiss":
+        count = 0 if args.dry_run else dead_letters_dismiss(ids=args.id, actor=args.actor)
+        print(f"dismissed {count}" if not args.dry_run else f"dry run: would dismiss {len(args.id)}")
+        return 0
+    result = dead_letters_redrive(ids=args.id, actor=args.actor, via="cli", reason=args.reason, dry_run=args.dry_run)
+    print(f"{'would re-drive' if result.dry_run else 're-drove'} {result.count}")
+    for why in result.skipped:
+        print(f"  skipped {why}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m outbox_relay", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,6 +256,32 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--actor", type=cli.line(150), default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
                         help="who replays (default $OPS_ACTOR or the login name)")
     replay.set_defaults(func=command_replay)
+
+    actor = dict(type=cli.line(150), default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
+                 help="who does it (default $OPS_ACTOR or the login name)")
+    redrive = verbs.add_parser("redrive", help="send failed or held deliveries again")
+    redrive.add_argument("--email", action="append", type=cli.integer(1, 2**63 - 1), metavar="ID",
+                         help="an email id (repeatable)")
+    redrive.add_argument("--event-id", action="append", type=cli.event_id, metavar="ID",
+                         help="a request's event id (repeatable)")
+    redrive.add_argument("--state", action="append", choices=["failed", "held"], help="default: both")
+    redrive.add_argument("--since", type=cli.moment, metavar="TIME", help="last changed at or after (ISO 8601)")
+    redrive.add_argument("--until", type=cli.moment, metavar="TIME", help="last changed at or before (ISO 8601)")
+    redrive.add_argument("--dry-run", action="store_true", help="show what would go again")
+    redrive.add_argument("--reason", type=cli.text(1000), default="", help="recorded with the re-drive")
+    redrive.add_argument("--actor", **actor)
+    redrive.set_defaults(func=command_redrive)
+
+    dead = verbs.add_parser("dead-letters", help="what the dead-letter queues received: list, re-drive, dismiss")
+    dead.add_argument("action", nargs="?", choices=["list", "redrive", "dismiss"], default="list")
+    dead.add_argument("--id", action="append", type=cli.integer(1, 2**63 - 1), metavar="N", help="repeatable")
+    dead.add_argument("--all", action="store_true", help="list the dealt-with ones too")
+    dead.add_argument("--limit", type=cli.integer(1, 1_000_000), default=100)
+    dead.add_argument("--json", action="store_true")
+    dead.add_argument("--dry-run", action="store_true")
+    dead.add_argument("--reason", type=cli.text(1000), default="")
+    dead.add_argument("--actor", **actor)
+    dead.set_defaults(func=command_dead_letters)
 
     purge = verbs.add_parser("purge", help="delete published rows older than the retention period")
     purge.add_argument("--older-than-days", type=cli.integer(0, 36_500), default=None,

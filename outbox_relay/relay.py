@@ -28,6 +28,7 @@ import psycopg2.extensions
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.outbox.deadletters import PARKED, PARKED_SQL
 from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
 
@@ -287,7 +288,10 @@ class RelayWorker(StoppableWorker):
         with self._conn.cursor() as cursor:
             cursor.execute(BACKLOG_SQL)
             backlog, oldest_age, dead = cursor.fetchone()
+            cursor.execute(PARKED_SQL)
+            (parked,) = cursor.fetchone()
         self._conn.rollback()
         BACKLOG.set(backlog)
         OLDEST_AGE.set(float(oldest_age))
         DEAD_ROWS.set(dead)
+        PARKED.set(parked)

@@ -2,7 +2,8 @@
 
     python -m query_api project              apply events to the read table until SIGTERM
     python -m query_api rebuild [--yes]      rebuild the read table from the write side's records
-    python -m query_api reconcile [--repair] report (and mend) emails whose read row is missing or behind
+    python -m query_api reconcile [--repair] report (and mend) emails whose read row is missing or behind,
+                                             and emails stuck unfinished (their lost requests sent again)
 
 The query API itself is a WSGI app: gunicorn query_api.wsgi (or manage.py runserver with
 DJANGO_SETTINGS_MODULE=query_api.settings).
@@ -28,7 +29,8 @@ def command_project(args) -> int:
     worker = ProjectorWorker(broker_url=settings.RABBITMQ_URL, topology=topology_from_settings(),
                              database=settings.DATABASES["default"], health=health,
                              batch_size=settings.PROJECTOR_BATCH_SIZE,
-                             batch_wait=settings.PROJECTOR_BATCH_WAIT_MS / 1000)
+                             batch_wait=settings.PROJECTOR_BATCH_WAIT_MS / 1000,
+                             stuck_after=settings.EMAIL_STUCK_AFTER_SECONDS)
     worker.install_signal_handlers()
     return worker.run()
 
@@ -56,8 +58,9 @@ def command_reconcile(args) -> int:
 
     report = read_model_reconcile(repair=args.repair, limit=args.limit)
     print(json.dumps({"missing": len(report.missing), "behind": len(report.behind), "repaired": report.repaired,
-                      "examples": (report.missing + report.behind)[:20]}))
-    return 0 if args.repair or not (report.missing or report.behind) else 1
+                      "stuck": len(report.stuck), "rearmed": len(report.rearmed),
+                      "examples": (report.missing + report.behind)[:20], "stuck_examples": report.stuck[:20]}))
+    return 0 if args.repair or not (report.missing or report.behind or report.stuck) else 1
 
 
 def main(argv=None) -> int:

@@ -14,9 +14,11 @@ import pika
 import psycopg2
 import structlog
 from pika.exceptions import AMQPError
+from prometheus_client import Gauge
 
 from core.broker import Topology, connection_parameters, declare_topology
 from core.contracts import ContractError, event_from_dict
+from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
 from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.relay import connect_postgres
 from query_api.projector import BATCH_SECONDS, DEAD, apply_batch, unbatched
@@ -24,11 +26,22 @@ from query_api.projector import BATCH_SECONDS, DEAD, apply_batch, unbatched
 log = structlog.get_logger(__name__)
 
 
+UNFINISHED = Gauge("emails_unfinished", "Emails not finished (a recipient neither sent nor failed) "
+                   "EMAIL_STUCK_AFTER_SECONDS after they were accepted, as the read model sees them")
+UNFINISHED_SQL = """
+    SELECT count(*) FROM read_sent_email
+     WHERE status IN ('queued', 'sending') AND created < now() - %s * interval '1 second'
+"""
+
+
 class ProjectorWorker(StoppableWorker):
     def __init__(self, *, broker_url: str, topology: Topology, database: dict, health,
-                 batch_size: int = 100, batch_wait: float = 0.05):
+                 batch_size: int = 100, batch_wait: float = 0.05, stuck_after: float = 900,
+                 stats_interval: float = 5.0):
         self.broker_url, self.topology, self.database, self.health = broker_url, topology, database, health
         self.batch_size, self.batch_wait = batch_size, batch_wait
+        self.stuck_after, self.stats_interval = stuck_after, stats_interval
+        self._next_stats = 0.0
         self.outages = Outages(health)
         super().__init__()
         self._conn = None
@@ -73,13 +86,24 @@ class ProjectorWorker(StoppableWorker):
             except AMQPError:
                 pass
 
+    def _keep_dead_letter(self, message: DeadLetterMessage) -> None:
+        """An event the projector could not apply (or read): kept for ops; the read model may lag
+        for its email until reconcile mends it from the write side."""
+        with self._conn.cursor() as cursor:
+            park(cursor, message, detail="the projector could not apply it; reconcile mends the read model",
+                 resolved_by="projector")
+        self._conn.commit()
+
     def _consume(self, channel) -> None:
+        keeper = DeadLetterKeeper(queues=[self.topology.dead_letter_queue("projector")], keep=self._keep_dead_letter)
+        dead_letters = self._amqp.channel()
         channel.basic_qos(prefetch_count=self.batch_size * 2)
         pending: list[tuple[int, object]] = []
         size = 0  # events in `pending`, the items of a batch of statuses counted one by one
         deadline = 0.0
         for method, properties, body in channel.consume(self.topology.queue("projector"), inactivity_timeout=0.02):
             self.health.tick()
+            keeper.poll(dead_letters, time.monotonic())
             if method is not None:
                 try:
                     event = event_from_dict(json.loads(body))
@@ -94,9 +118,21 @@ class ProjectorWorker(StoppableWorker):
             if pending and (size >= self.batch_size or time.monotonic() >= deadline or self._stop.stopping):
                 self._flush(channel, pending)
                 pending, size = [], 0
+            if not pending:
+                self._refresh_stats()
             if self._stop.stopping and not pending:
                 break
         channel.cancel()
+
+    def _refresh_stats(self) -> None:
+        now = time.monotonic()
+        if now < self._next_stats:
+            return
+        self._next_stats = now + self.stats_interval
+        with self._conn.cursor() as cursor:
+            cursor.execute(UNFINISHED_SQL, [self.stuck_after])
+            UNFINISHED.set(cursor.fetchone()[0])
+        self._conn.rollback()
 
     def _flush(self, channel, pending) -> None:
         started = time.perf_counter()

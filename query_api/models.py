@@ -32,6 +32,9 @@ class SentEmailLog(models.Model):
             models.Index(fields=["owner_id", "status", "-created"], name="read_owner_status_idx"),
             models.Index(fields=["owner_id", "template_id", "-created"], name="read_owner_template_idx"),
             GinIndex(fields=["recipients"], name="read_recipients_gin"),
+            # Emails not finished yet: few, and what reconcile and the stuck gauge look at.
+            models.Index(fields=["created"], name="read_unfinished_idx",
+                         condition=models.Q(status__in=["queued", "sending"])),
         ]
 
 

@@ -3,6 +3,8 @@
 Statuses only move forward (django-post_office's status priority): an event that arrives late,
 twice or out of order can never lower a recipient's status, so applying the same events in any
 order gives the same row. A `delivered` that overtakes its `sent` still ends as delivered.
+Between the sender's own two outcomes, `sent` and `failed`, the later one stands (a re-drive sends
+a failed recipient again), which is as independent of the order of arrival.
 """
 
 from __future__ import annotations
@@ -70,10 +72,20 @@ class Change:
     detail: str = ""
 
 
+# The sender's own outcomes: between two of them the later one stands, whatever their ranks, so
+# an email re-driven after it failed shows as sent (and a failure recorded after a timeout that
+# the provider's events later settled as sent is overridden by that sent).
+OUTCOMES = {"sent", "failed"}
+
+
 def _raise(row: Row, recipient: str, status: str, at: str, **extra) -> bool:
     current = row.recipient_status.get(recipient)
-    if current is not None and RANK[current["status"]] >= RANK[status]:
-        return False
+    if current is not None:
+        if current["status"] in OUTCOMES and status in OUTCOMES:
+            if (current.get("at") or "") >= at:
+                return False
+        elif RANK[current["status"]] >= RANK[status]:
+            return False
     row.recipient_status[recipient] = {"status": status, "at": at, **{k: v for k, v in extra.items() if v}}
     return True
 

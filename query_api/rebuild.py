@@ -101,14 +101,23 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
     return rows, history
 
 
-def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history: list[dict]) -> None:
+def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history: list[dict],
+           only_new: set[int] = frozenset()) -> int:
+    """Write `rows` and replace their history; a row of `only_new` is written only if no row of its
+    id exists by then (another writer made it meanwhile: it stands). Returns the rows written."""
     if rows:
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id")
         cursor.execute(
             f"""INSERT INTO {table} ({", ".join(COLUMNS)})
                 SELECT {", ".join(COLUMNS)} FROM json_populate_recordset(NULL::read_sent_email, %s)
-                ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id")}""",
-            [json.dumps([vars(r) for r in rows.values()])],
+                ON CONFLICT (id) DO UPDATE SET {updates}
+                 WHERE NOT ({table}.id = ANY(%s::bigint[]))
+                RETURNING id""",
+            [json.dumps([vars(r) for r in rows.values()]), list(only_new)],
         )
+        written = {row[0] for row in cursor.fetchall()}
+        rows = {k: v for k, v in rows.items() if k in written}
+        history = [h for h in history if h["email_id"] in written]
         cursor.execute(f"DELETE FROM {history_table} WHERE email_id = ANY(%s::bigint[])", [list(rows)])
     if history:
         cursor.execute(
@@ -117,6 +126,7 @@ def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history
                   FROM json_populate_recordset(NULL::read_sent_email_event, %s)""",
             [json.dumps(history)],
         )
+    return len(rows)
 
 
 @dataclass(frozen=True)
@@ -188,48 +198,97 @@ class ReconcileReport:
     missing: list[int] = field(default_factory=list)
     behind: list[int] = field(default_factory=list)
     repaired: int = 0
+    stuck: list[int] = field(default_factory=list)  # not finished on the write side after EMAIL_STUCK_AFTER_SECONDS
+    rearmed: list[int] = field(default_factory=list)  # stuck, never claimed: their request sent again
+
+
+# Which emails to look at: the newest `limit`, and every one that is not finished, in the read
+# model or on the write side (small sets, each behind a partial index), all older than the grace.
+CANDIDATES_SQL = """
+    (SELECT id FROM emails_sentemail WHERE created < now() - %(grace)s * interval '1 second'
+      ORDER BY id DESC LIMIT %(limit)s)
+    UNION
+    SELECT id FROM read_sent_email
+     WHERE status IN ('queued', 'sending') AND created < now() - %(grace)s * interval '1 second'
+    UNION
+    SELECT DISTINCT email_id FROM sender_delivery
+     WHERE state NOT IN ('sent', 'failed') AND created_at < now() - %(grace)s * interval '1 second'
+"""
+# Of `ids`, those accepted longer than the stuck threshold ago with a recipient that is not
+# finished on the write side; and whether any of their recipients ever reached a sender.
+STUCK_SQL = """
+    SELECT e.id, EXISTS (SELECT 1 FROM sender_delivery d WHERE d.email_id = e.id)
+      FROM emails_sentemail e
+     WHERE e.id = ANY(%(ids)s::bigint[]) AND e.created < now() - %(stuck)s * interval '1 second'
+       AND EXISTS (SELECT 1 FROM emails_sentemailrecipient r
+                    WHERE r.email_id = e.id
+                      AND NOT EXISTS (SELECT 1 FROM sender_delivery d
+                                       WHERE d.email_id = e.id AND d.recipient = r.address
+                                         AND d.state IN ('sent', 'failed')))
+"""
+# A request that never reached a sender, published long ago: its message was lost on the way (a
+# dead letter, a purged queue). Publish it again, as a replay does.
+REARM_NEVER_CLAIMED_SQL = """
+    UPDATE outbox SET published_at = NULL, not_before = now(),
+           last_error = 're-armed by reconcile: it never reached a sender'
+     WHERE type = 'email.requested' AND aggregateid = ANY(%(ids)s::text[]) AND failed_at IS NULL
+       AND published_at < now() - %(stuck)s * interval '1 second'
+    RETURNING aggregateid
+"""
 
 
 def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> ReconcileReport:
-    """Compare the newest `limit` emails older than RECONCILE_GRACE_SECONDS with what the write
-    side says: report rows that are missing or whose recipients are behind, and with `repair`
-    rewrite them from the write side (statuses only move forward, so this never loses news)."""
+    """Compare with the write side the newest `limit` emails and every email not finished (all
+    older than RECONCILE_GRACE_SECONDS): report read rows that are missing or whose recipients are
+    behind, and emails stuck (not finished EMAIL_STUCK_AFTER_SECONDS after they were accepted).
+    With `repair`, rewrite the missing and behind rows from the write side (statuses only move
+    forward, so this never loses news) and send again the request of a stuck email that never
+    reached a sender. A read row is locked before the write side is read for it, so an event
+    the projector applies meanwhile waits and lands on top; a missing row the projector has made
+    in the meantime is left to it."""
     report = ReconcileReport()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id FROM emails_sentemail WHERE created < now() - %s * interval '1 second' "
-            "ORDER BY id DESC LIMIT %s",
-            [settings.RECONCILE_GRACE_SECONDS, limit],
-        )
-        ids = [row[0] for row in cursor.fetchall()]
+        cursor.execute(CANDIDATES_SQL, {"grace": settings.RECONCILE_GRACE_SECONDS, "limit": limit})
+        ids = sorted(row[0] for row in cursor.fetchall())
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
-            expected, _ = build_rows(cursor, chunk)
-            cursor.execute("SELECT id, recipient_status, owner_id FROM read_sent_email WHERE id = ANY(%s::bigint[])",
-                           [chunk])
+            cursor.execute("SELECT id, recipient_status, owner_id FROM read_sent_email WHERE id = ANY(%s::bigint[]) "
+                           "ORDER BY id FOR UPDATE", [chunk])
             actual = {row[0]: (json.loads(row[1]) if isinstance(row[1], str) else row[1], row[2])
                       for row in cursor.fetchall()}
-            stale: dict[int, Row] = {}
+            expected, _ = build_rows(cursor, chunk)
+            missing, behind = [], []
             for email_id, row in expected.items():
                 if email_id not in actual or actual[email_id][1] is None:
-                    report.missing.append(email_id)
-                    stale[email_id] = row
+                    missing.append(email_id)
                     continue
                 have = actual[email_id][0]
                 if any(RANK[state["status"]] > RANK[have.get(r, {"status": "queued"})["status"]]
                        for r, state in row.recipient_status.items()):
-                    report.behind.append(email_id)
-                    stale[email_id] = row
-            if repair and stale:
-                rows, history = build_rows(cursor, list(stale))
-                _write(cursor, "read_sent_email", "read_sent_email_event", rows, history)
-                report.repaired += len(rows)
+                    behind.append(email_id)
+            report.missing += missing
+            report.behind += behind
+            cursor.execute(STUCK_SQL, {"ids": chunk, "stuck": settings.EMAIL_STUCK_AFTER_SECONDS})
+            stuck = cursor.fetchall()
+            report.stuck += [email_id for email_id, _ in stuck]
+            if repair and (missing or behind):
+                rows, history = build_rows(cursor, missing + behind)
+                report.repaired += _write(cursor, "read_sent_email", "read_sent_email_event", rows, history,
+                                          only_new=set(missing))
+            never_claimed = [str(email_id) for email_id, claimed in stuck if not claimed]
+            if repair and never_claimed:
+                cursor.execute(REARM_NEVER_CLAIMED_SQL, {"ids": never_claimed,
+                                                         "stuck": settings.EMAIL_STUCK_AFTER_SECONDS})
+                report.rearmed += [int(row[0]) for row in cursor.fetchall()]
+    if report.stuck:
+        log.warning("emails_stuck", count=len(report.stuck), examples=report.stuck[:20], rearmed=len(report.rearmed))
     log.info("read_model_reconciled", missing=len(report.missing), behind=len(report.behind),
-             repaired=report.repaired)
+             repaired=report.repaired, stuck=len(report.stuck), rearmed=len(report.rearmed))
     return report
 
 
 def read_model_reconcile_scheduled() -> dict:
     """The django-q2 job: reconcile and repair; returns the counts (kept in the task result)."""
     report = read_model_reconcile(repair=True)
-    return {"missing": len(report.missing), "behind": len(report.behind), "repaired": report.repaired}
+    return {"missing": len(report.missing), "behind": len(report.behind), "repaired": report.repaired,
+            "stuck": len(report.stuck), "rearmed": len(report.rearmed)}

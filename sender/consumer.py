@@ -45,6 +45,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from core.broker import Topology, connection_parameters, declare_topology
 from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
+from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage
 from core.workers import Backoff, Outages, StoppableWorker
 from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Decision, Policy, handle_email_requested
 
@@ -90,6 +91,9 @@ class SenderWorker(StoppableWorker):
         self._receipts_tag: str | None = None
         # The delivery whose turn would be the queue's last: refresh instead of handling.
         self._refresh_at = topology.consumer("sender").delivery_limit - 1
+        self._keeper = DeadLetterKeeper(queues=[topology.dead_letter_queue("sender"),
+                                                topology.dead_letter_queue("sender-receipts")],
+                                        keep=self._keep_dead_letter)
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="send")
         self._work: dict[int, tuple[Future, object, pika.BasicProperties, bytes, str]] = {}
         self._work_lock = threading.Lock()
@@ -150,6 +154,7 @@ class SenderWorker(StoppableWorker):
         while not self._stopping:
             self.health.tick()
             self._connection.process_data_events(time_limit=0.25)
+            self._keeper.poll(self._channel, time.monotonic())
             if self.key_rejected.is_set():
                 self._while_key_rejected()
         self._drain()
@@ -258,6 +263,24 @@ class SenderWorker(StoppableWorker):
         REFRESHED.inc()
         log.warning("message_refreshed_before_delivery_limit", email_id=event.email_id)
         return Decision(ACK)
+
+    def _keep_dead_letter(self, message: DeadLetterMessage) -> None:
+        """A request that died in the sender's queue broke the sender again and again (or could
+        not be read): its unfinished recipients fail with the reason, so no email waits forever,
+        and the message is kept for ops to re-drive. Anything else is kept, parked."""
+        request = None
+        if message.queue == self.topology.queue("sender"):
+            try:
+                request = EmailRequested.from_dict(message.json() or {})
+            except (ContractError, TypeError):
+                request = None
+        if request is None:
+            self.store.park_dead_letter(message, resolution="parked", detail="kept for ops: re-drive or dismiss it")
+            return
+        reason = f"dead-lettered ({message.reason}, {message.deaths} deliveries): it broke the sender every time"
+        failed = self.store.fail_dead_request(request, reason=reason, provider=self.provider.name)
+        self.store.park_dead_letter(message, resolution="failed",
+                                    detail=f"{failed} recipients failed: {reason}; re-drive to send them again")
 
     def _handle_receipts(self, channel, tag: int, properties, body: bytes) -> None:
         """Note the provider's reports on the deliveries they name; ack. A report that cannot be

@@ -28,6 +28,8 @@ class Delivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a retry is due.")
     provider_seen_at = models.DateTimeField(null=True, blank=True, help_text="When the provider's own events first "
                                             "reported on it: it has the mail, and never gets it twice.")
+    last_redrive = models.ForeignKey("Redrive", null=True, blank=True, on_delete=models.SET_NULL, db_index=False,
+                                     related_name="deliveries")
     provider_message_id = models.CharField(max_length=128, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
@@ -39,6 +41,9 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["state", "updated_at"], name="sender_delivery_state_idx",
                          condition=models.Q(state__in=["unknown", "held", "sending"])),
+            # Deliveries not finished: reconcile looks at their emails.
+            models.Index(fields=["email_id"], name="sender_delivery_unfinished_idx",
+                         condition=~models.Q(state__in=["sent", "failed"])),
         ]
 
     def __str__(self):
@@ -55,3 +60,22 @@ class ProviderPause(models.Model):
 
     class Meta:
         db_table = "sender_provider_pause"
+
+
+class Redrive(models.Model):
+    """Who sent failed or held deliveries again, when, why, and how many."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    actor = models.CharField(max_length=150, help_text="The staff user or the CLI's operator.")
+    via = models.CharField(max_length=16, help_text="cli, api or admin")
+    filters = models.JSONField(help_text="The selection, as given.")
+    retried = models.PositiveIntegerField(default=0, help_text="Deliveries set to go again.")
+    settled = models.PositiveIntegerField(default=0, help_text="Held deliveries the provider had reported on: sent.")
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "sender_redrive"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"re-drive #{self.pk} of {self.retried + self.settled} by {self.actor}"

@@ -149,6 +149,31 @@ RECEIPTS_SQL = """
       FROM jsonb_to_recordset(%s::jsonb) AS r(event_id uuid, recipient text, message_id text, reported_at timestamptz)
      WHERE d.event_id = r.event_id AND d.recipient = r.recipient AND d.provider_seen_at IS NULL
 """
+# A request that died in the dead-letter queue: its recipients that are not finished, and that no
+# sender holds right now, fail with the reason, with `email.failed`, in one statement (rows the
+# sender never made are made failed).
+FAIL_DEAD_SQL = f"""
+    WITH done AS (
+        INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, provider_message_id,
+                                          last_error, created_at, updated_at)
+        SELECT %(event_id)s::uuid, r, %(email_id)s::bigint, 'failed', 0, '', %(error)s, now(), now()
+          FROM unnest(%(recipients)s::text[]) AS r
+        ON CONFLICT (event_id, recipient) DO UPDATE
+           SET state = 'failed', last_error = EXCLUDED.last_error, lease_until = NULL, claim_token = NULL,
+               next_attempt_at = NULL, updated_at = now()
+         WHERE d.state NOT IN ('sent', 'failed') AND NOT (d.state = 'sending' AND d.lease_until > now())
+        RETURNING recipient
+    ), event AS (
+        INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
+        SELECT %(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s,
+               %(payload)s::jsonb || jsonb_build_object('recipients', (SELECT jsonb_agg(recipient) FROM done)),
+               %(headers)s::jsonb, now(), now(), 0, ''
+         WHERE EXISTS (SELECT 1 FROM done)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM done),
+           CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
+"""
 PAUSE_GET_SQL = "SELECT extract(epoch FROM paused_until) FROM sender_provider_pause WHERE provider = %s"
 PAUSE_SET_SQL = """
     INSERT INTO sender_provider_pause (provider, paused_until, reason)
@@ -343,6 +368,31 @@ class DeliveryStore:
             REARM.execute(cursor, params)
             armed = cursor.fetchone()
         return armed[0] if armed else None
+
+    def fail_dead_request(self, request: EmailRequested, *, reason: str, provider: str) -> int:
+        """The request died in the dead-letter queue: settle what the provider reported on as
+        sent, fail the rest that no sender holds, with `reason` and `email.failed`. Returns how
+        many failed."""
+        self.resolve_seen(request, list(request.recipients), provider=provider)
+        event = EmailFailed(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
+                            email_id=request.email_id, request_event_id=request.event_id, recipients=(),
+                            provider=provider, reason=reason[:1000], permanent=False, attempt=0)
+        row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
+        params = row | {"payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
+                        "event_id": request.event_id, "email_id": request.email_id, "error": reason[:1000],
+                        "recipients": list(request.recipients), "notify": self._notify_channel is not None,
+                        "channel": self._notify_channel or ""}
+        with self._cursor() as cursor:
+            cursor.execute(FAIL_DEAD_SQL, params)
+            failed, _ = cursor.fetchone()
+        return failed
+
+    def park_dead_letter(self, message, *, resolution: str, detail: str) -> bool:
+        """Record a dead letter (core.outbox.deadletters); True when it was new."""
+        from core.outbox.deadletters import park
+
+        with self._cursor() as cursor:
+            return park(cursor, message, resolution=resolution, detail=detail, resolved_by="sender")
 
     def record_receipts(self, receipts: list[dict]) -> int:
         """Note that the provider has the mail for these `{event_id, recipient, message_id,

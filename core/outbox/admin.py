@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
-from core.outbox.models import OutboxEvent, OutboxReplay
+from core.outbox.deadletters import dead_letters_dismiss, dead_letters_redrive
+from core.outbox.models import DeadLetter, OutboxEvent, OutboxReplay
 from core.outbox.selectors import OutboxFilter
 from core.outbox.services import outbox_replay
 
@@ -43,3 +44,28 @@ class OutboxReplayAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    list_display = ("id", "received_at", "queue", "reason", "deaths", "type", "email_id", "resolution", "detail")
+    list_filter = ("resolution", "reason", "queue", "type")
+    search_fields = ("=message_id", "=email_id")
+    readonly_fields = [f.name for f in DeadLetter._meta.fields]
+    date_hierarchy = "received_at"
+    actions = ["redrive_selected", "dismiss_selected"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Re-drive the selected dead letters (send them again, same event ids)")
+    def redrive_selected(self, request, queryset):
+        result = dead_letters_redrive(ids=list(queryset.values_list("pk", flat=True)),
+                                      actor=request.user.get_username(), via="admin")
+        skipped = f" Skipped: {'; '.join(result.skipped)}" if result.skipped else ""
+        self.message_user(request, f"Re-drove {result.count}.{skipped}", messages.SUCCESS)
+
+    @admin.action(description="Dismiss the selected dead letters (send nothing)")
+    def dismiss_selected(self, request, queryset):
+        count = dead_letters_dismiss(ids=list(queryset.values_list("pk", flat=True)), actor=request.user.get_username())
+        self.message_user(request, f"Dismissed {count}.", messages.SUCCESS)

@@ -77,3 +77,46 @@ class OutboxReplay(models.Model):
 
     def __str__(self):
         return f"replay #{self.pk} of {self.event_count} by {self.actor}"
+
+
+class DeadLetter(models.Model):
+    """A message that reached a consumer's dead-letter queue, recorded by that consumer's keeper
+    so that nothing is parked silently: ops see it here (and as `dead_letters_parked`), and
+    re-drive or dismiss it. The body is kept as it was received."""
+
+    class Resolution(models.TextChoices):
+        PARKED = "parked", "parked: waiting for ops"
+        FAILED = "failed", "its recipients were failed with the reason"
+        REDRIVEN = "redriven", "re-driven by ops"
+        DISMISSED = "dismissed", "dismissed by ops"
+
+    received_at = models.DateTimeField(db_default=Now(), db_index=True)
+    queue = models.CharField(max_length=200, help_text="The work queue it died in.")
+    reason = models.CharField(max_length=32, help_text="RabbitMQ's: rejected, delivery_limit, expired …")
+    deaths = models.PositiveIntegerField(default=1, help_text="How many times it died there.")
+    died_at = models.DateTimeField(help_text="When it first died there (RabbitMQ's x-death time).")
+    message_id = models.CharField(max_length=200, blank=True, default="", help_text="The event id, when it has one.")
+    type = models.CharField(max_length=64, blank=True, default="", help_text="The routing key: the event type.")
+    email_id = models.BigIntegerField(null=True, blank=True)
+    body = models.TextField(help_text="As received (bytes that are not UTF-8 escaped).")
+    headers = models.JSONField(default=dict, blank=True)
+    detail = models.TextField(blank=True, default="", help_text="What the keeper found and did.")
+    resolution = models.CharField(max_length=16, choices=Resolution.choices, default=Resolution.PARKED)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        db_table = "outbox_dead_letter"
+        ordering = ["-received_at"]
+        constraints = [
+            # A keeper that dies before its ack sees the message again: it records it once.
+            models.UniqueConstraint(fields=["queue", "message_id", "died_at", "deaths"], name="dead_letter_once"),
+        ]
+        indexes = [
+            models.Index(fields=["received_at"], name="dead_letter_parked_idx",
+                         condition=models.Q(resolution="parked")),
+            models.Index(fields=["email_id"], name="dead_letter_email_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.type or 'message'} {self.message_id or self.pk} dead in {self.queue} ({self.reason})"

@@ -76,7 +76,7 @@ def outbox_events_add(*, events: Sequence[tuple[Event, str]], aggregatetype: str
     rows = [outbox_row(event, aggregatetype=aggregatetype, aggregateid=aggregateid) for event, aggregateid in events]
     with connection.cursor() as cursor:
         cursor.execute(_OUTBOX_BULK_INSERT, [json.dumps(rows)])
-    _notify()
+    notify_relay()
 
 
 # Ops: replay and purge -----------------------------------------------------------------------
@@ -133,27 +133,41 @@ def outbox_replay(
                 progress(len(chunk))
         replay.event_count = done
         replay.save(update_fields=["event_count"])
-        _notify()
+        notify_relay()
     log.info("outbox_replayed", replay_id=replay.pk, events=done, actor=actor, via=via)
     return ReplayResult(count=done, dry_run=False, replay=replay, sample=sample)
 
 
 PURGE_CHUNK = 5000
+# Published rows past the retention, but never an email's request while one of its recipients is
+# not finished (sent or failed): the request is the only way to send them again (re-drive).
+_PURGEABLE = """
+    SELECT o.id FROM outbox o
+     WHERE o.published_at < %(cutoff)s
+       AND (o.type <> 'email.requested'
+            OR (SELECT count(*) FROM sender_delivery d WHERE d.event_id = o.id AND d.state IN ('sent', 'failed'))
+               >= jsonb_array_length(o.payload -> 'recipients'))
+"""
 
 
 def outbox_purge_published(
     *, older_than: timedelta | None = None, dry_run: bool = False, progress: Callable[[int], None] | None = None
 ) -> int:
     """Delete rows published longer than `older_than` ago (default OUTBOX_RETENTION_DAYS), in
-    chunks of short transactions. Never touches unpublished or failed rows. Returns the count."""
+    chunks of short transactions. Never touches unpublished or failed rows, nor the request of an
+    email that is not finished. Returns the count."""
     if older_than is None:
         older_than = timedelta(days=settings.OUTBOX_RETENTION_DAYS)
-    old = OutboxEvent.objects.filter(published_at__lt=timezone.now() - older_than)
+    params = {"cutoff": timezone.now() - older_than}
     if dry_run:
-        return old.count()
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM ({_PURGEABLE}) AS purgeable", params)
+            return cursor.fetchone()[0]
     deleted = 0
     while True:
-        chunk = list(old.values_list("id", flat=True)[:PURGE_CHUNK])
+        with connection.cursor() as cursor:
+            cursor.execute(f"{_PURGEABLE} LIMIT {PURGE_CHUNK}", params)
+            chunk = [row[0] for row in cursor.fetchall()]
         if not chunk:
             break
         # Replay records keep their counts; the rows they pointed at go.
@@ -165,7 +179,8 @@ def outbox_purge_published(
     return deleted
 
 
-def _notify() -> None:
+def notify_relay() -> None:
+    """Wake the relay when the current transaction commits (Postgres folds repeated NOTIFYs)."""
     if settings.OUTBOX_NOTIFY:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])

@@ -9,12 +9,14 @@ from knox.models import AuthToken
 from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
 from command_api.webhooks.models import ProviderEvent
 from core.accounts.models import User
-from core.outbox.models import OutboxEvent, OutboxReplay
+from core.deliveries.models import Delivery, Redrive
+from core.outbox.models import DeadLetter, OutboxEvent, OutboxReplay
 from query_api.models import SentEmailLog
 from tests.factories import EmailTemplateFactory, UserFactory
 from tests.hostile.hostile import Fixture
 
-WRITE_TABLES = (User, EmailTemplate, SentEmail, SentEmailRecipient, OutboxEvent, OutboxReplay, ProviderEvent)
+WRITE_TABLES = (User, EmailTemplate, SentEmail, SentEmailRecipient, OutboxEvent, OutboxReplay, ProviderEvent, Delivery,
+                Redrive, DeadLetter)
 
 
 def write_counts() -> tuple[int, ...]:

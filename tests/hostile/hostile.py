@@ -156,6 +156,18 @@ def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
             body={"aggregate_id": str(fx.email_id), "event_ids": [str(uuid.uuid4())], "event_type": "email.requested",
                   "since": since, "until": "2099-01-01T00:00:00Z", "dry_run": True, "reason": "check"}),
         ("GET", "/api/v1/ops/outbox/status/"): Request("GET", "/api/v1/ops/outbox/status/"),
+        ("GET", "/api/v1/ops/deliveries/"): Request(
+            "GET", "/api/v1/ops/deliveries/", {"state": "failed", "email_id": str(fx.email_id), "page": "1"}),
+        ("POST", "/api/v1/ops/deliveries/redrive/"): Request(
+            "POST", "/api/v1/ops/deliveries/redrive/",
+            body={"email_ids": [fx.email_id], "event_ids": [str(uuid.uuid4())], "states": ["failed"], "since": since,
+                  "until": "2099-01-01T00:00:00Z", "dry_run": True, "reason": "check"}),
+        ("GET", "/api/v1/ops/dead-letters/"): Request(
+            "GET", "/api/v1/ops/dead-letters/", {"resolution": "parked", "page": "1"}),
+        ("POST", "/api/v1/ops/dead-letters/redrive/"): Request(
+            "POST", "/api/v1/ops/dead-letters/redrive/", body={"ids": [1], "dry_run": True, "reason": "check"}),
+        ("POST", "/api/v1/ops/dead-letters/dismiss/"): Request(
+            "POST", "/api/v1/ops/dead-letters/dismiss/", body={"ids": [1], "dry_run": True, "reason": "check"}),
         ("POST", "/api/v1/users/login/"): Request(
             "POST", "/api/v1/users/login/", body={"username": f"nobody-{unique}@example.com", "password": "x"}),
         ("POST", "/api/v1/users/logout/"): Request("POST", "/api/v1/users/logout/"),

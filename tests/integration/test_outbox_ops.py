@@ -18,12 +18,12 @@ pytestmark = pytest.mark.django_db
 T0 = timezone.now() - timedelta(days=2)
 
 
-def make(aggregate="1", type="email.requested", created=T0, state="published", **extra):
+def make(aggregate="1", type="email.requested", created=T0, state="published", payload=None, **extra):
     published_at = created + timedelta(seconds=1) if state == "published" else None
     failed_at = created + timedelta(seconds=1) if state == "failed" else None
     return OutboxEvent.objects.create(
         id=uuid.uuid4(), aggregatetype="sent_email", aggregateid=aggregate, type=type,
-        payload={"n": aggregate}, created_at=created, not_before=created,
+        payload=payload or {"n": aggregate, "recipients": []}, created_at=created, not_before=created,
         published_at=published_at, failed_at=failed_at, attempts=1 if state != "pending" else 0, **extra,
     )
 
@@ -102,6 +102,25 @@ def test_purge_deletes_only_published_rows_past_retention(rows):
     assert set(OutboxEvent.objects.values_list("id", flat=True)) == {
         rows["failed"].id, rows["pending"].id, recent.id
     }
+
+
+def test_purge_keeps_the_request_of_an_email_not_finished(rows):
+    from core.deliveries.models import Delivery
+
+    def request(states: list[str]) -> OutboxEvent:
+        row = make("9", payload={"recipients": [f"r{n}@example.com" for n in range(len(states))]})
+        for n, state in enumerate(states):
+            Delivery.objects.create(event_id=row.id, recipient=f"r{n}@example.com", email_id=9, state=state)
+        return row
+
+    finished = request(["sent", "failed"])
+    retrying, held, never_claimed = request(["sent", "retry"]), request(["held"]), request([])
+    never_claimed.payload = {"recipients": ["x@example.com"]}
+    never_claimed.save()
+    outbox_purge_published(older_than=timedelta(days=1))
+    left = set(OutboxEvent.objects.values_list("id", flat=True))
+    assert finished.id not in left
+    assert {retrying.id, held.id, never_claimed.id} <= left  # the only way to send them again
 
 
 def test_purge_is_scheduled_daily():

@@ -393,12 +393,74 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
     broker.publish(topology, bad_batch, message_id="bad-batch", routing_key="email.delivery_statuses")
     after = sent(email_id=11)
     broker.publish(topology, after.to_dict(), message_id=after.event_id, routing_key=after.TYPE)
-    dead = broker.collect(topology.dead_letter_queue("projector"), expect_ids={"poison", bad.event_id, "bad-batch"},
-                          timeout=15)
-    assert sorted(dead.ids) == sorted(["poison", bad.event_id, "bad-batch"])
+    # The projector's keeper records each in outbox_dead_letter for ops: nothing parked silently.
+    from core.outbox.models import DeadLetter
+
+    broker.wait_for(lambda: DeadLetter.objects.count() == 3, timeout=15, message="the three kept")
+    kept = {d.message_id: d for d in DeadLetter.objects.all()}
+    assert sorted(kept) == sorted(["poison", bad.event_id, "bad-batch"])
+    assert {d.reason for d in kept.values()} == {"rejected"} and {d.resolution for d in kept.values()} == {"parked"}
+    assert kept["poison"].body == "not json" and kept["poison"].queue == topology.queue("projector")
+    assert kept[bad.event_id].email_id == 11 and kept[bad.event_id].type == bad.TYPE
+    assert broker.queue_depth(topology.dead_letter_queue("projector")) == 0
     broker.wait_for(lambda: SentEmailLog.objects.filter(pk=11, status="sent").exists(), timeout=10,
                     message="the good events applied")
     assert projector.terminate() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_looks_at_every_unfinished_email_finds_the_stuck_and_sends_lost_requests_again(conn, settings):
+    from command_api.emails.models import SentEmail
+    from query_api.rebuild import read_model_reconcile
+    from tests.factories import EmailTemplateFactory
+
+    settings.RECONCILE_GRACE_SECONDS = 0
+    settings.EMAIL_STUCK_AFTER_SECONDS = 60
+    client = client_for(UserFactory())
+    template = EmailTemplateFactory()
+    for n in range(3):
+        client.post("/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com"], "template": template.pk},
+                    format="json")
+    requests = sorted((EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")),
+                      key=lambda r: r.email_id)
+    apply_batch(conn, requests)  # every read row is there: queued
+    old = requests[0]  # accepted two hours ago, published long ago, never reached a sender: lost
+    SentEmail.objects.filter(pk=old.email_id).update(created=datetime.now(timezone.utc) - timedelta(hours=2))
+    OutboxEvent.objects.filter(id=old.event_id).update(published_at=datetime.now(timezone.utc) - timedelta(hours=2))
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE read_sent_email SET created = created - interval '2 hours' WHERE id = %s",
+                       [old.email_id])
+    report = read_model_reconcile(limit=1)  # the newest one only, and every unfinished one
+    assert report.stuck == [old.email_id] and report.rearmed == []  # found, not mended without --repair
+    report = read_model_reconcile(limit=1, repair=True)
+    assert report.rearmed == [old.email_id]
+    row = OutboxEvent.objects.get(id=old.event_id)
+    assert row.published_at is None and "never reached a sender" in row.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_never_overwrites_a_row_someone_made_meanwhile(conn):
+    from query_api.projection import Row
+    from query_api.rebuild import _write
+
+    apply_batch(conn, [requested(email_id=21), sent(email_id=21)])
+    with connection.cursor() as cursor:  # reconcile thought 21 missing, built it stale, then writes
+        assert _write(cursor, "read_sent_email", "read_sent_email_event", {21: Row(id=21, status="queued")}, [],
+                      only_new={21}) == 0
+    assert SentEmailLog.objects.get(pk=21).status == "sent"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_projector_counts_the_emails_not_finished_in_time(topology, projectors):
+    projector = projectors(topology, EMAIL_STUCK_AFTER_SECONDS=0)
+    projector.wait_ready()
+    for email_id in (31, 32):
+        event = requested(email_id=email_id)
+        broker.publish(topology, event.to_dict(), message_id=event.event_id, routing_key=event.TYPE)
+    done = sent(email_id=32)
+    broker.publish(topology, done.to_dict(), message_id=done.event_id, routing_key=done.TYPE)
+    broker.wait_for(lambda: "emails_unfinished 1.0" in projector.get("/metrics")[1], timeout=15,
+                    message="one email not finished")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -414,7 +476,8 @@ def test_rebuild_and_reconcile_commands(capsys, settings):
     assert cli(["rebuild"]) == 0
     assert "rebuilt the read table: 1 emails" in capsys.readouterr().out
     assert cli(["reconcile"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"missing": 0, "behind": 0, "repaired": 0, "examples": []}
+    assert json.loads(capsys.readouterr().out) == {"missing": 0, "behind": 0, "repaired": 0, "stuck": 0,
+                                                   "rearmed": 0, "examples": [], "stuck_examples": []}
 
 
 @pytest.mark.django_db
@@ -424,4 +487,4 @@ def test_reconcile_is_scheduled_hourly():
 
     job = Schedule.objects.get(name="read_model_reconcile")
     assert job.schedule_type == Schedule.HOURLY and job.repeats < 0
-    assert import_string(job.func)() == {"missing": 0, "behind": 0, "repaired": 0}
+    assert import_string(job.func)() == {"missing": 0, "behind": 0, "repaired": 0, "stuck": 0, "rearmed": 0}

@@ -350,14 +350,50 @@ def test_a_replay_through_the_relay_makes_no_second_call(topology, senders, rela
     assert OutboxEvent.objects.filter(type="email.sent").count() == 1
 
 
-def test_a_poison_message_goes_to_the_dead_letter_queue_at_once(topology, senders, fake_sendgrid):
+def test_a_poison_message_goes_to_the_dead_letter_queue_at_once_and_is_kept(topology, senders, fake_sendgrid):
+    from core.outbox.models import DeadLetter
+
     sender = senders(topology)
     sender.wait_ready()
     broker.publish(topology, {}, message_id="poison-1", raw=b"{not json")
     broker.publish(topology, {"type": "email.requested", "schema_version": 99}, message_id="poison-2")
-    dead = broker.collect(topology.dead_letter_queue("sender"), expect_ids={"poison-1", "poison-2"}, timeout=10)
-    assert sorted(dead.ids) == ["poison-1", "poison-2"]
+    broker.wait_for(lambda: DeadLetter.objects.count() == 2, timeout=15, message="both kept")
+    assert sorted(DeadLetter.objects.values_list("message_id", "reason", "resolution")) == [
+        ("poison-1", "rejected", "parked"), ("poison-2", "rejected", "parked")]
     assert sender.events().count("poison_message_dead_lettered") == 2
+    assert broker.queue_depth(topology.dead_letter_queue("sender")) == 0
+
+
+def test_a_request_that_reached_the_delivery_limit_fails_its_recipients_with_the_reason(topology, senders,
+                                                                                     fake_sendgrid):
+    # A message that breaks its consumer every time (here: a consumer that returns it) dies after
+    # the queue's delivery limit, as RabbitMQ itself decides; the sender's keeper then fails its
+    # unfinished recipients with the reason, so the email does not wait forever, and keeps it.
+    from core.outbox.models import DeadLetter
+
+    event = request(["ann@example.com", "bob@example.org"])
+    send_event(topology, event)
+    conn = broker.blocking_connection()
+    try:
+        channel = conn.channel()
+        for _ in range(topology.consumer("sender").delivery_limit + 1):
+            method, _, _ = channel.basic_get(topology.queue("sender"))
+            if method is None:
+                break
+            channel.basic_nack(method.delivery_tag, requeue=True)
+    finally:
+        conn.close()
+    broker.wait_for(lambda: broker.queue_depth(topology.dead_letter_queue("sender")) == 1, timeout=10,
+                    message="dead-lettered by RabbitMQ")
+    senders(topology).wait_ready()
+    broker.wait_for(lambda: DeadLetter.objects.exists(), timeout=15, message="kept")
+    kept = DeadLetter.objects.get()
+    assert (kept.message_id, kept.reason, kept.resolution, kept.email_id) == (event.event_id, "delivery_limit",
+                                                                               "failed", 1)
+    assert states(event) == {"ann@example.com": ("failed", 0), "bob@example.org": ("failed", 0)}
+    (failed,) = status_events("email.failed")
+    assert failed.reason.startswith("dead-lettered (delivery_limit") and set(failed.recipients) == set(event.recipients)
+    assert calls(fake_sendgrid[0]) == []
 
 
 def test_transient_errors_retry_through_the_outbox(topology, senders, relays, fake_sendgrid):

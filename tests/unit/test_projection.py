@@ -89,3 +89,17 @@ def test_a_failure_is_overridden_by_a_later_delivery():
 )
 def test_overall_status(statuses, expected):
     assert overall_status(statuses) == expected
+
+
+def test_between_the_senders_own_outcomes_the_later_stands_in_any_order():
+    # Failed at 10:00:03 (the schedule ran out), re-driven, sent at 10:00:05: sent, whatever the
+    # order the two arrive in; a provider status still ranks above both.
+    failed = EmailFailed(event_id="f", correlation_id="c", occurred_at=T.format(3), email_id=1, request_event_id="r",
+                         recipients=("Ann@example.com",), provider="sendgrid", reason="gave up", permanent=False,
+                         attempt=13)
+    resent = EmailSent(event_id="s2", correlation_id="c", occurred_at=T.format(5), email_id=1, request_event_id="r",
+                       recipients=("Ann@example.com",), provider="sendgrid", provider_message_id="m2", attempt=1)
+    for order in itertools.permutations([requested(), failed, resent]):
+        assert run(order).recipient_status["ann@example.com"]["status"] == "sent"
+    for order in itertools.permutations([requested(), failed, resent, status("Ann@example.com", "delivered", 4)]):
+        assert run(order).recipient_status["ann@example.com"]["status"] == "delivered"
