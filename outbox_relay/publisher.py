@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import pika
 import structlog
 from pika.adapters.select_connection import IOLoop
+from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
-from core.broker import Topology, connection_parameters, declare_topology
+from core.broker import Topology, TopologyMismatch, connection_parameters, declare_topology
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,7 @@ class BatchResult:
     nacked: list[str] = field(default_factory=list)
     unconfirmed: list[str] = field(default_factory=list)  # no answer: timeout or lost connection
     error: str | None = None
+    refused: str | None = None  # the broker closed the channel over one of them (e.g. a message too large)
 
 
 class ConfirmingPublisher:
@@ -75,6 +77,12 @@ class ConfirmingPublisher:
             raise PublisherUnavailable(f"cannot connect: {exc!r}") from exc
         try:
             declare_topology(blocking.channel(), self._topology)
+        except TopologyMismatch:
+            raise  # the broker's declarations differ from ours: stop, do not retry
+        except pika.exceptions.AMQPError as exc:
+            # The connection dropped, or the broker refused a declaration (a permission, say):
+            # an outage like any other, retried with backoff.
+            raise PublisherUnavailable(f"cannot declare the topology: {exc!r}") from exc
         finally:
             if blocking.is_open:
                 blocking.close()
@@ -118,9 +126,12 @@ class ConfirmingPublisher:
         self._ioloop.stop()
 
     def _on_channel_closed(self, channel, reason):
-        # A channel the broker closed (e.g. the exchange was deleted) is useless: reconnect.
+        # A channel the broker closed (e.g. the exchange was deleted) is useless: reconnect. When
+        # it closed it during a batch, a message of the batch may be what it refused.
         self._ready = False
         self._error = f"channel closed: {reason!r}"
+        if self._batch is not None and isinstance(reason, ChannelClosedByBroker):
+            self._batch.refused = f"{reason.reply_code} {reason.reply_text}"
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
         self._ioloop.stop()

@@ -19,6 +19,7 @@ reconnect backoff, a pause while the broker blocks the connection, SIGTERM handl
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import psycopg2.extensions
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.contracts import ContractError, EmailRequested
+from core.deliveries.store import fail_request
 from core.outbox.deadletters import PARKED, PARKED_SQL
 from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
@@ -78,6 +81,8 @@ DB_STATEMENTS = Counter("outbox_relay_db_statements_total", "Statements sent to 
 BACKLOG = Gauge("outbox_backlog", "Unpublished rows that are due")
 OLDEST_AGE = Gauge("outbox_oldest_unpublished_age_seconds", "How long the oldest due row has waited")
 DEAD_ROWS = Gauge("outbox_dead_rows", "Rows the broker refused, waiting for ops to replay them")
+STATS_UPDATED = Gauge("outbox_stats_updated_timestamp_seconds", "When the outbox gauges were last read from Postgres: "
+                      "they are stale when this is old (the relay cannot reach Postgres)")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ class BatchOutcome:
     dead: int = 0
     unconfirmed: int = 0
     error: str | None = None
+    refused: str | None = None  # the broker closed the channel over a message of the batch
+    suspects: tuple[str, ...] = ()  # ... which was one of these: try them one at a time
+    ids: tuple[str, ...] = ()  # the rows claimed
 
 
 def relay_batch(
@@ -96,8 +104,15 @@ def relay_batch(
     limit: int,
     confirm_timeout: float,
     crash_after_confirm: bool = False,
+    notify_channel: str | None = None,
 ) -> BatchOutcome:
     """Relay at most `limit` due rows in one transaction of `conn` (psycopg2, not autocommit).
+
+    A row the broker refuses (returned as unroutable; or, alone in its batch, the message the
+    broker closed the channel over, e.g. one over its size limit) is marked dead with the reason,
+    and when it is an email's request its recipients fail with that reason, in the same
+    transaction: the rows behind it keep flowing. When the broker closes the channel over a batch
+    of several, they are retried and reported as `suspects`, for the caller to try one at a time.
 
     Returns what happened; raises PublisherUnavailable (nothing was published, the claim is
     rolled back) and psycopg2 errors (the transaction is lost; the rows are claimed again).
@@ -119,10 +134,13 @@ def relay_batch(
             if result.confirmed:
                 cursor.execute(MARK_PUBLISHED_SQL, [result.confirmed])
                 statements += 1
-            if result.returned:
-                cursor.execute(MARK_DEAD_SQL, [list(result.returned), list(result.returned.values())])
-                statements += 1
-            retry = result.nacked + result.unconfirmed
+            dead = {event_id: f"returned: {reason}" for event_id, reason in result.returned.items()}
+            if result.refused and len(rows) == 1 and result.unconfirmed:
+                dead[result.unconfirmed[0]] = f"refused by the broker: {result.refused}"
+            if dead:
+                cursor.execute(MARK_DEAD_SQL, [list(dead), list(dead.values())])
+                statements += 1 + _fail_requests(cursor, rows, dead, notify_channel)
+            retry = [i for i in result.nacked + result.unconfirmed if i not in dead]
             if retry:
                 reason = "nacked by the broker" if result.nacked else result.error
                 cursor.execute(MARK_RETRY_SQL, [reason or "unconfirmed", retry])
@@ -136,16 +154,35 @@ def relay_batch(
     finally:
         DB_STATEMENTS.inc(statements)
     PUBLISHED.inc(len(result.confirmed))
-    DEAD.inc(len(result.returned))
-    for event_id, reason in result.returned.items():
-        log.error("outbox_event_unroutable", event_id=event_id, reason=reason)
+    DEAD.inc(len(dead))
+    for event_id, reason in dead.items():
+        log.error("outbox_event_refused", event_id=event_id, reason=reason)
     return BatchOutcome(
         claimed=len(rows),
         published=len(result.confirmed),
-        dead=len(result.returned),
+        dead=len(dead),
         unconfirmed=len(retry),
         error=result.error,
+        refused=result.refused,
+        suspects=tuple(retry) if result.refused and len(rows) > 1 else (),
+        ids=tuple(str(row[0]) for row in rows),
     )
+
+
+def _fail_requests(cursor, rows, dead: dict[str, str], notify_channel: str | None) -> int:
+    """The recipients of every email whose request the broker refused fail with the reason.
+    Returns the statements run."""
+    statements = 0
+    for event_id, event_type, payload, _ in rows:
+        if str(event_id) in dead and event_type == EmailRequested.TYPE:
+            try:
+                request = EmailRequested.from_dict(json.loads(payload))
+            except (ValueError, ContractError):
+                continue  # not ours to read: dead, for ops
+            fail_request(cursor, request, reason=dead[str(event_id)], provider="broker",
+                         notify_channel=notify_channel, permanent=True)
+            statements += 1
+    return statements
 
 
 def connect_postgres(database: dict, *, application_name: str, idle_in_transaction_ms: int):
@@ -182,6 +219,7 @@ class RelayWorker(StoppableWorker):
         self.outages = Outages(health, FAILURES)
         self._conn = None
         self._listen = None
+        self._suspects: set[str] = set()
         super().__init__()
         self._next_stats = 0.0
 
@@ -249,10 +287,18 @@ class RelayWorker(StoppableWorker):
             outcome = relay_batch(
                 self._conn,
                 self.publisher,
-                limit=self.config.batch_size,
+                # After the broker refused a message of a batch, one row at a time until the
+                # suspects are through: the one it refuses again is marked dead on its own.
+                limit=1 if self._suspects else self.config.batch_size,
                 confirm_timeout=self.config.confirm_timeout,
                 crash_after_confirm=self.config.crash_after_confirm,
+                notify_channel=self.config.notify_channel,
             )
+            if outcome.suspects:
+                self._suspects = set(outcome.suspects)
+                log.warning("relay_batch_refused_isolating", suspects=len(self._suspects), reason=outcome.refused)
+            elif self._suspects and outcome.claimed:
+                self._suspects = self._suspects - set(outcome.ids) if set(outcome.ids) & self._suspects else set()
             if outcome.claimed:
                 BATCH_SIZE.observe(outcome.claimed)
                 BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -295,3 +341,4 @@ class RelayWorker(StoppableWorker):
         OLDEST_AGE.set(float(oldest_age))
         DEAD_ROWS.set(dead)
         PARKED.set(parked)
+        STATS_UPDATED.set_to_current_time()

@@ -374,18 +374,9 @@ class DeliveryStore:
         sent, fail the rest that no sender holds, with `reason` and `email.failed`. Returns how
         many failed."""
         self.resolve_seen(request, list(request.recipients), provider=provider)
-        event = EmailFailed(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
-                            email_id=request.email_id, request_event_id=request.event_id, recipients=(),
-                            provider=provider, reason=reason[:1000], permanent=False, attempt=0)
-        row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
-        params = row | {"payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
-                        "event_id": request.event_id, "email_id": request.email_id, "error": reason[:1000],
-                        "recipients": list(request.recipients), "notify": self._notify_channel is not None,
-                        "channel": self._notify_channel or ""}
         with self._cursor() as cursor:
-            cursor.execute(FAIL_DEAD_SQL, params)
-            failed, _ = cursor.fetchone()
-        return failed
+            return fail_request(cursor, request, reason=reason, provider=provider,
+                                notify_channel=self._notify_channel, permanent=False)
 
     def park_dead_letter(self, message, *, resolution: str, detail: str) -> bool:
         """Record a dead letter (core.outbox.deadletters); True when it was new."""
@@ -423,6 +414,24 @@ class DeliveryStore:
         with self._cursor() as cursor:
             cursor.execute(PAUSE_SET_SQL, [self._provider, until, reason[:500]])
         self._pause_cache = (time.time(), max(until, self._pause_cache[1]))
+
+
+def fail_request(cursor, request: EmailRequested, *, reason: str, provider: str, notify_channel: str | None,
+                 permanent: bool) -> int:
+    """Fail the recipients of `request` that are not finished and that no sender holds, with
+    `reason` and `email.failed`, in one statement on `cursor` (the caller's transaction or
+    autocommit). For a request that can never be delivered: dead-lettered, or refused by the
+    broker. Returns how many failed."""
+    event = EmailFailed(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
+                        email_id=request.email_id, request_event_id=request.event_id, recipients=(),
+                        provider=provider, reason=reason[:1000], permanent=permanent, attempt=0)
+    row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
+    cursor.execute(FAIL_DEAD_SQL, row | {
+        "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]), "event_id": request.event_id,
+        "email_id": request.email_id, "error": reason[:1000], "recipients": list(request.recipients),
+        "notify": notify_channel is not None, "channel": notify_channel or ""})
+    failed, _ = cursor.fetchone()
+    return failed
 
 
 def _in_doubt(state: str, live: bool) -> bool:

@@ -2,7 +2,9 @@
 relay reads with a connection of its own."""
 
 import json
+import re
 import time
+import uuid
 
 import pytest
 from django.conf import settings
@@ -157,9 +159,83 @@ def test_the_relay_process_serves_probes_and_metrics_and_exits_0_on_sigterm(topo
     metrics = broker.wait_for(published_metric, timeout=5, message="published metric")
     for name in ["outbox_backlog", "outbox_oldest_unpublished_age_seconds", "outbox_dead_rows",
                  "outbox_relay_batch_duration_seconds_count", "outbox_relay_batch_size_count",
-                 "outbox_relay_failures_total"]:
+                 "outbox_relay_failures_total", "dead_letters_parked"]:
         assert name in metrics
+    updated = float(re.search(r"^outbox_stats_updated_timestamp_seconds (\S+)$", metrics, re.M).group(1))
+    assert time.time() - updated < 10  # the gauges are fresh
     started = time.monotonic()
     assert relay.terminate() == 0
     assert time.monotonic() - started < 5
     assert '"event": "relay_stopped"' in relay.logs()
+
+
+@pytest.fixture
+def broker_max_message_size():
+    """Lower RabbitMQ's message size limit (for channels opened from now on); restore it after."""
+    import subprocess
+
+    def set_limit(size: int) -> None:
+        subprocess.run(["rabbitmqctl", "-q", "eval", f"application:set_env(rabbit, max_message_size, {size})."],
+                       check=True, capture_output=True, timeout=60)
+
+    set_limit(16 * 1024)
+    yield
+    set_limit(128 * 1024 * 1024)  # RabbitMQ's default
+
+
+def test_a_message_the_broker_refuses_is_isolated_its_email_failed_and_the_rest_flows(
+        topology, relays, broker_max_message_size):
+    from core.deliveries.models import Delivery
+
+    client = client_for(UserFactory())
+    template = EmailTemplateFactory(body="<p>{{ text }}</p>")
+
+    def send(text):
+        response = client.post("/api/v1/emails/sent-email/", {"recipients": ["ann@example.com", "bob@example.org"],
+                               "template": template.pk, "context": {"text": text}}, format="json")
+        assert response.status_code == 202
+        return OutboxEvent.objects.get(aggregateid=str(response.json()["id"]), type="email.requested")
+
+    before = [send("small") for _ in range(3)]
+    too_large = send("x" * 40_000)  # over the broker's limit once rendered
+    after = [send("small") for _ in range(3)]
+    relays(topology).wait_ready()
+    broker.wait_for(lambda: broker.published_count({str(r.id) for r in before + after}) == 6, timeout=30,
+                    message="the rows around it published")
+    broker.wait_for(lambda: OutboxEvent.objects.get(id=too_large.id).failed_at is not None, timeout=30,
+                    message="the refused row dead")
+    dead = OutboxEvent.objects.get(id=too_large.id)
+    assert dead.published_at is None and "refused by the broker: 406" in dead.last_error
+    assert "larger than configured max size" in dead.last_error
+    failed = OutboxEvent.objects.get(type="email.failed")
+    assert failed.aggregateid == too_large.aggregateid and failed.payload["permanent"] is True
+    assert sorted(failed.payload["recipients"]) == ["ann@example.com", "bob@example.org"]
+    assert failed.payload["reason"].startswith("refused by the broker")
+    assert set(Delivery.objects.filter(email_id=int(too_large.aggregateid)).values_list("state", flat=True)) == \
+        {"failed"}
+
+
+def test_the_relay_survives_a_refused_declaration_and_recovers_when_it_is_allowed(topology, relays):
+    # A broker error while the relay declares its topology (here: the user may not configure
+    # anything yet) is an outage like any other: not ready, retrying, never a crash.
+    import subprocess
+
+    def rabbitmqctl(*args):
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+    user = f"relay-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_user", user, "relay-pass")
+    try:
+        rabbitmqctl("set_permissions", "-p", "/", user, "^$", ".*", ".*")  # may not declare
+        relay = relays(topology, RABBITMQ_URL=f"amqp://{user}:relay-pass@127.0.0.1:5672/%2F")
+        broker.wait_for(lambda: "rabbitmq_unavailable" in relay.events(), timeout=15, message="an outage")
+        time.sleep(1)
+        assert relay.process.poll() is None, relay.logs()[-2000:]
+        assert relay.get("/readyz")[0] == 503
+        assert "cannot declare the topology" in relay.logs() and "ACCESS_REFUSED" in relay.logs()
+        rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        relay.wait_ready(timeout=60)
+        ids = broker.fill_outbox(2)
+        broker.wait_for(lambda: broker.published_count(ids) == 2, timeout=20, message="published once allowed")
+    finally:
+        rabbitmqctl("delete_user", user)
