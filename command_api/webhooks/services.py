@@ -254,3 +254,25 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
     log.info("sendgrid_webhook_received", accepted=result.accepted, duplicates=result.duplicates,
              ignored=result.ignored, rejected=result.rejected)
     return result
+
+
+# Retention -------------------------------------------------------------------------------------
+
+# SendGrid retries a post for up to 24 hours: its events dedupe those retries that long. They are
+# also the write side's record of what the provider reported, which a rebuild of the read model
+# reads: past PROVIDER_EVENT_RETENTION_DAYS a rebuilt email shows what the sender recorded (sent,
+# failed), not the provider's later statuses (delivered, opened …).
+_PRUNABLE_PROVIDER_EVENTS = """
+    SELECT provider_event_id FROM webhook_provider_event
+     WHERE received_at < now() - greatest(%(days)s, 2) * interval '1 day'
+"""
+
+
+def provider_events_prune(*, older_than_days: int | None = None, dry_run: bool = False, progress=None) -> int:
+    """Delete provider events older than PROVIDER_EVENT_RETENTION_DAYS (never younger than two
+    days: SendGrid's retries). Returns how many."""
+    from core.retention import prune
+
+    days = settings.PROVIDER_EVENT_RETENTION_DAYS if older_than_days is None else older_than_days
+    return prune(name="provider_events", table="webhook_provider_event", key="provider_event_id",
+                 select_sql=_PRUNABLE_PROVIDER_EVENTS, params={"days": days}, dry_run=dry_run, progress=progress)

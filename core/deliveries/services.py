@@ -157,3 +157,31 @@ def deliveries_redrive(*, selection: RedriveSelection, actor: str, via: str, rea
              unavailable=unavailable, actor=actor, via=via)
     return RedriveResult(retried=len(again), settled=len(seen), unavailable=unavailable, dry_run=False,
                          redrive=redrive, sample=sample)
+
+
+# Retention -------------------------------------------------------------------------------------
+
+# Finished deliveries past the retention, and only once nothing can bring their request back: its
+# outbox row is gone (the purge takes it only when every recipient is finished, after
+# OUTBOX_RETENTION_DAYS) and no dead letter holds a copy ops could re-drive. A replay of the
+# request would otherwise find no record of what was sent, and send it again.
+_PRUNABLE_DELIVERIES = """
+    SELECT d.id FROM sender_delivery d
+     WHERE d.state IN ('sent', 'failed') AND d.updated_at < now() - %(days)s * interval '1 day'
+       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = d.event_id)
+       AND NOT EXISTS (SELECT 1 FROM outbox_dead_letter l
+                        WHERE l.message_id = d.event_id::text AND l.resolution IN ('parked', 'failed'))
+"""
+
+
+def deliveries_prune(*, older_than_days: int | None = None, dry_run: bool = False,
+                     progress: Callable[[int], None] | None = None) -> int:
+    """Delete finished deliveries older than DELIVERY_RETENTION_DAYS that nothing can send again
+    (scheduled daily). Returns how many."""
+    from django.conf import settings
+
+    from core.retention import prune
+
+    days = settings.DELIVERY_RETENTION_DAYS if older_than_days is None else older_than_days
+    return prune(name="deliveries", table="sender_delivery", key="id", select_sql=_PRUNABLE_DELIVERIES,
+                 params={"days": days}, dry_run=dry_run, progress=progress)
