@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "axes",
     "core.accounts",
     "core.outbox",
     "command_api.emails",
@@ -51,6 +52,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: it answers a locked-out login (the admin's too)
+]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out client first
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 TEMPLATES = [
@@ -149,10 +155,23 @@ REST_KNOX = {
     "AUTO_REFRESH": False,
 }
 
-# Login throttling: this many failures for one (client address, username) within the window
-# answer 429 until the window has passed.
+# Login throttling (django-axes, counting in Postgres): this many failures for one (client
+# address, email), each within the window of the one before, answer 429 until the window has
+# passed since the last; the API's login and the admin's alike. A success clears the count.
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60)
+AXES_FAILURE_LIMIT = "core.accounts.services.login_failure_limit"  # read LOGIN_FAILURE_LIMIT when asked
+AXES_COOLOFF_TIME = "core.accounts.services.login_failure_window"
+AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "core.middleware.client_address"  # TRUSTED_PROXY_HOPS decides
+AXES_USERNAME_CALLABLE = "core.accounts.services.login_username"
+AXES_LOCKOUT_CALLABLE = "core.accounts.services.login_lockout_response"
+AXES_VERBOSE = False
+# Registration: off altogether with REGISTRATION_OPEN=false (a 403); otherwise at most this many
+# per client address ("<count>/<second|minute|hour|day>", empty or "off": no limit).
+REGISTRATION_OPEN = env_bool("REGISTRATION_OPEN", True)
+REGISTRATION_RATE_LIMIT = env_str("REGISTRATION_RATE_LIMIT", "20/hour")
 # Proxies in front of the APIs that append to X-Forwarded-For (the gateway: 1). 0 trusts no
 # header: the client is REMOTE_ADDR. Set it to what is really in front, or clients can pose as
 # others (too high) or all share one throttle (too low).

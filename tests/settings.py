@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-not-a-secret")
 os.environ.setdefault("SEND_RATE_LIMIT", "off")
+os.environ.setdefault("REGISTRATION_RATE_LIMIT", "off")
 
 from command_api.settings import *  # noqa: E402,F401,F403
 

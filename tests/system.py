@@ -67,7 +67,7 @@ class System:
         self.gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
         self.env = os.environ | {
             "POSTGRES_DB": database, "BROKER_PREFIX": prefix, "DJANGO_DEBUG": "false",
-            "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "LOG_JSON": "true",
+            "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "REGISTRATION_RATE_LIMIT": "off", "LOG_JSON": "true",
             "PYTHONUNBUFFERED": "1", "SENDGRID_HOST": self.fake_url, "SENDGRID_API_KEY": "SG.fake-key",
             "SENDGRID_WEBHOOK_PUBLIC_KEY": public, "SENDGRID_TIMEOUT_SECONDS": "5",
             "FAKE_SENDGRID_WEBHOOK_URL": f"{self.command_url}/api/v1/webhooks/sendgrid/",

@@ -1,7 +1,9 @@
+from django.conf import settings
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -10,9 +12,33 @@ from core.middleware import client_address
 from core.validation import AddressField, LineField
 
 
+class RegistrationOpen(BasePermission):
+    """REGISTRATION_OPEN=false closes registration: a 403 saying so."""
+
+    message = "Registration is closed."
+
+    def has_permission(self, request, view):
+        return settings.REGISTRATION_OPEN
+
+
+class RegistrationThrottle(SimpleRateThrottle):
+    """At most REGISTRATION_RATE_LIMIT registrations per client address (behind the gateway, the
+    address it forwards: TRUSTED_PROXY_HOPS), counted in the shared database cache."""
+
+    scope = "registration"
+
+    def get_rate(self):
+        rate = settings.REGISTRATION_RATE_LIMIT.strip().lower()
+        return None if rate in ("", "off", "none", "0") else rate
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": client_address(request)}
+
+
 class RegisterApi(APIView):
     authentication_classes = []
-    permission_classes = [AllowAny]
+    permission_classes = [RegistrationOpen]
+    throttle_classes = [RegistrationThrottle]
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -63,7 +89,7 @@ class LoginApi(APIView):
         issued = user_login(
             email=data.validated_data["username"],
             password=data.validated_data["password"],
-            client_address=client_address(request),
+            request=request._request,
         )
         return Response(self.OutputSerializer(issued).data)
 

@@ -1,13 +1,12 @@
 """Account writes: register, log in (issue a token), log out (revoke it)."""
 
-import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
-from django.core.cache import cache
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -52,44 +51,61 @@ class IssuedToken:
     expiry: datetime | None
 
 
-def _failure_key(email: str, client_address: str) -> str:
-    # Hashed: a cache key is short and plain whatever the client typed.
-    return "login-failures:" + hashlib.sha256(f"{client_address}\n{email}".encode("utf-8", "replace")).hexdigest()
+def _throttled() -> ApplicationError:
+    return ApplicationError(
+        "Too many failed logins. Try again later.",
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(settings.LOGIN_FAILURE_WINDOW_SECONDS)},
+    )
 
 
-def user_login(*, email: str, password: str, client_address: str) -> IssuedToken:
+def login_lockout_response(request, original_response=None, credentials=None):
+    """django-axes' answer to a locked-out login, the admin's included: the API's 429."""
+    from django.http import JsonResponse
+
+    error = _throttled()
+    response = JsonResponse({"message": error.message, "errors": {}}, status=error.status_code)
+    response["Retry-After"] = error.headers["Retry-After"]
+    return response
+
+
+def login_failure_limit(request, credentials) -> int:
+    return settings.LOGIN_FAILURE_LIMIT
+
+
+def login_failure_window(request=None) -> timedelta:
+    return timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS)
+
+
+def login_username(request, credentials) -> str:
+    """The name django-axes counts failures under: the email, as it is stored (lower-cased)."""
+    credentials = credentials or {}
+    # Django's signals name it `username`, axes' own checks by the user model's USERNAME_FIELD.
+    username = credentials.get("username") or credentials.get("email") or request.POST.get("username", "")
+    return str(username).strip().lower()
+
+
+def user_login(*, email: str, password: str, request) -> IssuedToken:
     """Check the credentials and issue a new token (only its digest is stored).
 
-    Wrong credentials raise a 400 without saying which part was wrong. After
-    LOGIN_FAILURE_LIMIT failures for the same email from the same address within
-    LOGIN_FAILURE_WINDOW_SECONDS every attempt answers 429 until the window has passed.
-    """
+    Wrong credentials raise a 400 without saying which part was wrong. django-axes counts the
+    failures per (client address, email), atomically in Postgres: after LOGIN_FAILURE_LIMIT of
+    them every attempt answers 429 until LOGIN_FAILURE_WINDOW_SECONDS have passed since the last
+    one; a success clears the count. `request` is Django's request (django-axes reads the client
+    address from it)."""
     email = email.strip().lower()
-    key = _failure_key(email, client_address)
-    window = settings.LOGIN_FAILURE_WINDOW_SECONDS
-    if cache.get(key, 0) >= settings.LOGIN_FAILURE_LIMIT:
-        log.warning("login_throttled", client_address=client_address)
-        raise ApplicationError(
-            "Too many failed logins. Try again later.",
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            headers={"Retry-After": str(window)},
-        )
-    user = authenticate(username=email, password=password)
+    user = authenticate(request, username=email, password=password)
+    if getattr(request, "axes_locked_out", False):
+        log.warning("login_throttled")
+        raise _throttled()
     if user is None:
-        if not cache.add(key, 1, timeout=window):
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.add(key, 1, timeout=window)
-        log.info("login_failed", client_address=client_address)
+        log.info("login_failed")
         raise ApplicationError(
             "Unable to log in with the given credentials.",
             errors={"non_field_errors": ["Unable to log in with the given credentials."]},
         )
-    cache.delete(key)
     instance, token = AuthToken.objects.create(user=user)
-    user.last_login = timezone.now()
-    user.save(update_fields=["last_login"])
+    user_logged_in.send(sender=user.__class__, request=request, user=user)  # last_login, and axes' reset
     log.info("login_succeeded", user_id=user.pk)
     return IssuedToken(user=user, token=token, expiry=instance.expiry)
 

@@ -6,6 +6,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 from knox.models import AuthToken
+from rest_framework.test import APIClient
 
 from core.accounts.models import User
 from tests.factories import PASSWORD
@@ -115,8 +116,9 @@ def test_wrong_credentials_give_400_without_token(api_client, user):
 
 @override_settings(LOGIN_FAILURE_LIMIT=3)
 def test_repeated_failures_are_throttled(api_client, user):
-    for _ in range(3):
+    for _ in range(2):
         assert login(api_client, user.email, "wrong").status_code == 400
+    assert login(api_client, user.email.upper(), "wrong").status_code == 429  # the third: locked out
     throttled = login(api_client, user.email, PASSWORD)  # even the right password now
     assert throttled.status_code == 429
     assert int(throttled["Retry-After"]) > 0
@@ -131,8 +133,9 @@ def test_behind_the_gateway_one_clients_failures_do_not_lock_out_another(api_cli
         return api_client.post(LOGIN, {"username": user.email, "password": password}, format="json",
                                REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
 
-    for n in range(3):
+    for n in range(2):
         assert attempt("wrong", f"192.0.2.{n}, 198.51.100.7").status_code == 400  # posing as others
+    assert attempt("wrong", "192.0.2.9, 198.51.100.7").status_code == 429
     assert attempt(PASSWORD, "198.51.100.7").status_code == 429
     assert attempt(PASSWORD, "203.0.113.9").status_code == 200
 
@@ -151,6 +154,71 @@ def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(rf):
     with override_settings(TRUSTED_PROXY_HOPS=2):
         assert client_address(rf.get("/", REMOTE_ADDR="10.0.0.1",
                                      HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9, 10.0.0.2")) == "203.0.113.9"
+
+
+@override_settings(LOGIN_FAILURE_LIMIT=3, LOGIN_FAILURE_WINDOW_SECONDS=1)
+def test_the_lockout_ends_when_the_window_has_passed_and_a_success_clears_the_count(api_client, user):
+    import time
+
+    for _ in range(3):
+        login(api_client, user.email, "wrong")
+    assert login(api_client, user.email, PASSWORD).status_code == 429
+    time.sleep(1.2)
+    assert login(api_client, user.email, PASSWORD).status_code == 200  # the window passed
+    for _ in range(2):
+        assert login(api_client, user.email, "wrong").status_code == 400  # counting from 0 again
+
+
+@override_settings(LOGIN_FAILURE_LIMIT=3)
+def test_the_admin_login_is_throttled_too(client, user):
+    for _ in range(2):
+        assert client.post("/admin/login/", {"username": user.email, "password": "wrong"}).status_code == 200
+    locked = client.post("/admin/login/", {"username": user.email, "password": "wrong"})
+    assert locked.status_code == 429 and locked.json()["message"] == "Too many failed logins. Try again later."
+    user.is_staff = True
+    user.save()
+    assert client.post("/admin/login/", {"username": user.email, "password": PASSWORD}).status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(LOGIN_FAILURE_LIMIT=1000)
+def test_failures_are_counted_atomically_under_concurrency(user):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from axes.models import AccessAttempt
+    from django.db import connections
+
+    def fail(_):
+        try:
+            return login(APIClient(), user.email, "wrong").status_code
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(fail, range(40))) == {400}
+    assert AccessAttempt.objects.get().failures_since_start == 40  # none lost to a race
+
+
+def test_registration_can_be_closed(api_client, settings):
+    settings.REGISTRATION_OPEN = False
+    response = register(api_client)
+    assert response.status_code == 403 and response.json()["message"] == "Registration is closed."
+    assert not User.objects.exists()
+
+
+def test_registration_is_throttled_per_client_address(api_client, settings):
+    settings.REGISTRATION_RATE_LIMIT = "2/hour"
+    settings.TRUSTED_PROXY_HOPS = 1
+    for n in range(2):
+        assert api_client.post(REGISTER, {"email": f"u{n}@example.com", "username": f"u{n}",
+                                          "password": PASSWORD}, format="json",
+                               HTTP_X_FORWARDED_FOR="198.51.100.7").status_code == 201
+    throttled = api_client.post(REGISTER, {"email": "u9@example.com", "username": "u9", "password": PASSWORD},
+                                format="json", HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert throttled.status_code == 429 and int(throttled["Retry-After"]) > 0
+    assert api_client.post(REGISTER, {"email": "v1@example.com", "username": "v1", "password": PASSWORD},
+                           format="json", HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 201
+    assert User.objects.count() == 3
 
 
 def test_logout_revokes_the_token(api_client, user):

@@ -1,5 +1,5 @@
 """`migrate` alone leaves a working system: on a database that has never seen the project, the
-migrations make every table a request needs, the login throttle's cache table included."""
+migrations make every table a request needs, the throttles' included."""
 
 import os
 import subprocess
@@ -19,6 +19,8 @@ from django.test import Client
 client = Client()
 body = json.dumps({"username": "nobody@example.com", "password": "wrong"})
 print([client.post("/api/v1/users/login/", body, content_type="application/json").status_code for _ in range(7)])
+print([client.post("/api/v1/users/register/", json.dumps({"email": f"u{n}@example.com", "username": f"u{n}",
+       "password": "quiet-meadow-Lantern-42"}), content_type="application/json").status_code for n in range(3)])
 """
 
 
@@ -39,14 +41,18 @@ def fresh_database():
         admin.close()
 
 
-def test_migrate_alone_makes_the_login_throttle_work(fresh_database):
+def test_migrate_alone_makes_the_login_and_registration_throttles_work(fresh_database):
     env = os.environ | {"POSTGRES_DB": fresh_database, "DJANGO_SETTINGS_MODULE": "command_api.settings",
                         "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "migrate-test-only", "LOG_LEVEL": "ERROR",
-                        "DJANGO_ALLOWED_HOSTS": "testserver", "LOGIN_FAILURE_LIMIT": "5"}
+                        "DJANGO_ALLOWED_HOSTS": "testserver", "LOGIN_FAILURE_LIMIT": "5",
+                        "REGISTRATION_RATE_LIMIT": "2/hour"}
     subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True,
                    timeout=300)
     answer = subprocess.run([sys.executable, "-c", LOGIN], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120)
     assert answer.returncode == 0, answer.stderr[-2000:]
-    # Five wrong passwords are refused, then the throttle (counting in the cache table) answers 429.
-    assert answer.stdout.strip().splitlines()[-1] == "[400, 400, 400, 400, 400, 429, 429]"
+    # Wrong passwords are refused, and the fifth locks out (django-axes, counting in its table).
+    logins, registrations = answer.stdout.strip().splitlines()[-2:]
+    assert logins == "[400, 400, 400, 400, 429, 429, 429]"
+    # The registration throttle counts in the database cache: its table is there too.
+    assert registrations == "[201, 201, 429]"

@@ -1,7 +1,7 @@
-"""The login throttle counts failures in the shared database cache (settings.CACHES): its table is
-made here, so `migrate` alone leaves a system whose logins work (no extra createcachetable step
-for a deployment to forget). Creating it again is a no-op, as createcachetable skips tables
-that exist."""
+"""The shared database cache (settings.CACHES; the registration throttle counts there, and the
+login throttle did when this was written) gets its table here, so `migrate` alone leaves a
+working system (no extra createcachetable step for a deployment to forget). Creating it again is
+a no-op, as createcachetable skips tables that exist."""
 
 from django.conf import settings
 from django.core.cache.backends.db import DatabaseCache
