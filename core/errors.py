@@ -5,11 +5,20 @@
 Services raise ApplicationError; views never catch.
 """
 
+import structlog
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+log = structlog.get_logger(__name__)
+
+# How long a client should wait before it tries again after a 503 (the database is away: a
+# restart or a failover takes seconds).
+RETRY_AFTER_SECONDS = 5
 
 
 class ApplicationError(Exception):
@@ -67,6 +76,16 @@ def exception_handler(exc, context):
     if isinstance(exc, SuspiciousOperation):  # e.g. too many form fields: a malformed request
         return Response({"message": f"The request is malformed: {exc}", "errors": {}},
                         status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is away (restarting, failing over) or gave up on the statement. Not the
+        # client's fault and not a bug: the same request shortly will do. (A connection that broke
+        # during the commit leaves unknown whether it went through: an Idempotency-Key makes the
+        # retry of a send safe either way.)
+        set_rollback()
+        log.warning("database_unavailable", error=str(exc).strip()[:300])
+        return Response({"message": "The service is briefly unavailable: try again shortly (a send retried with "
+                                    "the same Idempotency-Key is never made twice).", "errors": {}},
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

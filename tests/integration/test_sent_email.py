@@ -317,3 +317,22 @@ def test_oversized_body_is_413_and_writes_nothing(user_client, template):
     assert response.status_code == 413
     assert response.json()["message"] == "The request body is too large."
     assert written_counts() == (0, 0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_database_is_a_503_to_retry_not_a_500(template):
+    from tests.broker import free_port
+
+    client = client_for(UserFactory())
+    connection.close()
+    port = connection.settings_dict["PORT"]
+    connection.settings_dict["PORT"] = free_port()  # nothing listens there: as during a restart
+    try:
+        response = send(client, template)
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert "try again" in response.json()["message"] and response.json()["errors"] == {}
+    assert written_counts() == (0, 0, 0)
