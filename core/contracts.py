@@ -112,6 +112,15 @@ class EmailFailed(Event):
     reason: str
     permanent: bool  # False: transient errors until the attempts ran out
     attempt: int
+    # Added within version 1: what the request said (all but its body), for a request that never
+    # reached the broker (refused as too large, say): the read side learns of the email from this
+    # event alone. Empty otherwise.
+    owner_id: int | None = None
+    from_email: str = ""
+    template_id: int | None = None
+    template_name: str = ""
+    subject: str = ""
+    requested_at: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

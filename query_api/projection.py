@@ -114,6 +114,13 @@ def apply(row: Row, event: Event) -> list[Change]:
             if _raise(row, recipient, "sent", event.occurred_at, provider_message_id=event.provider_message_id):
                 record(recipient, "sent", event.occurred_at, event.provider_message_id)
     elif isinstance(event, EmailFailed):
+        if event.owner_id is not None and row.owner_id is None:
+            # The request never reached the broker (refused): this event says what it was.
+            row.owner_id, row.from_email, row.subject = event.owner_id, event.from_email, event.subject
+            row.template_id, row.template_name = event.template_id, event.template_name
+            row.created = event.requested_at or event.occurred_at
+            row.recipients = sorted({*row.recipients, *(r.lower() for r in event.recipients)})
+            record("", "queued", row.created, f"{len(row.recipients)} recipients")
         for recipient in (r.lower() for r in event.recipients):
             if _raise(row, recipient, "failed", event.occurred_at, reason=event.reason):
                 record(recipient, "failed", event.occurred_at, event.reason)

@@ -152,12 +152,12 @@ def _record(event: EmailRequested, chunk: list[str], result: SendResult, attempt
         bound.warning("email_failed", reason=result.reason, status=result.status)
         return Decision(ACK)
     if result.kind == BAD_KEY:
-        store.release(event, chunk, token=token, state="retry", error=result.reason, uncount=True)
+        _fenced(store.release(event, chunk, token=token, state="retry", error=result.reason, uncount=True), chunk)
         bound.error("provider_key_rejected", reason=result.reason, status=result.status)
         return Decision(BAD_KEY_PAUSE, reason=result.reason)
     if result.kind == UNKNOWN:
         # The provider may have it: in doubt until its events say so, or the grace runs out.
-        store.release(event, chunk, token=token, state="unknown", error=result.reason)
+        _fenced(store.release(event, chunk, token=token, state="unknown", error=result.reason), chunk)
         RETRIED_TOTAL.labels(reason="in_doubt").inc(len(chunk))
         bound.warning("delivery_in_doubt", reason=result.reason)
         return Decision(RETRY, reason=result.reason)
@@ -165,7 +165,8 @@ def _record(event: EmailRequested, chunk: list[str], result: SendResult, attempt
         # Rate limited: every sender waits as asked, and the attempt is given back.
         pause = result.retry_after if result.retry_after is not None else policy.schedule[0]
         store.pause(pause, result.reason)
-        store.release(event, chunk, token=token, state="retry", error=result.reason, delay=pause, uncount=True)
+        _fenced(store.release(event, chunk, token=token, state="retry", error=result.reason, delay=pause,
+                              uncount=True), chunk)
         RETRIED_TOTAL.labels(reason="429").inc(len(chunk))
         bound.info("email_rate_limited", retry_after=round(pause, 2))
         return Decision(RETRY, reason=result.reason)
@@ -177,7 +178,7 @@ def _record(event: EmailRequested, chunk: list[str], result: SendResult, attempt
         bound.warning("email_failed", reason=reason)
         return Decision(ACK)
     delay = next_delay(attempt, policy, result.retry_after)
-    store.release(event, chunk, token=token, state="retry", error=result.reason, delay=delay)
+    _fenced(store.release(event, chunk, token=token, state="retry", error=result.reason, delay=delay), chunk)
     RETRIED_TOTAL.labels(reason=str(result.status or result.kind)).inc(len(chunk))
     bound.info("email_retry_scheduled", reason=result.reason, delay_seconds=round(delay, 2))
     return Decision(RETRY, delay=delay, reason=result.reason)
@@ -191,13 +192,14 @@ def _crashed(event: EmailRequested, chunk: list[str], exc: Exception, result: Se
     log.exception("delivery_attempt_crashed", email_id=event.email_id, event_id=event.event_id, attempt=attempt)
     error = f"crashed: {exc!r}"[:1000]
     if result is None or result.kind in (SENT, UNKNOWN):
-        store.release(event, chunk, token=token, state="unknown", error=error)
+        _fenced(store.release(event, chunk, token=token, state="unknown", error=error), chunk)
     elif attempt >= policy.max_attempts:
-        store.record_failed(event, chunk, token=token, permanent=False, attempt=attempt, provider=provider,
-                            reason=f"gave up after {attempt} attempts: {error}")
+        _fenced(store.record_failed(event, chunk, token=token, permanent=False, attempt=attempt, provider=provider,
+                                    reason=f"gave up after {attempt} attempts: {error}"), chunk)
         return Decision(ACK)
     else:
-        store.release(event, chunk, token=token, state="retry", error=error, delay=next_delay(attempt, policy))
+        _fenced(store.release(event, chunk, token=token, state="retry", error=error,
+                              delay=next_delay(attempt, policy)), chunk)
     return Decision(RETRY, reason=error)
 
 

@@ -241,8 +241,9 @@ class DeliveryStore:
                 pool.putconn(conn, close=broken or conn.closed)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.closeall()
+        pool, self._pool = self._pool, None  # a later use opens a new pool
+        if pool is not None:
+            pool.closeall()
 
     def ping(self) -> None:
         with self._cursor() as cursor:
@@ -331,16 +332,17 @@ class DeliveryStore:
                              error=reason[:1000], uncount=uncount)
 
     def release(self, request: EmailRequested, recipients: list[str], *, token: str, state: str, error: str,
-                delay: float = 0.0, uncount: bool = False) -> None:
+                delay: float = 0.0, uncount: bool = False) -> int:
         """Let go of claimed recipients while `token` holds them: `retry` (due in `delay`
         seconds) or `unknown` (in doubt from now: the provider may have the mail). `uncount`
-        gives the attempt back."""
+        gives the attempt back. Returns how many it let go (the others: fenced)."""
         if state not in ("retry", "unknown"):
             raise ValueError(f"release to retry or unknown, not {state!r}")
         with self._cursor() as cursor:
             RELEASE.execute(cursor, {"state": state, "error": error[:1000], "event_id": request.event_id,
                                      "recipients": recipients, "token": token, "delay": delay,
                                      "uncount": 1 if uncount else 0})
+            return cursor.rowcount
 
     def resolve_seen(self, request: EmailRequested, recipients: list[str], *, provider: str) -> int:
         """Mark in-doubt recipients the provider reported on sent, with `email.sent`, in one
@@ -424,7 +426,10 @@ def fail_request(cursor, request: EmailRequested, *, reason: str, provider: str,
     broker. Returns how many failed."""
     event = EmailFailed(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
                         email_id=request.email_id, request_event_id=request.event_id, recipients=(),
-                        provider=provider, reason=reason[:1000], permanent=permanent, attempt=0)
+                        provider=provider, reason=reason[:1000], permanent=permanent, attempt=0,
+                        owner_id=request.owner_id, from_email=request.from_email, template_id=request.template_id,
+                        template_name=request.template_name, subject=request.subject,
+                        requested_at=request.occurred_at)
     row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
     cursor.execute(FAIL_DEAD_SQL, row | {
         "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]), "event_id": request.event_id,

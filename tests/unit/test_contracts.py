@@ -81,3 +81,12 @@ def test_a_batch_with_a_bad_item_is_refused(statuses):
     sample = golden("email.delivery_statuses", 1) | {"statuses": statuses}
     with pytest.raises(ContractError):
         EmailDeliveryStatuses.from_dict(sample).items()
+
+
+def test_a_failure_written_before_the_request_fields_were_added_still_reads():
+    from core.contracts import EmailFailed
+
+    added = ("owner_id", "from_email", "template_id", "template_name", "subject", "requested_at")
+    older = {k: v for k, v in golden("email.failed", 1).items() if k not in added}
+    event = EmailFailed.from_dict(older)
+    assert event.owner_id is None and event.subject == "" and event.reason.startswith("400")

@@ -103,3 +103,17 @@ def test_between_the_senders_own_outcomes_the_later_stands_in_any_order():
         assert run(order).recipient_status["ann@example.com"]["status"] == "sent"
     for order in itertools.permutations([requested(), failed, resent, status("Ann@example.com", "delivered", 4)]):
         assert run(order).recipient_status["ann@example.com"]["status"] == "delivered"
+
+
+def test_a_request_the_broker_refused_is_known_from_its_failure_alone():
+    # The relay could not publish the request (too large): its email.failed says what it was.
+    failed = EmailFailed(event_id="f", correlation_id="c", occurred_at=T.format(2), email_id=1, request_event_id="r",
+                         recipients=("Ann@example.com", "bob@example.org"), provider="broker",
+                         reason="refused by the broker: 406", permanent=True, attempt=0, owner_id=7,
+                         from_email="f@example.com", template_id=3, template_name="welcome", subject="Hi",
+                         requested_at=T.format(0))
+    row = run([failed])
+    assert (row.owner_id, row.subject, row.template_name, row.created) == (7, "Hi", "welcome", T.format(0))
+    assert row.recipients == ["ann@example.com", "bob@example.org"] and row.status == "failed"
+    plain = EmailFailed(**{**vars(failed), "event_id": "f2", "owner_id": None})
+    assert run([plain]).owner_id is None  # an ordinary failure waits for its request
