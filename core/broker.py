@@ -3,8 +3,9 @@
 One topic exchange carries every event, routed by its type (`email.requested`, `email.sent` …).
 Each consumer owns a durable quorum queue bound to the types it needs, with an explicit delivery
 limit (RabbitMQ 3.10 has no default) and at-least-once dead-lettering into its own dead-letter
-queue, which nothing consumes. A consumer that retries later gets delay queues: a message parked
-there expires after the tier's TTL and is dead-lettered back to the work queue.
+queue, which that consumer's dead-letter keeper reads (core/outbox/deadletters.py). A consumer
+that retries later gets delay queues: a message parked there expires after the tier's TTL and
+is dead-lettered back to the work queue.
 
 Declaring is idempotent. A queue that already exists with other arguments makes the broker refuse
 the declaration (PRECONDITION_FAILED); `declare_topology` turns that into TopologyMismatch so a
@@ -160,18 +161,65 @@ def declare_topology(channel, topology: Topology) -> None:
             raise
 
 
+# A message goes back to its queue whenever the connection it was delivered on closes, and on
+# RabbitMQ before 4.0 every return counts toward the queue's delivery limit, as a failure would:
+# a quorum queue delivers a message `x-delivery-limit` + 1 times (x-delivery-count 0 to the
+# limit) and dead-letters it at the next return. So a consumer handed a message with two
+# deliveries or fewer left, this one included, publishes a fresh copy (its count back at 0,
+# `x-refreshes` one up) and acks the original as it arrives, and connection churn never
+# dead-letters a healthy message. Two, not one: a message also counts when the connection closes
+# after the broker sent it and before the consumer read it from the socket. A message that really
+# breaks its consumer is refreshed at most REFRESH_MAX times (that many more rounds of the limit);
+# then the limit applies. Should an ack be lost after a confirmed copy, both go round: consumers
+# are idempotent by event id, and each copy's refreshes are bounded alike.
+REFRESH_MAX = 5
+
+
+def last_delivery(properties, delivery_limit: int) -> bool:
+    """Whether this delivery leaves the message one more at most, and it may be refreshed."""
+    headers = properties.headers or {}
+    return (int(headers.get("x-delivery-count") or 0) >= max(1, delivery_limit - 1)
+            and int(headers.get("x-refreshes") or 0) < REFRESH_MAX)
+
+
+def refresh(channel, queue: str, properties, body: bytes) -> None:
+    """Publish a fresh copy of a delivered message to `queue`, persistent and mandatory, on a
+    channel in confirm mode (pika raises if the broker does not take it). The caller acks the
+    original only after this returns."""
+    headers = {k: v for k, v in (properties.headers or {}).items() if k != "x-delivery-count"}
+    headers["x-refreshes"] = int(headers.get("x-refreshes") or 0) + 1
+    copy = pika.BasicProperties(message_id=properties.message_id, type=properties.type,
+                                correlation_id=properties.correlation_id, content_type=properties.content_type,
+                                delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+    channel.basic_publish("", queue, body, copy, mandatory=True)
+
+
 def topology_from_settings() -> Topology:
     from django.conf import settings
 
     return Topology(prefix=settings.BROKER_PREFIX)
 
 
-def connection_parameters(url: str, *, heartbeat: int = 30, name: str = "") -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.blocked_connection_timeout = None  # we pause while blocked instead of timing out
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    if name:
-        params.client_properties = {"connection_name": name}
-    return params
+def connection_parameters(url: str, *, heartbeat: int | None = None, name: str = "") -> list[pika.URLParameters]:
+    """How to reach the broker: one set of parameters per node of `url` (RABBITMQ_URL may name
+    several nodes of a cluster, comma-separated), in order. pika's BlockingConnection tries them
+    in turn; the heartbeat is BROKER_HEARTBEAT_SECONDS unless given."""
+    if heartbeat is None:
+        from django.conf import settings
+
+        heartbeat = settings.BROKER_HEARTBEAT_SECONDS
+    found = []
+    for one in (part.strip() for part in url.split(",")):
+        if not one:
+            continue
+        params = pika.URLParameters(one)
+        params.heartbeat = heartbeat
+        params.blocked_connection_timeout = None  # we pause while blocked instead of timing out
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        if name:
+            params.client_properties = {"connection_name": name}
+        found.append(params)
+    if not found:
+        raise ValueError("RABBITMQ_URL names no broker")
+    return found

@@ -202,6 +202,9 @@ REQUEST_MAX_JSON_DEPTH = env_int("REQUEST_MAX_JSON_DEPTH", 32)
 # RabbitMQ: the command API never talks to it; the relay and the workers do.
 RABBITMQ_URL = env_str("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 BROKER_PREFIX = env_str("BROKER_PREFIX", "emails")
+# AMQP heartbeats: a peer silent for two of them (a network partition) is given up on, and the
+# broker returns its unacked messages to the queue.
+BROKER_HEARTBEAT_SECONDS = env_int("BROKER_HEARTBEAT_SECONDS", 30)
 
 # Outbox relay.
 OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)

@@ -48,8 +48,9 @@ class BatchResult:
 class ConfirmingPublisher:
     """One connection, one confirm-mode channel, mandatory persistent messages."""
 
-    def __init__(self, *, url: str, topology: Topology, name: str = "outbox-relay", heartbeat: int = 30):
-        self._params = connection_parameters(url, heartbeat=heartbeat, name=name)
+    def __init__(self, *, url: str, topology: Topology, name: str = "outbox-relay", heartbeat: int | None = None):
+        self._nodes = connection_parameters(url, heartbeat=heartbeat, name=name)
+        self._next_node = 0  # a cluster's nodes are tried in turn, from the one after the last
         self._topology = topology
         self._ioloop = IOLoop()
         self._connection: pika.SelectConnection | None = None
@@ -71,10 +72,17 @@ class ConfirmingPublisher:
         """Declare the topology, then open the publishing channel. Raises PublisherUnavailable
         (broker unreachable) or TopologyMismatch (the broker's declarations differ from ours)."""
         self.close()
-        try:
-            blocking = pika.BlockingConnection(self._params)
-        except pika.exceptions.AMQPError as exc:
-            raise PublisherUnavailable(f"cannot connect: {exc!r}") from exc
+        blocking, params, failures = None, None, []
+        for _ in range(len(self._nodes)):
+            params = self._nodes[self._next_node % len(self._nodes)]
+            self._next_node += 1
+            try:
+                blocking = pika.BlockingConnection(params)
+                break
+            except pika.exceptions.AMQPError as exc:
+                failures.append(exc)
+        if blocking is None:
+            raise PublisherUnavailable(f"cannot connect: {failures[-1]!r}") from failures[-1]
         try:
             declare_topology(blocking.channel(), self._topology)
         except TopologyMismatch:
@@ -84,12 +92,15 @@ class ConfirmingPublisher:
             # an outage like any other, retried with backoff.
             raise PublisherUnavailable(f"cannot declare the topology: {exc!r}") from exc
         finally:
-            if blocking.is_open:
-                blocking.close()
+            try:
+                if blocking.is_open:
+                    blocking.close()
+            except pika.exceptions.AMQPError:
+                pass  # closed under us (the broker went, or closed every connection): as above
 
         self._ready, self._error, self._delivery_tag, self.blocked = False, None, 0, False
         self._connection = pika.SelectConnection(
-            self._params,
+            params,
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,

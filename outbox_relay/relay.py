@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extensions
 import structlog
+from pika.exceptions import AMQPError
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.contracts import ContractError, EmailRequested
@@ -239,7 +240,7 @@ class RelayWorker(StoppableWorker):
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self.outages.down("postgres", exc)
                 self._close_postgres()
-            except PublisherUnavailable as exc:
+            except (PublisherUnavailable, AMQPError) as exc:  # any broker error is an outage, never a crash
                 self.outages.down("rabbitmq", exc)
                 self.publisher.close()
             if not self._stopping:

@@ -14,9 +14,9 @@ import pika
 import psycopg2
 import structlog
 from pika.exceptions import AMQPError
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
-from core.broker import Topology, connection_parameters, declare_topology
+from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
 from core.workers import Backoff, Outages, StoppableWorker
@@ -26,6 +26,8 @@ from query_api.projector import BATCH_SECONDS, DEAD, apply_batch, unbatched
 log = structlog.get_logger(__name__)
 
 
+REFRESHED = Counter("projector_messages_refreshed_total", "Messages published afresh on their last delivery "
+                    "before the queue's limit")
 UNFINISHED = Gauge("emails_unfinished", "Emails not finished (a recipient neither sent nor failed) "
                    "EMAIL_STUCK_AFTER_SECONDS after they were accepted, as the read model sees them")
 UNFINISHED_SQL = """
@@ -101,10 +103,15 @@ class ProjectorWorker(StoppableWorker):
         pending: list[tuple[int, object]] = []
         size = 0  # events in `pending`, the items of a batch of statuses counted one by one
         deadline = 0.0
-        for method, properties, body in channel.consume(self.topology.queue("projector"), inactivity_timeout=0.02):
+        refresher = self._amqp.channel()
+        refresher.confirm_delivery()
+        queue, limit = self.topology.queue("projector"), self.topology.consumer("projector").delivery_limit
+        for method, properties, body in channel.consume(queue, inactivity_timeout=0.02):
             self.health.tick()
             keeper.poll(dead_letters, time.monotonic())
-            if method is not None:
+            if method is not None and last_delivery(properties, limit):
+                self._refresh(channel, refresher, queue, method.delivery_tag, properties, body)
+            elif method is not None:
                 try:
                     event = event_from_dict(json.loads(body))
                     size += len(unbatched(event))  # checks a batch's items: a bad one makes it poison
@@ -123,6 +130,20 @@ class ProjectorWorker(StoppableWorker):
             if self._stop.stopping and not pending:
                 break
         channel.cancel()
+
+    def _refresh(self, channel, refresher, queue: str, tag: int, properties, body: bytes) -> None:
+        """Near the queue's delivery limit (churn counts, core.broker): a fresh copy, confirmed,
+        then ack this one. A copy the broker does not take leaves this one to come back alone,
+        instead of a reconnect that would return the whole prefetch one delivery nearer."""
+        try:
+            refresh(refresher, queue, properties, body)
+        except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as exc:
+            log.warning("refresh_publish_failed", event_id=properties.message_id, error=str(exc)[:300])
+            channel.basic_nack(tag, requeue=True)
+            return
+        channel.basic_ack(tag)
+        REFRESHED.inc()
+        log.warning("message_refreshed_before_delivery_limit", event_id=properties.message_id)
 
     def _refresh_stats(self) -> None:
         now = time.monotonic()

@@ -14,10 +14,11 @@ key, a sender stopping), then the original is acked.
 
 RabbitMQ before 4.0 counts every return of a message towards the queue's delivery limit, a
 closed connection's included, so connection churn alone could dead-letter a healthy message.
-A message delivered for the limit's last time is therefore not handled but refreshed: its
-outbox row is armed to go again at once (a fresh message, the same event id), and this copy is
-acked. Only a message that breaks the sender before it gets that far reaches the dead-letter
-queue, and one that cannot be parsed goes there at once.
+A message that arrives with two deliveries or fewer left (this one included) is therefore not
+handled but refreshed, on the connection thread as it arrives: a fresh copy (the same message id and body,
+its count back at 0) is published, confirmed, and this one acked (core.broker.refresh). Only a
+message that breaks the sender round after round (core.broker.REFRESH_MAX) reaches the
+dead-letter queue, and one that cannot be parsed goes there at once.
 
 The same connection consumes the provider's reports (`email.delivery_statuses`) from the
 sender-receipts queue and notes them on the deliveries, which settles the ones in doubt.
@@ -35,15 +36,15 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pika
 import psycopg2
 import structlog
-from pika.exceptions import AMQPError
+from pika.exceptions import AMQPConnectionError, AMQPError
 from prometheus_client import Counter, Gauge, Histogram
 
-from core.broker import Topology, connection_parameters, declare_topology
+from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage
 from core.workers import Backoff, Outages, StoppableWorker
@@ -55,8 +56,8 @@ IN_FLIGHT = Gauge("sender_in_flight", "Messages being handled")
 QUEUE_LAG = Histogram("sender_queue_lag_seconds", "From the email's acceptance to a sender starting on it",
                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 PROVIDER_KEY_OK = Gauge("sender_provider_key_ok", "1 while the provider accepts our key")
-REFRESHED = Counter("sender_messages_refreshed_total", "Messages re-emitted from the outbox before the queue's "
-                    "delivery limit could dead-letter them")
+REFRESHED = Counter("sender_messages_refreshed_total", "Messages published afresh near the queue's delivery "
+                    "limit, before disconnects could dead-letter them")
 RECEIPTS = Counter("sender_provider_receipts_total", "Provider reports noted on deliveries")
 
 
@@ -89,8 +90,6 @@ class SenderWorker(StoppableWorker):
         self._channel = None
         self._consumer_tag: str | None = None
         self._receipts_tag: str | None = None
-        # The delivery whose turn would be the queue's last: refresh instead of handling.
-        self._refresh_at = topology.consumer("sender").delivery_limit - 1
         self._keeper = DeadLetterKeeper(queues=[topology.dead_letter_queue("sender"),
                                                 topology.dead_letter_queue("sender-receipts")],
                                         keep=self._keep_dead_letter)
@@ -153,6 +152,8 @@ class SenderWorker(StoppableWorker):
             self._start_consuming()
         while not self._stopping:
             self.health.tick()
+            if not self._connection.is_open:  # closed inside a callback, whose error was handled there
+                raise AMQPConnectionError("the broker connection closed")
             self._connection.process_data_events(time_limit=0.25)
             self._keeper.poll(self._channel, time.monotonic())
             if self.key_rejected.is_set():
@@ -184,10 +185,31 @@ class SenderWorker(StoppableWorker):
                 self._start_consuming()
 
     def _on_message(self, channel, method, properties, body) -> None:
-        self._submit(self._handle, "sender", channel, method.delivery_tag, properties, body)
+        if not self._refreshed(channel, method.delivery_tag, properties, body, "sender"):
+            self._submit(self._handle, "sender", channel, method.delivery_tag, properties, body)
 
     def _on_receipts(self, channel, method, properties, body) -> None:
-        self._submit(self._handle_receipts, "sender-receipts", channel, method.delivery_tag, properties, body)
+        if not self._refreshed(channel, method.delivery_tag, properties, body, "sender-receipts"):
+            self._submit(self._handle_receipts, "sender-receipts", channel, method.delivery_tag, properties, body)
+
+    def _refreshed(self, channel, tag: int, properties, body: bytes, role: str) -> bool:
+        """On arrival, on the connection thread: a message near its queue's delivery limit (closed
+        connections count on RabbitMQ 3.x) goes back as a fresh copy, confirmed, and this one is
+        acked, before it can wait in the pool while another disconnect kills it."""
+        if not last_delivery(properties, self.topology.consumer(role).delivery_limit):
+            return False
+        queue = self.topology.queue(role)
+        try:
+            refresh(channel, queue, properties, body)
+        except AMQPError as exc:
+            log.warning("refresh_publish_failed", queue=queue, error=str(exc))
+            if channel.is_open:
+                channel.basic_nack(tag, requeue=True)
+            return True
+        channel.basic_ack(tag)
+        REFRESHED.inc()
+        log.warning("message_refreshed_before_delivery_limit", queue=queue, event_id=properties.message_id)
+        return True
 
     def _submit(self, handler, role: str, channel, tag: int, properties, body: bytes) -> None:
         with self._work_lock:
@@ -209,10 +231,11 @@ class SenderWorker(StoppableWorker):
         while time.monotonic() < deadline:
             with self._work_lock:
                 busy = [item[0] for item in self._work.values() if not item[0].done()]
-            if not busy:
+            if not busy or not self._connection.is_open:  # closed: the broker redelivers the rest
                 break
             self._connection.process_data_events(time_limit=0.1)
-        self._connection.process_data_events(time_limit=0.2)  # flush the last acks
+        if self._connection.is_open:
+            self._connection.process_data_events(time_limit=0.2)  # flush the last acks
         log.info("sender_drained", returned=len(waiting))
 
     # Work (pool threads) -----------------------------------------------------------------------
@@ -231,11 +254,8 @@ class SenderWorker(StoppableWorker):
                 return
             QUEUE_LAG.observe(max(0.0, time.time() - datetime.fromisoformat(event.occurred_at).timestamp()))
             try:
-                if int((properties.headers or {}).get("x-delivery-count") or 0) >= self._refresh_at:
-                    decision = self._refresh(event)
-                else:
-                    decision = handle_email_requested(event, provider=self.provider, store=self.store,
-                                                      policy=self.policy, key_rejected=self.key_rejected.is_set())
+                decision = handle_email_requested(event, provider=self.provider, store=self.store,
+                                                  policy=self.policy, key_rejected=self.key_rejected.is_set())
                 self.outages.up("postgres")
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self.outages.down("postgres", exc)
@@ -254,15 +274,6 @@ class SenderWorker(StoppableWorker):
         finally:
             IN_FLIGHT.dec()
             structlog.contextvars.clear_contextvars()
-
-    def _refresh(self, event: EmailRequested) -> Decision:
-        """This delivery is the queue's last before it dead-letters the message: arm the event's
-        outbox row to go again now (a fresh message, its count back at 0) and ack this one."""
-        self.store.rearm(event, in_doubt_grace=self.policy.in_doubt_grace, at=datetime.now(timezone.utc),
-                         reason="refreshed before the queue's delivery limit")
-        REFRESHED.inc()
-        log.warning("message_refreshed_before_delivery_limit", email_id=event.email_id)
-        return Decision(ACK)
 
     def _keep_dead_letter(self, message: DeadLetterMessage) -> None:
         """A request that died in the sender's queue broke the sender again and again (or could
@@ -339,7 +350,9 @@ class SenderWorker(StoppableWorker):
                    role: str = "sender") -> None:
         """On the connection thread: publish the message to its delay queue, confirmed, then ack."""
         queue, ttl_ms = delay_route(self.topology, decision.delay, role)
-        headers = dict(properties.headers or {})
+        # A new message: the broker counts its deliveries afresh (a copied count would make it
+        # look near the delivery limit).
+        headers = {k: v for k, v in (properties.headers or {}).items() if k != "x-delivery-count"}
         headers["x-retries"] = int(headers.get("x-retries", 0)) + 1
         headers["x-retry-reason"] = decision.reason[:200]
         retry = pika.BasicProperties(

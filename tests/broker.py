@@ -19,29 +19,30 @@ import pika
 from django.conf import settings
 from django.db import connection
 
-from core.broker import Topology, declare_topology
+from core.broker import Topology, connection_parameters, declare_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def blocking_connection() -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(settings.RABBITMQ_URL))
+def blocking_connection(url: str | None = None) -> pika.BlockingConnection:
+    """To RABBITMQ_URL (or `url`): the first of its nodes that answers."""
+    return pika.BlockingConnection(connection_parameters(url or settings.RABBITMQ_URL, heartbeat=30))
 
 
 def new_topology(**kwargs) -> Topology:
     return Topology(prefix=f"test-{uuid.uuid4().hex[:10]}", **kwargs)
 
 
-def declare(topology: Topology) -> None:
-    conn = blocking_connection()
+def declare(topology: Topology, url: str | None = None) -> None:
+    conn = blocking_connection(url)
     try:
         declare_topology(conn.channel(), topology)
     finally:
         conn.close()
 
 
-def delete(topology: Topology) -> None:
-    conn = blocking_connection()
+def delete(topology: Topology, url: str | None = None) -> None:
+    conn = blocking_connection(url)
     try:
         channel = conn.channel()
         for queue in topology.all_queues():
@@ -104,12 +105,20 @@ def collect(queue: str, *, expect_ids: set[str] | int, timeout: float = 30.0, se
     return received
 
 
-def queue_depth(queue: str) -> int:
-    conn = blocking_connection()
+def _declared(queue: str, url: str | None):
+    conn = blocking_connection(url)
     try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
+        return conn.channel().queue_declare(queue, passive=True).method
     finally:
         conn.close()
+
+
+def queue_depth(queue: str, url: str | None = None) -> int:
+    return _declared(queue, url).message_count
+
+
+def consumer_count(queue: str, url: str | None = None) -> int:
+    return _declared(queue, url).consumer_count
 
 
 def free_port() -> int:
@@ -248,11 +257,11 @@ def RelayProcess(topology: Topology, **env) -> WorkerProcess:
 
 
 def publish(topology: Topology, body: dict, *, message_id: str, routing_key: str = "email.requested",
-            raw: bytes | None = None, headers: dict | None = None) -> None:
+            raw: bytes | None = None, headers: dict | None = None, url: str | None = None) -> None:
     """Publish one event (or raw bytes) to the topology's exchange, confirmed."""
     import json
 
-    conn = blocking_connection()
+    conn = blocking_connection(url)
     try:
         channel = conn.channel()
         channel.confirm_delivery()

@@ -116,18 +116,18 @@ RESOLVE_SEEN_SQL = f"""
     SELECT (SELECT count(*) FROM done),
            CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
 """
-# Arm the event's outbox row again for the earliest moment one of its recipients is due (or
-# `at`, when given and sooner): the relay publishes the same event id then. Inserts the row when
+# Arm the event's outbox row again for the earliest moment one of its recipients is due: the relay
+# publishes the same event id then. Inserts the row when
 # it was purged. A row already waiting for an earlier time keeps it.
 REARM = Prepared("sender_rearm", f"""
     WITH due AS (
-        SELECT least(min(CASE
+        SELECT min(CASE
                    WHEN state = 'retry' THEN coalesce(next_attempt_at, now())
                    WHEN state = 'sending' AND lease_until > now() THEN lease_until
                    WHEN state IN ('sending', 'unknown') AND provider_seen_at IS NOT NULL THEN now()
                    WHEN state IN ('sending', 'unknown')
                        THEN greatest(updated_at + %(grace)s::float8 * interval '1 second', lease_until)
-               END), %(at)s::timestamptz) AS at
+               END) AS at
           FROM sender_delivery WHERE event_id = %(id)s::uuid
     )
     INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
@@ -359,13 +359,12 @@ class DeliveryStore:
             resolved, _ = cursor.fetchone()
         return resolved
 
-    def rearm(self, request: EmailRequested, *, in_doubt_grace: float, reason: str,
-              at: datetime | None = None) -> datetime | None:
-        """Arm the request's outbox row for the earliest moment one of its recipients is due, or
-        `at` when sooner. Returns that moment, or None when nothing of it is due again."""
+    def rearm(self, request: EmailRequested, *, in_doubt_grace: float, reason: str) -> datetime | None:
+        """Arm the request's outbox row for the earliest moment one of its recipients is due.
+        Returns that moment, or None when nothing of it is due again."""
         row = outbox_row(request, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
         params = row | {"payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
-                        "grace": in_doubt_grace, "at": at, "reason": reason[:1000]}
+                        "grace": in_doubt_grace, "reason": reason[:1000]}
         with self._cursor() as cursor:
             REARM.execute(cursor, params)
             armed = cursor.fetchone()

@@ -409,6 +409,24 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_projector_refreshes_a_message_on_its_last_delivery_instead_of_risking_it(topology, projectors):
+    # RabbitMQ 3.x counts a closed connection's returns towards the delivery limit: a message handed
+    # over for the last time is published afresh and acked, then applied from the copy.
+    projector = projectors(topology)
+    projector.wait_ready()
+    event = requested(email_id=12)
+    limit = topology.consumer("projector").delivery_limit
+    broker.publish(topology, event.to_dict(), message_id=event.event_id, routing_key=event.TYPE,
+                   headers={"x-delivery-count": limit - 1})
+    broker.wait_for(lambda: SentEmailLog.objects.filter(pk=12, owner_id=7).exists(), timeout=15,
+                    message="applied from the fresh copy")
+    assert projector.events().count("message_refreshed_before_delivery_limit") == 1
+    assert broker.queue_depth(topology.dead_letter_queue("projector")) == 0
+    assert broker.queue_depth(topology.queue("projector")) == 0
+    assert SentEmailLogEvent.objects.filter(email_id=12).count() == 1  # applied once
+
+
+@pytest.mark.django_db(transaction=True)
 def test_reconcile_looks_at_every_unfinished_email_finds_the_stuck_and_sends_lost_requests_again(conn, settings):
     from command_api.emails.models import SentEmail
     from query_api.rebuild import read_model_reconcile
