@@ -2,7 +2,12 @@
 both APIs under gunicorn, the relay, the sender, the projector and the fake SendGrid, which posts
 signed Event Webhook batches to the command API; on request (`start_all(gateway=True)`) the
 gateway too, Caddy with the repository's Caddyfile, the one base URL in front of both APIs. Used
-by the end-to-end and fault tests and by bench/chaos.py."""
+by the end-to-end and fault tests and by bench/chaos.py.
+
+More instances of a component are named after it with a suffix (`also=("sender.2",)`). A
+component named in `isolate` runs in a network namespace of its own (tests/netns.py), reaching
+Postgres, RabbitMQ and the fake SendGrid through relays, so `cut(name)` partitions it from all of
+them at once and `heal(name)` ends the partition."""
 
 from __future__ import annotations
 
@@ -54,8 +59,11 @@ class System:
     COMPONENTS = ("command_api", "query_api", "outbox_relay", "sender", "projector", "fake_sendgrid")
     OPTIONAL = ("gateway",)  # started only when asked for: the fault tests call the APIs directly
 
-    def __init__(self, *, database: str, prefix: str, log_dir: Path, **env):
-        self.ports = {name: free_port() for name in self.COMPONENTS + self.OPTIONAL}
+    def __init__(self, *, database: str, prefix: str, log_dir: Path, also: tuple[str, ...] = (),
+                 isolate: tuple[str, ...] = (), **env):
+        self.also, self.isolate = also, isolate
+        self.ports = {name: free_port() for name in self.COMPONENTS + self.OPTIONAL + also}
+        self._namespaces: dict = {}
         key = ec.generate_private_key(ec.SECP256R1())
         private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption()).decode()
@@ -67,9 +75,10 @@ class System:
         self.gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
         self.env = os.environ | {
             "POSTGRES_DB": database, "BROKER_PREFIX": prefix, "DJANGO_DEBUG": "false",
-            "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "REGISTRATION_RATE_LIMIT": "off", "LOG_JSON": "true",
+            "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "REGISTRATION_RATE_LIMIT": "off",
+            "LOG_JSON": "true",
             "PYTHONUNBUFFERED": "1", "SENDGRID_HOST": self.fake_url, "SENDGRID_API_KEY": "SG.fake-key",
-            "SENDGRID_WEBHOOK_PUBLIC_KEY": public, "SENDGRID_TIMEOUT_SECONDS": "5",
+            "SENDGRID_WEBHOOK_PUBLIC_KEY": public,
             "FAKE_SENDGRID_WEBHOOK_URL": f"{self.command_url}/api/v1/webhooks/sendgrid/",
             "FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY": private_pem, "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "TRUSTED_PROXY_HOPS": "1",
@@ -81,7 +90,7 @@ class System:
 
     def _command(self, name: str) -> tuple[list[str], dict]:
         port = str(self.ports[name])
-        worker = ["--http-host", "127.0.0.1", "--http-port", port]
+        worker = ["--http-host", "0.0.0.0" if name in self.isolate else "127.0.0.1", "--http-port", port]
         return {
             "command_api": ([sys.executable, "-m", "gunicorn", "command_api.wsgi:application", "--workers", "2",
                              "--bind", f"127.0.0.1:{port}"], {"DJANGO_SETTINGS_MODULE": "command_api.settings"}),
@@ -97,17 +106,37 @@ class System:
                 "COMMAND_API_HOST": "127.0.0.1", "COMMAND_API_PORT": str(self.ports["command_api"]),
                 "QUERY_API_HOST": "127.0.0.1", "QUERY_API_PORT": str(self.ports["query_api"]),
                 "XDG_DATA_HOME": str(self.log_dir / "caddy"), "XDG_CONFIG_HOME": str(self.log_dir / "caddy")}),
-        }[name]
+        }[name.partition(".")[0]]
 
     def start(self, name: str) -> None:
         command, extra = self._command(name)
         log = self._logs.get(name) or open(self.log_dir / f"{name}.log", "a")
         self._logs[name] = log
         env = self.env | {"DJANGO_SETTINGS_MODULE": "outbox_relay.settings"} | extra
+        if name in self.isolate:
+            namespace = self._namespace(name)
+            command = namespace.command(command)
+            env |= {"POSTGRES_HOST": namespace.relay(int(env.get("POSTGRES_PORT", "5432"))).partition(":")[0],
+                    "RABBITMQ_URL": namespace.reach(env.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")),
+                    "SENDGRID_HOST": namespace.reach(env["SENDGRID_HOST"])}
         self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
+    def _namespace(self, name: str):
+        from tests.netns import Namespace
+
+        if name not in self._namespaces:
+            self._namespaces[name] = Namespace(name.replace(".", "-")).__enter__()
+        return self._namespaces[name]
+
+    def cut(self, name: str) -> None:
+        """Partition an isolated component from everything: its packets are dropped, nothing closes."""
+        self._namespaces[name].cut()
+
+    def heal(self, name: str) -> None:
+        self._namespaces[name].heal()
+
     def start_all(self, *, gateway: bool = False) -> System:
-        names = self.COMPONENTS + (("gateway",) if gateway else ())
+        names = self.COMPONENTS + self.also + (("gateway",) if gateway else ())
         for name in names:
             self.start(name)
         for name in names:
@@ -115,9 +144,10 @@ class System:
         return self
 
     def probe_url(self, name: str) -> str:
-        base = f"http://127.0.0.1:{self.ports[name]}"
+        host = self._namespaces[name].inside_ip if name in self.isolate else "127.0.0.1"
+        base = f"http://{host}:{self.ports[name]}"
         # The gateway's /readyz is the command API's: ready when it proxies.
-        return base + ("/_stats" if name == "fake_sendgrid" else "/readyz")
+        return base + ("/_stats" if name.startswith("fake_sendgrid") else "/readyz")
 
     def wait_ready(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -149,6 +179,9 @@ class System:
                 process.kill()
         for log in self._logs.values():
             log.close()
+        for namespace in self._namespaces.values():
+            namespace.__exit__(None, None, None)
+        self._namespaces.clear()
 
     def fake(self) -> Http:
         return Http(self.fake_url)
