@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from core.db import postgres_database
 from core.env import env_bool, env_durations, env_int, env_list, env_str
 from core.logging import configure_structlog, logging_config
 
@@ -76,16 +77,10 @@ TEMPLATES = [
 
 DATABASES = {
     "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "HOST": env_str("POSTGRES_HOST", "127.0.0.1"),
-        "PORT": env_int("POSTGRES_PORT", 5432),
-        "NAME": env_str("POSTGRES_DB", "emails"),
-        "USER": env_str("POSTGRES_USER", "postgres"),
-        "PASSWORD": env_str("POSTGRES_PASSWORD", ""),
+        **postgres_database(),
         # Persistent connections: a request must not pay for a new connection.
         "CONN_MAX_AGE": env_int("POSTGRES_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"connect_timeout": env_int("POSTGRES_CONNECT_TIMEOUT", 5)},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -49,7 +49,7 @@ def delivered(email_id=1, recipient="ann@example.com", status="delivered", at=NO
 
 @pytest.fixture
 def conn():
-    from outbox_relay.relay import connect_postgres
+    from core.db import connect_postgres
 
     c = connect_postgres(connection.settings_dict, application_name="test-projector", idle_in_transaction_ms=60000)
     yield c
