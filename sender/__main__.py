@@ -57,7 +57,7 @@ def command_run(args) -> int:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "outbox_relay.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sender.settings")
     parser = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
