@@ -29,8 +29,8 @@ WSGI_APPLICATION = "command_api.wsgi.application"
 
 # Shown in pg_stat_activity next to the sender's, the relay's and the projector's connections.
 # A copy, not the shared dict changed in place: deployment/settings.py reads this module too.
-default = DATABASES["default"]  # noqa: F405
-DATABASES = {"default": {**default, "OPTIONS": {**default["OPTIONS"], "application_name": "command-api"}}}
+_default = DATABASES["default"]  # noqa: F405
+DATABASES = {"default": {**_default, "OPTIONS": {**_default["OPTIONS"], "application_name": "command-api"}}}
 
 # The docs page (api/docs/) is the one at the gateway's base URL, so it offers both APIs' schemas
 # with a selector: this one and the query API's, which the gateway routes to the query API (on

@@ -21,9 +21,9 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-local-development-key" if DE
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
-# The base of every process's app list: the scheduler's tables. The migrations of the apps below
+# The base of every process's app list: the scheduler's tables. The migrations of most apps
 # (accounts, outbox, deliveries, webhooks, the read model) schedule their retention jobs in them,
-# so any process that installs one of those needs django_q in its migration graph (manage.py check,
+# so a process that installs one of those needs django_q in its migration graph (manage.py check,
 # runserver). Each process's settings add what it serves or queries through the ORM, and no other
 # service's apps; deployment/settings.py, for migrations and the scheduler, installs them all.
 INSTALLED_APPS = ["django_q"]

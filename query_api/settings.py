@@ -30,5 +30,5 @@ WSGI_APPLICATION = "query_api.wsgi.application"
 SPECTACULAR_SETTINGS = {**SPECTACULAR_SETTINGS, "TITLE": "Email delivery platform: sent-email log"}  # noqa: F405
 
 # Shown in pg_stat_activity next to the other services' connections.
-default = DATABASES["default"]  # noqa: F405
-DATABASES = {"default": {**default, "OPTIONS": {**default["OPTIONS"], "application_name": "query-api"}}}
+_default = DATABASES["default"]  # noqa: F405
+DATABASES = {"default": {**_default, "OPTIONS": {**_default["OPTIONS"], "application_name": "query-api"}}}

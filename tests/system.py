@@ -73,7 +73,7 @@ class System:
         self.query_url = f"http://127.0.0.1:{self.ports['query_api']}"
         self.fake_url = f"http://127.0.0.1:{self.ports['fake_sendgrid']}"
         self.gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
-        # Each process runs on its own settings: its entry point's default (manage.py's aside).
+        # Each process runs on its own settings, its entry point's default, as deployed.
         inherited = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
         self.env = inherited | {
             "POSTGRES_DB": database, "BROKER_PREFIX": prefix, "DJANGO_DEBUG": "false",
