@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--database", default="emails_chaos")
     args = parser.parse_args()
     prefix = f"chaos-{uuid.uuid4().hex[:6]}"
-    setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=prefix,
+    setup_django(database=args.database, settings_module="deployment.settings", prefix=prefix,
                  RECONCILE_GRACE_SECONDS="0")
 
     from django.test import override_settings

@@ -15,15 +15,18 @@ if str(ROOT) not in sys.path:
 
 def setup_django(*, database: str, settings_module: str, prefix: str, **env: str) -> None:
     """Point this process (and the processes it starts) at `database` and broker `prefix` with
-    production settings, create and migrate the database, set Django up."""
+    production settings, create and migrate the database, set Django up on `settings_module`.
+    The processes it starts then run on their own settings (their entry points' defaults)."""
     os.environ.update({"POSTGRES_DB": database, "DJANGO_SETTINGS_MODULE": settings_module, "DJANGO_DEBUG": "false",
                        "DJANGO_SECRET_KEY": "benchmark-only", "BROKER_PREFIX": prefix, "LOG_LEVEL": "WARNING",
                        **env})
     subprocess.run([sys.executable, "-m", "core.db_bootstrap"], cwd=ROOT, check=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True,
+                   env=os.environ | {"DJANGO_SETTINGS_MODULE": "deployment.settings"})
     import django
 
     django.setup()
+    del os.environ["DJANGO_SETTINGS_MODULE"]
 
 
 def wait_http(url: str, seconds: float = 30) -> None:

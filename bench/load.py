@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database", default="emails_bench_load")
     args = parser.parse_args()
-    setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=PREFIX)
+    setup_django(database=args.database, settings_module="deployment.settings", prefix=PREFIX)
 
     from core.broker import Topology
     from tests.broker import declare, purge

@@ -14,7 +14,6 @@ one endpoint (cumulative time, top 40). Run it by hand.
 import argparse
 import cProfile
 import json
-import os
 import pstats
 import statistics
 import sys
@@ -30,7 +29,6 @@ def main() -> None:
     parser.add_argument("--database", default="emails_bench_inprocess")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    os.environ["PYTHONPATH"] = f"{ROOT / 'bench'}:{ROOT}"  # the migrate subprocess imports variants_settings
     setup_django(database=args.database, settings_module="variants_settings", prefix="bench-inprocess",
                  SEND_RATE_LIMIT="off")
 

@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are reported")
     parser.add_argument("--database", default="emails_bench_relay")
     args = parser.parse_args()
-    setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=PREFIX)
+    setup_django(database=args.database, settings_module="deployment.settings", prefix=PREFIX)
 
     from django.db import connection
 

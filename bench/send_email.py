@@ -38,7 +38,8 @@ def bench_env(args) -> dict:
 def prepare(env: dict) -> tuple[str, int]:
     """Create and migrate the benchmark database, empty it; return a token and a template id."""
     subprocess.run([PYTHON, "-m", "core.db_bootstrap"], cwd=ROOT, env=env, check=True)
-    subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT,
+                   env=env | {"DJANGO_SETTINGS_MODULE": "deployment.settings"}, check=True)
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
     import django

@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=16)
     parser.add_argument("--database", default="emails_bench_sender")
     args = parser.parse_args()
-    setup_django(database=args.database, settings_module="outbox_relay.settings", prefix=PREFIX)
+    setup_django(database=args.database, settings_module="deployment.settings", prefix=PREFIX)
 
     from core.broker import topology_from_settings
     from tests.broker import declare

@@ -4,11 +4,33 @@ import json
 
 from core.settings import *  # noqa: F401,F403
 
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "knox",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    *INSTALLED_APPS,  # noqa: F405  (django_q: its admin shows the scheduled jobs and their failures)
+    "axes",
+    "core.accounts",
+    "core.outbox",
+    "command_api.emails",
+    "command_api.webhooks",
+    "core.deliveries",
+]
+
 ROOT_URLCONF = "command_api.urls"
 WSGI_APPLICATION = "command_api.wsgi.application"
 
 # Shown in pg_stat_activity next to the sender's, the relay's and the projector's connections.
-DATABASES["default"]["OPTIONS"]["application_name"] = "command-api"  # noqa: F405
+# A copy, not the shared dict changed in place: deployment/settings.py reads this module too.
+_default = DATABASES["default"]  # noqa: F405
+DATABASES = {"default": {**_default, "OPTIONS": {**_default["OPTIONS"], "application_name": "command-api"}}}
 
 # The docs page (api/docs/) is the one at the gateway's base URL, so it offers both APIs' schemas
 # with a selector: this one and the query API's, which the gateway routes to the query API (on

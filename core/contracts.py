@@ -145,14 +145,15 @@ class EmailDeliveryStatus(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class EmailDeliveryStatuses(Event):
-    """Everything one Event Webhook post reported, for any number of emails: each item is a whole
+    """What one Event Webhook post reported about one email (its aggregate): each item is a whole
     `email.delivery_status` payload with its own event id. One outbox row, one message and one
     delivery instead of one per status; consumers apply the items as if they came one by one
-    (deduplicated by the items' event ids)."""
+    (deduplicated by the items' event ids), and accept items of several emails (as rows written
+    before the email became the aggregate hold)."""
 
     TYPE: ClassVar[str] = "email.delivery_statuses"
     VERSION: ClassVar[int] = 1
-    AGGREGATE: ClassVar[str] = "provider_webhook"
+    AGGREGATE: ClassVar[str] = "sent_email"
 
     statuses: tuple[dict, ...]
 

@@ -1,34 +1,29 @@
 """Create the project's database when it is missing: `python -m core.db_bootstrap`.
 
-Connects to the server's maintenance database with the same environment variables as the
-settings (POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER, POSTGRES_PASSWORD).
+Connects to the server's maintenance database (POSTGRES_MAINTENANCE_DB, default postgres) with
+the settings' POSTGRES_* variables.
 """
 
 import os
 import sys
 
-import psycopg2
 from psycopg2 import sql
+
+from core.db import connect_postgres, postgres_database
 
 
 def ensure_database() -> bool:
     """Create POSTGRES_DB if it does not exist; True when it was created."""
-    name = os.environ.get("POSTGRES_DB", "emails")
-    conn = psycopg2.connect(
-        host=os.environ.get("POSTGRES_HOST", "127.0.0.1"),
-        port=int(os.environ.get("POSTGRES_PORT", "5432")),
-        user=os.environ.get("POSTGRES_USER", "postgres"),
-        password=os.environ.get("POSTGRES_PASSWORD", ""),
-        dbname=os.environ.get("POSTGRES_MAINTENANCE_DB", "postgres"),
-        connect_timeout=5,
-    )
+    database = postgres_database()
+    maintenance = {**database, "NAME": os.environ.get("POSTGRES_MAINTENANCE_DB", "postgres")}
+    conn = connect_postgres(maintenance, application_name="db-bootstrap", idle_in_transaction_ms=0)
     conn.autocommit = True
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database["NAME"]])
             if cursor.fetchone():
                 return False
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database["NAME"])))
             return True
     finally:
         conn.close()
@@ -36,5 +31,5 @@ def ensure_database() -> bool:
 
 if __name__ == "__main__":
     created = ensure_database()
-    print(f"database {os.environ.get('POSTGRES_DB', 'emails')}: {'created' if created else 'exists'}")
+    print(f"database {postgres_database()['NAME']}: {'created' if created else 'exists'}")
     sys.exit(0)

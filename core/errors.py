@@ -11,8 +11,6 @@ from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
-from rest_framework.views import set_rollback
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +60,11 @@ def _flatten(detail) -> dict[str, list[str]]:
 
 
 def exception_handler(exc, context):
+    # Imported here: DRF's views module loads the APIs' token authentication (knox, the accounts
+    # app), which only the APIs install; the workers import this module for ApplicationError.
+    from rest_framework.views import exception_handler as drf_exception_handler
+    from rest_framework.views import set_rollback
+
     if isinstance(exc, ApplicationError):
         return Response(
             {"message": exc.message, "errors": exc.errors},

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from core.db import postgres_database
 from core.env import env_bool, env_durations, env_int, env_list, env_str
 from core.logging import configure_structlog, logging_config
 
@@ -20,28 +21,15 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-local-development-key" if DE
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
-INSTALLED_APPS = [
-    "django.contrib.admin",
-    "django.contrib.auth",
-    "django.contrib.contenttypes",
-    "django.contrib.sessions",
-    "django.contrib.messages",
-    "django.contrib.staticfiles",
-    "rest_framework",
-    "knox",
-    "drf_spectacular",
-    "drf_spectacular_sidecar",
-    "django_q",
-    "axes",
-    "core.accounts",
-    "core.outbox",
-    "command_api.emails",
-    "command_api.webhooks",
-    "core.deliveries",
-    "query_api",
-    "django.contrib.postgres",
-]
+# The base of every process's app list: the scheduler's tables. The migrations of most apps
+# (accounts, outbox, deliveries, webhooks, the read model) schedule their retention jobs in them,
+# so a process that installs one of those needs django_q in its migration graph (manage.py check,
+# runserver). Each process's settings add what it serves or queries through the ORM, and no other
+# service's apps; deployment/settings.py, for migrations and the scheduler, installs them all.
+INSTALLED_APPS = ["django_q"]
 
+# The command API's request pipeline (sessions for the admin, logins throttled by axes); the query
+# API, with neither, runs a shorter one.
 MIDDLEWARE = [
     "core.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -76,16 +64,10 @@ TEMPLATES = [
 
 DATABASES = {
     "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "HOST": env_str("POSTGRES_HOST", "127.0.0.1"),
-        "PORT": env_int("POSTGRES_PORT", 5432),
-        "NAME": env_str("POSTGRES_DB", "emails"),
-        "USER": env_str("POSTGRES_USER", "postgres"),
-        "PASSWORD": env_str("POSTGRES_PASSWORD", ""),
+        **postgres_database(),
         # Persistent connections: a request must not pay for a new connection.
         "CONN_MAX_AGE": env_int("POSTGRES_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"connect_timeout": env_int("POSTGRES_CONNECT_TIMEOUT", 5)},
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

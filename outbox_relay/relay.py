@@ -31,6 +31,7 @@ from pika.exceptions import AMQPError
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.contracts import ContractError, EmailRequested
+from core.db import connect_postgres
 from core.deliveries.store import fail_request
 from core.outbox.deadletters import PARKED, PARKED_SQL
 from core.workers import Backoff, Outages, StoppableWorker
@@ -184,19 +185,6 @@ def _fail_requests(cursor, rows, dead: dict[str, str], notify_channel: str | Non
                          notify_channel=notify_channel, permanent=True)
             statements += 1
     return statements
-
-
-def connect_postgres(database: dict, *, application_name: str, idle_in_transaction_ms: int):
-    options = f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms} -c application_name={application_name}"
-    return psycopg2.connect(
-        host=database["HOST"],
-        port=database["PORT"],
-        dbname=database["NAME"],
-        user=database["USER"],
-        password=database["PASSWORD"],
-        connect_timeout=database.get("OPTIONS", {}).get("connect_timeout", 5),
-        options=options,
-    )
 
 
 @dataclass(frozen=True)

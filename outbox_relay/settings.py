@@ -1,5 +1,9 @@
-"""Settings of the relay process and the outbox CLI: the shared ones, no URLs served."""
+"""Settings of the relay process and the outbox CLI: no URLs served.
+
+The relay reaches Postgres through its own connections (core/db.py); the CLI queries the outbox,
+its replays and dead letters, and re-drives deliveries, through the ORM.
+"""
 
 from core.settings import *  # noqa: F401,F403
 
-ROOT_URLCONF = "command_api.urls"  # only for the admin links the CLI may print
+INSTALLED_APPS = [*INSTALLED_APPS, "core.outbox", "core.deliveries"]  # noqa: F405

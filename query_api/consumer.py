@@ -19,8 +19,8 @@ from prometheus_client import Counter, Gauge
 from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
+from core.db import connect_postgres
 from core.workers import Backoff, Outages, StoppableWorker
-from outbox_relay.relay import connect_postgres
 from query_api.projector import BATCH_SECONDS, DEAD, apply_batch, unbatched
 
 log = structlog.get_logger(__name__)

@@ -1,10 +1,34 @@
-"""Settings of the query API process (the read side), deployable on its own."""
+"""Settings of the query API and the projector (the read side), deployable on its own."""
 
 from core.settings import *  # noqa: F401,F403
+
+INSTALLED_APPS = [
+    "django.contrib.auth",  # the callers: users of core.accounts, by their knox tokens
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",  # the API docs' assets
+    "django.contrib.postgres",
+    "rest_framework",
+    "knox",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    *INSTALLED_APPS,  # noqa: F405
+    "core.accounts",
+    "query_api",
+]
+# No sessions, no admin, no logins: a token on every request (DRF authenticates it).
+MIDDLEWARE = [
+    "core.middleware.CorrelationIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
 
 ROOT_URLCONF = "query_api.urls"
 WSGI_APPLICATION = "query_api.wsgi.application"
 SPECTACULAR_SETTINGS = {**SPECTACULAR_SETTINGS, "TITLE": "Email delivery platform: sent-email log"}  # noqa: F405
 
 # Shown in pg_stat_activity next to the other services' connections.
-DATABASES["default"]["OPTIONS"]["application_name"] = "query-api"  # noqa: F405
+_default = DATABASES["default"]  # noqa: F405
+DATABASES = {"default": {**_default, "OPTIONS": {**_default["OPTIONS"], "application_name": "query-api"}}}

@@ -17,7 +17,7 @@ def command_run(args) -> int:
 
     from core.broker import topology_from_settings
     from core.worker_http import Health, serve
-    from sender.consumer import SenderConfig, SenderWorker
+    from sender.consumer import SenderWorkerConfig, SenderWorker
     from sender.handlers import Policy
     from sender.provider import SendGridProvider
     from core.deliveries.store import DeliveryStore
@@ -30,7 +30,7 @@ def command_run(args) -> int:
     if args.http_port:
         serve(health, host=args.http_host, port=args.http_port)
     worker = SenderWorker(
-        config=SenderConfig(
+        config=SenderWorkerConfig(
             broker_url=settings.RABBITMQ_URL,
             prefetch=settings.SENDER_PREFETCH,
             concurrency=settings.SENDER_CONCURRENCY,
@@ -57,7 +57,7 @@ def command_run(args) -> int:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "outbox_relay.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sender.settings")
     parser = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")

@@ -62,7 +62,7 @@ RECEIPTS = Counter("sender_provider_receipts_total", "Provider reports noted on 
 
 
 @dataclass(frozen=True)
-class SenderConfig:
+class SenderWorkerConfig:
     broker_url: str
     prefetch: int = 100
     concurrency: int = 64
@@ -80,7 +80,7 @@ def delay_route(topology: Topology, delay_seconds: float, role: str = "sender") 
 
 
 class SenderWorker(StoppableWorker):
-    def __init__(self, *, config: SenderConfig, topology: Topology, provider, store, policy: Policy, health):
+    def __init__(self, *, config: SenderWorkerConfig, topology: Topology, provider, store, policy: Policy, health):
         self.config, self.topology, self.provider, self.store, self.policy = config, topology, provider, store, policy
         self.health = health
         self.outages = Outages(health)

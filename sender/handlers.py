@@ -28,7 +28,7 @@ from prometheus_client import Counter, Histogram
 
 from core.contracts import EmailRequested
 from core.deliveries.store import DeliveryStore
-from sender.provider import BAD_KEY, MAX_RECIPIENTS_PER_CALL, PERMANENT, SENT, UNKNOWN, SendResult
+from sender.provider import BAD_KEY, MAX_RECIPIENTS_PER_CALL, PERMANENT, SENT, UNKNOWN, ProviderAnswer
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,7 @@ def handle_email_requested(event: EmailRequested, *, provider, store: DeliverySt
     for start in range(0, len(recipients), MAX_RECIPIENTS_PER_CALL):
         chunk = recipients[start:start + MAX_RECIPIENTS_PER_CALL]
         attempt = max(claim.claimed[r] for r in chunk)
-        result: SendResult | None = None
+        result: ProviderAnswer | None = None
         try:
             with PROVIDER_SECONDS.labels(outcome="any").time():
                 result = provider.send(event, chunk)
@@ -136,7 +136,7 @@ def handle_email_requested(event: EmailRequested, *, provider, store: DeliverySt
     return Decision(ACK)
 
 
-def _record(event: EmailRequested, chunk: list[str], result: SendResult, attempt: int, *, token: str,
+def _record(event: EmailRequested, chunk: list[str], result: ProviderAnswer, attempt: int, *, token: str,
             provider: str, store: DeliveryStore, policy: Policy) -> Decision:
     bound = log.bind(email_id=event.email_id, event_id=event.event_id, recipients=len(chunk), attempt=attempt)
     if result.kind == SENT:
@@ -184,7 +184,7 @@ def _record(event: EmailRequested, chunk: list[str], result: SendResult, attempt
     return Decision(RETRY, delay=delay, reason=result.reason)
 
 
-def _crashed(event: EmailRequested, chunk: list[str], exc: Exception, result: SendResult | None, attempt: int, *,
+def _crashed(event: EmailRequested, chunk: list[str], exc: Exception, result: ProviderAnswer | None, attempt: int, *,
              token: str, provider: str, store: DeliveryStore, policy: Policy) -> Decision:
     """A bug, not an outage: it counts as the attempt. If the provider may have the mail (the
     call itself broke, or it answered 202 and the recording broke), the delivery is in doubt;

@@ -34,7 +34,9 @@ SENT, TRANSIENT, UNKNOWN, PERMANENT, BAD_KEY = "sent", "transient", "unknown", "
 
 
 @dataclass(frozen=True)
-class SendResult:
+class ProviderAnswer:
+    """The provider's answer to one send call, classified (not the command API's result of a send)."""
+
     kind: str  # one of SENT, TRANSIENT, UNKNOWN, PERMANENT, BAD_KEY
     status: int | None = None
     message_id: str = ""
@@ -87,21 +89,21 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-def classify_answer(status: int, body: bytes, headers) -> SendResult:
+def classify_answer(status: int, body: bytes, headers) -> ProviderAnswer:
     """Any answer but a 2xx."""
     reason = f"{status}: {_messages(body)}"
     if status == 429:
-        return SendResult(TRANSIENT, status, reason=reason, retry_after=_retry_after(headers))
+        return ProviderAnswer(TRANSIENT, status, reason=reason, retry_after=_retry_after(headers))
     if status >= 500:
-        return SendResult(TRANSIENT, status, reason=reason)
+        return ProviderAnswer(TRANSIENT, status, reason=reason)
     if status == 401:
-        return SendResult(BAD_KEY, status, reason=reason)
+        return ProviderAnswer(BAD_KEY, status, reason=reason)
     if status == 403:
         # An unverified sender is this email's problem; anything else is our key's.
         if "sender identity" in reason.lower() or "verified" in reason.lower():
-            return SendResult(PERMANENT, status, reason=reason)
-        return SendResult(BAD_KEY, status, reason=reason)
-    return SendResult(PERMANENT, status, reason=reason)
+            return ProviderAnswer(PERMANENT, status, reason=reason)
+        return ProviderAnswer(BAD_KEY, status, reason=reason)
+    return ProviderAnswer(PERMANENT, status, reason=reason)
 
 
 class SendGridProvider:
@@ -174,22 +176,22 @@ class SendGridProvider:
             self._local.last_used = time.monotonic()
         return response.status, data, response.headers
 
-    def send(self, event: EmailRequested, recipients: list[str]) -> SendResult:
+    def send(self, event: EmailRequested, recipients: list[str]) -> ProviderAnswer:
         body = json.dumps(build_mail(event, recipients).get()).encode()
         try:
             status, data, headers = self._post(self._send_path, body)
         except (TimeoutError, socket.timeout) as error:
             self._drop_connection()
-            return SendResult(UNKNOWN, reason=f"timeout after {self.timeout}s: {error}")
+            return ProviderAnswer(UNKNOWN, reason=f"timeout after {self.timeout}s: {error}")
         except (ConnectionRefusedError, socket.gaierror) as error:
             self._drop_connection()
-            return SendResult(TRANSIENT, reason=f"cannot reach the provider: {error}")
+            return ProviderAnswer(TRANSIENT, reason=f"cannot reach the provider: {error}")
         except (OSError, http.client.HTTPException) as error:
             self._drop_connection()
             # The request may have been sent before the connection broke.
-            return SendResult(UNKNOWN, reason=f"connection broken: {error!r}")
+            return ProviderAnswer(UNKNOWN, reason=f"connection broken: {error!r}")
         if 200 <= status < 300:
-            return SendResult(SENT, status, message_id=headers.get("X-Message-Id", ""))
+            return ProviderAnswer(SENT, status, message_id=headers.get("X-Message-Id", ""))
         return classify_answer(status, data, headers)
 
     def check_key(self) -> bool | None:

@@ -138,7 +138,7 @@ class WorkerProcess:
         self.verb = self.VERBS.get(module, "run")
         self.port = free_port()
         self.env = os.environ | {
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DJANGO_SETTINGS_MODULE": f"{module}.settings",  # the process's own, as deployed
             "POSTGRES_DB": connection.settings_dict["NAME"],
             "BROKER_PREFIX": topology.prefix,
             "LOG_JSON": "true",

@@ -73,7 +73,9 @@ class System:
         self.query_url = f"http://127.0.0.1:{self.ports['query_api']}"
         self.fake_url = f"http://127.0.0.1:{self.ports['fake_sendgrid']}"
         self.gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
-        self.env = os.environ | {
+        # Each process runs on its own settings, its entry point's default, as deployed.
+        inherited = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+        self.env = inherited | {
             "POSTGRES_DB": database, "BROKER_PREFIX": prefix, "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "REGISTRATION_RATE_LIMIT": "off",
             "LOG_JSON": "true",
@@ -112,7 +114,7 @@ class System:
         command, extra = self._command(name)
         log = self._logs.get(name) or open(self.log_dir / f"{name}.log", "a")
         self._logs[name] = log
-        env = self.env | {"DJANGO_SETTINGS_MODULE": "outbox_relay.settings"} | extra
+        env = self.env | extra
         if name in self.isolate:
             namespace = self._namespace(name)
             command = namespace.command(command)

@@ -195,7 +195,8 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
                             correlation_id: str) -> WebhookResult:
     """Verify SendGrid's signature, then in one transaction store each new event (SendGrid's
     repeated posts are dropped by sg_event_id) and write the new ones to the outbox as
-    `email.delivery_statuses` events (STATUSES_PER_EVENT each). Events without our custom_args,
+    `email.delivery_statuses` events, one per email (of at most STATUSES_PER_EVENT statuses), the
+    email's id their aggregate id. Events without our custom_args,
     or of kinds we do not track, are ignored; malformed ones (a bad id, an oversized field, a
     control character) are counted as rejected and logged, and the others are still stored.
     Raises ApplicationError: 403 (signature), 400 (not a JSON list)."""
@@ -239,13 +240,18 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
             ).to_dict()
             for row in rows if row.provider_event_id in inserted
         ]
-        # One event per post (per STATUSES_PER_EVENT): one message through the relay and the
-        # broker for a whole batch of statuses, not one per status.
+        # One event per email of the post (per STATUSES_PER_EVENT of its statuses): one message
+        # through the relay and the broker for all of an email's statuses, not one per status;
+        # the email is its aggregate, so ops who filter the outbox by an email find them.
+        by_email: dict[int, list[dict]] = {}
+        for item in statuses:
+            by_email.setdefault(item["email_id"], []).append(item)
         outbox_events_add(
             events=[
                 (EmailDeliveryStatuses(event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,
-                                       statuses=tuple(statuses[start:start + STATUSES_PER_EVENT])), correlation_id)
-                for start in range(0, len(statuses), STATUSES_PER_EVENT)
+                                       statuses=tuple(items[start:start + STATUSES_PER_EVENT])), str(email_id))
+                for email_id, items in by_email.items()
+                for start in range(0, len(items), STATUSES_PER_EVENT)
             ],
             aggregatetype=EmailDeliveryStatuses.AGGREGATE,
         )

@@ -32,6 +32,7 @@ import psycopg2
 from psycopg2.pool import ThreadedConnectionPool
 
 from core.contracts import EmailFailed, EmailRequested, EmailSent, Event
+from core.db import connect_kwargs
 from core.outbox.services import OUTBOX_INSERT_COLUMNS, OUTBOX_INSERT_VALUES, new_event_id, outbox_row
 from core.prepared import Prepared
 
@@ -200,11 +201,7 @@ class Claim:
 class DeliveryStore:
     def __init__(self, database: dict, *, pool_size: int, notify_channel: str | None, provider: str = "sendgrid"):
         self._pool_size = pool_size
-        self._connect_kwargs = dict(
-            host=database["HOST"], port=database["PORT"], dbname=database["NAME"], user=database["USER"],
-            password=database["PASSWORD"], connect_timeout=database.get("OPTIONS", {}).get("connect_timeout", 5),
-            application_name="sender",
-        )
+        self._connect_kwargs = connect_kwargs(database, application_name="sender")
         # Opened on first use, not here: a sender started while Postgres is down must wait for it
         # in its run loop like any outage, not die at start.
         self._pool: ThreadedConnectionPool | None = None

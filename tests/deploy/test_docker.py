@@ -1,10 +1,11 @@
 """Docker cannot run here, so check what can be: the Dockerfile's COPY sources exist, every
-target's command resolves to a real module of the project, and the compose file parses, names
-only existing targets and serves both APIs through the gateway."""
+target's command resolves to a real module of the project in a copy of only what its image holds,
+and the compose file parses, names only existing targets and serves both APIs through the gateway."""
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 def stages() -> dict[str, dict]:
     found, current = {}, None
     for line in DOCKERFILE.read_text().splitlines():
-        if match := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line):
-            current = found.setdefault(match.group(1), {"copy": [], "cmd": None})
+        if match := re.match(r"FROM\s+(\S+)\s+AS\s+(\S+)", line):
+            current = found.setdefault(match.group(2), {"base": match.group(1), "copy": [], "cmd": None})
         elif current is not None and line.startswith("COPY"):
             current["copy"].append(line.split()[1])
         elif current is not None and line.startswith("CMD"):
@@ -40,19 +41,47 @@ def test_the_image_runs_as_a_non_root_user():
     assert "pip install -r requirements/runtime.txt" in DOCKERFILE.read_text()
 
 
+def image_sources(target: str) -> list[str]:
+    """What the target's image holds of the repository: its COPY sources and its bases'."""
+    found = stages()
+    sources = []
+    while target in found:
+        sources = found[target]["copy"] + sources
+        target = found[target]["base"]
+    return sources
+
+
 RUNTIME_ENV = {"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "check-only", "LOG_LEVEL": "WARNING"}
+# The image's own settings module decides, as in the cluster; nothing on the path but the image.
+INHERITED_ENV = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
 
 
 @pytest.mark.parametrize("target", [t for t, s in stages().items() if s["cmd"]])
-def test_each_target_command_resolves(target):
+def test_each_target_command_resolves_in_what_its_image_holds(target, tmp_path):
+    for source in image_sources(target):
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, tmp_path / source)
     command = stages()[target]["cmd"]
     if command[0] == "gunicorn":  # imports the WSGI app with the config, serves nothing
         args = [sys.executable, "-m", "gunicorn", *command[1:], "--check-config"]
     else:
         args = [sys.executable if command[0] == "python" else command[0], *command[1:], "--help"]
-    result = subprocess.run(args, cwd=ROOT, env=os.environ | RUNTIME_ENV, capture_output=True, text=True,
+    result = subprocess.run(args, cwd=tmp_path, env=INHERITED_ENV | RUNTIME_ENV, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+SERVICE_PACKAGES = {"command-api": "command_api", "query-api": "query_api", "outbox-relay": "outbox_relay",
+                    "sender": "sender", "projector": "query_api"}
+
+
+@pytest.mark.parametrize(("target", "package"), SERVICE_PACKAGES.items())
+def test_a_service_image_holds_core_and_its_own_package_only(target, package):
+    packages = {source.rstrip("/") for source in image_sources(target) if (ROOT / source).is_dir()}
+    assert packages == {"requirements", "core", package}
 
 
 def test_compose_parses_and_names_only_existing_targets():

@@ -49,7 +49,7 @@ def delivered(email_id=1, recipient="ann@example.com", status="delivered", at=NO
 
 @pytest.fixture
 def conn():
-    from outbox_relay.relay import connect_postgres
+    from core.db import connect_postgres
 
     c = connect_postgres(connection.settings_dict, application_name="test-projector", idle_in_transaction_ms=60000)
     yield c
@@ -239,9 +239,9 @@ def test_a_signed_webhook_becomes_outbox_events_once(api_client, signer):
     first = api_client.post(HOOK, body, content_type="application/json", **signer(body))
     assert first.status_code == 200
     assert first.json() == {"accepted": 2, "duplicates": 0, "ignored": 1, "rejected": 0}
-    # The whole post is one event (one message), its items the statuses.
+    # The email's statuses of the post are one event (one message), its items the statuses.
     (row,) = OutboxEvent.objects.all()
-    assert (row.type, row.aggregatetype) == ("email.delivery_statuses", "provider_webhook")
+    assert (row.type, row.aggregatetype, row.aggregateid) == ("email.delivery_statuses", "sent_email", "9")
     items = EmailDeliveryStatuses.from_dict(row.payload).items()
     assert sorted(item.status for item in items) == ["delivered", "processed"]
     assert {(item.email_id, item.recipient) for item in items} == {(9, "Ann@example.com")}
@@ -257,13 +257,35 @@ def test_a_large_webhook_post_is_split_into_events_of_bounded_size(api_client, s
 
     body = json.dumps([
         {"email": f"r{i}@example.com", "timestamp": int(NOW.timestamp()), "event": "delivered",
-         "sg_event_id": f"sg-big-{i}", "event_id": str(uuid.uuid4()), "email_id": str(i + 1),
+         "sg_event_id": f"sg-big-{i}", "event_id": str(uuid.uuid4()), "email_id": "7",
          "recipient": f"r{i}@example.com"}
         for i in range(webhook_services.STATUSES_PER_EVENT * 2 + 1)
     ])
     assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200
     sizes = sorted(len(row.payload["statuses"]) for row in OutboxEvent.objects.all())
     assert sizes == [1, webhook_services.STATUSES_PER_EVENT, webhook_services.STATUSES_PER_EVENT]
+    assert set(OutboxEvent.objects.values_list("aggregateid", flat=True)) == {"7"}
+
+
+@pytest.mark.django_db
+def test_ops_filtering_the_outbox_by_an_email_find_its_delivery_statuses(api_client, signer, user_client, template):
+    from core.outbox.selectors import OutboxFilter, outbox_event_list
+
+    emails = [user_client.post("/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"],
+                                                               "template": template.pk}, format="json").json()["id"]
+              for _ in range(2)]
+    body = json.dumps([
+        {"email": "ann@example.com", "timestamp": int(NOW.timestamp()), "event": kind,
+         "sg_event_id": f"sg-{email_id}-{kind}", "event_id": str(uuid.uuid4()), "email_id": str(email_id),
+         "recipient": "ann@example.com"}
+        for email_id in emails for kind in ("processed", "delivered")
+    ])
+    assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200
+    for email_id in emails:
+        rows = outbox_event_list(selection=OutboxFilter(aggregate_id=str(email_id)))
+        assert sorted(row.type for row in rows) == ["email.delivery_statuses", "email.requested"]
+        (statuses,) = [row for row in rows if row.type == "email.delivery_statuses"]
+        assert {item.email_id for item in EmailDeliveryStatuses.from_dict(statuses.payload).items()} == {email_id}
 
 
 @pytest.mark.django_db

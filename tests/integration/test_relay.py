@@ -11,9 +11,10 @@ from django.conf import settings
 from django.db import connection
 
 from core.contracts import EmailRequested
+from core.db import connect_postgres
 from core.outbox.models import OutboxEvent
 from outbox_relay.publisher import ConfirmingPublisher
-from outbox_relay.relay import connect_postgres, relay_batch
+from outbox_relay.relay import relay_batch
 from tests import broker
 from tests.conftest import client_for
 from tests.factories import EmailTemplateFactory, UserFactory

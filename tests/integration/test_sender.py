@@ -448,7 +448,7 @@ def test_a_connection_the_broker_closes_during_a_refresh_is_an_outage_not_a_cras
 
     real_refresh = consumer.refresh
     monkeypatch.setattr(consumer, "refresh", refresh_as_the_broker_closes)
-    worker = consumer.SenderWorker(config=consumer.SenderConfig(broker_url=settings.RABBITMQ_URL, prefetch=10, concurrency=2),
+    worker = consumer.SenderWorker(config=consumer.SenderWorkerConfig(broker_url=settings.RABBITMQ_URL, prefetch=10, concurrency=2),
                                    topology=topology, provider=provider, store=store, policy=POLICY, health=Health())
     worker._keeper.interval = 3600  # its first poll only: no later frame of its own finds the closed connection
     outcome = {}
