@@ -20,8 +20,8 @@ from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipie
 from core.accounts.models import User
 from core.contracts import EmailRequested
 from core.errors import ApplicationError, field_error
-from core.outbox.models import OutboxEvent
-from core.outbox.services import OUTBOX_INSERT_COLUMNS, new_event_id, outbox_row
+from core.outbox import sql as outbox_sql
+from core.outbox.services import new_event_id
 from core.prepared import Prepared
 from core.text import text_problem
 
@@ -247,6 +247,11 @@ def _template_fresh(template_id: int) -> EmailTemplate:
 # transaction and one round trip; on commit, the NOTIFY wakes the relay. The event's payload and
 # headers come from the contract with the new email's id merged in. Nothing is written unless the
 # template row still has the `modified` time the email was rendered from.
+_EVENT = outbox_sql.insert_select(
+    aggregateid="email.id::text",
+    payload="%(payload)s::jsonb || jsonb_build_object('email_id', email.id)",
+    headers="%(headers)s::jsonb || jsonb_build_object('aggregateid', email.id::text)",
+)
 _EMAIL_WRITE = f"""
 WITH template AS (
     SELECT id FROM {EmailTemplate._meta.db_table} WHERE id = %(template_id)s AND modified = %(template_modified)s
@@ -263,11 +268,7 @@ WITH template AS (
     FROM email, unnest(%(recipients)s::varchar[]) WITH ORDINALITY AS given(address, position)
     ORDER BY given.position
 ), event AS (
-    INSERT INTO {OutboxEvent._meta.db_table} ({OUTBOX_INSERT_COLUMNS})
-    SELECT %(event_id)s, %(aggregatetype)s, email.id::text, %(type)s,
-        %(payload)s::jsonb || jsonb_build_object('email_id', email.id),
-        %(headers)s::jsonb || jsonb_build_object('aggregateid', email.id::text),
-        now(), now(), 0, ''
+    {_EVENT}
     FROM email
 )
 """
@@ -334,16 +335,14 @@ def sent_email_create(
             body_html=body,
             template_name=template.name,
         )
-        row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid="")
+        row = outbox_sql.outbox_parameters(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid="")
         try:
-            email_id = _email_write({
+            email_id = _email_write(row | {
                 "template_id": template.pk, "template_modified": template.modified, "sender_id": sender.pk,
                 "template_name": template.name, "from_email": event.from_email, "subject": subject,
                 "body": body, "context": json.dumps(context), "correlation_id": correlation_id,
                 "idempotency_key": idempotency_key, "fingerprint": fingerprint, "created": created,
-                "recipients": recipients, "event_id": event.event_id, "aggregatetype": row["aggregatetype"],
-                "type": row["type"], "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
-                "channel": settings.OUTBOX_NOTIFY_CHANNEL,
+                "recipients": recipients, "channel": settings.OUTBOX_NOTIFY_CHANNEL,
             })
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key committed first; its row is
