@@ -5,7 +5,6 @@ import json
 import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from functools import lru_cache
 
 import structlog
 from django.conf import settings
@@ -99,23 +98,6 @@ class SendResult:
     created: bool  # False when an Idempotency-Key matched an earlier request
 
 
-_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-
-
-@lru_cache(maxsize=8)
-def parse_rate(rate: str) -> tuple[int, int] | None:
-    """'10/day' -> (10, 86400); '' or 'off' -> None (no limit)."""
-    if rate.strip().lower() in ("", "off", "none", "0"):
-        return None
-    try:
-        count, period = rate.split("/")
-        return int(count), _PERIODS[period.strip().lower()]
-    except (ValueError, KeyError):
-        raise ValueError(
-            f"SEND_RATE_LIMIT must look like '10/day' (second, minute, hour or day), got {rate!r}"
-        ) from None
-
-
 ADDRESS_MAX_LENGTH = SentEmailRecipient._meta.get_field("address").max_length
 
 
@@ -176,10 +158,10 @@ def _idempotent_replay(*, sender: User, key: str, fingerprint: str) -> SendResul
 
 
 def _check_rate_limit(*, sender: User) -> None:
-    rate = parse_rate(settings.SEND_RATE_LIMIT)
+    rate = settings.SEND_RATE_LIMIT  # validated when the settings loaded (core.env.Rate)
     if rate is None:
         return
-    limit, period = rate
+    limit, period = rate.count, rate.seconds
     now = timezone.now()
     # The limit-th most recent email inside the window, if any: one index range scan of at most
     # `limit` rows. Requests racing each other may overshoot by the number in flight.
