@@ -93,7 +93,9 @@ def email_template_delete(*, template: EmailTemplate) -> None:
 
 
 @dataclass(frozen=True)
-class SendResult:
+class SendAccepted:
+    """What `sent_email_create` accepted: the email, and whether this request wrote it."""
+
     email: SentEmail
     created: bool  # False when an Idempotency-Key matched an earlier request
 
@@ -143,7 +145,7 @@ def _fingerprint(*, template_id: int, recipients: list[str], context: dict) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _idempotent_replay(*, sender: User, key: str, fingerprint: str) -> SendResult | None:
+def _idempotent_replay(*, sender: User, key: str, fingerprint: str) -> SendAccepted | None:
     earlier = SentEmail.objects.filter(sender=sender, idempotency_key=key).first()
     if earlier is None:
         return None
@@ -154,7 +156,7 @@ def _idempotent_replay(*, sender: User, key: str, fingerprint: str) -> SendResul
             status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
         )
     log.info("sent_email_idempotent_replay", email_id=earlier.pk)
-    return SendResult(email=earlier, created=False)
+    return SendAccepted(email=earlier, created=False)
 
 
 def _check_rate_limit(*, sender: User) -> None:
@@ -213,7 +215,7 @@ def sent_email_create(
     context: dict,
     correlation_id: str,
     idempotency_key: str | None = None,
-) -> SendResult:
+) -> SendAccepted:
     """Accept an email for delivery.
 
     In one transaction: the rendered email, one row per (de-duplicated) recipient and its
@@ -250,7 +252,7 @@ def sent_email_create(
             raise
         if email_id is not None:
             log.info("sent_email_accepted", email_id=email_id, recipients=len(recipients), event_id=write.event_id)
-            return SendResult(email=write.email(email_id), created=True)
+            return SendAccepted(email=write.email(email_id), created=True)
         # The template changed (or went) since this process read it: render the current one.
         template = template_fresh(template_id)
         subject, body = _render(template, context)
