@@ -2,6 +2,7 @@
 
 import os
 import re
+from dataclasses import dataclass
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -66,5 +67,42 @@ def env_durations(name: str, default: str) -> tuple[float, ...]:
     raw = os.environ.get(name)
     try:
         return parse_durations(default if raw is None or not raw.strip() else raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}.") from None
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` in `seconds`, as the setting wrote it (`text`, which str() gives back)."""
+
+    count: int
+    seconds: int
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_rate(text: str) -> Rate | None:
+    """'10/day' -> Rate(10, 86400); '', 'off', 'none' or '0' -> None (no limit). Raises ValueError."""
+    if text.strip().lower() in ("", "off", "none", "0"):
+        return None
+    try:
+        count, period = text.split("/")
+        rate = Rate(int(count), _PERIODS[period.strip().lower()], text)
+    except (ValueError, KeyError):
+        raise ValueError(f"{text!r} is not a rate like '10/day' (second, minute, hour or day)") from None
+    if rate.count < 1:
+        raise ValueError(f"{text!r} allows nothing: a rate counts at least 1 (or is off)")
+    return rate
+
+
+def env_rate(name: str, default: str) -> Rate | None:
+    raw = os.environ.get(name)
+    try:
+        return parse_rate(default if raw is None else raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name}: {exc}.") from None

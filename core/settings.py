@@ -11,7 +11,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from core.db import postgres_database
-from core.env import env_bool, env_durations, env_int, env_list, env_str
+from core.env import env_bool, env_durations, env_int, env_list, env_rate, env_str
 from core.logging import configure_structlog, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -171,8 +171,8 @@ SEND_MAX_RECIPIENTS = env_int("SEND_MAX_RECIPIENTS", 1000)
 RENDER_MAX_BYTES = env_int("RENDER_MAX_BYTES", 1024 * 1024)
 RENDER_MAX_LOOP_ITERATIONS = env_int("RENDER_MAX_LOOP_ITERATIONS", 10_000)
 RENDER_TIMEOUT_MS = env_int("RENDER_TIMEOUT_MS", 1000)
-# "<count>/<second|minute|hour|day>" per user; empty or "off" disables the limit.
-SEND_RATE_LIMIT = env_str("SEND_RATE_LIMIT", "10/day")
+# "<count>/<second|minute|hour|day>" per user; empty or "off" disables the limit (None).
+SEND_RATE_LIMIT = env_rate("SEND_RATE_LIMIT", "10/day")
 # One NOTIFY per committing transaction wakes the relay; off leaves it to polling.
 OUTBOX_NOTIFY = env_bool("OUTBOX_NOTIFY", True)
 OUTBOX_NOTIFY_CHANNEL = env_str("OUTBOX_NOTIFY_CHANNEL", "outbox")

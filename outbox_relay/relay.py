@@ -34,39 +34,11 @@ from core.contracts import ContractError, EmailRequested
 from core.db import connect_postgres
 from core.deliveries.store import fail_request
 from core.outbox.deadletters import PARKED, PARKED_SQL
+from core.outbox.sql import CLAIM_SQL, MARK_DEAD_SQL, MARK_PUBLISHED_SQL, MARK_RETRY_SQL, outbox_backlog
 from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
 
 log = structlog.get_logger(__name__)
-
-CLAIM_SQL = """
-    SELECT id, type, payload::text, headers::text
-      FROM outbox
-     WHERE published_at IS NULL AND failed_at IS NULL AND not_before <= now()
-     ORDER BY not_before
-     LIMIT %s
-       FOR UPDATE SKIP LOCKED
-"""
-MARK_PUBLISHED_SQL = """
-    UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = ''
-     WHERE id = ANY(%s::uuid[])
-"""
-MARK_DEAD_SQL = """
-    UPDATE outbox AS o SET failed_at = now(), attempts = o.attempts + 1, last_error = r.error
-      FROM unnest(%s::uuid[], %s::text[]) AS r(id, error)
-     WHERE o.id = r.id
-"""
-MARK_RETRY_SQL = """
-    UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s::uuid[])
-"""
-BACKLOG_SQL = """
-    SELECT count(*) FILTER (WHERE failed_at IS NULL AND not_before <= now()),
-           coalesce(extract(epoch FROM now() - min(not_before)
-                    FILTER (WHERE failed_at IS NULL AND not_before <= now())), 0),
-           count(*) FILTER (WHERE failed_at IS NOT NULL)
-      FROM outbox
-     WHERE published_at IS NULL
-"""
 
 PUBLISHED = Counter("outbox_relay_published_total", "Outbox rows published and confirmed")
 DEAD = Counter("outbox_relay_dead_total", "Outbox rows the broker returned as unroutable")
@@ -321,13 +293,12 @@ class RelayWorker(StoppableWorker):
             return
         self._next_stats = now + self.config.stats_interval
         with self._conn.cursor() as cursor:
-            cursor.execute(BACKLOG_SQL)
-            backlog, oldest_age, dead = cursor.fetchone()
+            backlog = outbox_backlog(cursor)
             cursor.execute(PARKED_SQL)
             (parked,) = cursor.fetchone()
         self._conn.rollback()
-        BACKLOG.set(backlog)
-        OLDEST_AGE.set(float(oldest_age))
-        DEAD_ROWS.set(dead)
+        BACKLOG.set(backlog.due)
+        OLDEST_AGE.set(backlog.oldest_due_age_seconds)
+        DEAD_ROWS.set(backlog.dead)
         PARKED.set(parked)
         STATS_UPDATED.set_to_current_time()

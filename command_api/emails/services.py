@@ -3,26 +3,23 @@
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from functools import lru_cache
 
 import structlog
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
 
 from command_api.emails import rendering
 from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
+from command_api.emails.writes import EmailWrite, sent_email_write, template_cached, template_fresh
 from core.accounts.models import User
-from core.contracts import EmailRequested
 from core.errors import ApplicationError, field_error
-from core.outbox.models import OutboxEvent
-from core.outbox.services import OUTBOX_INSERT_COLUMNS, new_event_id, outbox_row
-from core.prepared import Prepared
+from core.outbox.services import new_event_id
 from core.text import text_problem
 
 log = structlog.get_logger(__name__)
@@ -96,26 +93,11 @@ def email_template_delete(*, template: EmailTemplate) -> None:
 
 
 @dataclass(frozen=True)
-class SendResult:
+class SendAccepted:
+    """What `sent_email_create` accepted: the email, and whether this request wrote it."""
+
     email: SentEmail
     created: bool  # False when an Idempotency-Key matched an earlier request
-
-
-_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-
-
-@lru_cache(maxsize=8)
-def parse_rate(rate: str) -> tuple[int, int] | None:
-    """'10/day' -> (10, 86400); '' or 'off' -> None (no limit)."""
-    if rate.strip().lower() in ("", "off", "none", "0"):
-        return None
-    try:
-        count, period = rate.split("/")
-        return int(count), _PERIODS[period.strip().lower()]
-    except (ValueError, KeyError):
-        raise ValueError(
-            f"SEND_RATE_LIMIT must look like '10/day' (second, minute, hour or day), got {rate!r}"
-        ) from None
 
 
 ADDRESS_MAX_LENGTH = SentEmailRecipient._meta.get_field("address").max_length
@@ -163,7 +145,7 @@ def _fingerprint(*, template_id: int, recipients: list[str], context: dict) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _idempotent_replay(*, sender: User, key: str, fingerprint: str) -> SendResult | None:
+def _idempotent_replay(*, sender: User, key: str, fingerprint: str) -> SendAccepted | None:
     earlier = SentEmail.objects.filter(sender=sender, idempotency_key=key).first()
     if earlier is None:
         return None
@@ -174,14 +156,14 @@ def _idempotent_replay(*, sender: User, key: str, fingerprint: str) -> SendResul
             status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
         )
     log.info("sent_email_idempotent_replay", email_id=earlier.pk)
-    return SendResult(email=earlier, created=False)
+    return SendAccepted(email=earlier, created=False)
 
 
 def _check_rate_limit(*, sender: User) -> None:
-    rate = parse_rate(settings.SEND_RATE_LIMIT)
+    rate = settings.SEND_RATE_LIMIT  # validated when the settings loaded (core.env.Rate)
     if rate is None:
         return
-    limit, period = rate
+    limit, period = rate.count, rate.seconds
     now = timezone.now()
     # The limit-th most recent email inside the window, if any: one index range scan of at most
     # `limit` rows. Requests racing each other may overshoot by the number in flight.
@@ -225,71 +207,6 @@ def _render(template: EmailTemplate, context: dict) -> tuple[str, str]:
     return subject, body
 
 
-# Templates a send renders with, as last read by this process: the write below checks that the
-# row still has this `modified` time, so a stale copy is never used (the write finds nothing, and
-# the template is read again). It saves a round trip per request.
-_TEMPLATE_CACHE_SIZE = 256
-_templates: dict[int, EmailTemplate] = {}
-
-
-def _template_fresh(template_id: int) -> EmailTemplate:
-    template = EmailTemplate.objects.filter(pk=template_id).first()
-    if template is None:
-        _templates.pop(template_id, None)
-        raise field_error("template", f"No template with id {template_id}.")
-    if len(_templates) >= _TEMPLATE_CACHE_SIZE:
-        _templates.clear()
-    _templates[template_id] = template
-    return template
-
-
-# The email, its recipients (in the order given) and its outbox event in one statement, so in one
-# transaction and one round trip; on commit, the NOTIFY wakes the relay. The event's payload and
-# headers come from the contract with the new email's id merged in. Nothing is written unless the
-# template row still has the `modified` time the email was rendered from.
-_EMAIL_WRITE = f"""
-WITH template AS (
-    SELECT id FROM {EmailTemplate._meta.db_table} WHERE id = %(template_id)s AND modified = %(template_modified)s
-), email AS (
-    INSERT INTO {SentEmail._meta.db_table} (sender_id, template_id, template_name, from_email, subject, body,
-        context, correlation_id, idempotency_key, request_fingerprint, created)
-    SELECT %(sender_id)s, template.id, %(template_name)s, %(from_email)s, %(subject)s, %(body)s,
-        %(context)s::jsonb, %(correlation_id)s, %(idempotency_key)s, %(fingerprint)s, %(created)s
-    FROM template
-    RETURNING id
-), recipients AS (
-    INSERT INTO {SentEmailRecipient._meta.db_table} (email_id, address)
-    SELECT email.id, given.address
-    FROM email, unnest(%(recipients)s::varchar[]) WITH ORDINALITY AS given(address, position)
-    ORDER BY given.position
-), event AS (
-    INSERT INTO {OutboxEvent._meta.db_table} ({OUTBOX_INSERT_COLUMNS})
-    SELECT %(event_id)s, %(aggregatetype)s, email.id::text, %(type)s,
-        %(payload)s::jsonb || jsonb_build_object('email_id', email.id),
-        %(headers)s::jsonb || jsonb_build_object('aggregateid', email.id::text),
-        now(), now(), 0, ''
-    FROM email
-)
-"""
-_EMAIL_WRITE_RETURNING = {
-    True: Prepared("sent_email_write_notify", _EMAIL_WRITE + "SELECT email.id, pg_notify(%(channel)s, '') FROM email"),
-    False: Prepared("sent_email_write", _EMAIL_WRITE + "SELECT email.id FROM email"),  # OUTBOX_NOTIFY off: polling
-}
-
-
-def _email_write(params: dict) -> int | None:
-    """Run the write; the new email's id, or None when the template changed since it was read."""
-    statement = _EMAIL_WRITE_RETURNING[bool(settings.OUTBOX_NOTIFY)]
-    with connection.cursor() as cursor:
-        if connection.in_atomic_block:
-            with transaction.atomic():  # a savepoint: a refused write leaves the caller's transaction usable
-                statement.execute(cursor, params)
-        else:
-            statement.execute(cursor, params)  # autocommit: the statement is its own transaction
-        row = cursor.fetchone()
-    return row[0] if row else None
-
-
 def sent_email_create(
     *,
     sender: User,
@@ -298,7 +215,7 @@ def sent_email_create(
     context: dict,
     correlation_id: str,
     idempotency_key: str | None = None,
-) -> SendResult:
+) -> SendAccepted:
     """Accept an email for delivery.
 
     In one transaction: the rendered email, one row per (de-duplicated) recipient and its
@@ -314,37 +231,17 @@ def sent_email_create(
         replay := _idempotent_replay(sender=sender, key=idempotency_key, fingerprint=fingerprint)
     ):
         return replay
-    template = _templates.get(template_id) or _template_fresh(template_id)
+    template = template_cached(template_id)
     subject, body = _render(template, context)
     _check_rate_limit(sender=sender)
-
-    created = timezone.now()
+    write = EmailWrite(
+        sender=sender, template=template, subject=subject, body=body, context=context, recipients=recipients,
+        from_email=settings.DEFAULT_FROM_EMAIL, correlation_id=correlation_id, idempotency_key=idempotency_key,
+        fingerprint=fingerprint, created=timezone.now(), event_id=new_event_id(),
+    )
     for _attempt in range(3):
-        event = EmailRequested(
-            event_id=new_event_id(),
-            correlation_id=correlation_id,
-            occurred_at=created.isoformat(),
-            email_id=0,  # replaced by the id the write gives the email
-            owner_id=sender.pk,
-            template_id=template.pk,
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            reply_to=sender.email,
-            recipients=tuple(recipients),
-            subject=subject,
-            body_html=body,
-            template_name=template.name,
-        )
-        row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid="")
         try:
-            email_id = _email_write({
-                "template_id": template.pk, "template_modified": template.modified, "sender_id": sender.pk,
-                "template_name": template.name, "from_email": event.from_email, "subject": subject,
-                "body": body, "context": json.dumps(context), "correlation_id": correlation_id,
-                "idempotency_key": idempotency_key, "fingerprint": fingerprint, "created": created,
-                "recipients": recipients, "event_id": event.event_id, "aggregatetype": row["aggregatetype"],
-                "type": row["type"], "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
-                "channel": settings.OUTBOX_NOTIFY_CHANNEL,
-            })
+            email_id = sent_email_write(write)
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key committed first; its row is
             # visible now that our insert waited for it.
@@ -354,20 +251,14 @@ def sent_email_create(
                 return replay
             raise
         if email_id is not None:
-            break
+            log.info("sent_email_accepted", email_id=email_id, recipients=len(recipients), event_id=write.event_id)
+            return SendAccepted(email=write.email(email_id), created=True)
         # The template changed (or went) since this process read it: render the current one.
-        template = _template_fresh(template_id)
+        template = template_fresh(template_id)
         subject, body = _render(template, context)
-    else:
-        raise ApplicationError(
-            "The template kept changing while the email was written; send it again.",
-            errors={"template": [f"Template {template_id} changed during the request."]},
-            status_code=status.HTTP_409_CONFLICT,
-        )
-    email = SentEmail(
-        pk=email_id, sender=sender, template=template, template_name=template.name, from_email=event.from_email,
-        subject=subject, body=body, context=context, correlation_id=correlation_id,
-        idempotency_key=idempotency_key, request_fingerprint=fingerprint, created=created,
+        write = replace(write, template=template, subject=subject, body=body, event_id=new_event_id())
+    raise ApplicationError(
+        "The template kept changing while the email was written; send it again.",
+        errors={"template": [f"Template {template_id} changed during the request."]},
+        status_code=status.HTTP_409_CONFLICT,
     )
-    log.info("sent_email_accepted", email_id=email_id, recipients=len(recipients), event_id=event.event_id)
-    return SendResult(email=email, created=True)

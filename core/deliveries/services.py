@@ -24,6 +24,7 @@ from core.deliveries.models import Delivery, Redrive
 from core.errors import ApplicationError
 from core.outbox.models import DeadLetter, OutboxEvent
 from core.outbox.services import new_event_id, notify_relay, outbox_events_add
+from core.outbox.sql import outbox_row
 
 log = structlog.get_logger(__name__)
 
@@ -87,11 +88,8 @@ def _request_available(event_ids: set[str]) -> set[str]:
             request = EmailRequested.from_dict(json.loads(copy.body))
         except ValueError:
             continue
-        OutboxEvent.objects.get_or_create(id=request.event_id, defaults={
-            "aggregatetype": EmailRequested.AGGREGATE, "aggregateid": str(request.email_id), "type": request.TYPE,
-            "payload": request.to_dict(), "published_at": copy.received_at,
-            "headers": {"schema_version": request.VERSION, "correlation_id": request.correlation_id,
-                        "aggregateid": str(request.email_id)}})
+        row = outbox_row(request, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
+        OutboxEvent.objects.get_or_create(id=row.pop("id"), defaults=row | {"published_at": copy.received_at})
         present.add(request.event_id)
     return present
 

@@ -33,7 +33,8 @@ from psycopg2.pool import ThreadedConnectionPool
 
 from core.contracts import EmailFailed, EmailRequested, EmailSent, Event
 from core.db import connect_kwargs
-from core.outbox.services import OUTBOX_INSERT_COLUMNS, OUTBOX_INSERT_VALUES, new_event_id, outbox_row
+from core.outbox.services import new_event_id
+from core.outbox.sql import TABLE as OUTBOX, insert_select, outbox_parameters
 from core.prepared import Prepared
 
 TERMINAL = ("sent", "failed")
@@ -75,8 +76,7 @@ OUTCOME = Prepared("sender_outcome", f"""
            AND claim_token = %(token)s::uuid
         RETURNING 1
     ), event AS (
-        INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
-        SELECT {OUTBOX_INSERT_VALUES}
+        {insert_select()}
          WHERE EXISTS (SELECT 1 FROM done)
         RETURNING 1
     )
@@ -96,6 +96,10 @@ RELEASE = Prepared("sender_release", """
 """)
 # In doubt, and the provider's own events say it has the mail: sent, with its message id, and
 # `email.sent` in the outbox, in one statement. Never resent.
+_SEEN_EVENT = insert_select(payload="""%(payload)s::jsonb || jsonb_build_object(
+                   'recipients', (SELECT jsonb_agg(recipient ORDER BY recipient) FROM done),
+                   'provider_message_id', (SELECT coalesce(min(provider_message_id), '') FROM done),
+                   'attempt', (SELECT max(attempts) FROM done))""")
 RESOLVE_SEEN_SQL = f"""
     WITH done AS (
         UPDATE sender_delivery
@@ -104,13 +108,7 @@ RESOLVE_SEEN_SQL = f"""
            AND (state IN ('unknown', 'held') OR (state = 'sending' AND lease_until < now()))
         RETURNING recipient, provider_message_id, attempts
     ), event AS (
-        INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
-        SELECT %(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s,
-               %(payload)s::jsonb || jsonb_build_object(
-                   'recipients', (SELECT jsonb_agg(recipient ORDER BY recipient) FROM done),
-                   'provider_message_id', (SELECT coalesce(min(provider_message_id), '') FROM done),
-                   'attempt', (SELECT max(attempts) FROM done)),
-               %(headers)s::jsonb, now(), now(), 0, ''
+        {_SEEN_EVENT}
          WHERE EXISTS (SELECT 1 FROM done)
         RETURNING 1
     )
@@ -120,6 +118,7 @@ RESOLVE_SEEN_SQL = f"""
 # Arm the event's outbox row again for the earliest moment one of its recipients is due: the relay
 # publishes the same event id then. Inserts the row when
 # it was purged. A row already waiting for an earlier time keeps it.
+_REARMED_EVENT = insert_select(id="%(id)s::uuid", not_before="due.at", last_error="%(reason)s::text")
 REARM = Prepared("sender_rearm", f"""
     WITH due AS (
         SELECT min(CASE
@@ -131,14 +130,12 @@ REARM = Prepared("sender_rearm", f"""
                END) AS at
           FROM sender_delivery WHERE event_id = %(id)s::uuid
     )
-    INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
-    SELECT %(id)s::uuid, %(aggregatetype)s, %(aggregateid)s, %(type)s, %(payload)s::jsonb, %(headers)s::jsonb,
-           now(), due.at, 0, %(reason)s::text
+    {_REARMED_EVENT}
       FROM due WHERE due.at IS NOT NULL
     ON CONFLICT (id) DO UPDATE
        SET published_at = NULL, failed_at = NULL, not_before = EXCLUDED.not_before, last_error = %(reason)s
-     WHERE outbox.published_at IS NOT NULL OR outbox.failed_at IS NOT NULL
-        OR outbox.not_before > EXCLUDED.not_before
+     WHERE {OUTBOX}.published_at IS NOT NULL OR {OUTBOX}.failed_at IS NOT NULL
+        OR {OUTBOX}.not_before > EXCLUDED.not_before
     RETURNING not_before
 """)
 # The provider reported on these (event, recipient) pairs: it has the mail.
@@ -153,6 +150,8 @@ RECEIPTS_SQL = """
 # A request that died in the dead-letter queue: its recipients that are not finished, and that no
 # sender holds right now, fail with the reason, with `email.failed`, in one statement (rows the
 # sender never made are made failed).
+_FAILED_EVENT = insert_select(
+    payload="%(payload)s::jsonb || jsonb_build_object('recipients', (SELECT jsonb_agg(recipient) FROM done))")
 FAIL_DEAD_SQL = f"""
     WITH done AS (
         INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, provider_message_id,
@@ -165,10 +164,7 @@ FAIL_DEAD_SQL = f"""
          WHERE d.state NOT IN ('sent', 'failed') AND NOT (d.state = 'sending' AND d.lease_until > now())
         RETURNING recipient
     ), event AS (
-        INSERT INTO outbox ({OUTBOX_INSERT_COLUMNS})
-        SELECT %(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s,
-               %(payload)s::jsonb || jsonb_build_object('recipients', (SELECT jsonb_agg(recipient) FROM done)),
-               %(headers)s::jsonb, now(), now(), 0, ''
+        {_FAILED_EVENT}
          WHERE EXISTS (SELECT 1 FROM done)
         RETURNING 1
     )
@@ -292,9 +288,7 @@ class DeliveryStore:
 
     def _outcome(self, *, state: str, event: Event, request: EmailRequested, recipients: list[str], token: str,
                  message_id: str = "", error: str = "", uncount: bool = False) -> int:
-        row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
-        params = row | {
-            "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
+        params = _outbox_parameters(event, request) | {
             "state": state, "message_id": message_id, "error": error, "event_id": request.event_id,
             "recipients": recipients, "notify": self._notify_channel is not None, "token": token,
             "uncount": 1 if uncount else 0,
@@ -347,10 +341,9 @@ class DeliveryStore:
         event = EmailSent(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
                           email_id=request.email_id, request_event_id=request.event_id, recipients=(),
                           provider=provider, provider_message_id="", attempt=0)
-        row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
-        params = row | {"payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
-                        "event_id": request.event_id, "recipients": recipients,
-                        "notify": self._notify_channel is not None, "channel": self._notify_channel or ""}
+        params = _outbox_parameters(event, request) | {
+            "event_id": request.event_id, "recipients": recipients, "notify": self._notify_channel is not None,
+            "channel": self._notify_channel or ""}
         with self._cursor() as cursor:
             cursor.execute(RESOLVE_SEEN_SQL, params)
             resolved, _ = cursor.fetchone()
@@ -359,9 +352,7 @@ class DeliveryStore:
     def rearm(self, request: EmailRequested, *, in_doubt_grace: float, reason: str) -> datetime | None:
         """Arm the request's outbox row for the earliest moment one of its recipients is due.
         Returns that moment, or None when nothing of it is due again."""
-        row = outbox_row(request, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
-        params = row | {"payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]),
-                        "grace": in_doubt_grace, "reason": reason[:1000]}
+        params = _outbox_parameters(request, request) | {"grace": in_doubt_grace, "reason": reason[:1000]}
         with self._cursor() as cursor:
             REARM.execute(cursor, params)
             armed = cursor.fetchone()
@@ -426,13 +417,16 @@ def fail_request(cursor, request: EmailRequested, *, reason: str, provider: str,
                         owner_id=request.owner_id, from_email=request.from_email, template_id=request.template_id,
                         template_name=request.template_name, subject=request.subject,
                         requested_at=request.occurred_at)
-    row = outbox_row(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
-    cursor.execute(FAIL_DEAD_SQL, row | {
-        "payload": json.dumps(row["payload"]), "headers": json.dumps(row["headers"]), "event_id": request.event_id,
-        "email_id": request.email_id, "error": reason[:1000], "recipients": list(request.recipients),
-        "notify": notify_channel is not None, "channel": notify_channel or ""})
+    cursor.execute(FAIL_DEAD_SQL, _outbox_parameters(event, request) | {
+        "event_id": request.event_id, "email_id": request.email_id, "error": reason[:1000],
+        "recipients": list(request.recipients), "notify": notify_channel is not None, "channel": notify_channel or ""})
     failed, _ = cursor.fetchone()
     return failed
+
+
+def _outbox_parameters(event: Event, request: EmailRequested) -> dict:
+    """The outbox row of `event`, about the email of `request`."""
+    return outbox_parameters(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
 
 
 def _in_doubt(state: str, live: bool) -> bool:

@@ -1,6 +1,8 @@
 from django.db import models
 from django.db.models.functions import Now
 
+from core.outbox.sql import TABLE
+
 
 class OutboxEvent(models.Model):
     """One event waiting to be published, written in the same transaction as the change it
@@ -34,7 +36,7 @@ class OutboxEvent(models.Model):
     )
 
     class Meta:
-        db_table = "outbox"
+        db_table = TABLE
         ordering = ["created_at"]
         indexes = [
             # "Unpublished and due, oldest first" is a range scan of this small partial index.

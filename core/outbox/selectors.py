@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.models import Q, QuerySet
 
 from core.outbox.models import OutboxEvent
+from core.outbox.sql import PUBLISHED_LAST_HOUR_SQL, outbox_backlog
 
 STATES = ("pending", "published", "failed")
 
@@ -74,25 +75,14 @@ class OutboxStatus:
 
 def outbox_status() -> OutboxStatus:
     with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT count(*) FILTER (WHERE failed_at IS NULL AND not_before <= now()),
-                   count(*) FILTER (WHERE failed_at IS NULL AND not_before > now()),
-                   coalesce(extract(epoch FROM now() - min(not_before)
-                            FILTER (WHERE failed_at IS NULL AND not_before <= now())), 0),
-                   count(*) FILTER (WHERE failed_at IS NOT NULL),
-                   count(*) FILTER (WHERE failed_at IS NULL AND attempts > 0)
-              FROM outbox WHERE published_at IS NULL
-            """
-        )
-        backlog, scheduled, oldest, failed, retrying = cursor.fetchone()
-        cursor.execute("SELECT count(*) FROM outbox WHERE published_at >= now() - interval '1 hour'")
+        backlog = outbox_backlog(cursor)
+        cursor.execute(PUBLISHED_LAST_HOUR_SQL)
         (published_last_hour,) = cursor.fetchone()
     return OutboxStatus(
-        backlog=backlog,
-        scheduled=scheduled,
-        oldest_due_age_seconds=round(float(oldest), 3),
+        backlog=backlog.due,
+        scheduled=backlog.scheduled,
+        oldest_due_age_seconds=round(backlog.oldest_due_age_seconds, 3),
         published_last_hour=published_last_hour,
-        failed=failed,
-        retrying=retrying,
+        failed=backlog.dead,
+        retrying=backlog.retrying,
     )

@@ -18,48 +18,13 @@ from core.contracts import Event
 from core.errors import ApplicationError
 from core.outbox.models import OutboxEvent, OutboxReplay
 from core.outbox.selectors import OutboxFilter, outbox_event_list
+from core.outbox.sql import BULK_INSERT_SQL, PURGEABLE_SQL, outbox_row
 
 log = structlog.get_logger(__name__)
 
 
 def new_event_id() -> str:
     return str(uuid.uuid4())
-
-
-def outbox_row(event: Event, *, aggregatetype: str, aggregateid: str) -> dict:
-    """The outbox columns for `event`: one definition for the ORM and the raw-SQL writers."""
-    return {
-        "id": event.event_id,
-        "aggregatetype": aggregatetype,
-        "aggregateid": aggregateid,
-        "type": event.TYPE,
-        "payload": event.to_dict(),
-        "headers": {
-            "schema_version": event.VERSION,
-            "correlation_id": event.correlation_id,
-            "aggregateid": aggregateid,
-        },
-    }
-
-
-# For workers that write with psycopg2 (the sender): the same row, in their own statements.
-# Parameters: id, aggregatetype, aggregateid, type, payload and headers (JSON text).
-OUTBOX_INSERT_COLUMNS = (
-    "id, aggregatetype, aggregateid, type, payload, headers, created_at, not_before, attempts, last_error"
-)
-OUTBOX_INSERT_VALUES = (
-    "%(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s, %(payload)s::jsonb, %(headers)s::jsonb, "
-    "now(), now(), 0, ''"
-)
-
-
-# Many rows in one statement, passed as one JSON array of outbox_row() dicts.
-_OUTBOX_BULK_INSERT = f"""
-    INSERT INTO {OutboxEvent._meta.db_table} ({OUTBOX_INSERT_COLUMNS})
-    SELECT id, aggregatetype, aggregateid, type, payload, headers, now(), now(), 0, ''
-    FROM jsonb_to_recordset(%s::jsonb)
-        AS given(id uuid, aggregatetype text, aggregateid text, type text, payload jsonb, headers jsonb)
-"""
 
 
 def outbox_events_add(*, events: Sequence[tuple[Event, str]], aggregatetype: str) -> None:
@@ -75,7 +40,7 @@ def outbox_events_add(*, events: Sequence[tuple[Event, str]], aggregatetype: str
         return
     rows = [outbox_row(event, aggregatetype=aggregatetype, aggregateid=aggregateid) for event, aggregateid in events]
     with connection.cursor() as cursor:
-        cursor.execute(_OUTBOX_BULK_INSERT, [json.dumps(rows)])
+        cursor.execute(BULK_INSERT_SQL, [json.dumps(rows)])
     notify_relay()
 
 
@@ -139,15 +104,6 @@ def outbox_replay(
 
 
 PURGE_CHUNK = 5000
-# Published rows past the retention, but never an email's request while one of its recipients is
-# not finished (sent or failed): the request is the only way to send them again (re-drive).
-_PURGEABLE = """
-    SELECT o.id FROM outbox o
-     WHERE o.published_at < %(cutoff)s
-       AND (o.type <> 'email.requested'
-            OR (SELECT count(*) FROM sender_delivery d WHERE d.event_id = o.id AND d.state IN ('sent', 'failed'))
-               >= jsonb_array_length(o.payload -> 'recipients'))
-"""
 
 
 def outbox_purge_published(
@@ -161,12 +117,12 @@ def outbox_purge_published(
     params = {"cutoff": timezone.now() - older_than}
     if dry_run:
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM ({_PURGEABLE}) AS purgeable", params)
+            cursor.execute(f"SELECT count(*) FROM ({PURGEABLE_SQL}) AS purgeable", params)
             return cursor.fetchone()[0]
     deleted = 0
     while True:
         with connection.cursor() as cursor:
-            cursor.execute(f"{_PURGEABLE} LIMIT {PURGE_CHUNK}", params)
+            cursor.execute(f"{PURGEABLE_SQL} LIMIT {PURGE_CHUNK}", params)
             chunk = [row[0] for row in cursor.fetchall()]
         if not chunk:
             break

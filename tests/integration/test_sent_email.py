@@ -10,6 +10,7 @@ from django.test import override_settings
 from command_api.emails import services
 from command_api.emails.models import SentEmail, SentEmailRecipient
 from core.contracts import EmailRequested
+from core.env import parse_rate
 from core.outbox.models import OutboxEvent
 from tests.conftest import client_for, golden
 from tests.factories import EmailTemplateFactory, UserFactory
@@ -179,7 +180,7 @@ def test_oversized_idempotency_key_is_refused(user_client, template):
     assert "Idempotency-Key" in response.json()["errors"]
 
 
-@override_settings(SEND_RATE_LIMIT="2/day")
+@override_settings(SEND_RATE_LIMIT=parse_rate("2/day"))
 def test_per_user_rate_limit(user_client, template):
     assert send(user_client, template).status_code == 202
     assert send(user_client, template).status_code == 202

@@ -30,3 +30,18 @@ def test_local_development_needs_no_configuration():
 def test_bad_boolean_is_refused_with_its_name():
     result = _import_settings(DJANGO_DEBUG="maybe")
     assert "DJANGO_DEBUG must be true or false" in result.stderr
+
+
+def test_bad_send_rate_limit_is_refused_at_startup_with_its_name():
+    for value in ("10/fortnight", "ten/day", "0/day"):
+        result = _import_settings(DJANGO_DEBUG="true", SEND_RATE_LIMIT=value)
+        assert result.returncode != 0
+        assert "ImproperlyConfigured: SEND_RATE_LIMIT:" in result.stderr
+
+
+def test_send_rate_limit_is_parsed_once_at_startup():
+    from core.env import Rate, parse_rate
+
+    assert parse_rate(" 10 / Day") == Rate(count=10, seconds=86400, text=" 10 / Day")
+    assert str(parse_rate("2/hour")) == "2/hour"
+    assert parse_rate("off") is parse_rate("") is None
