@@ -21,7 +21,7 @@ from core.contracts import ContractError, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
 from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.relay import connect_postgres
-from query_api.projector import BATCH_SECONDS, DEAD, apply_batch, unbatched
+from query_api.apply import BATCH_SECONDS, DEAD, apply_batch, unbatched
 
 log = structlog.get_logger(__name__)
 

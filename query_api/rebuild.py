@@ -25,7 +25,7 @@ from django.db import connection, transaction
 
 from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
 from query_api.projection import RANK, Row, apply
-from query_api.projector import COLUMNS
+from query_api.apply import COLUMNS
 
 log = structlog.get_logger(__name__)
 CHUNK = 2000

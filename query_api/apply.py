@@ -1,4 +1,4 @@
-"""The projector: apply events to the read table in batches, idempotently.
+"""Apply events to the read table in batches, idempotently (the projector's work, query_api.projector).
 
 `apply_batch(conn, events)` is one transaction: record the event ids as processed (the ones
 already there are skipped), create missing rows, lock the batch's rows in id order (so two
