@@ -21,7 +21,7 @@ def command_project(args) -> int:
 
     from core.broker import topology_from_settings
     from core.worker_http import Health, serve
-    from query_api.consumer import ProjectorWorker
+    from query_api.projector import ProjectorWorker
 
     health = Health()
     if args.http_port:

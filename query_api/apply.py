@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from core.contracts import EmailDeliveryStatuses, Event
 from query_api.projection import Row, apply
@@ -21,9 +21,6 @@ log = structlog.get_logger(__name__)
 
 APPLIED = Counter("projector_events_applied_total", "Events applied to the read table")
 SKIPPED = Counter("projector_events_skipped_total", "Events skipped as already processed")
-DEAD = Counter("projector_events_dead_lettered_total", "Events sent to the dead-letter queue")
-BATCH_SECONDS = Histogram("projector_batch_seconds", "One batch transaction",
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 COLUMNS = ("id", "owner_id", "from_email", "template_id", "template_name", "subject", "created",
            "recipients", "recipient_status", "status", "last_event_at")

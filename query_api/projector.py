@@ -14,18 +14,21 @@ import pika
 import psycopg2
 import structlog
 from pika.exceptions import AMQPError
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
 from core.workers import Backoff, Outages, StoppableWorker
 from outbox_relay.relay import connect_postgres
-from query_api.apply import BATCH_SECONDS, DEAD, apply_batch, unbatched
+from query_api.apply import apply_batch, unbatched
 
 log = structlog.get_logger(__name__)
 
 
+DEAD = Counter("projector_events_dead_lettered_total", "Events sent to the dead-letter queue")
+BATCH_SECONDS = Histogram("projector_batch_seconds", "One batch transaction",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 REFRESHED = Counter("projector_messages_refreshed_total", "Messages published afresh on their last delivery "
                     "before the queue's limit")
 UNFINISHED = Gauge("emails_unfinished", "Emails not finished (a recipient neither sent nor failed) "
