@@ -15,7 +15,7 @@ import structlog
 from prometheus_client import Counter
 
 from core.contracts import EmailDeliveryStatuses, Event
-from query_api.projection import Row, apply
+from query_api.projection import Change, Row, apply
 
 log = structlog.get_logger(__name__)
 
@@ -45,16 +45,28 @@ WRITE_ROWS_SQL = f"""
       FROM json_populate_recordset(NULL::read_sent_email, %s) AS s
      WHERE t.id = s.id
 """
-WRITE_HISTORY_SQL = """
-    INSERT INTO read_sent_email_event (email_id, event_id, type, recipient, status, at, detail)
-    SELECT email_id, event_id, type, recipient, status, at, detail
-      FROM json_populate_recordset(NULL::read_sent_email_event, %s)
-"""
+HISTORY_COLUMNS = ("email_id", "event_id", "type", "recipient", "status", "at", "detail")
 
 
 def unbatched(event: Event) -> list[Event]:
     """The events `event` stands for: the items of a batch of statuses, else itself."""
     return event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
+
+
+def history_entry(email_id: int, change: Change, *, derived: bool = False) -> dict:
+    """The history row of `change` to email `email_id`; a derived one (the rebuild's) has no event id."""
+    return {"email_id": email_id, "event_id": None if derived else change.event_id, "type": change.type,
+            "recipient": change.recipient, "status": change.status, "at": change.at, "detail": change.detail[:1000]}
+
+
+def write_history(cursor, history: list[dict], *, table: str = "read_sent_email_event") -> None:
+    """Append `history` (rows of `history_entry`) to `table`: read_sent_email_event, or the twin a
+    rebuild fills. The one writer of the history: the projector and the rebuild both call it."""
+    if history:
+        columns = ", ".join(HISTORY_COLUMNS)
+        cursor.execute(f"""INSERT INTO {table} ({columns})
+                           SELECT {columns} FROM json_populate_recordset(NULL::read_sent_email_event, %s)""",
+                       [json.dumps(history)])
 
 
 def _row_from_db(values) -> Row:
@@ -84,15 +96,10 @@ def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
                 cursor.execute(ENSURE_ROWS_SQL, [email_ids])
                 cursor.execute(LOCK_ROWS_SQL, [email_ids])
                 rows = {values[0]: _row_from_db(values) for values in cursor.fetchall()}
-                history = []
-                for event in fresh:
-                    for change in apply(rows[event.email_id], event):
-                        history.append({"email_id": event.email_id, "event_id": change.event_id, "type": change.type,
-                                        "recipient": change.recipient, "status": change.status, "at": change.at,
-                                        "detail": change.detail[:1000]})
+                history = [history_entry(event.email_id, change)
+                           for event in fresh for change in apply(rows[event.email_id], event)]
                 cursor.execute(WRITE_ROWS_SQL, [json.dumps([vars(r) for r in rows.values()])])
-                if history:
-                    cursor.execute(WRITE_HISTORY_SQL, [json.dumps(history)])
+                write_history(cursor, history)
         conn.commit()
     except BaseException:
         if not conn.closed:

@@ -24,8 +24,8 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
+from query_api.apply import COLUMNS, history_entry, write_history
 from query_api.projection import RANK, Row, apply
-from query_api.apply import COLUMNS
 
 log = structlog.get_logger(__name__)
 CHUNK = 2000
@@ -94,10 +94,7 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
         # Causal order first (the request, then the sender's outcome, then what the provider said
         # about it), time second: webhook timestamps only have whole seconds.
         for event in sorted(email_events, key=lambda e: (PHASE[type(e)], e.occurred_at)):
-            for change in apply(row, event):
-                history.append({"email_id": email_id, "event_id": None, "type": change.type,
-                                "recipient": change.recipient, "status": change.status, "at": change.at,
-                                "detail": change.detail[:1000]})
+            history += [history_entry(email_id, change, derived=True) for change in apply(row, event)]
     return rows, history
 
 
@@ -119,13 +116,7 @@ def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history
         rows = {k: v for k, v in rows.items() if k in written}
         history = [h for h in history if h["email_id"] in written]
         cursor.execute(f"DELETE FROM {history_table} WHERE email_id = ANY(%s::bigint[])", [list(rows)])
-    if history:
-        cursor.execute(
-            f"""INSERT INTO {history_table} (email_id, event_id, type, recipient, status, at, detail)
-                SELECT email_id, event_id, type, recipient, status, at, detail
-                  FROM json_populate_recordset(NULL::read_sent_email_event, %s)""",
-            [json.dumps(history)],
-        )
+    write_history(cursor, history, table=history_table)
     return len(rows)
 
 
