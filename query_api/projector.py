@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
-from core.workers import Backoff, Outages, StoppableWorker
+from core.workers import ReconnectingWorker
 from outbox_relay.relay import connect_postgres
 from query_api.apply import apply_batch, unbatched
 
@@ -39,52 +39,50 @@ UNFINISHED_SQL = """
 """
 
 
-class ProjectorWorker(StoppableWorker):
+class ProjectorWorker(ReconnectingWorker):
+    name = "projector"
+
     def __init__(self, *, broker_url: str, topology: Topology, database: dict, health,
                  batch_size: int = 100, batch_wait: float = 0.05, stuck_after: float = 900,
                  stats_interval: float = 5.0):
-        self.broker_url, self.topology, self.database, self.health = broker_url, topology, database, health
+        super().__init__(health)
+        self.broker_url, self.topology, self.database = broker_url, topology, database
         self.batch_size, self.batch_wait = batch_size, batch_wait
         self.stuck_after, self.stats_interval = stuck_after, stats_interval
         self._next_stats = 0.0
-        self.outages = Outages(health)
-        super().__init__()
         self._conn = None
         self._amqp = None
+        self._channel = None
 
+    # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
-    def run(self) -> int:
-        backoff = Backoff()
-        log.info("projector_started", batch_size=self.batch_size)
-        while not self._stop.stopping:
-            self.health.tick()
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = connect_postgres(self.database, application_name="projector",
-                                                  idle_in_transaction_ms=60_000)
-                self.outages.up("postgres")
-                self._amqp = pika.BlockingConnection(connection_parameters(self.broker_url, name="projector"))
-                channel = self._amqp.channel()
-                declare_topology(channel, self.topology)
-                self.outages.up("rabbitmq")
-                backoff.reset()
-                self._consume(channel)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                self.outages.down("postgres", exc)
-                if self._conn is not None:
-                    self._conn.close()
-            except AMQPError as exc:
-                self.outages.down("rabbitmq", exc)
-            self._close_amqp()
-            if not self._stop.stopping:
-                self._stop.sleep(backoff.next())
+    def started_fields(self) -> dict:
+        return {"batch_size": self.batch_size}
+
+    def open_postgres(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect_postgres(self.database, application_name="projector",
+                                          idle_in_transaction_ms=60_000)
+
+    def open_broker(self) -> None:
+        self._amqp = pika.BlockingConnection(connection_parameters(self.broker_url, name="projector"))
+        self._channel = self._amqp.channel()
+        declare_topology(self._channel, self.topology)
+
+    def work(self) -> None:
+        self._consume(self._channel)
+
+    def disconnect(self, lost: str | None) -> None:
+        if lost == "postgres" and self._conn is not None:
+            self._conn.close()
+        self._close_amqp()
+
+    def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
-        log.info("projector_stopped")
-        return 0
 
     def _close_amqp(self) -> None:
-        amqp, self._amqp = self._amqp, None
+        amqp, self._amqp, self._channel = self._amqp, None, None
         if amqp is not None and amqp.is_open:
             try:
                 amqp.close()
