@@ -6,6 +6,7 @@ import random
 import select
 import signal
 import time
+from collections.abc import Callable
 
 import psycopg2
 import structlog
@@ -19,9 +20,9 @@ class Backoff:
     2 s … up to `cap`; reset after a success. The jitter keeps workers that lost the same
     dependency at the same moment from all coming back at the same moment."""
 
-    def __init__(self, *, initial: float = 0.5, cap: float = 30.0, jitter=random.random):
+    def __init__(self, *, initial: float = 0.5, cap: float = 30.0, jitter: Callable[[], float] = random.random):
         self.initial, self.cap, self.current = initial, cap, initial
-        self._jitter = jitter  # returns a number in [0, 1)
+        self._jitter = jitter  # a number from 0 to 1
 
     def next(self) -> float:
         delay, self.current = self.current, min(self.current * 2, self.cap)
