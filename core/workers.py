@@ -1,24 +1,32 @@
-"""What every long-running worker shares: reconnect backoff, outage logging, stopping."""
+"""What every long-running worker shares: reconnect backoff, outage logging, stopping, and the
+loop around them (`ReconnectingWorker`)."""
 
 import os
+import random
 import select
 import signal
 import time
+from collections.abc import Callable
 
+import psycopg2
 import structlog
+from pika.exceptions import AMQPError
 
 log = structlog.get_logger(__name__)
 
 
 class Backoff:
-    """Capped exponential backoff: 0.5 s, 1 s, 2 s … up to `cap`; reset after a success."""
+    """Capped exponential backoff with equal jitter: a wait between half and all of 0.5 s, 1 s,
+    2 s … up to `cap`; reset after a success. The jitter keeps workers that lost the same
+    dependency at the same moment from all coming back at the same moment."""
 
-    def __init__(self, *, initial: float = 0.5, cap: float = 30.0):
+    def __init__(self, *, initial: float = 0.5, cap: float = 30.0, jitter: Callable[[], float] = random.random):
         self.initial, self.cap, self.current = initial, cap, initial
+        self._jitter = jitter  # a number from 0 to 1
 
     def next(self) -> float:
         delay, self.current = self.current, min(self.current * 2, self.cap)
-        return delay
+        return delay / 2 + self._jitter() * delay / 2
 
     def reset(self) -> None:
         self.current = self.initial
@@ -87,3 +95,77 @@ class StoppableWorker:
     @property
     def _stopping(self) -> bool:
         return self._stop.stopping
+
+
+# What ends a round of work as an outage of a dependency, not as a crash.
+POSTGRES_OUTAGE = (psycopg2.OperationalError, psycopg2.InterfaceError)
+BROKER_OUTAGE = (AMQPError,)
+
+
+class ReconnectingWorker(StoppableWorker):
+    """The loop every worker process runs: connect to Postgres and the broker, work until
+    stopped; on an outage of either, report it (Outages), let go of what it broke, wait a capped,
+    jittered backoff and connect again. Any other exception is a bug and is not caught.
+
+    A worker fills in the hooks: `open_postgres`, `open_broker`, `work`, `disconnect`, `close`;
+    `name` names its `<name>_started` and `<name>_stopped` events.
+    """
+
+    name: str
+    broker_outage: tuple[type[BaseException], ...] = BROKER_OUTAGE
+
+    def __init__(self, health, failures=None):
+        super().__init__()
+        self.health = health
+        self.outages = Outages(health, failures)
+
+    def run(self) -> int:
+        """Work until stopped (SIGTERM), reconnecting on its own. Returns the exit code: 0."""
+        worker_log = structlog.get_logger(type(self).__module__)
+        backoff = Backoff()
+        worker_log.info(f"{self.name}_started", **self.started_fields())
+        while not self._stopping:
+            self.health.tick()
+            lost = None
+            try:
+                self.open_postgres()
+                self.outages.up("postgres")
+                self.open_broker()
+                self.outages.up("rabbitmq")
+                backoff.reset()
+                self.work()
+            except POSTGRES_OUTAGE as exc:
+                lost = "postgres"
+                self.outages.down(lost, exc)
+            except self.broker_outage as exc:  # any broker error is an outage, never a crash
+                lost = "rabbitmq"
+                self.outages.down(lost, exc)
+            self.disconnect(lost)
+            if not self._stopping:
+                self._stop.sleep(backoff.next())
+        self.close()
+        worker_log.info(f"{self.name}_stopped")
+        return 0
+
+    # Hooks -----------------------------------------------------------------------------------
+
+    def started_fields(self) -> dict:
+        """What the started event says about the worker's configuration."""
+        return {}
+
+    def open_postgres(self) -> None:
+        """Connect to Postgres, or check the connection in hand; raises on an outage."""
+
+    def open_broker(self) -> None:
+        """Connect to the broker, unless connected; raises on an outage."""
+
+    def work(self) -> None:
+        """Work until stopped (then finish or give back what is in hand); raises on an outage."""
+        raise NotImplementedError
+
+    def disconnect(self, lost: str | None) -> None:
+        """After each round of work: let go of what should not outlive it. `lost` is the
+        dependency whose outage ended the round ("postgres" or "rabbitmq"), None if `work` returned."""
+
+    def close(self) -> None:
+        """Once stopped: release everything."""

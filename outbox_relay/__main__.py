@@ -23,7 +23,7 @@ import os
 import sys
 from datetime import timedelta
 
-from core import cli
+from core import bootstrap, cli
 
 
 def _selection(args):
@@ -71,7 +71,6 @@ def command_run(args) -> int:
     from django.conf import settings
 
     from core.broker import topology_from_settings
-    from core.worker_http import Health, serve
     from outbox_relay.publisher import ConfirmingPublisher
     from outbox_relay.relay import RelayConfig, RelayWorker
 
@@ -85,13 +84,8 @@ def command_run(args) -> int:
         confirm_timeout=settings.OUTBOX_CONFIRM_TIMEOUT_MS / 1000,
         crash_after_confirm=os.environ.get("OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM") == "1",
     )
-    health = Health()
-    if args.http_port:
-        serve(health, host=args.http_host, port=args.http_port)
-    publisher = ConfirmingPublisher(url=config.broker_url, topology=topology_from_settings())
-    worker = RelayWorker(config, publisher, health)
-    worker.install_signal_handlers()
-    return worker.run()
+    return bootstrap.run_worker(args, lambda health: RelayWorker(
+        config, ConfirmingPublisher(url=config.broker_url, topology=topology_from_settings()), health))
 
 
 def command_status(args) -> int:
@@ -224,9 +218,7 @@ def parser() -> argparse.ArgumentParser:
     verbs = root.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = verbs.add_parser("run", help="relay the outbox to RabbitMQ until SIGTERM")
-    run.add_argument("--http-host", default=os.environ.get("OUTBOX_RELAY_HTTP_HOST", "0.0.0.0"))
-    run.add_argument("--http-port", type=cli.port, default=None,
-                     help="probes and /metrics (default OUTBOX_RELAY_HTTP_PORT; 0: none)")
+    bootstrap.add_http_options(run, env="OUTBOX_RELAY", port_note="; 0: none")
     run.set_defaults(func=command_run)
 
     status = verbs.add_parser("status", help="backlog, oldest due age, published last hour, failing rows")
@@ -292,16 +284,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "outbox_relay.settings")
-    args = parser().parse_args(argv)
-    import django
-
-    django.setup()
-    if args.verb == "run" and args.http_port is None:
-        from django.conf import settings
-
-        args.http_port = settings.OUTBOX_RELAY_HTTP_PORT
-    return args.func(args)
+    return bootstrap.main(parser, argv, settings_module="outbox_relay.settings")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extensions
 import structlog
-from pika.exceptions import AMQPError
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.contracts import ContractError, EmailRequested
@@ -35,7 +34,7 @@ from core.db import connect_postgres
 from core.deliveries.store import fail_request
 from core.outbox.deadletters import PARKED, PARKED_SQL
 from core.outbox.sql import CLAIM_SQL, MARK_DEAD_SQL, MARK_PUBLISHED_SQL, MARK_RETRY_SQL, outbox_backlog
-from core.workers import Backoff, Outages, StoppableWorker
+from core.workers import ReconnectingWorker
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
 
 log = structlog.get_logger(__name__)
@@ -172,45 +171,25 @@ class RelayConfig:
     crash_after_confirm: bool = False
 
 
-class RelayWorker(StoppableWorker):
+class RelayWorker(ReconnectingWorker):
+    name = "relay"
+    broker_outage = (PublisherUnavailable, *ReconnectingWorker.broker_outage)
+
     def __init__(self, config: RelayConfig, publisher: ConfirmingPublisher, health):
+        super().__init__(health, FAILURES)
         self.config = config
         self.publisher = publisher
-        self.health = health
-        self.outages = Outages(health, FAILURES)
         self._conn = None
         self._listen = None
         self._suspects: set[str] = set()
-        super().__init__()
         self._next_stats = 0.0
 
-    # Lifecycle -------------------------------------------------------------------------------
+    # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
+    def started_fields(self) -> dict:
+        return {"batch_size": self.config.batch_size, "notify": bool(self.config.notify_channel)}
 
-    def run(self) -> int:
-        """Relay until stopped; reconnects on its own. Returns the exit code (0 after SIGTERM)."""
-        backoff = Backoff()
-        log.info("relay_started", batch_size=self.config.batch_size, notify=bool(self.config.notify_channel))
-        while not self._stopping:
-            self.health.tick()
-            try:
-                self._connect()
-                backoff.reset()
-                self._relay_until_stopped()
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                self.outages.down("postgres", exc)
-                self._close_postgres()
-            except (PublisherUnavailable, AMQPError) as exc:  # any broker error is an outage, never a crash
-                self.outages.down("rabbitmq", exc)
-                self.publisher.close()
-            if not self._stopping:
-                self._stop.sleep(backoff.next())
-        self._close_postgres()
-        self.publisher.close()
-        log.info("relay_stopped")
-        return 0
-
-    def _connect(self) -> None:
+    def open_postgres(self) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = connect_postgres(
                 self.config.database,
@@ -224,10 +203,20 @@ class RelayWorker(StoppableWorker):
                 self._listen.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
                 with self._listen.cursor() as cursor:
                     cursor.execute(f'LISTEN "{self.config.notify_channel}"')
-        self.outages.up("postgres")
+
+    def open_broker(self) -> None:
         if not self.publisher.is_open:
             self.publisher.connect()
-        self.outages.up("rabbitmq")
+
+    def disconnect(self, lost: str | None) -> None:
+        if lost == "postgres":
+            self._close_postgres()
+        elif lost == "rabbitmq":
+            self.publisher.close()
+
+    def close(self) -> None:
+        self._close_postgres()
+        self.publisher.close()
 
     def _close_postgres(self) -> None:
         for conn in (self._conn, self._listen):
@@ -237,7 +226,7 @@ class RelayWorker(StoppableWorker):
 
     # The loop --------------------------------------------------------------------------------
 
-    def _relay_until_stopped(self) -> None:
+    def work(self) -> None:
         while not self._stopping:
             self.health.tick()
             self._refresh_stats()

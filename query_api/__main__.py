@@ -10,29 +10,21 @@ DJANGO_SETTINGS_MODULE=query_api.settings).
 """
 
 import argparse
-import os
 import sys
 
-from core import cli
+from core import bootstrap, cli
 
 
 def command_project(args) -> int:
     from django.conf import settings
 
     from core.broker import topology_from_settings
-    from core.worker_http import Health, serve
-    from query_api.consumer import ProjectorWorker
+    from query_api.projector import ProjectorWorker
 
-    health = Health()
-    if args.http_port:
-        serve(health, host=args.http_host, port=args.http_port)
-    worker = ProjectorWorker(broker_url=settings.RABBITMQ_URL, topology=topology_from_settings(),
-                             database=settings.DATABASES["default"], health=health,
-                             batch_size=settings.PROJECTOR_BATCH_SIZE,
-                             batch_wait=settings.PROJECTOR_BATCH_WAIT_MS / 1000,
-                             stuck_after=settings.EMAIL_STUCK_AFTER_SECONDS)
-    worker.install_signal_handlers()
-    return worker.run()
+    return bootstrap.run_worker(args, lambda health: ProjectorWorker(
+        broker_url=settings.RABBITMQ_URL, topology=topology_from_settings(), database=settings.DATABASES["default"],
+        health=health, batch_size=settings.PROJECTOR_BATCH_SIZE, batch_wait=settings.PROJECTOR_BATCH_WAIT_MS / 1000,
+        stuck_after=settings.EMAIL_STUCK_AFTER_SECONDS))
 
 
 def command_rebuild(args) -> int:
@@ -63,15 +55,12 @@ def command_reconcile(args) -> int:
     return 0 if args.repair or not (report.missing or report.behind or report.stuck) else 1
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "query_api.settings")
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m query_api", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     project = verbs.add_parser("project", help="apply events to the read table until SIGTERM")
-    project.add_argument("--http-host", default=os.environ.get("PROJECTOR_HTTP_HOST", "0.0.0.0"))
-    project.add_argument("--http-port", type=cli.port, default=None,
-                         help="probes and /metrics (default PROJECTOR_HTTP_PORT)")
+    bootstrap.add_http_options(project, env="PROJECTOR")
     project.set_defaults(func=command_project)
     rebuild = verbs.add_parser("rebuild", help="rebuild the read table from the write side")
     rebuild.set_defaults(func=command_rebuild)
@@ -80,15 +69,11 @@ def main(argv=None) -> int:
     reconcile.add_argument("--limit", type=cli.integer(1, 10_000_000), default=10_000,
                            help="at most this many emails per run")
     reconcile.set_defaults(func=command_reconcile)
-    args = parser.parse_args(argv)
-    import django
+    return parser
 
-    django.setup()
-    if args.verb == "project" and args.http_port is None:
-        from django.conf import settings
 
-        args.http_port = settings.PROJECTOR_HTTP_PORT
-    return args.func(args)
+def main(argv=None) -> int:
+    return bootstrap.main(parser, argv, settings_module="query_api.settings")
 
 
 if __name__ == "__main__":

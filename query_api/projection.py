@@ -78,7 +78,9 @@ class Change:
 OUTCOMES = {"sent", "failed"}
 
 
-def _raise(row: Row, recipient: str, status: str, at: str, **extra) -> bool:
+def _advance(row: Row, recipient: str, status: str, at: str, **extra) -> bool:
+    """Move `recipient` of `row` to `status` if that is forward (or the later of the sender's
+    two outcomes); returns whether it moved. Never raises: a step back is simply not taken."""
     current = row.recipient_status.get(recipient)
     if current is not None:
         if current["status"] in OUTCOMES and status in OUTCOMES:
@@ -111,7 +113,7 @@ def apply(row: Row, event: Event) -> list[Change]:
         record("", "queued", event.occurred_at, f"{len(row.recipients)} recipients")
     elif isinstance(event, EmailSent):
         for recipient in (r.lower() for r in event.recipients):
-            if _raise(row, recipient, "sent", event.occurred_at, provider_message_id=event.provider_message_id):
+            if _advance(row, recipient, "sent", event.occurred_at, provider_message_id=event.provider_message_id):
                 record(recipient, "sent", event.occurred_at, event.provider_message_id)
     elif isinstance(event, EmailFailed):
         if event.owner_id is not None and row.owner_id is None:
@@ -122,12 +124,12 @@ def apply(row: Row, event: Event) -> list[Change]:
             row.recipients = sorted({*row.recipients, *(r.lower() for r in event.recipients)})
             record("", "queued", row.created, f"{len(row.recipients)} recipients")
         for recipient in (r.lower() for r in event.recipients):
-            if _raise(row, recipient, "failed", event.occurred_at, reason=event.reason):
+            if _advance(row, recipient, "failed", event.occurred_at, reason=event.reason):
                 record(recipient, "failed", event.occurred_at, event.reason)
     elif isinstance(event, EmailDeliveryStatus):
         recipient = event.recipient.lower()
-        if event.status in RANK and _raise(row, recipient, event.status, event.reported_at,
-                                           provider_message_id=event.provider_message_id, reason=event.reason):
+        if event.status in RANK and _advance(row, recipient, event.status, event.reported_at,
+                                             provider_message_id=event.provider_message_id, reason=event.reason):
             record(recipient, event.status, event.reported_at, event.reason)
     else:
         return changes

@@ -1,106 +1,179 @@
-"""The projector: apply events to the read table in batches, idempotently.
-
-`apply_batch(conn, events)` is one transaction: record the event ids as processed (the ones
-already there are skipped), create missing rows, lock the batch's rows in id order (so two
-projectors never deadlock), merge the events in Python (query_api.projection), write the rows and
-their history back. A redelivered or replayed event changes nothing; an event for an email the
-table does not know yet creates its row, which the request fills in later.
+"""The projector process: consume every email event from its own queue and apply them in
+batches (up to `batch_size` events or `batch_wait` seconds per transaction, then one
+multiple-ack). A batch that fails is retried one event at a time, so one bad event goes to the
+dead-letter queue without holding the others. A message that cannot be parsed goes there at once.
+Reconnects with capped backoff; SIGTERM applies the batch in hand and exits 0.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
+import pika
+import psycopg2
 import structlog
-from prometheus_client import Counter, Histogram
+from pika.exceptions import AMQPError
+from prometheus_client import Counter, Gauge, Histogram
 
-from core.contracts import EmailDeliveryStatuses, Event
-from query_api.projection import Row, apply
+from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
+from core.contracts import ContractError, event_from_dict
+from core.db import connect_postgres
+from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
+from core.workers import ReconnectingWorker
+from query_api.apply import apply_batch, unbatched
 
 log = structlog.get_logger(__name__)
 
-APPLIED = Counter("projector_events_applied_total", "Events applied to the read table")
-SKIPPED = Counter("projector_events_skipped_total", "Events skipped as already processed")
+
 DEAD = Counter("projector_events_dead_lettered_total", "Events sent to the dead-letter queue")
 BATCH_SECONDS = Histogram("projector_batch_seconds", "One batch transaction",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-
-COLUMNS = ("id", "owner_id", "from_email", "template_id", "template_name", "subject", "created",
-           "recipients", "recipient_status", "status", "last_event_at")
-
-MARK_PROCESSED_SQL = """
-    INSERT INTO read_processed_event (event_id, processed_at)
-    SELECT DISTINCT unnest(%s::uuid[]), now()
-    ON CONFLICT DO NOTHING
-    RETURNING event_id::text
-"""
-ENSURE_ROWS_SQL = """
-    INSERT INTO read_sent_email (id, from_email, template_name, subject, recipients, recipient_status, status)
-    SELECT unnest(%s::bigint[]), '', '', '', '{}', '{}', 'queued'
-    ON CONFLICT DO NOTHING
-"""
-LOCK_ROWS_SQL = f"""
-    SELECT {", ".join(COLUMNS)} FROM read_sent_email WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
-"""
-WRITE_ROWS_SQL = f"""
-    UPDATE read_sent_email AS t
-       SET {", ".join(f"{c} = s.{c}" for c in COLUMNS if c != "id")}
-      FROM json_populate_recordset(NULL::read_sent_email, %s) AS s
-     WHERE t.id = s.id
-"""
-WRITE_HISTORY_SQL = """
-    INSERT INTO read_sent_email_event (email_id, event_id, type, recipient, status, at, detail)
-    SELECT email_id, event_id, type, recipient, status, at, detail
-      FROM json_populate_recordset(NULL::read_sent_email_event, %s)
+REFRESHED = Counter("projector_messages_refreshed_total", "Messages published afresh on their last delivery "
+                    "before the queue's limit")
+UNFINISHED = Gauge("emails_unfinished", "Emails not finished (a recipient neither sent nor failed) "
+                   "EMAIL_STUCK_AFTER_SECONDS after they were accepted, as the read model sees them")
+UNFINISHED_SQL = """
+    SELECT count(*) FROM read_sent_email
+     WHERE status IN ('queued', 'sending') AND created < now() - %s * interval '1 second'
 """
 
 
-def unbatched(event: Event) -> list[Event]:
-    """The events `event` stands for: the items of a batch of statuses, else itself."""
-    return event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
+class ProjectorWorker(ReconnectingWorker):
+    name = "projector"
 
+    def __init__(self, *, broker_url: str, topology: Topology, database: dict, health,
+                 batch_size: int = 100, batch_wait: float = 0.05, stuck_after: float = 900,
+                 stats_interval: float = 5.0):
+        super().__init__(health)
+        self.broker_url, self.topology, self.database = broker_url, topology, database
+        self.batch_size, self.batch_wait = batch_size, batch_wait
+        self.stuck_after, self.stats_interval = stuck_after, stats_interval
+        self._next_stats = 0.0
+        self._conn = None
+        self._amqp = None
+        self._channel = None
 
-def _row_from_db(values) -> Row:
-    data = dict(zip(COLUMNS, values, strict=True))
-    for key in ("created", "last_event_at"):
-        if data[key] is not None:
-            data[key] = data[key].isoformat()
-    return Row(**data)
+    # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
+    def started_fields(self) -> dict:
+        return {"batch_size": self.batch_size}
 
-def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
-    """Apply `events` in one transaction of `conn`; returns (applied, skipped as duplicates),
-    counting the items of an `email.delivery_statuses` one by one. Raises on any database error,
-    after rolling back: nothing of the batch is kept."""
-    events = [item for event in events for item in unbatched(event)]
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(MARK_PROCESSED_SQL, [[e.event_id for e in events]])
-            fresh_ids = {row[0] for row in cursor.fetchall()}
-            fresh, seen = [], set()
-            for event in events:
-                if event.event_id in fresh_ids and event.event_id not in seen:
-                    seen.add(event.event_id)
-                    fresh.append(event)
-            if fresh:
-                email_ids = sorted({e.email_id for e in fresh})
-                cursor.execute(ENSURE_ROWS_SQL, [email_ids])
-                cursor.execute(LOCK_ROWS_SQL, [email_ids])
-                rows = {values[0]: _row_from_db(values) for values in cursor.fetchall()}
-                history = []
-                for event in fresh:
-                    for change in apply(rows[event.email_id], event):
-                        history.append({"email_id": event.email_id, "event_id": change.event_id, "type": change.type,
-                                        "recipient": change.recipient, "status": change.status, "at": change.at,
-                                        "detail": change.detail[:1000]})
-                cursor.execute(WRITE_ROWS_SQL, [json.dumps([vars(r) for r in rows.values()])])
-                if history:
-                    cursor.execute(WRITE_HISTORY_SQL, [json.dumps(history)])
-        conn.commit()
-    except BaseException:
-        if not conn.closed:
-            conn.rollback()
-        raise
-    APPLIED.inc(len(fresh))
-    SKIPPED.inc(len(events) - len(fresh))
-    return len(fresh), len(events) - len(fresh)
+    def open_postgres(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect_postgres(self.database, application_name="projector",
+                                          idle_in_transaction_ms=60_000)
+
+    def open_broker(self) -> None:
+        self._amqp = pika.BlockingConnection(connection_parameters(self.broker_url, name="projector"))
+        self._channel = self._amqp.channel()
+        declare_topology(self._channel, self.topology)
+
+    def work(self) -> None:
+        self._consume(self._channel)
+
+    def disconnect(self, lost: str | None) -> None:
+        if lost == "postgres" and self._conn is not None:
+            self._conn.close()
+        self._close_amqp()
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+
+    def _close_amqp(self) -> None:
+        amqp, self._amqp, self._channel = self._amqp, None, None
+        if amqp is not None and amqp.is_open:
+            try:
+                amqp.close()
+            except AMQPError:
+                pass
+
+    def _keep_dead_letter(self, message: DeadLetterMessage) -> None:
+        """An event the projector could not apply (or read): kept for ops; the read model may lag
+        for its email until reconcile mends it from the write side."""
+        with self._conn.cursor() as cursor:
+            park(cursor, message, detail="the projector could not apply it; reconcile mends the read model",
+                 resolved_by="projector")
+        self._conn.commit()
+
+    def _consume(self, channel) -> None:
+        keeper = DeadLetterKeeper(queues=[self.topology.dead_letter_queue("projector")], keep=self._keep_dead_letter)
+        dead_letters = self._amqp.channel()
+        channel.basic_qos(prefetch_count=self.batch_size * 2)
+        pending: list[tuple[int, object]] = []
+        size = 0  # events in `pending`, the items of a batch of statuses counted one by one
+        deadline = 0.0
+        refresher = self._amqp.channel()
+        refresher.confirm_delivery()
+        queue, limit = self.topology.queue("projector"), self.topology.consumer("projector").delivery_limit
+        for method, properties, body in channel.consume(queue, inactivity_timeout=0.02):
+            self.health.tick()
+            keeper.poll(dead_letters, time.monotonic())
+            if method is not None and last_delivery(properties, limit):
+                self._refresh(channel, refresher, queue, method.delivery_tag, properties, body)
+            elif method is not None:
+                try:
+                    event = event_from_dict(json.loads(body))
+                    size += len(unbatched(event))  # checks a batch's items: a bad one makes it poison
+                    pending.append((method.delivery_tag, event))
+                except (ValueError, TypeError, KeyError, ContractError) as exc:
+                    DEAD.inc()
+                    log.error("poison_event_dead_lettered", event_id=properties.message_id, error=str(exc)[:300])
+                    channel.basic_reject(method.delivery_tag, requeue=False)
+                if len(pending) == 1:
+                    deadline = time.monotonic() + self.batch_wait
+            if pending and (size >= self.batch_size or time.monotonic() >= deadline or self._stop.stopping):
+                self._flush(channel, pending)
+                pending, size = [], 0
+            if not pending:
+                self._refresh_stats()
+            if self._stop.stopping and not pending:
+                break
+        channel.cancel()
+
+    def _refresh(self, channel, refresher, queue: str, tag: int, properties, body: bytes) -> None:
+        """Near the queue's delivery limit (churn counts, core.broker): a fresh copy, confirmed,
+        then ack this one. A copy the broker does not take leaves this one to come back alone,
+        instead of a reconnect that would return the whole prefetch one delivery nearer."""
+        try:
+            refresh(refresher, queue, properties, body)
+        except (pika.exceptions.NackError, pika.exceptions.UnroutableError) as exc:
+            log.warning("refresh_publish_failed", event_id=properties.message_id, error=str(exc)[:300])
+            channel.basic_nack(tag, requeue=True)
+            return
+        channel.basic_ack(tag)
+        REFRESHED.inc()
+        log.warning("message_refreshed_before_delivery_limit", event_id=properties.message_id)
+
+    def _refresh_stats(self) -> None:
+        now = time.monotonic()
+        if now < self._next_stats:
+            return
+        self._next_stats = now + self.stats_interval
+        with self._conn.cursor() as cursor:
+            cursor.execute(UNFINISHED_SQL, [self.stuck_after])
+            UNFINISHED.set(cursor.fetchone()[0])
+        self._conn.rollback()
+
+    def _flush(self, channel, pending) -> None:
+        started = time.perf_counter()
+        try:
+            apply_batch(self._conn, [event for _, event in pending])
+            channel.basic_ack(pending[-1][0], multiple=True)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raise  # an outage: the unacked messages return when the connection closes
+        except psycopg2.Error as exc:
+            log.warning("projector_batch_failed_retrying_singly", events=len(pending), error=str(exc)[:300])
+            for tag, event in pending:
+                try:
+                    apply_batch(self._conn, [event])
+                    channel.basic_ack(tag)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    raise
+                except psycopg2.Error as single:
+                    DEAD.inc()
+                    log.error("event_dead_lettered", event_id=event.event_id, type=event.TYPE,
+                              error=str(single)[:300])
+                    channel.basic_reject(tag, requeue=False)
+        BATCH_SECONDS.observe(time.perf_counter() - started)

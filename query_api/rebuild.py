@@ -24,31 +24,45 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
+from query_api.apply import COLUMNS, history_entry, write_history
 from query_api.projection import RANK, Row, apply
-from query_api.projector import COLUMNS
+from query_api.write_side import DELIVERY as D
+from query_api.write_side import OUTBOX as O
+from query_api.write_side import PROVIDER_EVENT as P
+from query_api.write_side import RECIPIENT as R
+from query_api.write_side import SENT_EMAIL as E
 
 log = structlog.get_logger(__name__)
 CHUNK = 2000
 PHASE = {EmailRequested: 0, EmailSent: 1, EmailFailed: 1, EmailDeliveryStatus: 2}
 SLACK = "interval '60 seconds'"  # longer than any write transaction: a commit may carry an older now()
 
-EMAILS_SQL = """
-    SELECT e.id, e.sender_id, e.from_email, e.template_id, e.template_name, e.subject, e.created,
-           array_agg(r.address ORDER BY r.id)
-      FROM emails_sentemail e JOIN emails_sentemailrecipient r ON r.email_id = e.id
-     WHERE e.id = ANY(%s::bigint[])
-     GROUP BY e.id
+# The write side's tables and columns are named in query_api.write_side (E, R, D, P, O here).
+EMAILS_SQL = f"""
+    SELECT e.{E.id}, e.{E.owner}, e.{E.from_email}, e.{E.template_id}, e.{E.template_name}, e.{E.subject},
+           e.{E.created}, array_agg(r.{R.address} ORDER BY r.{R.id})
+      FROM {E} e JOIN {R} r ON r.{R.email_id} = e.{E.id}
+     WHERE e.{E.id} = ANY(%s::bigint[])
+     GROUP BY e.{E.id}
 """
-DELIVERIES_SQL = """
-    SELECT email_id, event_id::text, state, recipient, provider_message_id, last_error, attempts, updated_at
-      FROM sender_delivery
-     WHERE email_id = ANY(%s::bigint[]) AND state IN ('sent', 'failed')
+DELIVERIES_SQL = f"""
+    SELECT {D.email_id}, {D.event_id}::text, {D.state}, {D.recipient}, {D.provider_message_id}, {D.last_error},
+           {D.attempts}, {D.updated_at}
+      FROM {D}
+     WHERE {D.email_id} = ANY(%s::bigint[]) AND {D.state} IN ('sent', 'failed')
 """
-PROVIDER_EVENTS_SQL = """
-    SELECT email_id, provider_event_id, request_event_id::text, recipient, status, provider_message_id, reason,
-           reported_at
-      FROM webhook_provider_event
-     WHERE email_id = ANY(%s::bigint[])
+PROVIDER_EVENTS_SQL = f"""
+    SELECT {P.email_id}, {P.provider_event_id}, {P.request_event_id}::text, {P.recipient}, {P.status},
+           {P.provider_message_id}, {P.reason}, {P.reported_at}
+      FROM {P}
+     WHERE {P.email_id} = ANY(%s::bigint[])
+"""
+ALL_EMAILS_SQL = f"SELECT {E.id} FROM {E} ORDER BY {E.id}"
+# The emails that changed since the snapshot of time %(t)s was taken.
+CHANGED_SQL = f"""
+    SELECT {E.id} FROM {E} WHERE {E.created} >= %(t)s - {SLACK}
+    UNION SELECT {D.email_id} FROM {D} WHERE {D.updated_at} >= %(t)s - {SLACK}
+    UNION SELECT {P.email_id} FROM {P} WHERE {P.received_at} >= %(t)s - {SLACK}
 """
 
 
@@ -94,10 +108,7 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
         # Causal order first (the request, then the sender's outcome, then what the provider said
         # about it), time second: webhook timestamps only have whole seconds.
         for event in sorted(email_events, key=lambda e: (PHASE[type(e)], e.occurred_at)):
-            for change in apply(row, event):
-                history.append({"email_id": email_id, "event_id": None, "type": change.type,
-                                "recipient": change.recipient, "status": change.status, "at": change.at,
-                                "detail": change.detail[:1000]})
+            history += [history_entry(email_id, change, derived=True) for change in apply(row, event)]
     return rows, history
 
 
@@ -119,13 +130,7 @@ def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history
         rows = {k: v for k, v in rows.items() if k in written}
         history = [h for h in history if h["email_id"] in written]
         cursor.execute(f"DELETE FROM {history_table} WHERE email_id = ANY(%s::bigint[])", [list(rows)])
-    if history:
-        cursor.execute(
-            f"""INSERT INTO {history_table} (email_id, event_id, type, recipient, status, at, detail)
-                SELECT email_id, event_id, type, recipient, status, at, detail
-                  FROM json_populate_recordset(NULL::read_sent_email_event, %s)""",
-            [json.dumps(history)],
-        )
+    write_history(cursor, history, table=history_table)
     return len(rows)
 
 
@@ -153,7 +158,7 @@ def read_model_rebuild(*, progress: Callable[[int, int], None] | None = None) ->
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cursor.execute("SELECT now()")
             (snapshot_at,) = cursor.fetchone()
-            cursor.execute("SELECT id FROM emails_sentemail ORDER BY id")
+            cursor.execute(ALL_EMAILS_SQL)
             ids = [row[0] for row in cursor.fetchall()]
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
@@ -164,12 +169,7 @@ def read_model_rebuild(*, progress: Callable[[int, int], None] | None = None) ->
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("LOCK TABLE read_sent_email, read_sent_email_event IN ACCESS EXCLUSIVE MODE")
-            cursor.execute(
-                f"""SELECT id FROM emails_sentemail WHERE created >= %(t)s - {SLACK}
-                    UNION SELECT email_id FROM sender_delivery WHERE updated_at >= %(t)s - {SLACK}
-                    UNION SELECT email_id FROM webhook_provider_event WHERE received_at >= %(t)s - {SLACK}""",
-                {"t": snapshot_at},
-            )
+            cursor.execute(CHANGED_SQL, {"t": snapshot_at})
             changed = sorted(row[0] for row in cursor.fetchall())
             for start in range(0, len(changed), CHUNK):
                 rows, history = build_rows(cursor, changed[start:start + CHUNK])
@@ -204,36 +204,36 @@ class ReconcileReport:
 
 # Which emails to look at: the newest `limit`, and every one that is not finished, in the read
 # model or on the write side (small sets, each behind a partial index), all older than the grace.
-CANDIDATES_SQL = """
-    (SELECT id FROM emails_sentemail WHERE created < now() - %(grace)s * interval '1 second'
-      ORDER BY id DESC LIMIT %(limit)s)
+CANDIDATES_SQL = f"""
+    (SELECT {E.id} FROM {E} WHERE {E.created} < now() - %(grace)s * interval '1 second'
+      ORDER BY {E.id} DESC LIMIT %(limit)s)
     UNION
     SELECT id FROM read_sent_email
      WHERE status IN ('queued', 'sending') AND created < now() - %(grace)s * interval '1 second'
     UNION
-    SELECT DISTINCT email_id FROM sender_delivery
-     WHERE state NOT IN ('sent', 'failed') AND created_at < now() - %(grace)s * interval '1 second'
+    SELECT DISTINCT {D.email_id} FROM {D}
+     WHERE {D.state} NOT IN ('sent', 'failed') AND {D.created_at} < now() - %(grace)s * interval '1 second'
 """
 # Of `ids`, those accepted longer than the stuck threshold ago with a recipient that is not
 # finished on the write side; and whether any of their recipients ever reached a sender.
-STUCK_SQL = """
-    SELECT e.id, EXISTS (SELECT 1 FROM sender_delivery d WHERE d.email_id = e.id)
-      FROM emails_sentemail e
-     WHERE e.id = ANY(%(ids)s::bigint[]) AND e.created < now() - %(stuck)s * interval '1 second'
-       AND EXISTS (SELECT 1 FROM emails_sentemailrecipient r
-                    WHERE r.email_id = e.id
-                      AND NOT EXISTS (SELECT 1 FROM sender_delivery d
-                                       WHERE d.email_id = e.id AND d.recipient = r.address
-                                         AND d.state IN ('sent', 'failed')))
+STUCK_SQL = f"""
+    SELECT e.{E.id}, EXISTS (SELECT 1 FROM {D} d WHERE d.{D.email_id} = e.{E.id})
+      FROM {E} e
+     WHERE e.{E.id} = ANY(%(ids)s::bigint[]) AND e.{E.created} < now() - %(stuck)s * interval '1 second'
+       AND EXISTS (SELECT 1 FROM {R} r
+                    WHERE r.{R.email_id} = e.{E.id}
+                      AND NOT EXISTS (SELECT 1 FROM {D} d
+                                       WHERE d.{D.email_id} = e.{E.id} AND d.{D.recipient} = r.{R.address}
+                                         AND d.{D.state} IN ('sent', 'failed')))
 """
 # A request that never reached a sender, published long ago: its message was lost on the way (a
 # dead letter, a purged queue). Publish it again, as a replay does.
-REARM_NEVER_CLAIMED_SQL = """
-    UPDATE outbox SET published_at = NULL, not_before = now(),
-           last_error = 're-armed by reconcile: it never reached a sender'
-     WHERE type = 'email.requested' AND aggregateid = ANY(%(ids)s::text[]) AND failed_at IS NULL
-       AND published_at < now() - %(stuck)s * interval '1 second'
-    RETURNING aggregateid
+REARM_NEVER_CLAIMED_SQL = f"""
+    UPDATE {O} SET {O.published_at} = NULL, {O.not_before} = now(),
+           {O.last_error} = 're-armed by reconcile: it never reached a sender'
+     WHERE {O.type} = 'email.requested' AND {O.aggregateid} = ANY(%(ids)s::text[]) AND {O.failed_at} IS NULL
+       AND {O.published_at} < now() - %(stuck)s * interval '1 second'
+    RETURNING {O.aggregateid}
 """
 
 

@@ -5,13 +5,14 @@ from collections.abc import Callable
 from django.conf import settings
 
 from core.retention import prune
+from query_api.write_side import OUTBOX
 
 # An id dedupes a redelivery or a replay of its event: kept while the outbox still holds the event
 # (a replay is possible) and for PROCESSED_EVENT_RETENTION_DAYS in any case (a redelivery).
-_PRUNABLE = """
+_PRUNABLE = f"""
     SELECT p.event_id FROM read_processed_event p
      WHERE p.processed_at < now() - %(days)s * interval '1 day'
-       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = p.event_id)
+       AND NOT EXISTS (SELECT 1 FROM {OUTBOX} o WHERE o.{OUTBOX.id} = p.event_id)
 """
 
 

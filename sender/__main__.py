@@ -6,17 +6,15 @@ Port SENDER_HTTP_PORT (9102) serves /healthz, /readyz and /metrics.
 """
 
 import argparse
-import os
 import sys
 
-from core import cli
+from core import bootstrap
 
 
 def command_run(args) -> int:
     from django.conf import settings
 
     from core.broker import topology_from_settings
-    from core.worker_http import Health, serve
     from sender.consumer import SenderWorkerConfig, SenderWorker
     from sender.handlers import Policy
     from sender.provider import SendGridProvider
@@ -26,10 +24,7 @@ def command_run(args) -> int:
         print("SENDGRID_API_KEY is not set: the sender cannot send. Locally, bin/run starts the fake SendGrid "
               "and sets it for you.", file=sys.stderr)
         return 2
-    health = Health()
-    if args.http_port:
-        serve(health, host=args.http_host, port=args.http_port)
-    worker = SenderWorker(
+    return bootstrap.run_worker(args, lambda health: SenderWorker(
         config=SenderWorkerConfig(
             broker_url=settings.RABBITMQ_URL,
             prefetch=settings.SENDER_PREFETCH,
@@ -51,29 +46,21 @@ def command_run(args) -> int:
             in_doubt_grace=settings.SENDER_IN_DOUBT_GRACE_SECONDS,
         ),
         health=health,
-    )
-    worker.install_signal_handlers()
-    return worker.run()
+    ))
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sender.settings")
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     run = verbs.add_parser("run", help="consume email.requested and deliver until SIGTERM")
-    run.add_argument("--http-host", default=os.environ.get("SENDER_HTTP_HOST", "0.0.0.0"))
-    run.add_argument("--http-port", type=cli.port, default=None, help="probes and /metrics (default SENDER_HTTP_PORT)")
+    bootstrap.add_http_options(run, env="SENDER")
     run.set_defaults(func=command_run)
-    args = parser.parse_args(argv)
-    import django
+    return parser
 
-    django.setup()
-    if args.http_port is None:
-        from django.conf import settings
 
-        args.http_port = settings.SENDER_HTTP_PORT
-    return args.func(args)
+def main(argv=None) -> int:
+    return bootstrap.main(parser, argv, settings_module="sender.settings")
 
 
 if __name__ == "__main__":

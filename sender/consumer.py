@@ -47,7 +47,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage
-from core.workers import Backoff, Outages, StoppableWorker
+from core.workers import ReconnectingWorker
 from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Decision, Policy, handle_email_requested
 
 log = structlog.get_logger(__name__)
@@ -79,13 +79,13 @@ def delay_route(topology: Topology, delay_seconds: float, role: str = "sender") 
     return topology.delay_queue(role, tier), min(wanted, tier)
 
 
-class SenderWorker(StoppableWorker):
+class SenderWorker(ReconnectingWorker):
+    name = "sender"
+
     def __init__(self, *, config: SenderWorkerConfig, topology: Topology, provider, store, policy: Policy, health):
+        super().__init__(health)
         self.config, self.topology, self.provider, self.store, self.policy = config, topology, provider, store, policy
-        self.health = health
-        self.outages = Outages(health)
         self.key_rejected = threading.Event()
-        super().__init__()
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._consumer_tag: str | None = None
@@ -100,40 +100,28 @@ class SenderWorker(StoppableWorker):
         health.set("provider_key", True)
         PROVIDER_KEY_OK.set(1)
 
-    # Lifecycle -------------------------------------------------------------------------------
+    # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
+    def started_fields(self) -> dict:
+        return {"concurrency": self.config.concurrency, "prefetch": self.config.prefetch}
 
-    def run(self) -> int:
-        backoff = Backoff()
-        log.info("sender_started", concurrency=self.config.concurrency, prefetch=self.config.prefetch)
-        while not self._stopping:
-            self.health.tick()
-            try:
-                self.store.ping()
-                self.outages.up("postgres")
-                self._connect()
-                self.outages.up("rabbitmq")
-                backoff.reset()
-                self._consume_until_stopped()
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                self.outages.down("postgres", exc)
-            except AMQPError as exc:
-                self.outages.down("rabbitmq", exc)
-            self._close_connection()
-            if not self._stopping:
-                self._stop.sleep(backoff.next())
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self.store.close()
-        log.info("sender_stopped")
-        return 0
+    def open_postgres(self) -> None:
+        self.store.ping()
 
-    def _connect(self) -> None:
+    def open_broker(self) -> None:
         self._connection = pika.BlockingConnection(connection_parameters(self.config.broker_url, name="sender"))
         channel = self._connection.channel()
         declare_topology(channel, self.topology)
         channel.basic_qos(prefetch_count=self.config.prefetch)
         channel.confirm_delivery()  # retry publishes are confirmed before the original is acked
         self._channel = channel
+
+    def disconnect(self, lost: str | None) -> None:
+        self._close_connection()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
 
     def _close_connection(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -146,7 +134,7 @@ class SenderWorker(StoppableWorker):
 
     # Consuming -------------------------------------------------------------------------------
 
-    def _consume_until_stopped(self) -> None:
+    def work(self) -> None:
         self._receipts_tag = self._channel.basic_consume(self.topology.queue("sender-receipts"), self._on_receipts)
         if not self.key_rejected.is_set():
             self._start_consuming()

@@ -15,7 +15,7 @@ from django.db import connection
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, EmailSent
 from core.outbox.models import OutboxEvent
 from query_api.models import ProcessedEvent, SentEmailLog, SentEmailLogEvent
-from query_api.projector import apply_batch
+from query_api.apply import apply_batch
 from tests import broker
 from tests.conftest import client_for
 from tests.factories import UserFactory

@@ -1,0 +1,110 @@
+"""Apply events to the read table in batches, idempotently (the projector's work, query_api.projector).
+
+`apply_batch(conn, events)` is one transaction: record the event ids as processed (the ones
+already there are skipped), create missing rows, lock the batch's rows in id order (so two
+projectors never deadlock), merge the events in Python (query_api.projection), write the rows and
+their history back. A redelivered or replayed event changes nothing; an event for an email the
+table does not know yet creates its row, which the request fills in later.
+"""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from prometheus_client import Counter
+
+from core.contracts import EmailDeliveryStatuses, Event
+from query_api.projection import Change, Row, apply
+
+log = structlog.get_logger(__name__)
+
+APPLIED = Counter("projector_events_applied_total", "Events applied to the read table")
+SKIPPED = Counter("projector_events_skipped_total", "Events skipped as already processed")
+
+COLUMNS = ("id", "owner_id", "from_email", "template_id", "template_name", "subject", "created",
+           "recipients", "recipient_status", "status", "last_event_at")
+
+MARK_PROCESSED_SQL = """
+    INSERT INTO read_processed_event (event_id, processed_at)
+    SELECT DISTINCT unnest(%s::uuid[]), now()
+    ON CONFLICT DO NOTHING
+    RETURNING event_id::text
+"""
+ENSURE_ROWS_SQL = """
+    INSERT INTO read_sent_email (id, from_email, template_name, subject, recipients, recipient_status, status)
+    SELECT unnest(%s::bigint[]), '', '', '', '{}', '{}', 'queued'
+    ON CONFLICT DO NOTHING
+"""
+LOCK_ROWS_SQL = f"""
+    SELECT {", ".join(COLUMNS)} FROM read_sent_email WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
+"""
+WRITE_ROWS_SQL = f"""
+    UPDATE read_sent_email AS t
+       SET {", ".join(f"{c} = s.{c}" for c in COLUMNS if c != "id")}
+      FROM json_populate_recordset(NULL::read_sent_email, %s) AS s
+     WHERE t.id = s.id
+"""
+HISTORY_COLUMNS = ("email_id", "event_id", "type", "recipient", "status", "at", "detail")
+
+
+def unbatched(event: Event) -> list[Event]:
+    """The events `event` stands for: the items of a batch of statuses, else itself."""
+    return event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
+
+
+def history_entry(email_id: int, change: Change, *, derived: bool = False) -> dict:
+    """The history row of `change` to email `email_id`; a derived one (the rebuild's) has no event id."""
+    return {"email_id": email_id, "event_id": None if derived else change.event_id, "type": change.type,
+            "recipient": change.recipient, "status": change.status, "at": change.at, "detail": change.detail[:1000]}
+
+
+def write_history(cursor, history: list[dict], *, table: str = "read_sent_email_event") -> None:
+    """Append `history` (rows of `history_entry`) to `table`: read_sent_email_event, or the twin a
+    rebuild fills. The one writer of the history: the projector and the rebuild both call it."""
+    if history:
+        columns = ", ".join(HISTORY_COLUMNS)
+        cursor.execute(f"""INSERT INTO {table} ({columns})
+                           SELECT {columns} FROM json_populate_recordset(NULL::read_sent_email_event, %s)""",
+                       [json.dumps(history)])
+
+
+def _row_from_db(values) -> Row:
+    data = dict(zip(COLUMNS, values, strict=True))
+    for key in ("created", "last_event_at"):
+        if data[key] is not None:
+            data[key] = data[key].isoformat()
+    return Row(**data)
+
+
+def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
+    """Apply `events` in one transaction of `conn`; returns (applied, skipped as duplicates),
+    counting the items of an `email.delivery_statuses` one by one. Raises on any database error,
+    after rolling back: nothing of the batch is kept."""
+    events = [item for event in events for item in unbatched(event)]
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(MARK_PROCESSED_SQL, [[e.event_id for e in events]])
+            fresh_ids = {row[0] for row in cursor.fetchall()}
+            fresh, seen = [], set()
+            for event in events:
+                if event.event_id in fresh_ids and event.event_id not in seen:
+                    seen.add(event.event_id)
+                    fresh.append(event)
+            if fresh:
+                email_ids = sorted({e.email_id for e in fresh})
+                cursor.execute(ENSURE_ROWS_SQL, [email_ids])
+                cursor.execute(LOCK_ROWS_SQL, [email_ids])
+                rows = {values[0]: _row_from_db(values) for values in cursor.fetchall()}
+                history = [history_entry(event.email_id, change)
+                           for event in fresh for change in apply(rows[event.email_id], event)]
+                cursor.execute(WRITE_ROWS_SQL, [json.dumps([vars(r) for r in rows.values()])])
+                write_history(cursor, history)
+        conn.commit()
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    APPLIED.inc(len(fresh))
+    SKIPPED.inc(len(events) - len(fresh))
+    return len(fresh), len(events) - len(fresh)
