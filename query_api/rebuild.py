@@ -24,10 +24,10 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
+from core.outbox.sql import REARM_PUBLISHED_REQUESTS_SQL
 from query_api.apply import COLUMNS, history_entry, write_history
 from query_api.projection import RANK, Row, apply
 from query_api.write_side import DELIVERY as D
-from query_api.write_side import OUTBOX as O
 from query_api.write_side import PROVIDER_EVENT as P
 from query_api.write_side import RECIPIENT as R
 from query_api.write_side import SENT_EMAIL as E
@@ -226,15 +226,6 @@ STUCK_SQL = f"""
                                        WHERE d.{D.email_id} = e.{E.id} AND d.{D.recipient} = r.{R.address}
                                          AND d.{D.state} IN ('sent', 'failed')))
 """
-# A request that never reached a sender, published long ago: its message was lost on the way (a
-# dead letter, a purged queue). Publish it again, as a replay does.
-REARM_NEVER_CLAIMED_SQL = f"""
-    UPDATE {O} SET {O.published_at} = NULL, {O.not_before} = now(),
-           {O.last_error} = 're-armed by reconcile: it never reached a sender'
-     WHERE {O.type} = 'email.requested' AND {O.aggregateid} = ANY(%(ids)s::text[]) AND {O.failed_at} IS NULL
-       AND {O.published_at} < now() - %(stuck)s * interval '1 second'
-    RETURNING {O.aggregateid}
-"""
 
 
 def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> ReconcileReport:
@@ -277,7 +268,7 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
                                           only_new=set(missing))
             never_claimed = [str(email_id) for email_id, claimed in stuck if not claimed]
             if repair and never_claimed:
-                cursor.execute(REARM_NEVER_CLAIMED_SQL, {"ids": never_claimed,
+                cursor.execute(REARM_PUBLISHED_REQUESTS_SQL, {"ids": never_claimed,
                                                          "stuck": settings.EMAIL_STUCK_AFTER_SECONDS})
                 report.rearmed += [int(row[0]) for row in cursor.fetchall()]
     if report.stuck:

@@ -5,6 +5,8 @@ The read side shares Postgres with the write side, not its modules, so it does n
 models: when the write side renames a table or a column, this module is the one to change.
 """
 
+from core.outbox import sql as outbox_sql
+
 
 class Table:
     """A table's name (what it formats as) and its columns, each an attribute naming itself in SQL."""
@@ -27,5 +29,4 @@ PROVIDER_EVENT = Table("webhook_provider_event", email_id="email_id", provider_e
                        request_event_id="request_event_id", recipient="recipient", status="status",
                        provider_message_id="provider_message_id", reason="reason", reported_at="reported_at",
                        received_at="received_at")
-OUTBOX = Table("outbox", id="id", type="type", aggregateid="aggregateid", not_before="not_before",
-               published_at="published_at", failed_at="failed_at", last_error="last_error")
+OUTBOX = Table(outbox_sql.TABLE, id="id")  # core owns the outbox and its statements (core.outbox.sql)

@@ -97,6 +97,16 @@ MARK_RETRY_SQL = f"""
     UPDATE {TABLE} SET attempts = attempts + 1, last_error = %s WHERE id = ANY(%s::uuid[])
 """
 
+# Publish again the requests of `ids` (email ids) published over `stuck` seconds ago and never
+# claimed by a sender: reconcile's repair of a message lost after the relay's confirm.
+REARM_PUBLISHED_REQUESTS_SQL = f"""
+    UPDATE {TABLE} SET published_at = NULL, not_before = now(),
+           last_error = 're-armed by reconcile: it never reached a sender'
+     WHERE type = 'email.requested' AND aggregateid = ANY(%(ids)s::text[]) AND failed_at IS NULL
+       AND published_at < now() - %(stuck)s * interval '1 second'
+    RETURNING aggregateid
+"""
+
 # The backlog: for the relay's gauges and the ops status ------------------------------------------
 
 BACKLOG_SQL = f"""
