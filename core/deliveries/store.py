@@ -66,6 +66,19 @@ HOLD_SQL = """
      WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND provider_seen_at IS NULL
        AND (state = 'unknown' OR (state = 'sending' AND lease_until < now()))
 """
+def _and_event(insert: str, counts: str = "(SELECT count(*) FROM done)") -> str:
+    """The tail of an outcome statement whose first part (`done`) changed deliveries: the outbox
+    event `insert` only if it changed any, `counts` returned, and the relay woken when asked."""
+    return f"""    ), event AS (
+        {insert}
+         WHERE EXISTS (SELECT 1 FROM done)
+        RETURNING 1
+    )
+    SELECT {counts},
+           CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END"""
+
+
+
 OUTCOME = Prepared("sender_outcome", f"""
     WITH done AS (
         UPDATE sender_delivery
@@ -75,13 +88,7 @@ OUTCOME = Prepared("sender_outcome", f"""
          WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND state = 'sending'
            AND claim_token = %(token)s::uuid
         RETURNING 1
-    ), event AS (
-        {insert_select()}
-         WHERE EXISTS (SELECT 1 FROM done)
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM event),
-           CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
+{_and_event(insert_select(), counts='(SELECT count(*) FROM done), (SELECT count(*) FROM event)')}
 """)
 # Release claimed recipients: `retry` (due at next_attempt_at), `unknown` (in doubt from now).
 RELEASE = Prepared("sender_release", """
@@ -107,13 +114,7 @@ RESOLVE_SEEN_SQL = f"""
          WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND provider_seen_at IS NOT NULL
            AND (state IN ('unknown', 'held') OR (state = 'sending' AND lease_until < now()))
         RETURNING recipient, provider_message_id, attempts
-    ), event AS (
-        {_SEEN_EVENT}
-         WHERE EXISTS (SELECT 1 FROM done)
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM done),
-           CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
+{_and_event(_SEEN_EVENT)}
 """
 # Arm the event's outbox row again for the earliest moment one of its recipients is due: the relay
 # publishes the same event id then. Inserts the row when
@@ -163,13 +164,7 @@ FAIL_DEAD_SQL = f"""
                next_attempt_at = NULL, updated_at = now()
          WHERE d.state NOT IN ('sent', 'failed') AND NOT (d.state = 'sending' AND d.lease_until > now())
         RETURNING recipient
-    ), event AS (
-        {_FAILED_EVENT}
-         WHERE EXISTS (SELECT 1 FROM done)
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM done),
-           CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
+{_and_event(_FAILED_EVENT)}
 """
 PAUSE_GET_SQL = "SELECT extract(epoch FROM paused_until) FROM sender_provider_pause WHERE provider = %s"
 PAUSE_SET_SQL = """
