@@ -321,7 +321,8 @@ def test_oversized_body_is_413_and_writes_nothing(user_client, template):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_unreachable_database_is_a_503_to_retry_not_a_500(template):
+@pytest.mark.parametrize("api", ["command", "query"])
+def test_an_unreachable_database_is_a_503_to_retry_not_a_500(template, api):
     from tests.broker import free_port
 
     client = client_for(UserFactory())
@@ -329,7 +330,11 @@ def test_an_unreachable_database_is_a_503_to_retry_not_a_500(template):
     port = connection.settings_dict["PORT"]
     connection.settings_dict["PORT"] = free_port()  # nothing listens there: as during a restart
     try:
-        response = send(client, template)
+        if api == "command":
+            response = send(client, template)
+        else:
+            with override_settings(ROOT_URLCONF="query_api.urls"):
+                response = client.get("/api/v1/emails/sent-email/")
     finally:
         connection.close()
         connection.settings_dict["PORT"] = port
