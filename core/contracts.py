@@ -10,7 +10,7 @@ everywhere downstream.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
-from functools import lru_cache
+from functools import cache
 from typing import ClassVar
 
 
@@ -18,7 +18,7 @@ class ContractError(ValueError):
     """A payload that does not match the contract (wrong type, unknown version, missing key)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 

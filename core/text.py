@@ -15,6 +15,7 @@ these rules before Django is set up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -118,7 +119,8 @@ def first_problem(data, *, max_depth: int, text: str | None = None) -> tuple[str
         if isinstance(value, (dict, list)):
             if len(frames) >= max_depth:
                 return _path(frames, key), f"It is nested deeper than {max_depth} levels."
-            if strings or not _PLAIN_SCALARS.issuperset(map(type, value.values() if isinstance(value, dict) else value)):
+            scalars = value.values() if isinstance(value, dict) else value
+            if strings or not _PLAIN_SCALARS.issuperset(map(type, scalars)):
                 frames.append((_items(value), key))  # else: clean scalars only, seen at C speed
         elif problem := _value_problem(value, strings):
             return _path(frames, key), problem
@@ -186,10 +188,8 @@ def deep_path(text: str, *, max_depth: int) -> str:
             if frames and frames[-1][0] == "[":
                 frames[-1][1] += 1
         elif value != ":" and frames and frames[-1][0] == "{":
-            try:
+            with contextlib.suppress(ValueError):  # not a key: nothing to name
                 frames[-1][1] = json.loads(value)  # a key (a string value is overwritten by the next key)
-            except ValueError:
-                pass
     return ".".join(printable_key(str(cursor)) for _, cursor in frames if cursor is not None) or "body"
 
 

@@ -196,7 +196,8 @@ def command_dead_letters(args) -> int:
                    "detail": record.detail}
             print(json.dumps(row) if args.json else
                   f"#{row['id']:<6} {row['received_at'][:19]}  {row['queue']:28} {row['reason']:15} "
-                  f"{row['type'] or '-':24} email {row['email_id'] or '-':<8} {row['resolution']:9} {row['detail'][:60]}")
+                  f"{row['type'] or '-':24} email {row['email_id'] or '-':<8} {row['resolution']:9} "
+                  f"{row['detail'][:60]}")
         return 0
     if not args.id:
         print("error: name the dead letters with --id", file=sys.stderr)

@@ -7,6 +7,7 @@ Reconnects with capped backoff; SIGTERM applies the batch in hand and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -84,10 +85,8 @@ class ProjectorWorker(ReconnectingWorker):
     def _close_amqp(self) -> None:
         amqp, self._amqp, self._channel = self._amqp, None, None
         if amqp is not None and amqp.is_open:
-            try:
+            with contextlib.suppress(AMQPError):
                 amqp.close()
-            except AMQPError:
-                pass
 
     def _keep_dead_letter(self, message: DeadLetterMessage) -> None:
         """An event the projector could not apply (or read): kept for ops; the read model may lag

@@ -31,6 +31,7 @@ finish, and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -127,10 +128,8 @@ class SenderWorker(ReconnectingWorker):
         connection, self._connection, self._channel = self._connection, None, None
         self._consumer_tag = self._receipts_tag = None
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(AMQPError):
                 connection.close()
-            except AMQPError:
-                pass
 
     # Consuming -------------------------------------------------------------------------------
 
@@ -329,10 +328,8 @@ class SenderWorker(ReconnectingWorker):
         connection = self._connection
         if connection is None:
             return
-        try:
+        with contextlib.suppress(AMQPError):
             connection.add_callback_threadsafe(run)
-        except AMQPError:
-            pass
 
     def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision,
                    role: str = "sender") -> None:

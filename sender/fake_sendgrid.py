@@ -161,13 +161,14 @@ def validate(body) -> list[dict]:
             for j, entry in enumerate(entries):
                 address = entry.get("email") if isinstance(entry, dict) else None
                 if not isinstance(address, str) or not _EMAIL.match(address):
-                    error(f"The {kind} email does not contain a valid address.", f"personalizations.{i}.{kind}.{j}.email")
+                    error(f"The {kind} email does not contain a valid address.",
+                          f"personalizations.{i}.{kind}.{j}.email")
                     continue
                 total += 1
                 if address.lower() in seen:
                     error("Each email address in the personalization block should be unique between to, cc, "
                           "and bcc. We found the first duplicate instance of [" + address + "] in the "
-                          "personalizations.{}.{} field.".format(i, kind), f"personalizations.{i}.{kind}.{j}.email")
+                          f"personalizations.{i}.{kind} field.", f"personalizations.{i}.{kind}.{j}.email")
                 seen.add(address.lower())
         subject = item.get("subject", global_subject)
         if not uses_template and (not isinstance(subject, str) or not subject):
@@ -364,7 +365,8 @@ class FakeSendGrid:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        return base64.b64encode(self._private_key.sign((timestamp + payload).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+        signature = self._private_key.sign((timestamp + payload).encode(), ec.ECDSA(hashes.SHA256()))
+        return base64.b64encode(signature).decode()
 
     def public_key(self) -> str:
         """Base64 DER, the format SendGrid shows in its settings and EventWebhook reads."""

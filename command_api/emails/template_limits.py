@@ -47,7 +47,8 @@ class Budget:
             raise RenderLimitExceeded(
                 f"The template's loops would run more than RENDER_MAX_LOOP_ITERATIONS ({self.max_iterations}) times.")
         if time.monotonic() - self.started > self.timeout:
-            raise RenderLimitExceeded(f"Rendering took longer than RENDER_TIMEOUT_MS ({round(self.timeout * 1000)} ms).")
+            raise RenderLimitExceeded(
+                f"Rendering took longer than RENDER_TIMEOUT_MS ({round(self.timeout * 1000)} ms).")
 
 
 def budget_of(context) -> Budget | None:

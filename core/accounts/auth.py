@@ -16,7 +16,6 @@ from rest_framework import exceptions
 from core.accounts.models import User
 from core.prepared import Prepared
 
-
 _TOKEN_SHAPE = re.compile(rb"[A-Za-z0-9_.~+/=-]+")
 _MAX_TOKEN_LENGTH = 512
 
@@ -30,7 +29,8 @@ def _token_query() -> tuple[Prepared, int]:
     user_pk = connection.ops.quote_name(User._meta.pk.column)
     user_fk = connection.ops.quote_name(AuthToken._meta.get_field("user").column)
     return (
-        Prepared("auth_token_lookup", f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
+        Prepared("auth_token_lookup",
+                 f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
                  f"JOIN {User._meta.db_table} u ON u.{user_pk} = t.{user_fk} WHERE t.token_key = %(key)s"),
         len(token_columns),
     )

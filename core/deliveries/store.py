@@ -26,7 +26,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg2
 from psycopg2.pool import ThreadedConnectionPool
@@ -34,7 +34,8 @@ from psycopg2.pool import ThreadedConnectionPool
 from core.contracts import EmailFailed, EmailRequested, EmailSent, Event
 from core.db import connect_kwargs
 from core.outbox.services import new_event_id
-from core.outbox.sql import TABLE as OUTBOX, insert_select, outbox_parameters
+from core.outbox.sql import TABLE as OUTBOX
+from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
 
 TERMINAL = ("sent", "failed")
@@ -434,4 +435,4 @@ def _in_doubt(state: str, live: bool) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
