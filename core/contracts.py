@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
 from functools import cache
-from typing import ClassVar
+from typing import ClassVar, TypeAlias
 
 
 class ContractError(ValueError):
@@ -34,7 +34,8 @@ class Event:
 
     def to_dict(self) -> dict:
         data = {"type": self.TYPE, "schema_version": self.VERSION}
-        for name in _field_names(type(self)):
+        # A class is hashable; mypy checks the instances' __hash__ against Hashable instead.
+        for name in _field_names(type(self)):  # type: ignore[arg-type]
             value = getattr(self, name)
             # JSON has lists, not tuples (tuples keep the events hashable and frozen). Values are
             # JSON scalars or tuples of them, so no deep copy is needed.
@@ -163,6 +164,9 @@ class EmailDeliveryStatuses(Event):
             raise ContractError(f"{self.TYPE}: statuses must be a list of objects")
         return [EmailDeliveryStatus.from_dict(item) for item in self.statuses]
 
+
+# The events about one email, each naming it: every type but the batch of statuses.
+EmailEvent: TypeAlias = EmailRequested | EmailSent | EmailFailed | EmailDeliveryStatus
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed, EmailDeliveryStatus, EmailDeliveryStatuses)

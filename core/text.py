@@ -19,6 +19,8 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
+from typing import Any
 
 MAX_ID = 2**63 - 1  # a bigint: the largest id a row can have
 
@@ -91,7 +93,6 @@ def _suspect_json(text: str) -> bool:
     return "\\u" in text and _ESCAPED.search(text) is not None
 
 
-_END = object()
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -107,10 +108,11 @@ def first_problem(data, *, max_depth: int, text: str | None = None) -> tuple[str
         return "body", problem
     if not isinstance(data, (dict, list)):
         return None
-    frames = [(_items(data), None)]  # per open container: its (key, value) iterator, its key
+    # Per open container: its (key, value) iterator, its key.
+    frames: list[tuple[Iterator[tuple[Any, Any]], Any]] = [(_items(data), None)]
     while frames:
-        entry = next(frames[-1][0], _END)
-        if entry is _END:
+        entry = next(frames[-1][0], None)  # items are (key, value) pairs, never None
+        if entry is None:
             frames.pop()
             continue
         key, value = entry
@@ -127,7 +129,7 @@ def first_problem(data, *, max_depth: int, text: str | None = None) -> tuple[str
     return None
 
 
-def _items(container):
+def _items(container: dict | list) -> Iterator[tuple[Any, Any]]:
     return iter(container.items()) if isinstance(container, dict) else enumerate(container)
 
 

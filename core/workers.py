@@ -36,7 +36,7 @@ class Backoff:
 class Outages:
     """Log each outage of a dependency once when it starts and once when it ends."""
 
-    def __init__(self, health, failures=None):
+    def __init__(self, health, failures=None) -> None:
         self._since: dict[str, float] = {}
         self._health = health
         self._failures = failures  # a Prometheus counter with a `reason` label, or None

@@ -157,5 +157,5 @@ class SentEmailDetailApi(APIView):
     @extend_schema(responses=OutputSerializer)
     def get(self, request, email_id: int):
         row, history = selectors.sent_email_log_get(owner_id=request.user.pk, email_id=email_id)
-        row.history = history
-        return Response(self.OutputSerializer(row).data)
+        # The shape OutputSerializer declares: the row's fields, then its history.
+        return Response({**SentEmailLogSerializer(row).data, "history": HistorySerializer(history, many=True).data})

@@ -17,6 +17,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import structlog
@@ -113,7 +114,7 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
 
 
 def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history: list[dict],
-           only_new: set[int] = frozenset()) -> int:
+           only_new: AbstractSet[int] = frozenset()) -> int:
     """Write `rows` and replace their history; a row of `only_new` is written only if no row of its
     id exists by then (another writer made it meanwhile: it stands). Returns the rows written."""
     if rows:
@@ -146,7 +147,7 @@ def _index_map(cursor, table: str) -> dict[str, str]:
     return {definition.split(" USING ", 1)[1]: name for name, definition in cursor.fetchall()}
 
 
-def read_model_rebuild(*, progress: Callable[[int, int], None] | None = None) -> RebuildResult:
+def read_model_rebuild(*, progress: Callable[[int, int], object] | None = None) -> RebuildResult:
     """Rebuild the read table and its history from the write side; see the module docstring."""
     started = time.monotonic()
     with connection.cursor() as cursor:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.template import Library, Node, NodeList, defaultfilters, defaulttags
+from django.template import Context, Library, Node, NodeList, defaultfilters, defaulttags
 
 register = Library()
 
@@ -49,6 +49,12 @@ class Budget:
         if time.monotonic() - self.started > self.timeout:
             raise RenderLimitExceeded(
                 f"Rendering took longer than RENDER_TIMEOUT_MS ({round(self.timeout * 1000)} ms).")
+
+
+class BudgetedContext(Context):
+    """A template context that carries what its rendering may still spend."""
+
+    budget: Budget | None = None
 
 
 def budget_of(context) -> Budget | None:
@@ -103,7 +109,8 @@ class _MeteredNode(Node):
     def __init__(self, inner: Node):
         self.inner = inner
         self.nodelist = NodeList([inner])
-        self.token, self.origin = inner.token, getattr(inner, "origin", None)
+        # The stubs say every node has an origin; the parser sets it, a node made otherwise has none.
+        self.token, self.origin = inner.token, getattr(inner, "origin", None)  # type: ignore[assignment]
 
     def render_annotated(self, context):
         budget = budget_of(context)

@@ -251,10 +251,11 @@ class DeliveryStore:
         (with `resend_in_doubt`) ones in doubt whose grace passed with no word from the provider.
         Idempotent: a second claim of a finished delivery takes nothing. Says why the others
         were not taken; holds, by policy, the ones in doubt past the grace."""
+        token = str(uuid.uuid4())
         params = {"event_id": event.event_id, "email_id": event.email_id, "lease": lease_seconds,
                   "recipients": list(event.recipients), "resend": resend_in_doubt, "grace": in_doubt_grace,
-                  "token": str(uuid.uuid4())}
-        claim = Claim(token=params["token"])
+                  "token": token}
+        claim = Claim(token=token)
         with self._cursor() as cursor:
             CLAIM.execute(cursor, params)
             for recipient, attempts, last_error in cursor.fetchall():

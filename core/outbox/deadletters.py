@@ -80,7 +80,7 @@ class DeadLetterMessage:
     @classmethod
     def from_amqp(cls, method, properties, body: bytes) -> DeadLetterMessage:
         headers = dict(properties.headers or {})
-        death = next(iter(headers.get("x-death") or []), {}) or {}
+        death: dict = next(iter(headers.get("x-death") or []), {}) or {}
         keys = death.get("routing-keys") or [getattr(method, "routing_key", "")]
         return cls(
             queue=str(death.get("queue") or headers.get("x-first-death-queue") or ""),
