@@ -109,8 +109,9 @@ def main() -> int:
     bad = {k: v for k, v in report.details.items() if k not in ("poison", "leaders") and v and v != ([], [])}
     if bad:
         print(f"  details: {bad}")
-    wrong = (report.exited or report.lost or report.duplicates or report.stuck or report.unexpected_failures or report.dead_letters
-             or report.leaders_moved != report.leader_kills or report.read_model_missing or report.read_model_behind
+    wrong = (report.exited or report.lost or report.duplicates or report.stuck or report.unexpected_failures
+             or report.dead_letters or report.leaders_moved != report.leader_kills
+             or report.read_model_missing or report.read_model_behind
              or report.poison_parked != report.poison_published
              or report.oversized_failed != 2 * report.oversized_accepted)
     return 1 if wrong else 0

@@ -68,12 +68,11 @@ def wrk_post(url: str, body: dict, *, token: str | None, connections: int, durat
     import json
     import tempfile
 
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-    if token:
-        script.write(f'wrk.headers["Authorization"] = "Token {token}"\n')
-    script.write(f"wrk.body = '{json.dumps(body)}'\n")
-    script.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        if token:
+            script.write(f'wrk.headers["Authorization"] = "Token {token}"\n')
+        script.write(f"wrk.body = '{json.dumps(body)}'\n")
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
     return parse_wrk(out), out
@@ -97,7 +96,9 @@ def _proc_stats() -> dict[int, tuple[str, int, float]]:
     return stats
 
 
-def cpu_by_group(roots: dict[str, int], postgres_backends: dict[int, str] | None = None) -> dict[int, tuple[str, float]]:
+def cpu_by_group(
+    roots: dict[str, int], postgres_backends: dict[int, str] | None = None
+) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by every process, with its group: each of `roots` (a process and
     its descendants), "postgres" (split by the client named in `postgres_backends`, backend pid
     -> application name), "rabbitmq", "wrk", and "other" for the rest of the machine. Take two

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from common import ROOT, parse_wrk, setup_django, wait_http  # noqa: E402
 
@@ -43,7 +43,8 @@ def fill(rows: int, owner_base: int) -> None:
                        'Subject ' || g, now() - (g * interval '30 seconds'),
                        ARRAY['u' || g %% 1000 || '-' || (g / 1000) %% 300 || '@example.com',
                              'x' || g || '@example.org', 'y' || g %% 7919 || '@example.net'],
-                       jsonb_build_object('x' || g || '@example.org', jsonb_build_object('status', 'sent', 'at', now())),
+                       jsonb_build_object('x' || g || '@example.org',
+                                          jsonb_build_object('status', 'sent', 'at', now())),
                        (ARRAY['queued','sending','sent','delivered','failed'])[1 + g %% 5],
                        now() - (g * interval '30 seconds')
                   FROM generate_series(%(lo)s, %(hi)s) AS g
@@ -87,9 +88,8 @@ def explain(owner: int) -> None:
 
 
 def wrk(url: str, token: str, duration: int) -> dict:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(f'wrk.headers["Authorization"] = "Token {token}"\n')
-    script.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.headers["Authorization"] = "Token {token}"\n')
     out = subprocess.run(["wrk", "-t1", "-c4", f"-d{duration}s", "--latency", "-s", script.name, url],
                          capture_output=True, text=True, check=True).stdout
     result = parse_wrk(out)
@@ -98,10 +98,10 @@ def wrk(url: str, token: str, duration: int) -> dict:
 
 def projector_run(events: int) -> float:
     import pika
+    from django.db import connection
 
     from core.broker import topology_from_settings
     from core.contracts import EmailRequested, EmailSent
-    from django.db import connection
     from tests.broker import blocking_connection, declare, purge
 
     topology = topology_from_settings()
@@ -112,7 +112,7 @@ def projector_run(events: int) -> float:
     conn = blocking_connection()
     channel = conn.channel()
     channel.confirm_delivery()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     emails = events // 2
     for i in range(emails):
         at = (now + timedelta(milliseconds=i)).isoformat()

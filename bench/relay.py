@@ -125,11 +125,11 @@ def drain_run(topology, relay_count: int, rows: int, batch: int) -> tuple[float,
 
 
 def idle_latency(topology, samples: int) -> list[float]:
+    import pika
     import psycopg2
     from django.conf import settings
 
     from core.broker import connection_parameters
-    import pika
 
     arrived: dict[str, float] = {}
     ready = threading.Event()

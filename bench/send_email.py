@@ -88,26 +88,25 @@ def main() -> None:
     token, template_id = prepare(env)
     logs = ROOT / "var" / "bench"
     logs.mkdir(parents=True, exist_ok=True)
-    log_file = open(logs / "command_api.log", "w")
-    server = subprocess.Popen(
-        [PYTHON, "-m", "gunicorn", "command_api.wsgi:application", "--workers", str(args.workers),
-         "--bind", f"127.0.0.1:{args.port}", "--backlog", "2048"],
-        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{args.port}"
-        wait_http(f"{base}/readyz", 30)
-        url = f"{base}/api/v1/emails/sent-email/"
-        body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template_id,
-                "context": {"name": "Ann", "code": 1234}}
-        wrk_post(url, body, token=token, connections=args.connections, duration=3)  # warm-up
-        before = counts(env)
-        result, output = wrk_post(url, body, token=token, connections=args.connections, duration=args.duration)
-        after = counts(env)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-        log_file.close()
+    with open(logs / "command_api.log", "w") as log_file:
+        server = subprocess.Popen(
+            [PYTHON, "-m", "gunicorn", "command_api.wsgi:application", "--workers", str(args.workers),
+             "--bind", f"127.0.0.1:{args.port}", "--backlog", "2048"],
+            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        try:
+            base = f"http://127.0.0.1:{args.port}"
+            wait_http(f"{base}/readyz", 30)
+            url = f"{base}/api/v1/emails/sent-email/"
+            body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template_id,
+                    "context": {"name": "Ann", "code": 1234}}
+            wrk_post(url, body, token=token, connections=args.connections, duration=3)  # warm-up
+            before = counts(env)
+            result, output = wrk_post(url, body, token=token, connections=args.connections, duration=args.duration)
+            after = counts(env)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
 
     written = after[0] - before[0], after[1] - before[1]
     print(output)

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common import ROOT, setup_django, wait_http  # noqa: E402
@@ -39,7 +39,7 @@ def fill_queue(topology, emails: int, recipients: int) -> None:
     conn = blocking_connection()
     channel = conn.channel()
     channel.confirm_delivery()
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     for i in range(emails):
         event = EmailRequested(
             event_id=str(uuid.uuid4()), correlation_id="bench", occurred_at=now, email_id=i, owner_id=1,

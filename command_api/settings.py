@@ -3,6 +3,7 @@
 import json
 
 from core.settings import *  # noqa: F401,F403
+from core.settings import DATABASES as _SHARED_DATABASES
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -29,7 +30,7 @@ WSGI_APPLICATION = "command_api.wsgi.application"
 
 # Shown in pg_stat_activity next to the sender's, the relay's and the projector's connections.
 # A copy, not the shared dict changed in place: deployment/settings.py reads this module too.
-_default = DATABASES["default"]  # noqa: F405
+_default = _SHARED_DATABASES["default"]
 DATABASES = {"default": {**_default, "OPTIONS": {**_default["OPTIONS"], "application_name": "command-api"}}}
 
 # The docs page (api/docs/) is the one at the gateway's base URL, so it offers both APIs' schemas

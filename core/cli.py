@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core.text import text_problem
 
@@ -82,7 +82,7 @@ def moment(value: str) -> datetime:
             parsed = datetime(day.year, day.month, day.day)
         if parsed is not None:
             parsed = make_aware(parsed) if is_naive(parsed) else parsed
-            parsed.astimezone(timezone.utc)  # an offset that takes it past the calendar raises
+            parsed.astimezone(UTC)  # an offset that takes it past the calendar raises
     except (ValueError, OverflowError):
         parsed = None
     if parsed is None:

@@ -10,15 +10,15 @@ everywhere downstream.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
-from functools import lru_cache
-from typing import ClassVar
+from functools import cache
+from typing import ClassVar, TypeAlias
 
 
 class ContractError(ValueError):
     """A payload that does not match the contract (wrong type, unknown version, missing key)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
@@ -34,7 +34,8 @@ class Event:
 
     def to_dict(self) -> dict:
         data = {"type": self.TYPE, "schema_version": self.VERSION}
-        for name in _field_names(type(self)):
+        # A class is hashable; mypy checks the instances' __hash__ against Hashable instead.
+        for name in _field_names(type(self)):  # type: ignore[arg-type]
             value = getattr(self, name)
             # JSON has lists, not tuples (tuples keep the events hashable and frozen). Values are
             # JSON scalars or tuples of them, so no deep copy is needed.
@@ -163,6 +164,9 @@ class EmailDeliveryStatuses(Event):
             raise ContractError(f"{self.TYPE}: statuses must be a list of objects")
         return [EmailDeliveryStatus.from_dict(item) for item in self.statuses]
 
+
+# The events about one email, each naming it: every type but the batch of statuses.
+EmailEvent: TypeAlias = EmailRequested | EmailSent | EmailFailed | EmailDeliveryStatus
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed, EmailDeliveryStatus, EmailDeliveryStatuses)

@@ -5,6 +5,7 @@ every connection outside the ORM is built from such an entry, so they all reach 
 """
 
 import psycopg2
+import psycopg2.extensions
 
 from core.env import env_int, env_str
 
@@ -36,7 +37,8 @@ def connect_kwargs(database: dict, *, application_name: str) -> dict:
     }
 
 
-def connect_postgres(database: dict, *, application_name: str, idle_in_transaction_ms: int):
+def connect_postgres(database: dict, *, application_name: str,
+                     idle_in_transaction_ms: int) -> psycopg2.extensions.connection:
     """A new connection (not autocommit) to a DATABASES entry. Postgres ends its session when it
     idles inside a transaction longer than `idle_in_transaction_ms` (0: never). May raise
     psycopg2.OperationalError."""

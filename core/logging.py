@@ -6,8 +6,9 @@ process writes has one format and carries the bound correlation id.
 
 
 import structlog
+from structlog.typing import Processor
 
-_shared_processors = [
+_shared_processors: list[Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,

@@ -28,7 +28,8 @@ class JSONParser(DRFJSONParser):
                               parse_float=OutOfRange.parse_float)
         except RecursionError:
             depth = settings.REQUEST_MAX_JSON_DEPTH
-            raise ValidationError({deep_path(text, max_depth=depth): [f"It is nested deeper than {depth} levels."]})
+            reason = f"It is nested deeper than {depth} levels."
+            raise ValidationError({deep_path(text, max_depth=depth): [reason]}) from None
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
         if found := first_problem(data, max_depth=settings.REQUEST_MAX_JSON_DEPTH, text=text):

@@ -15,9 +15,12 @@ these rules before Django is set up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
+from typing import Any
 
 MAX_ID = 2**63 - 1  # a bigint: the largest id a row can have
 
@@ -90,7 +93,6 @@ def _suspect_json(text: str) -> bool:
     return "\\u" in text and _ESCAPED.search(text) is not None
 
 
-_END = object()
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -106,10 +108,11 @@ def first_problem(data, *, max_depth: int, text: str | None = None) -> tuple[str
         return "body", problem
     if not isinstance(data, (dict, list)):
         return None
-    frames = [(_items(data), None)]  # per open container: its (key, value) iterator, its key
+    # Per open container: its (key, value) iterator, its key.
+    frames: list[tuple[Iterator[tuple[Any, Any]], Any]] = [(_items(data), None)]
     while frames:
-        entry = next(frames[-1][0], _END)
-        if entry is _END:
+        entry = next(frames[-1][0], None)  # items are (key, value) pairs, never None
+        if entry is None:
             frames.pop()
             continue
         key, value = entry
@@ -118,14 +121,15 @@ def first_problem(data, *, max_depth: int, text: str | None = None) -> tuple[str
         if isinstance(value, (dict, list)):
             if len(frames) >= max_depth:
                 return _path(frames, key), f"It is nested deeper than {max_depth} levels."
-            if strings or not _PLAIN_SCALARS.issuperset(map(type, value.values() if isinstance(value, dict) else value)):
+            scalars = value.values() if isinstance(value, dict) else value
+            if strings or not _PLAIN_SCALARS.issuperset(map(type, scalars)):
                 frames.append((_items(value), key))  # else: clean scalars only, seen at C speed
         elif problem := _value_problem(value, strings):
             return _path(frames, key), problem
     return None
 
 
-def _items(container):
+def _items(container: dict | list) -> Iterator[tuple[Any, Any]]:
     return iter(container.items()) if isinstance(container, dict) else enumerate(container)
 
 
@@ -186,10 +190,8 @@ def deep_path(text: str, *, max_depth: int) -> str:
             if frames and frames[-1][0] == "[":
                 frames[-1][1] += 1
         elif value != ":" and frames and frames[-1][0] == "{":
-            try:
+            with contextlib.suppress(ValueError):  # not a key: nothing to name
                 frames[-1][1] = json.loads(value)  # a key (a string value is overwritten by the next key)
-            except ValueError:
-                pass
     return ".".join(printable_key(str(cursor)) for _, cursor in frames if cursor is not None) or "body"
 
 

@@ -1,6 +1,7 @@
 """What every long-running worker shares: reconnect backoff, outage logging, stopping, and the
 loop around them (`ReconnectingWorker`)."""
 
+import contextlib
 import os
 import random
 import select
@@ -35,7 +36,7 @@ class Backoff:
 class Outages:
     """Log each outage of a dependency once when it starts and once when it ends."""
 
-    def __init__(self, health, failures=None):
+    def __init__(self, health, failures=None) -> None:
         self._since: dict[str, float] = {}
         self._health = health
         self._failures = failures  # a Prometheus counter with a `reason` label, or None
@@ -70,10 +71,8 @@ class StopSignal:
 
     def set(self) -> None:
         self.stopping = True
-        try:
+        with contextlib.suppress(OSError):  # the pipe is full: it is awake anyway
             os.write(self._write, b"x")
-        except OSError:  # the pipe is full: it is awake anyway
-            pass
 
     def sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less if a stop arrives."""

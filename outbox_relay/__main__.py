@@ -22,6 +22,7 @@ import json
 import os
 import sys
 from datetime import timedelta
+from typing import Any
 
 from core import bootstrap, cli
 
@@ -133,6 +134,7 @@ def command_replay(args) -> int:
         result = outbox_replay(
             selection=selection, actor=args.actor, via="cli", reason=args.reason, progress=bar.update
         )
+    assert result.replay is not None  # recorded by every replay but a dry run
     print(f"replayed {result.count} events as replay #{result.replay.pk} by {args.actor}")
     return 0
 
@@ -178,6 +180,7 @@ def command_redrive(args) -> int:
     with tqdm(total=deliveries_select(selection).count(), unit="delivery", desc="re-drive", file=sys.stderr) as bar:
         result = deliveries_redrive(selection=selection, actor=args.actor, via="cli", reason=args.reason,
                                     progress=bar.update)
+    assert result.redrive is not None  # recorded by every re-drive but a dry run
     print(f"re-drive #{result.redrive.pk} by {args.actor}: {result.retried} sent again, {result.settled} marked sent"
           + (f", {result.unavailable} left (their request is gone)" if result.unavailable else ""))
     return 0
@@ -190,13 +193,15 @@ def command_dead_letters(args) -> int:
     if args.action == "list":
         rows = DeadLetter.objects.all() if args.all else DeadLetter.objects.filter(resolution__in=["parked", "failed"])
         for record in rows[:args.limit]:
-            row = {"id": record.pk, "received_at": record.received_at.isoformat(), "queue": record.queue,
-                   "reason": record.reason, "deaths": record.deaths, "type": record.type,
-                   "message_id": record.message_id, "email_id": record.email_id, "resolution": record.resolution,
-                   "detail": record.detail}
+            row: dict[str, Any] = {
+                "id": record.pk, "received_at": record.received_at.isoformat(), "queue": record.queue,
+                "reason": record.reason, "deaths": record.deaths, "type": record.type,
+                "message_id": record.message_id, "email_id": record.email_id, "resolution": record.resolution,
+                "detail": record.detail}
             print(json.dumps(row) if args.json else
                   f"#{row['id']:<6} {row['received_at'][:19]}  {row['queue']:28} {row['reason']:15} "
-                  f"{row['type'] or '-':24} email {row['email_id'] or '-':<8} {row['resolution']:9} {row['detail'][:60]}")
+                  f"{row['type'] or '-':24} email {row['email_id'] or '-':<8} {row['resolution']:9} "
+                  f"{row['detail'][:60]}")
         return 0
     if not args.id:
         print("error: name the dead letters with --id", file=sys.stderr)

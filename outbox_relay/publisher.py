@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pika
 import structlog
 from pika.adapters.select_connection import IOLoop
+from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
@@ -54,7 +55,7 @@ class ConfirmingPublisher:
         self._topology = topology
         self._ioloop = IOLoop()
         self._connection: pika.SelectConnection | None = None
-        self._channel = None
+        self._channel: Channel | None = None
         self._ready = False
         self._error: str | None = None
         self._delivery_tag = 0
@@ -166,7 +167,8 @@ class ConfirmingPublisher:
     def publish_batch(self, messages: list[OutgoingMessage], *, timeout: float) -> BatchResult:
         """Publish every message, then wait once for all their confirms. Never raises for a lost
         connection: what was not confirmed is reported in `unconfirmed`."""
-        if not self.is_open:
+        channel = self._channel
+        if not self.is_open or channel is None:
             raise PublisherUnavailable(self._error or "not connected")
         result = BatchResult()
         self._batch, self._pending = result, {}
@@ -180,7 +182,7 @@ class ConfirmingPublisher:
                 headers=message.headers,
                 app_id="outbox-relay",
             )
-            self._channel.basic_publish(
+            channel.basic_publish(
                 self._topology.exchange, message.routing_key, message.body, properties, mandatory=True
             )
             self._delivery_tag += 1

@@ -28,6 +28,7 @@ import psycopg2
 import psycopg2.extensions
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
+from psycopg2.extensions import connection as PgConnection
 
 from core.contracts import ContractError, EmailRequested
 from core.db import connect_postgres
@@ -179,8 +180,8 @@ class RelayWorker(ReconnectingWorker):
         super().__init__(health, FAILURES)
         self.config = config
         self.publisher = publisher
-        self._conn = None
-        self._listen = None
+        self._conn: PgConnection | None = None
+        self._listen: PgConnection | None = None
         self._suspects: set[str] = set()
         self._next_stats = 0.0
 
@@ -197,11 +198,11 @@ class RelayWorker(ReconnectingWorker):
                 idle_in_transaction_ms=int(max(60.0, 3 * self.config.confirm_timeout) * 1000),
             )
             if self.config.notify_channel:
-                self._listen = connect_postgres(
+                self._listen = listen = connect_postgres(
                     self.config.database, application_name="outbox-relay-listen", idle_in_transaction_ms=0
                 )
-                self._listen.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-                with self._listen.cursor() as cursor:
+                listen.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+                with listen.cursor() as cursor:
                     cursor.execute(f'LISTEN "{self.config.notify_channel}"')
 
     def open_broker(self) -> None:
@@ -224,6 +225,11 @@ class RelayWorker(ReconnectingWorker):
                 conn.close()
         self._conn = self._listen = None
 
+    @property
+    def _db(self) -> PgConnection:
+        assert self._conn is not None, "the loop opens Postgres first"
+        return self._conn
+
     # The loop --------------------------------------------------------------------------------
 
     def work(self) -> None:
@@ -235,7 +241,7 @@ class RelayWorker(ReconnectingWorker):
                 continue
             started = time.perf_counter()
             outcome = relay_batch(
-                self._conn,
+                self._db,
                 self.publisher,
                 # After the broker refused a message of a batch, one row at a time until the
                 # suspects are through: the one it refuses again is marked dead on its own.
@@ -281,11 +287,13 @@ class RelayWorker(ReconnectingWorker):
         if now < self._next_stats:
             return
         self._next_stats = now + self.config.stats_interval
-        with self._conn.cursor() as cursor:
+        with self._db.cursor() as cursor:
             backlog = outbox_backlog(cursor)
             cursor.execute(PARKED_SQL)
-            (parked,) = cursor.fetchone()
-        self._conn.rollback()
+            row = cursor.fetchone()
+            assert row is not None  # count(*) answers one row
+            (parked,) = row
+        self._db.rollback()
         BACKLOG.set(backlog.due)
         OLDEST_AGE.set(backlog.oldest_due_age_seconds)
         DEAD_ROWS.set(backlog.dead)

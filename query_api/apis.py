@@ -1,5 +1,4 @@
-from datetime import datetime, time, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -102,7 +101,7 @@ def _bound(raw: str, *, end: bool) -> datetime | None:
         return timezone.make_aware(moment, timezone.get_default_timezone())
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, timezone.get_default_timezone())
-    moment.astimezone(dt_timezone.utc)  # an offset that takes it past the calendar raises here
+    moment.astimezone(UTC)  # an offset that takes it past the calendar raises here
     # A date-time end is inclusive: the selector's bound is exclusive.
     return moment + timedelta(microseconds=1) if end else moment
 
@@ -112,7 +111,8 @@ class SentEmailListApi(APIView):
         parameters=[
             OpenApiParameter("recipient", str, many=True, description="Repeatable: emails to any of these."),
             OpenApiParameter("start_time", str, description="ISO 8601 date or date-time, inclusive."),
-            OpenApiParameter("end_time", str, description="ISO 8601 date or date-time, inclusive (a date: the whole day)."),
+            OpenApiParameter("end_time", str,
+                             description="ISO 8601 date or date-time, inclusive (a date: the whole day)."),
             OpenApiParameter("status", str, many=True, enum=OVERALL),
             OpenApiParameter("template", int, many=True),
             OpenApiParameter("page_size", int),
@@ -157,5 +157,5 @@ class SentEmailDetailApi(APIView):
     @extend_schema(responses=OutputSerializer)
     def get(self, request, email_id: int):
         row, history = selectors.sent_email_log_get(owner_id=request.user.pk, email_id=email_id)
-        row.history = history
-        return Response(self.OutputSerializer(row).data)
+        # The shape OutputSerializer declares: the row's fields, then its history.
+        return Response({**SentEmailLogSerializer(row).data, "history": HistorySerializer(history, many=True).data})

@@ -10,11 +10,21 @@ table does not know yet creates its row, which the request fills in later.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import structlog
 from prometheus_client import Counter
 
-from core.contracts import EmailDeliveryStatuses, Event
+from core.contracts import (
+    ContractError,
+    EmailDeliveryStatus,
+    EmailDeliveryStatuses,
+    EmailEvent,
+    EmailFailed,
+    EmailRequested,
+    EmailSent,
+    Event,
+)
 from query_api.projection import Change, Row, apply
 
 log = structlog.get_logger(__name__)
@@ -48,9 +58,14 @@ WRITE_ROWS_SQL = f"""
 HISTORY_COLUMNS = ("email_id", "event_id", "type", "recipient", "status", "at", "detail")
 
 
-def unbatched(event: Event) -> list[Event]:
-    """The events `event` stands for: the items of a batch of statuses, else itself."""
-    return event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
+def unbatched(event: Event) -> Sequence[EmailEvent]:
+    """The events `event` stands for: the items of a batch of statuses, else itself. Raises
+    ContractError for an item that breaks the contract, or an event that names no email."""
+    if isinstance(event, EmailDeliveryStatuses):
+        return event.items()
+    if isinstance(event, EmailRequested | EmailSent | EmailFailed | EmailDeliveryStatus):
+        return [event]
+    raise ContractError(f"{event.TYPE}: not an event about an email")
 
 
 def history_entry(email_id: int, change: Change, *, derived: bool = False) -> dict:
@@ -81,16 +96,17 @@ def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
     """Apply `events` in one transaction of `conn`; returns (applied, skipped as duplicates),
     counting the items of an `email.delivery_statuses` one by one. Raises on any database error,
     after rolling back: nothing of the batch is kept."""
-    events = [item for event in events for item in unbatched(event)]
+    items = [item for event in events for item in unbatched(event)]
     try:
         with conn.cursor() as cursor:
-            cursor.execute(MARK_PROCESSED_SQL, [[e.event_id for e in events]])
+            cursor.execute(MARK_PROCESSED_SQL, [[e.event_id for e in items]])
             fresh_ids = {row[0] for row in cursor.fetchall()}
-            fresh, seen = [], set()
-            for event in events:
-                if event.event_id in fresh_ids and event.event_id not in seen:
-                    seen.add(event.event_id)
-                    fresh.append(event)
+            fresh: list[EmailEvent] = []
+            seen: set[str] = set()
+            for item in items:
+                if item.event_id in fresh_ids and item.event_id not in seen:
+                    seen.add(item.event_id)
+                    fresh.append(item)
             if fresh:
                 email_ids = sorted({e.email_id for e in fresh})
                 cursor.execute(ENSURE_ROWS_SQL, [email_ids])
@@ -106,5 +122,5 @@ def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
             conn.rollback()
         raise
     APPLIED.inc(len(fresh))
-    SKIPPED.inc(len(events) - len(fresh))
-    return len(fresh), len(events) - len(fresh)
+    SKIPPED.inc(len(items) - len(fresh))
+    return len(fresh), len(items) - len(fresh)

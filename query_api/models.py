@@ -37,6 +37,9 @@ class SentEmailLog(models.Model):
                          condition=models.Q(status__in=["queued", "sending"])),
         ]
 
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.status}"
+
 
 class SentEmailLogEvent(models.Model):
     """The status history of an email: one row per applied event and recipient change."""
@@ -53,6 +56,9 @@ class SentEmailLogEvent(models.Model):
         db_table = "read_sent_email_event"
         indexes = [models.Index(fields=["email_id", "at"], name="read_history_email_idx")]
 
+    def __str__(self) -> str:
+        return f"email #{self.email_id} {self.recipient or '(all)'}: {self.status} at {self.at}"
+
 
 class ProcessedEvent(models.Model):
     """Events the projector applied, written in the same transaction as their effect."""
@@ -62,3 +68,6 @@ class ProcessedEvent(models.Model):
 
     class Meta:
         db_table = "read_processed_event"
+
+    def __str__(self) -> str:
+        return str(self.event_id)

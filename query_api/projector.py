@@ -7,17 +7,20 @@ Reconnects with capped backoff; SIGTERM applies the batch in hand and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 import pika
 import psycopg2
 import structlog
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 from prometheus_client import Counter, Gauge, Histogram
+from psycopg2.extensions import connection as PgConnection
 
 from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
-from core.contracts import ContractError, event_from_dict
+from core.contracts import ContractError, Event, event_from_dict
 from core.db import connect_postgres
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
 from core.workers import ReconnectingWorker
@@ -50,9 +53,9 @@ class ProjectorWorker(ReconnectingWorker):
         self.batch_size, self.batch_wait = batch_size, batch_wait
         self.stuck_after, self.stats_interval = stuck_after, stats_interval
         self._next_stats = 0.0
-        self._conn = None
-        self._amqp = None
-        self._channel = None
+        self._conn: PgConnection | None = None
+        self._amqp: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
 
     # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
@@ -65,12 +68,18 @@ class ProjectorWorker(ReconnectingWorker):
                                           idle_in_transaction_ms=60_000)
 
     def open_broker(self) -> None:
-        self._amqp = pika.BlockingConnection(connection_parameters(self.broker_url, name="projector"))
-        self._channel = self._amqp.channel()
-        declare_topology(self._channel, self.topology)
+        self._amqp = amqp = pika.BlockingConnection(connection_parameters(self.broker_url, name="projector"))
+        self._channel = channel = amqp.channel()
+        declare_topology(channel, self.topology)
 
     def work(self) -> None:
-        self._consume(self._channel)
+        assert self._amqp is not None and self._channel is not None, "the loop opens the broker first"
+        self._consume(self._amqp, self._channel)
+
+    @property
+    def _db(self) -> PgConnection:
+        assert self._conn is not None, "the loop opens Postgres first"
+        return self._conn
 
     def disconnect(self, lost: str | None) -> None:
         if lost == "postgres" and self._conn is not None:
@@ -84,45 +93,47 @@ class ProjectorWorker(ReconnectingWorker):
     def _close_amqp(self) -> None:
         amqp, self._amqp, self._channel = self._amqp, None, None
         if amqp is not None and amqp.is_open:
-            try:
+            with contextlib.suppress(AMQPError):
                 amqp.close()
-            except AMQPError:
-                pass
 
     def _keep_dead_letter(self, message: DeadLetterMessage) -> None:
         """An event the projector could not apply (or read): kept for ops; the read model may lag
         for its email until reconcile mends it from the write side."""
-        with self._conn.cursor() as cursor:
+        with self._db.cursor() as cursor:
             park(cursor, message, detail="the projector could not apply it; reconcile mends the read model",
                  resolved_by="projector")
-        self._conn.commit()
+        self._db.commit()
 
-    def _consume(self, channel) -> None:
+    def _consume(self, amqp: pika.BlockingConnection, channel: BlockingChannel) -> None:
         keeper = DeadLetterKeeper(queues=[self.topology.dead_letter_queue("projector")], keep=self._keep_dead_letter)
-        dead_letters = self._amqp.channel()
+        dead_letters = amqp.channel()
         channel.basic_qos(prefetch_count=self.batch_size * 2)
-        pending: list[tuple[int, object]] = []
+        pending: list[tuple[int, Event]] = []
         size = 0  # events in `pending`, the items of a batch of statuses counted one by one
         deadline = 0.0
-        refresher = self._amqp.channel()
+        refresher = amqp.channel()
         refresher.confirm_delivery()
         queue, limit = self.topology.queue("projector"), self.topology.consumer("projector").delivery_limit
         for method, properties, body in channel.consume(queue, inactivity_timeout=0.02):
             self.health.tick()
             keeper.poll(dead_letters, time.monotonic())
-            if method is not None and last_delivery(properties, limit):
-                self._refresh(channel, refresher, queue, method.delivery_tag, properties, body)
-            elif method is not None:
-                try:
-                    event = event_from_dict(json.loads(body))
-                    size += len(unbatched(event))  # checks a batch's items: a bad one makes it poison
-                    pending.append((method.delivery_tag, event))
-                except (ValueError, TypeError, KeyError, ContractError) as exc:
-                    DEAD.inc()
-                    log.error("poison_event_dead_lettered", event_id=properties.message_id, error=str(exc)[:300])
-                    channel.basic_reject(method.delivery_tag, requeue=False)
-                if len(pending) == 1:
-                    deadline = time.monotonic() + self.batch_wait
+            if method is not None:
+                # A delivery has its tag, properties and body; the stubs type them all optional.
+                tag = method.delivery_tag
+                assert tag is not None and properties is not None and body is not None
+                if last_delivery(properties, limit):
+                    self._refresh(channel, refresher, queue, tag, properties, body)
+                else:
+                    try:
+                        event = event_from_dict(json.loads(body))
+                        size += len(unbatched(event))  # checks a batch's items: a bad one makes it poison
+                        pending.append((tag, event))
+                    except (ValueError, TypeError, KeyError, ContractError) as exc:
+                        DEAD.inc()
+                        log.error("poison_event_dead_lettered", event_id=properties.message_id, error=str(exc)[:300])
+                        channel.basic_reject(tag, requeue=False)
+                    if len(pending) == 1:
+                        deadline = time.monotonic() + self.batch_wait
             if pending and (size >= self.batch_size or time.monotonic() >= deadline or self._stop.stopping):
                 self._flush(channel, pending)
                 pending, size = [], 0
@@ -151,15 +162,17 @@ class ProjectorWorker(ReconnectingWorker):
         if now < self._next_stats:
             return
         self._next_stats = now + self.stats_interval
-        with self._conn.cursor() as cursor:
+        with self._db.cursor() as cursor:
             cursor.execute(UNFINISHED_SQL, [self.stuck_after])
-            UNFINISHED.set(cursor.fetchone()[0])
-        self._conn.rollback()
+            row = cursor.fetchone()
+            assert row is not None  # count(*) answers one row
+            UNFINISHED.set(row[0])
+        self._db.rollback()
 
     def _flush(self, channel, pending) -> None:
         started = time.perf_counter()
         try:
-            apply_batch(self._conn, [event for _, event in pending])
+            apply_batch(self._db, [event for _, event in pending])
             channel.basic_ack(pending[-1][0], multiple=True)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             raise  # an outage: the unacked messages return when the connection closes
@@ -167,7 +180,7 @@ class ProjectorWorker(ReconnectingWorker):
             log.warning("projector_batch_failed_retrying_singly", events=len(pending), error=str(exc)[:300])
             for tag, event in pending:
                 try:
-                    apply_batch(self._conn, [event])
+                    apply_batch(self._db, [event])
                     channel.basic_ack(tag)
                 except (psycopg2.OperationalError, psycopg2.InterfaceError):
                     raise

@@ -17,6 +17,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import structlog
@@ -113,7 +114,7 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
 
 
 def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history: list[dict],
-           only_new: set[int] = frozenset()) -> int:
+           only_new: AbstractSet[int] = frozenset()) -> int:
     """Write `rows` and replace their history; a row of `only_new` is written only if no row of its
     id exists by then (another writer made it meanwhile: it stands). Returns the rows written."""
     if rows:
@@ -146,48 +147,46 @@ def _index_map(cursor, table: str) -> dict[str, str]:
     return {definition.split(" USING ", 1)[1]: name for name, definition in cursor.fetchall()}
 
 
-def read_model_rebuild(*, progress: Callable[[int, int], None] | None = None) -> RebuildResult:
+def read_model_rebuild(*, progress: Callable[[int, int], object] | None = None) -> RebuildResult:
     """Rebuild the read table and its history from the write side; see the module docstring."""
     started = time.monotonic()
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS read_sent_email_new, read_sent_email_event_new")
         cursor.execute("CREATE TABLE read_sent_email_new (LIKE read_sent_email INCLUDING ALL)")
         cursor.execute("CREATE TABLE read_sent_email_event_new (LIKE read_sent_email_event INCLUDING ALL)")
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cursor.execute("SELECT now()")
-            (snapshot_at,) = cursor.fetchone()
-            cursor.execute(ALL_EMAILS_SQL)
-            ids = [row[0] for row in cursor.fetchall()]
-            for start in range(0, len(ids), CHUNK):
-                chunk = ids[start:start + CHUNK]
-                rows, history = build_rows(cursor, chunk)
-                _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
-                if progress:
-                    progress(start + len(chunk), len(ids))
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("LOCK TABLE read_sent_email, read_sent_email_event IN ACCESS EXCLUSIVE MODE")
-            cursor.execute(CHANGED_SQL, {"t": snapshot_at})
-            changed = sorted(row[0] for row in cursor.fetchall())
-            for start in range(0, len(changed), CHUNK):
-                rows, history = build_rows(cursor, changed[start:start + CHUNK])
-                _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
-            # Keep the live names of indexes and constraints, so migrations still find them.
-            names = {}
-            for table in ("read_sent_email", "read_sent_email_event"):
-                old, new = _index_map(cursor, table), _index_map(cursor, f"{table}_new")
-                names.update({new[key]: old[key] for key in old if key in new})
-            cursor.execute("SELECT pg_get_serial_sequence('read_sent_email_event', 'id'), "
-                           "pg_get_serial_sequence('read_sent_email_event_new', 'id')")
-            live_sequence, new_sequence = cursor.fetchone()
-            cursor.execute("DROP TABLE read_sent_email, read_sent_email_event")
-            cursor.execute("ALTER TABLE read_sent_email_new RENAME TO read_sent_email")
-            cursor.execute("ALTER TABLE read_sent_email_event_new RENAME TO read_sent_email_event")
-            for temporary, live in names.items():
-                cursor.execute(f'ALTER INDEX "{temporary}" RENAME TO "{live}"')
-            cursor.execute(f"ALTER SEQUENCE {new_sequence} RENAME TO {live_sequence.split('.')[-1]}")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursor.execute("SELECT now()")
+        (snapshot_at,) = cursor.fetchone()
+        cursor.execute(ALL_EMAILS_SQL)
+        ids = [row[0] for row in cursor.fetchall()]
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start:start + CHUNK]
+            rows, history = build_rows(cursor, chunk)
+            _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
+            if progress:
+                progress(start + len(chunk), len(ids))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE read_sent_email, read_sent_email_event IN ACCESS EXCLUSIVE MODE")
+        cursor.execute(CHANGED_SQL, {"t": snapshot_at})
+        changed = sorted(row[0] for row in cursor.fetchall())
+        for start in range(0, len(changed), CHUNK):
+            rows, history = build_rows(cursor, changed[start:start + CHUNK])
+            _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
+        # Keep the live names of indexes and constraints, so migrations still find them.
+        names = {}
+        for table in ("read_sent_email", "read_sent_email_event"):
+            old, new = _index_map(cursor, table), _index_map(cursor, f"{table}_new")
+            names.update({new[key]: old[key] for key in old if key in new})
+        cursor.execute("SELECT pg_get_serial_sequence('read_sent_email_event', 'id'), "
+                       "pg_get_serial_sequence('read_sent_email_event_new', 'id')")
+        live_sequence, new_sequence = cursor.fetchone()
+        cursor.execute("DROP TABLE read_sent_email, read_sent_email_event")
+        cursor.execute("ALTER TABLE read_sent_email_new RENAME TO read_sent_email")
+        cursor.execute("ALTER TABLE read_sent_email_event_new RENAME TO read_sent_email_event")
+        for temporary, live in names.items():
+            cursor.execute(f'ALTER INDEX "{temporary}" RENAME TO "{live}"')
+        cursor.execute(f"ALTER SEQUENCE {new_sequence} RENAME TO {live_sequence.split('.')[-1]}")
     result = RebuildResult(emails=len(ids), caught_up=len(changed), seconds=time.monotonic() - started)
     log.info("read_model_rebuilt", emails=result.emails, caught_up=result.caught_up, seconds=round(result.seconds, 1))
     return result

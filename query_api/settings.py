@@ -1,6 +1,7 @@
 """Settings of the query API and the projector (the read side), deployable on its own."""
 
 from core.settings import *  # noqa: F401,F403
+from core.settings import DATABASES as _SHARED_DATABASES
 
 INSTALLED_APPS = [
     "django.contrib.auth",  # the callers: users of core.accounts, by their knox tokens
@@ -30,5 +31,5 @@ WSGI_APPLICATION = "query_api.wsgi.application"
 SPECTACULAR_SETTINGS = {**SPECTACULAR_SETTINGS, "TITLE": "Email delivery platform: sent-email log"}  # noqa: F405
 
 # Shown in pg_stat_activity next to the other services' connections.
-_default = DATABASES["default"]  # noqa: F405
+_default = _SHARED_DATABASES["default"]
 DATABASES = {"default": {**_default, "OPTIONS": {**_default["OPTIONS"], "application_name": "query-api"}}}

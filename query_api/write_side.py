@@ -9,24 +9,66 @@ from core.outbox import sql as outbox_sql
 
 
 class Table:
-    """A table's name (what it formats as) and its columns, each an attribute naming itself in SQL."""
+    """A table's name (what it formats as); a subclass declares its columns, each a class attribute
+    naming itself in SQL, so a column the table does not declare is an error a type checker sees."""
 
-    def __init__(self, name: str, **columns: str):
-        self.name = name
-        self.__dict__.update(columns)
+    name: str
 
     def __str__(self) -> str:
         return self.name
 
 
-SENT_EMAIL = Table("emails_sentemail", id="id", owner="sender_id", from_email="from_email",
-                   template_id="template_id", template_name="template_name", subject="subject", created="created")
-RECIPIENT = Table("emails_sentemailrecipient", id="id", email_id="email_id", address="address")
-DELIVERY = Table("sender_delivery", email_id="email_id", event_id="event_id", state="state", recipient="recipient",
-                 provider_message_id="provider_message_id", last_error="last_error", attempts="attempts",
-                 created_at="created_at", updated_at="updated_at")
-PROVIDER_EVENT = Table("webhook_provider_event", email_id="email_id", provider_event_id="provider_event_id",
-                       request_event_id="request_event_id", recipient="recipient", status="status",
-                       provider_message_id="provider_message_id", reason="reason", reported_at="reported_at",
-                       received_at="received_at")
-OUTBOX = Table(outbox_sql.TABLE, id="id")  # core owns the outbox and its statements (core.outbox.sql)
+class _SentEmail(Table):
+    name = "emails_sentemail"
+    id = "id"
+    owner = "sender_id"
+    from_email = "from_email"
+    template_id = "template_id"
+    template_name = "template_name"
+    subject = "subject"
+    created = "created"
+
+
+class _Recipient(Table):
+    name = "emails_sentemailrecipient"
+    id = "id"
+    email_id = "email_id"
+    address = "address"
+
+
+class _Delivery(Table):
+    name = "sender_delivery"
+    email_id = "email_id"
+    event_id = "event_id"
+    state = "state"
+    recipient = "recipient"
+    provider_message_id = "provider_message_id"
+    last_error = "last_error"
+    attempts = "attempts"
+    created_at = "created_at"
+    updated_at = "updated_at"
+
+
+class _ProviderEvent(Table):
+    name = "webhook_provider_event"
+    email_id = "email_id"
+    provider_event_id = "provider_event_id"
+    request_event_id = "request_event_id"
+    recipient = "recipient"
+    status = "status"
+    provider_message_id = "provider_message_id"
+    reason = "reason"
+    reported_at = "reported_at"
+    received_at = "received_at"
+
+
+class _Outbox(Table):  # core owns the outbox and its statements (core.outbox.sql)
+    name = outbox_sql.TABLE
+    id = "id"
+
+
+SENT_EMAIL = _SentEmail()
+RECIPIENT = _Recipient()
+DELIVERY = _Delivery()
+PROVIDER_EVENT = _ProviderEvent()
+OUTBOX = _Outbox()

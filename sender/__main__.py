@@ -15,10 +15,10 @@ def command_run(args) -> int:
     from django.conf import settings
 
     from core.broker import topology_from_settings
-    from sender.consumer import SenderWorkerConfig, SenderWorker
+    from core.deliveries.store import DeliveryStore
+    from sender.consumer import SenderWorker, SenderWorkerConfig
     from sender.handlers import Policy
     from sender.provider import SendGridProvider
-    from core.deliveries.store import DeliveryStore
 
     if not settings.SENDGRID_API_KEY:
         print("SENDGRID_API_KEY is not set: the sender cannot send. Locally, bin/run starts the fake SendGrid "

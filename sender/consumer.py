@@ -31,6 +31,7 @@ finish, and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -41,6 +42,7 @@ from datetime import datetime
 import pika
 import psycopg2
 import structlog
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPConnectionError, AMQPError
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -87,7 +89,7 @@ class SenderWorker(ReconnectingWorker):
         self.config, self.topology, self.provider, self.store, self.policy = config, topology, provider, store, policy
         self.key_rejected = threading.Event()
         self._connection: pika.BlockingConnection | None = None
-        self._channel = None
+        self._channel: BlockingChannel | None = None
         self._consumer_tag: str | None = None
         self._receipts_tag: str | None = None
         self._keeper = DeadLetterKeeper(queues=[topology.dead_letter_queue("sender"),
@@ -127,29 +129,33 @@ class SenderWorker(ReconnectingWorker):
         connection, self._connection, self._channel = self._connection, None, None
         self._consumer_tag = self._receipts_tag = None
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(AMQPError):
                 connection.close()
-            except AMQPError:
-                pass
+
+    def _broker(self) -> tuple[pika.BlockingConnection, BlockingChannel]:
+        """The connection and channel of open_broker(), which the loop calls before work()."""
+        assert self._connection is not None and self._channel is not None, "the loop opens the broker first"
+        return self._connection, self._channel
 
     # Consuming -------------------------------------------------------------------------------
 
     def work(self) -> None:
-        self._receipts_tag = self._channel.basic_consume(self.topology.queue("sender-receipts"), self._on_receipts)
+        connection, channel = self._broker()
+        self._receipts_tag = channel.basic_consume(self.topology.queue("sender-receipts"), self._on_receipts)
         if not self.key_rejected.is_set():
             self._start_consuming()
         while not self._stopping:
             self.health.tick()
-            if not self._connection.is_open:  # closed inside a callback, whose error was handled there
+            if not connection.is_open:  # closed inside a callback, whose error was handled there
                 raise AMQPConnectionError("the broker connection closed")
-            self._connection.process_data_events(time_limit=0.25)
-            self._keeper.poll(self._channel, time.monotonic())
+            connection.process_data_events(time_limit=0.25)
+            self._keeper.poll(channel, time.monotonic())
             if self.key_rejected.is_set():
                 self._while_key_rejected()
         self._drain()
 
     def _start_consuming(self) -> None:
-        self._consumer_tag = self._channel.basic_consume(self.topology.queue("sender"), self._on_message)
+        self._consumer_tag = self._broker()[1].basic_consume(self.topology.queue("sender"), self._on_message)
 
     def _stop_consuming(self) -> None:
         if self._consumer_tag is not None and self._channel is not None and self._channel.is_open:
@@ -215,15 +221,16 @@ class SenderWorker(ReconnectingWorker):
         for tag, (_, channel, properties, body, role) in waiting:
             self._retry_now(channel, tag, properties, body, Decision(RETRY, delay=0, reason="sender stopping"),
                             role=role)
+        connection, _ = self._broker()
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
         while time.monotonic() < deadline:
             with self._work_lock:
                 busy = [item[0] for item in self._work.values() if not item[0].done()]
-            if not busy or not self._connection.is_open:  # closed: the broker redelivers the rest
+            if not busy or not connection.is_open:  # closed: the broker redelivers the rest
                 break
-            self._connection.process_data_events(time_limit=0.1)
-        if self._connection.is_open:
-            self._connection.process_data_events(time_limit=0.2)  # flush the last acks
+            connection.process_data_events(time_limit=0.1)
+        if connection.is_open:
+            connection.process_data_events(time_limit=0.2)  # flush the last acks
         log.info("sender_drained", returned=len(waiting))
 
     # Work (pool threads) -----------------------------------------------------------------------
@@ -289,9 +296,11 @@ class SenderWorker(ReconnectingWorker):
                                                event_id=properties.message_id)
         try:
             event = event_from_dict(json.loads(body))
-            items = event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
-            if not all(isinstance(item, EmailDeliveryStatus) for item in items):
-                raise ContractError(f"not a delivery status: {event.TYPE}")
+            items: list[EmailDeliveryStatus] = []
+            for item in event.items() if isinstance(event, EmailDeliveryStatuses) else [event]:
+                if not isinstance(item, EmailDeliveryStatus):
+                    raise ContractError(f"not a delivery status: {event.TYPE}")
+                items.append(item)
         except (ValueError, TypeError, KeyError, ContractError) as exc:
             log.error("poison_message_dead_lettered", error=str(exc)[:300])
             self._later(channel, tag, lambda: channel.basic_reject(tag, requeue=False))
@@ -329,10 +338,8 @@ class SenderWorker(ReconnectingWorker):
         connection = self._connection
         if connection is None:
             return
-        try:
+        with contextlib.suppress(AMQPError):
             connection.add_callback_threadsafe(run)
-        except AMQPError:
-            pass
 
     def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision,
                    role: str = "sender") -> None:

@@ -60,7 +60,11 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote, urlparse
+
+if TYPE_CHECKING:  # cryptography is imported only when the webhook is on
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
@@ -161,13 +165,14 @@ def validate(body) -> list[dict]:
             for j, entry in enumerate(entries):
                 address = entry.get("email") if isinstance(entry, dict) else None
                 if not isinstance(address, str) or not _EMAIL.match(address):
-                    error(f"The {kind} email does not contain a valid address.", f"personalizations.{i}.{kind}.{j}.email")
+                    error(f"The {kind} email does not contain a valid address.",
+                          f"personalizations.{i}.{kind}.{j}.email")
                     continue
                 total += 1
                 if address.lower() in seen:
                     error("Each email address in the personalization block should be unique between to, cc, "
                           "and bcc. We found the first duplicate instance of [" + address + "] in the "
-                          "personalizations.{}.{} field.".format(i, kind), f"personalizations.{i}.{kind}.{j}.email")
+                          f"personalizations.{i}.{kind} field.", f"personalizations.{i}.{kind}.{j}.email")
                 seen.add(address.lower())
         subject = item.get("subject", global_subject)
         if not uses_template and (not isinstance(subject, str) or not subject):
@@ -238,15 +243,18 @@ class FakeSendGrid:
         self.lock = threading.RLock()
         self.webhook_url = webhook_url
         self._webhook_events: list[dict] = []
-        self._private_key = None
+        self._private_key: EllipticCurvePrivateKey | None = None
         if webhook_url or webhook_private_key_pem:
             from cryptography.hazmat.primitives import serialization
             from cryptography.hazmat.primitives.asymmetric import ec
 
-            self._private_key = (
+            key = (
                 serialization.load_pem_private_key(webhook_private_key_pem.encode(), password=None)
                 if webhook_private_key_pem else ec.generate_private_key(ec.SECP256R1())
             )
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError("The webhook private key is not an EC key: SendGrid signs with ECDSA.")
+            self._private_key = key
         if webhook_url:
             threading.Thread(target=self._post_webhooks, name="webhook", daemon=True).start()
 
@@ -360,17 +368,23 @@ class FakeSendGrid:
         if record["message_id"] in self._by_id:
             self._events_by_id[record["message_id"]] = entries
 
+    def _webhook_key(self) -> EllipticCurvePrivateKey:
+        if self._private_key is None:
+            raise RuntimeError("No webhook key: the fake was started without a webhook URL or key.")
+        return self._private_key
+
     def sign(self, payload: str, timestamp: str) -> str:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        return base64.b64encode(self._private_key.sign((timestamp + payload).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+        signature = self._webhook_key().sign((timestamp + payload).encode(), ec.ECDSA(hashes.SHA256()))
+        return base64.b64encode(signature).decode()
 
     def public_key(self) -> str:
         """Base64 DER, the format SendGrid shows in its settings and EventWebhook reads."""
         from cryptography.hazmat.primitives import serialization
 
-        der = self._private_key.public_key().public_bytes(
+        der = self._webhook_key().public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return base64.b64encode(der).decode()
 

@@ -141,10 +141,10 @@ class SendGridProvider:
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's connection, and whether it served a call before."""
         conn, last_used = getattr(self._local, "conn", None), getattr(self._local, "last_used", 0.0)
-        if conn is not None and conn.sock is not None and time.monotonic() - last_used < self.IDLE_REUSE_SECONDS:
-            # An idle connection has nothing to read unless the far end closed it (EOF).
-            if not select.select([conn.sock], [], [], 0)[0]:
-                return conn, True
+        # An idle connection has nothing to read unless the far end closed it (EOF).
+        if (conn is not None and conn.sock is not None and time.monotonic() - last_used < self.IDLE_REUSE_SECONDS
+                and not select.select([conn.sock], [], [], 0)[0]):
+            return conn, True
         self._drop_connection()
         factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         self._local.conn = factory(self._netloc, timeout=self.timeout)
@@ -180,7 +180,7 @@ class SendGridProvider:
         body = json.dumps(build_mail(event, recipients).get()).encode()
         try:
             status, data, headers = self._post(self._send_path, body)
-        except (TimeoutError, socket.timeout) as error:
+        except TimeoutError as error:
             self._drop_connection()
             return ProviderAnswer(UNKNOWN, reason=f"timeout after {self.timeout}s: {error}")
         except (ConnectionRefusedError, socket.gaierror) as error:

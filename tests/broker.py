@@ -148,8 +148,8 @@ class WorkerProcess:
         self.log_path = ROOT / "var" / "test-logs" / f"{module}-{topology.prefix}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    def start(self) -> "WorkerProcess":
-        self._log = open(self.log_path, "a")
+    def start(self) -> WorkerProcess:
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - the child writes to it until stop() closes it
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, self.verb, "--http-host", "127.0.0.1", "--http-port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,

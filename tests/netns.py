@@ -12,6 +12,7 @@ other (until TCP or AMQP heartbeats give up).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -77,10 +78,8 @@ class _Relay:
         self.stopped.set()
         self.server.close()
         for sock in self.sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
 
 class Namespace:

@@ -11,6 +11,7 @@ rabbitmq user, and they share that user's Erlang cookie. For the fault tests and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -93,10 +94,8 @@ class RabbitCluster:
                 continue
             joined = b"".join(environ)
             if names & environ and b"RABBITMQ_CONFIG_FILE" in joined and b"rabbit-cluster-" in joined:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int(proc.name), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 10
         while any(self._pid(node) for node in self.nodes) and time.monotonic() < deadline:
             time.sleep(0.1)

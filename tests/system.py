@@ -112,7 +112,7 @@ class System:
 
     def start(self, name: str) -> None:
         command, extra = self._command(name)
-        log = self._logs.get(name) or open(self.log_dir / f"{name}.log", "a")
+        log = self._logs.get(name) or open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - stop_all() closes it
         self._logs[name] = log
         env = self.env | extra
         if name in self.isolate:

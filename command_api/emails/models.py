@@ -35,7 +35,8 @@ class SentEmail(models.Model):
     body = models.TextField()
     context = models.JSONField(default=dict, blank=True)
     correlation_id = models.CharField(max_length=64)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "", when absent: the unique constraint below holds only for emails sent with a key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     created = models.DateTimeField(db_default=Now(), db_index=True)
 

@@ -8,11 +8,11 @@ libraries: a template is data from the API, not code.
 from functools import lru_cache
 
 from django.conf import settings
-from django.template import Context, Engine, TemplateSyntaxError
+from django.template import Engine, TemplateSyntaxError
 from django.template.defaulttags import DebugNode, LoremNode
 from django.template.loader_tags import ExtendsNode, IncludeNode
 
-from command_api.emails.template_limits import Budget, RenderLimitExceeded
+from command_api.emails.template_limits import Budget, BudgetedContext, RenderLimitExceeded
 from core.text import text_problem
 
 # Django's tags and filters, with loops and the filters that pad bounded (template_limits).
@@ -68,7 +68,7 @@ def render(source: str, context: dict, *, html: bool, budget: Budget | None = No
     """Render `source` with `context` within `budget` (a new one when None). Raises RenderTooLarge
     over a limit, RenderError for a template that cannot render."""
     budget = budget or new_budget()
-    rendering = Context(context, autoescape=html)
+    rendering = BudgetedContext(context, autoescape=html)
     rendering.budget = budget  # read by the bounded loop and filters of template_limits
     try:
         output = _compile(source, html=html).render(rendering)

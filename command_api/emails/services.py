@@ -10,7 +10,7 @@ import structlog
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from rest_framework import status
 
@@ -100,7 +100,13 @@ class SendAccepted:
     created: bool  # False when an Idempotency-Key matched an earlier request
 
 
-ADDRESS_MAX_LENGTH = SentEmailRecipient._meta.get_field("address").max_length
+def _max_length(model: type[models.Model], name: str) -> int:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field) and field.max_length is not None, f"{model.__name__}.{name}"
+    return field.max_length
+
+
+ADDRESS_MAX_LENGTH = _max_length(SentEmailRecipient, "address")
 
 
 def clean_recipients(raw: list[str]) -> list[str]:
@@ -182,7 +188,7 @@ def _check_rate_limit(*, sender: User) -> None:
         )
 
 
-SUBJECT_MAX_LENGTH = SentEmail._meta.get_field("subject").max_length
+SUBJECT_MAX_LENGTH = _max_length(SentEmail, "subject")
 
 
 def _render(template: EmailTemplate, context: dict) -> tuple[str, str]:

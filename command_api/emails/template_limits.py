@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.template import Library, Node, NodeList, defaultfilters, defaulttags
+from django.template import Context, Library, Node, NodeList, defaultfilters, defaulttags
 
 register = Library()
 
@@ -47,7 +47,14 @@ class Budget:
             raise RenderLimitExceeded(
                 f"The template's loops would run more than RENDER_MAX_LOOP_ITERATIONS ({self.max_iterations}) times.")
         if time.monotonic() - self.started > self.timeout:
-            raise RenderLimitExceeded(f"Rendering took longer than RENDER_TIMEOUT_MS ({round(self.timeout * 1000)} ms).")
+            raise RenderLimitExceeded(
+                f"Rendering took longer than RENDER_TIMEOUT_MS ({round(self.timeout * 1000)} ms).")
+
+
+class BudgetedContext(Context):
+    """A template context that carries what its rendering may still spend."""
+
+    budget: Budget | None = None
 
 
 def budget_of(context) -> Budget | None:
@@ -102,7 +109,8 @@ class _MeteredNode(Node):
     def __init__(self, inner: Node):
         self.inner = inner
         self.nodelist = NodeList([inner])
-        self.token, self.origin = inner.token, getattr(inner, "origin", None)
+        # The stubs say every node has an origin; the parser sets it, a node made otherwise has none.
+        self.token, self.origin = inner.token, getattr(inner, "origin", None)  # type: ignore[assignment]
 
     def render_annotated(self, context):
         budget = budget_of(context)

@@ -14,10 +14,10 @@ from core.deliveries.models import Delivery
 from core.deliveries.services import REDRIVABLE, RedriveSelection, deliveries_redrive
 from core.outbox.deadletters import dead_letters_dismiss, dead_letters_redrive
 from core.outbox.models import DeadLetter
-from core.pagination import page_of
-from core.text import MAX_ID
 from core.outbox.selectors import STATES, OutboxFilter, outbox_event_list, outbox_status
 from core.outbox.services import outbox_replay
+from core.pagination import page_of
+from core.text import MAX_ID
 from core.validation import LineField, TextField
 
 

@@ -18,3 +18,6 @@ class ProviderEvent(models.Model):
 
     class Meta:
         db_table = "webhook_provider_event"
+
+    def __str__(self) -> str:
+        return f"{self.provider_event_id}: {self.status} for {self.recipient} of email #{self.email_id}"

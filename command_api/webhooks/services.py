@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from cryptography.exceptions import InvalidSignature
@@ -77,7 +77,7 @@ def verify_signature(*, body: str, signature: str | None, timestamp: str | None)
         raise _forbidden("Bad webhook signature.")
 
 
-_LATEST_TIMESTAMP = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
+_LATEST_TIMESTAMP = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 
 
 class _Malformed(Exception):
@@ -109,12 +109,12 @@ def _request_event_id(item: dict) -> str:
 def _reported_at(item: dict) -> datetime:
     value = item.get("timestamp")
     if value is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _LATEST_TIMESTAMP:
         raise _Malformed("timestamp is not a Unix time in range")
-    return datetime.fromtimestamp(value, tz=timezone.utc)
+    return datetime.fromtimestamp(value, tz=UTC)
 
 
 def _provider_event(item: dict, kind: str) -> ProviderEvent:
@@ -136,7 +136,7 @@ _ITEM_MAX_DEPTH = 8
 def _insert_new(rows: list[ProviderEvent]) -> set[str]:
     if not rows:
         return set()
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     data = [
         {"provider_event_id": r.provider_event_id, "email_id": r.email_id, "request_event_id": str(r.request_event_id),
          "recipient": r.recipient, "status": r.status, "provider_message_id": r.provider_message_id,
@@ -169,7 +169,8 @@ def _parse_items(body: str) -> list:
     """The post's items. An item too deep to parse does not cost the others: the array is then
     split at its top-level commas and each item parsed alone. Raises a 400 ApplicationError
     unless the body is a JSON list."""
-    not_a_list = ApplicationError("Expected a JSON list of events.", errors={"body": ["Expected a JSON list of events."]})
+    message = "Expected a JSON list of events."
+    not_a_list = ApplicationError(message, errors={"body": [message]})
     try:
         items = _loads(body)
     except ValueError:
@@ -229,7 +230,7 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
         # RETURNING names exactly the rows this transaction inserted: events stored before, by an
         # earlier or a concurrent post of SendGrid's, write no second outbox event.
         inserted = _insert_new(rows)
-        received_at = datetime.now(timezone.utc).isoformat()
+        received_at = datetime.now(UTC).isoformat()
         statuses = [
             EmailDeliveryStatus(
                 event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,

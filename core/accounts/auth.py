@@ -4,6 +4,7 @@ from functools import cache
 from hmac import compare_digest
 
 from django.db import connection
+from django.db.models import Field
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -16,23 +17,30 @@ from rest_framework import exceptions
 from core.accounts.models import User
 from core.prepared import Prepared
 
-
 _TOKEN_SHAPE = re.compile(rb"[A-Za-z0-9_.~+/=-]+")
 _MAX_TOKEN_LENGTH = 512
 
 
+def _column(field: Field) -> str:
+    """The quoted column of a concrete field (every concrete field has one)."""
+    assert field.column is not None, field
+    return connection.ops.quote_name(field.column)
+
+
 @cache
-def _token_query() -> tuple[Prepared, int]:
+def _token_query() -> tuple[Prepared, list[str], list[str]]:
     """The token with its user in one statement that is built and planned once, not per request:
-    every authenticated request runs it. (The statement, the number of token columns.)"""
-    token_columns = [f"t.{connection.ops.quote_name(f.column)}" for f in AuthToken._meta.concrete_fields]
-    user_columns = [f"u.{connection.ops.quote_name(f.column)}" for f in User._meta.concrete_fields]
-    user_pk = connection.ops.quote_name(User._meta.pk.column)
-    user_fk = connection.ops.quote_name(AuthToken._meta.get_field("user").column)
+    every authenticated request runs it. (The statement, the token's fields and the user's, in
+    the order of its columns.)"""
+    token_columns = [f"t.{_column(f)}" for f in AuthToken._meta.concrete_fields]
+    user_columns = [f"u.{_column(f)}" for f in User._meta.concrete_fields]
+    user_pk, user_fk = _column(User._meta.pk), _column(AuthToken._meta.get_field("user"))
     return (
-        Prepared("auth_token_lookup", f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
+        Prepared("auth_token_lookup",
+                 f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
                  f"JOIN {User._meta.db_table} u ON u.{user_pk} = t.{user_fk} WHERE t.token_key = %(key)s"),
-        len(token_columns),
+        [f.attname for f in AuthToken._meta.concrete_fields],
+        [f.attname for f in User._meta.concrete_fields],
     )
 
 
@@ -52,20 +60,21 @@ class TokenAuthentication(KnoxTokenAuthentication):
         # control characters included, cannot be one and is refused before it reaches SQL.
         if len(token) > _MAX_TOKEN_LENGTH or not _TOKEN_SHAPE.fullmatch(token):
             raise exceptions.AuthenticationFailed(_("Invalid token."))
-        token = token.decode("ascii")
+        key = token.decode("ascii")
         try:
-            digest = hash_token(token)
+            digest = hash_token(key)
         except (TypeError, binascii.Error):
             raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
-        statement, split = _token_query()
+        statement, token_fields, user_fields = _token_query()
+        split = len(token_fields)
         with connection.cursor() as cursor:
-            statement.execute(cursor, {"key": token[: CONSTANTS.TOKEN_KEY_LENGTH]})
+            statement.execute(cursor, {"key": key[: CONSTANTS.TOKEN_KEY_LENGTH]})
             rows = cursor.fetchall()
         for row in rows:
-            auth_token = AuthToken.from_db(connection.alias, None, row[:split])
+            auth_token = AuthToken.from_db(connection.alias, token_fields, row[:split])
             if self._cleanup_token(auth_token) or not compare_digest(digest, auth_token.digest):
                 continue
-            auth_token.user = User.from_db(connection.alias, None, row[split:])
+            auth_token.user = User.from_db(connection.alias, user_fields, row[split:])
             return self.validate_user(auth_token)
         raise exceptions.AuthenticationFailed(_("Invalid token."))
 

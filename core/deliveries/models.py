@@ -61,6 +61,9 @@ class ProviderPause(models.Model):
     class Meta:
         db_table = "sender_provider_pause"
 
+    def __str__(self) -> str:
+        return f"{self.provider} paused until {self.paused_until}"
+
 
 class Redrive(models.Model):
     """Who sent failed or held deliveries again, when, why, and how many."""

@@ -95,7 +95,7 @@ def _request_available(event_ids: set[str]) -> set[str]:
 
 
 def deliveries_redrive(*, selection: RedriveSelection, actor: str, via: str, reason: str = "",
-                       dry_run: bool = False, progress: Callable[[int], None] | None = None) -> RedriveResult:
+                       dry_run: bool = False, progress: Callable[[int], object] | None = None) -> RedriveResult:
     """Send the selected failed and held deliveries again (see the module). `dry_run` only
     counts. Raises ApplicationError for an empty selection or a state that cannot be re-driven."""
     if selection.is_empty():
@@ -173,7 +173,7 @@ _PRUNABLE_DELIVERIES = """
 
 
 def deliveries_prune(*, older_than_days: int | None = None, dry_run: bool = False,
-                     progress: Callable[[int], None] | None = None) -> int:
+                     progress: Callable[[int], object] | None = None) -> int:
     """Delete finished deliveries older than DELIVERY_RETENTION_DAYS that nothing can send again
     (scheduled daily). Returns how many."""
     from django.conf import settings

@@ -26,7 +26,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg2
 from psycopg2.pool import ThreadedConnectionPool
@@ -34,7 +34,8 @@ from psycopg2.pool import ThreadedConnectionPool
 from core.contracts import EmailFailed, EmailRequested, EmailSent, Event
 from core.db import connect_kwargs
 from core.outbox.services import new_event_id
-from core.outbox.sql import TABLE as OUTBOX, insert_select, outbox_parameters
+from core.outbox.sql import TABLE as OUTBOX
+from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
 
 TERMINAL = ("sent", "failed")
@@ -245,10 +246,11 @@ class DeliveryStore:
         (with `resend_in_doubt`) ones in doubt whose grace passed with no word from the provider.
         Idempotent: a second claim of a finished delivery takes nothing. Says why the others
         were not taken; holds, by policy, the ones in doubt past the grace."""
+        token = str(uuid.uuid4())
         params = {"event_id": event.event_id, "email_id": event.email_id, "lease": lease_seconds,
                   "recipients": list(event.recipients), "resend": resend_in_doubt, "grace": in_doubt_grace,
-                  "token": str(uuid.uuid4())}
-        claim = Claim(token=params["token"])
+                  "token": token}
+        claim = Claim(token=token)
         with self._cursor() as cursor:
             CLAIM.execute(cursor, params)
             for recipient, attempts, last_error in cursor.fetchall():
@@ -429,4 +431,4 @@ def _in_doubt(state: str, live: bool) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()

@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from prometheus_client import Gauge
@@ -54,10 +54,10 @@ def _plain(value):
 
 def _when(value) -> datetime:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
-    return datetime.now(timezone.utc)
+        return datetime.fromtimestamp(value, tz=UTC)
+    return datetime.now(UTC)
 
 
 def _storable(text: str) -> str:
@@ -80,7 +80,7 @@ class DeadLetterMessage:
     @classmethod
     def from_amqp(cls, method, properties, body: bytes) -> DeadLetterMessage:
         headers = dict(properties.headers or {})
-        death = next(iter(headers.get("x-death") or []), {}) or {}
+        death: dict = next(iter(headers.get("x-death") or []), {}) or {}
         keys = death.get("routing-keys") or [getattr(method, "routing_key", "")]
         return cls(
             queue=str(death.get("queue") or headers.get("x-first-death-queue") or ""),

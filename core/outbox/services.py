@@ -64,7 +64,7 @@ def outbox_replay(
     via: str,
     reason: str = "",
     dry_run: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> ReplayResult:
     """Put the published or failed rows of `selection` back into the outbox, unchanged: the relay
     publishes them again with the same event ids, so idempotent consumers skip what they already
@@ -107,7 +107,7 @@ PURGE_CHUNK = 5000
 
 
 def outbox_purge_published(
-    *, older_than: timedelta | None = None, dry_run: bool = False, progress: Callable[[int], None] | None = None
+    *, older_than: timedelta | None = None, dry_run: bool = False, progress: Callable[[int], object] | None = None
 ) -> int:
     """Delete rows published longer than `older_than` ago (default OUTBOX_RETENTION_DAYS), in
     chunks of short transactions. Never touches unpublished or failed rows, nor the request of an

@@ -180,7 +180,8 @@ def test_workloads_have_probes_limits_and_grace():
             if obj["metadata"]["name"] != "scheduler":
                 assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     sender = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "sender")
-    assert sender["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > int(config["SENDER_SHUTDOWN_GRACE_SECONDS"])
+    grace = int(config["SENDER_SHUTDOWN_GRACE_SECONDS"])
+    assert sender["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
     relay = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "outbox-relay")
     assert relay["spec"]["replicas"] == 2
 

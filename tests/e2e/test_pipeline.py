@@ -6,8 +6,8 @@ import uuid
 import pytest
 from django.db import connection
 
-from tests.broker import wait_for
 from core.accounts.models import User
+from tests.broker import wait_for
 from tests.system import ROOT, Http, System
 
 pytestmark = pytest.mark.django_db(transaction=True)

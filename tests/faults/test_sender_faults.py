@@ -7,7 +7,7 @@ proves none.)"""
 import collections
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -23,7 +23,7 @@ def test_sigkill_a_sender_while_2000_emails_flow(topology, senders, relays, fake
     relays(topology)  # it brings back the deliveries a dead sender left, when they are due
     fake.faults.update({"latency_ms": 20})
     events = [
-        EmailRequested(event_id=str(uuid.uuid4()), correlation_id="kill", occurred_at=datetime.now(timezone.utc).isoformat(),
+        EmailRequested(event_id=str(uuid.uuid4()), correlation_id="kill", occurred_at=datetime.now(UTC).isoformat(),
                        email_id=i, owner_id=1, template_id=1, from_email="no-reply@example.com", reply_to=None,
                        recipients=(f"r{i}@example.com",), subject="Hello", body_html="<p>Hi</p>")
         for i in range(2000)

@@ -39,8 +39,8 @@ def hostile_fixture(db, settings) -> Fixture:
     settings.SENDGRID_WEBHOOK_PUBLIC_KEY = webhook_key()[1]
     user = UserFactory(is_staff=True)
     template = EmailTemplateFactory()
-    email = SentEmailLog.objects.create(id=424242, owner_id=user.pk, recipients=["ann@example.com"], created=timezone.now(),
-                                        status="sent", template_id=template.pk,
+    email = SentEmailLog.objects.create(id=424242, owner_id=user.pk, recipients=["ann@example.com"],
+                                        created=timezone.now(), status="sent", template_id=template.pk,
                                         recipient_status={"ann@example.com": {"status": "sent"}})
     _, token = AuthToken.objects.create(user=user)
     return Fixture(token=token, template_id=template.pk, email_id=email.pk)

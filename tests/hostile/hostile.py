@@ -173,7 +173,8 @@ def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
         ("POST", "/api/v1/users/logout/"): Request("POST", "/api/v1/users/logout/"),
         ("POST", "/api/v1/users/register/"): Request(
             "POST", "/api/v1/users/register/",
-            body={"email": f"u-{unique}@example.com", "username": f"u-{unique}", "password": "quiet-meadow-Lantern-42"}),
+            body={"email": f"u-{unique}@example.com", "username": f"u-{unique}",
+                  "password": "quiet-meadow-Lantern-42"}),
         ("POST", "/api/v1/webhooks/sendgrid/"): Request("POST", "/api/v1/webhooks/sendgrid/", body=[]),
         ("GET", "/api/v1/emails/sent-email/"): Request(
             "GET", "/api/v1/emails/sent-email/",
@@ -217,7 +218,7 @@ def targets(schema: dict, method: str, path: str, operation: dict, base: Request
             found.append("header.HTTP_" + parameter["name"].upper().replace("-", "_"))
         elif where:
             found.append(f"{where}.{parameter['name']}")
-    if method == "GET" and "sent-email/" == path.rsplit("/emails/", 1)[-1]:
+    if method == "GET" and path.rsplit("/emails/", 1)[-1] == "sent-email/":
         found.append("query.cursor")  # the log's cursor pagination; not a documented parameter
     return found
 
@@ -293,7 +294,8 @@ RAW_BODIES = [
 ]
 CONTENT_TYPES = [
     "application/json; charset=punycode", "application/json; charset=utf-16", "application/json; charset=nonsense",
-    "application/json; charset=latin-1", "application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=punycode",
+    "application/json; charset=latin-1", "application/x-www-form-urlencoded",
+    "application/x-www-form-urlencoded; charset=punycode",
     "multipart/form-data; boundary=x", "multipart/form-data", "text/plain", "application/json\x00", "",
 ]
 HOSTILE_AUTHORIZATION = [

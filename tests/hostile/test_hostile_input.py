@@ -39,7 +39,8 @@ def test_unicode_subjects_are_kept_exactly(user_client, template, name):
     assert OutboxEvent.objects.get().payload["subject"] == f"Hello {name}"
 
 
-@pytest.mark.parametrize("injection", ["x\r\nBcc: all@example.com", "x\nTo: victim@example.com", "x\u2028y", "x\rSubject: y"])
+@pytest.mark.parametrize("injection",
+                         ["x\r\nBcc: all@example.com", "x\nTo: victim@example.com", "x\u2028y", "x\rSubject: y"])
 def test_header_injection_through_the_subject_is_refused(user_client, template, injection):
     response = user_client.post(SEND, {"recipients": ["a@example.com"], "template": template.pk,
                                        "context": {"name": injection}}, format="json")

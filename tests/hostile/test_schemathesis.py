@@ -7,6 +7,10 @@ a 400. bench/hostile.py runs the same with many more examples and counts."""
 
 import pytest
 import schemathesis
+from django.core.handlers.wsgi import WSGIHandler
+from django.utils import timezone
+from hypothesis import HealthCheck, settings
+from knox.models import AuthToken
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -14,11 +18,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from django.core.handlers.wsgi import WSGIHandler
-from hypothesis import HealthCheck, settings
-from knox.models import AuthToken
-
-from django.utils import timezone
 
 from query_api.models import SentEmailLog
 from tests.factories import EmailTemplateFactory, UserFactory

@@ -131,11 +131,10 @@ def documented_violations(body) -> set[str]:
     # SendGrid Mail Send documents content as required unless a template is used, with at least
     # one MIME type, each block a `type` and a `value` of at least one character.
     content = body.get("content")
-    if content is not None or not uses_template:
-        if not isinstance(content, list) or not content or not all(
-                isinstance(block, dict) and all(isinstance(block.get(k), str) and block[k] for k in ("type", "value"))
-                for block in content):
-            broken.add("content")
+    if (content is not None or not uses_template) and (not isinstance(content, list) or not content or not all(
+            isinstance(block, dict) and all(isinstance(block.get(k), str) and block[k] for k in ("type", "value"))
+            for block in content)):
+        broken.add("content")
 
     # SendGrid Mail Send documents the request's custom_args as values carried along with the
     # whole send, overridden by a personalization's; its OpenAPI description types them as one

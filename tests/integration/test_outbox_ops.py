@@ -62,7 +62,8 @@ def test_replay_picks_exactly_the_rows_it_names(rows, selection, expected):
     assert result.count == len(expected)
     assert pending_ids() - before == {rows[name].id for name in expected}
     replay = OutboxReplay.objects.get()
-    assert (replay.actor, replay.via, replay.event_count, replay.reason) == ("ops@example.com", "cli", len(expected), "test")
+    assert (replay.actor, replay.via, replay.event_count, replay.reason) == (
+        "ops@example.com", "cli", len(expected), "test")
     assert set(replay.events.values_list("id", flat=True)) == {rows[name].id for name in expected}
     for name in expected:
         rows[name].refresh_from_db()
@@ -153,7 +154,8 @@ def test_cli_replay_dry_run_then_for_real(rows, capsys):
     assert cli(["replay", "--type", "email.sent", "--actor", "night-shift", "--reason", "projector bug"]) == 0
     assert "replayed 1 events" in capsys.readouterr().out
     replay = OutboxReplay.objects.get()
-    assert (replay.actor, replay.reason, replay.filters) == ("night-shift", "projector bug", {"event_type": "email.sent"})
+    assert (replay.actor, replay.reason, replay.filters) == (
+        "night-shift", "projector bug", {"event_type": "email.sent"})
 
 
 def test_cli_refuses_an_empty_replay_and_bad_times(rows, capsys):

@@ -5,7 +5,7 @@ import base64
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,13 +14,13 @@ from django.db import connection
 
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, EmailSent
 from core.outbox.models import OutboxEvent
-from query_api.models import ProcessedEvent, SentEmailLog, SentEmailLogEvent
 from query_api.apply import apply_batch
+from query_api.models import ProcessedEvent, SentEmailLog, SentEmailLogEvent
 from tests import broker
 from tests.conftest import client_for
 from tests.factories import UserFactory
 
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def iso(moment) -> str:
@@ -325,8 +325,8 @@ def _snapshot():
 @pytest.mark.django_db(transaction=True)
 def test_rebuild_after_truncation_gives_the_same_table(conn, signer, api_client):
     from command_api.emails.models import SentEmail
-    from query_api.rebuild import read_model_rebuild
     from core.deliveries.store import DeliveryStore
+    from query_api.rebuild import read_model_rebuild
 
     user = UserFactory()
     client = client_for(user)
@@ -465,8 +465,8 @@ def test_reconcile_looks_at_every_unfinished_email_finds_the_stuck_and_sends_los
                       key=lambda r: r.email_id)
     apply_batch(conn, requests)  # every read row is there: queued
     old = requests[0]  # accepted two hours ago, published long ago, never reached a sender: lost
-    SentEmail.objects.filter(pk=old.email_id).update(created=datetime.now(timezone.utc) - timedelta(hours=2))
-    OutboxEvent.objects.filter(id=old.event_id).update(published_at=datetime.now(timezone.utc) - timedelta(hours=2))
+    SentEmail.objects.filter(pk=old.email_id).update(created=datetime.now(UTC) - timedelta(hours=2))
+    OutboxEvent.objects.filter(id=old.event_id).update(published_at=datetime.now(UTC) - timedelta(hours=2))
     with connection.cursor() as cursor:
         cursor.execute("UPDATE read_sent_email SET created = created - interval '2 hours' WHERE id = %s",
                        [old.email_id])

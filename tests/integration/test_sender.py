@@ -6,11 +6,11 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from django.db import connection
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 
 from core.contracts import (
@@ -21,11 +21,11 @@ from core.contracts import (
     EmailSent,
     event_from_dict,
 )
+from core.deliveries.models import Delivery
+from core.deliveries.store import DeliveryStore
 from core.outbox.models import OutboxEvent
 from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Policy, handle_email_requested, next_delay
-from core.deliveries.models import Delivery
 from sender.provider import SendGridProvider
-from core.deliveries.store import DeliveryStore
 from tests import broker
 from tests.broker import free_port
 from tests.conftest import client_for, golden
@@ -51,7 +51,7 @@ def provider(fake_sendgrid):
 
 def request(recipients=("ann@example.com", "bob@example.org", "carl@example.net"), email_id=1) -> EmailRequested:
     return EmailRequested(
-        event_id=str(uuid.uuid4()), correlation_id="corr-1", occurred_at=datetime.now(timezone.utc).isoformat(),
+        event_id=str(uuid.uuid4()), correlation_id="corr-1", occurred_at=datetime.now(UTC).isoformat(),
         email_id=email_id, owner_id=1, template_id=1, from_email="no-reply@example.com",
         reply_to="owner@example.com", recipients=tuple(recipients), subject="Hello", body_html="<p>Hi</p>",
     )
@@ -120,7 +120,7 @@ def test_429_pauses_every_sender_gives_the_attempt_back_and_arms_the_retry(fake_
     assert handle(event, provider, store).action == ACK
     assert states(event) == {"ann@example.com": ("retry", 0)}  # Retry-After spends no attempt
     delivery = Delivery.objects.get(event_id=event.event_id)
-    assert 0.8 <= (delivery.next_attempt_at - datetime.now(timezone.utc)).total_seconds() <= 1.1
+    assert 0.8 <= (delivery.next_attempt_at - datetime.now(UTC)).total_seconds() <= 1.1
     assert abs((armed(event).not_before - delivery.next_attempt_at).total_seconds()) < 0.01
     other_sender = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
     try:
@@ -169,7 +169,7 @@ def test_a_permanent_400_fails_the_email_with_the_reason(fake_sendgrid, provider
     assert handle(event, provider, store).action == ACK
     (failed,) = status_events()
     assert isinstance(failed, EmailFailed) and failed.permanent
-    assert "400: The to email does not contain a valid address." == failed.reason
+    assert failed.reason == "400: The to email does not contain a valid address."
     assert states(event) == {"ann@example.com": ("failed", 1), "bob@example.org": ("failed", 1)}
     row = OutboxEvent.objects.get(type="email.failed")
     assert set(row.payload) == set(golden("email.failed", 1))
@@ -448,8 +448,9 @@ def test_a_connection_the_broker_closes_during_a_refresh_is_an_outage_not_a_cras
 
     real_refresh = consumer.refresh
     monkeypatch.setattr(consumer, "refresh", refresh_as_the_broker_closes)
-    worker = consumer.SenderWorker(config=consumer.SenderWorkerConfig(broker_url=settings.RABBITMQ_URL, prefetch=10, concurrency=2),
-                                   topology=topology, provider=provider, store=store, policy=POLICY, health=Health())
+    config = consumer.SenderWorkerConfig(broker_url=settings.RABBITMQ_URL, prefetch=10, concurrency=2)
+    worker = consumer.SenderWorker(config=config, topology=topology, provider=provider, store=store, policy=POLICY,
+                                   health=Health())
     worker._keeper.interval = 3600  # its first poll only: no later frame of its own finds the closed connection
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("exit", worker.run()), daemon=True)

@@ -12,7 +12,7 @@ from tests.conftest import golden
 def test_every_golden_sample_round_trips(event_type):
     sample = golden(event_type, 1)
     event = event_from_dict(sample)
-    assert event.TYPE == event_type
+    assert event_type == event.TYPE
     assert event.to_dict() == sample
 
 
