@@ -28,8 +28,13 @@ import uuid
 
 from common import ROOT, setup_django  # noqa: E402
 
-COMPRESSED = {"SENDER_LEASE_SECONDS": "5", "SENDER_RETRY_SCHEDULE": "1s,2s,2s,5s,5s,10s,10s,10s",
-              "SENDER_IN_DOUBT_GRACE_SECONDS": "15", "SENDGRID_TIMEOUT_SECONDS": "5", "BROKER_HEARTBEAT_SECONDS": "4"}
+COMPRESSED = {
+    "SENDER_LEASE_SECONDS": "5",
+    "SENDER_RETRY_SCHEDULE": "1s,2s,2s,5s,5s,10s,10s,10s",
+    "SENDER_IN_DOUBT_GRACE_SECONDS": "15",
+    "SENDGRID_TIMEOUT_SECONDS": "5",
+    "BROKER_HEARTBEAT_SECONDS": "4",
+}
 
 
 def main() -> int:
@@ -45,16 +50,21 @@ def main() -> int:
     parser.add_argument("--poison", type=int, default=4)
     parser.add_argument("--oversized", type=int, default=2)
     parser.add_argument("--leader-kills", type=int, default=2, help="with --cluster")
-    parser.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=True,
-                        help="run on a 3-node cluster beside the machine's broker (default)")
+    parser.add_argument(
+        "--cluster",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run on a 3-node cluster beside the machine's broker (default)",
+    )
     parser.add_argument("--compressed", action="store_true", help="the test suite's short waits, not the defaults")
     parser.add_argument("--converge-timeout", type=float, default=3600)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--database", default="emails_chaos")
     args = parser.parse_args()
     prefix = f"chaos-{uuid.uuid4().hex[:6]}"
-    setup_django(database=args.database, settings_module="deployment.settings", prefix=prefix,
-                 RECONCILE_GRACE_SECONDS="0")
+    setup_django(
+        database=args.database, settings_module="deployment.settings", prefix=prefix, RECONCILE_GRACE_SECONDS="0"
+    )
 
     from django.test import override_settings
 
@@ -69,8 +79,11 @@ def main() -> int:
 
     waits = COMPRESSED if args.compressed else {}
     topology = Topology(prefix=prefix)
-    cluster = (RabbitCluster(base_port=5691, prefix="chaosbench", config=f"max_message_size = {OVERSIZED_LIMIT}\n")
-               if args.cluster else None)
+    cluster = (
+        RabbitCluster(base_port=5691, prefix="chaosbench", config=f"max_message_size = {OVERSIZED_LIMIT}\n")
+        if args.cluster
+        else None
+    )
     limit = None if cluster else lowered_message_size_limit(Broker())
     if cluster is not None:
         say("starting a 3-node RabbitMQ cluster")
@@ -80,20 +93,36 @@ def main() -> int:
     try:
         url = cluster.url if cluster else None
         declare(topology, url=url)
-        system = System(database=args.database, prefix=prefix, log_dir=ROOT / "var" / "chaos" / prefix,
-                        isolate=("sender",), **waits, **({"RABBITMQ_URL": url} if url else {}))
+        system = System(
+            database=args.database,
+            prefix=prefix,
+            log_dir=ROOT / "var" / "chaos" / prefix,
+            isolate=("sender",),
+            **waits,
+            **({"RABBITMQ_URL": url} if url else {}),
+        )
         system.start_all()
         say(f"system up (logs in var/chaos/{prefix}); {args.duration:.0f}s of load at {args.rate}/s")
         try:
             token, template_id = system.staff_with_template(prefix)
             plan = ChaosPlan(
-                duration=args.duration, rate=args.rate, recipients=args.recipients,
+                duration=args.duration,
+                rate=args.rate,
+                recipients=args.recipients,
                 kills={"outbox_relay": args.kills, "sender": args.kills, "projector": args.kills},
-                restart_rabbitmq=cluster is None, restart_postgres=True, provider_errors_seconds=args.provider_errors,
+                restart_rabbitmq=cluster is None,
+                restart_postgres=True,
+                provider_errors_seconds=args.provider_errors,
                 provider_timeout_seconds=int(waits.get("SENDGRID_TIMEOUT_SECONDS", 10)) + 2,
-                churn=args.churn, partition_seconds=args.partition, outage_seconds=args.outage, poison=args.poison,
-                oversized=args.oversized, leader_kills=args.leader_kills if cluster else 0,
-                converge_timeout=args.converge_timeout, seed=args.seed)
+                churn=args.churn,
+                partition_seconds=args.partition,
+                outage_seconds=args.outage,
+                poison=args.poison,
+                oversized=args.oversized,
+                leader_kills=args.leader_kills if cluster else 0,
+                converge_timeout=args.converge_timeout,
+                seed=args.seed,
+            )
             with override_settings(**({"RABBITMQ_URL": url} if url else {})):
                 report = run_chaos(system, plan, token=token, template_id=template_id, cluster=cluster, progress=say)
         finally:
@@ -103,17 +132,27 @@ def main() -> int:
     finally:
         (cluster or limit).__exit__(None, None, None)
     print(f"SUMMARY {report.summary()}")
-    print(f"  waits: {'compressed (the suite' + chr(39) + 's)' if args.compressed else 'the sender defaults'}; "
-          f"broker: {'a 3-node cluster' if cluster else 'the machine broker'}")
+    print(
+        f"  waits: {'compressed (the suite' + chr(39) + 's)' if args.compressed else 'the sender defaults'}; "
+        f"broker: {'a 3-node cluster' if cluster else 'the machine broker'}"
+    )
     print(f"  timeline: {report.timeline()}")
     bad = {k: v for k, v in report.details.items() if k not in ("poison", "leaders") and v and v != ([], [])}
     if bad:
         print(f"  details: {bad}")
-    wrong = (report.exited or report.lost or report.duplicates or report.stuck or report.unexpected_failures
-             or report.dead_letters or report.leaders_moved != report.leader_kills
-             or report.read_model_missing or report.read_model_behind
-             or report.poison_parked != report.poison_published
-             or report.oversized_failed != 2 * report.oversized_accepted)
+    wrong = (
+        report.exited
+        or report.lost
+        or report.duplicates
+        or report.stuck
+        or report.unexpected_failures
+        or report.dead_letters
+        or report.leaders_moved != report.leader_kills
+        or report.read_model_missing
+        or report.read_model_behind
+        or report.poison_parked != report.poison_published
+        or report.oversized_failed != 2 * report.oversized_accepted
+    )
     return 1 if wrong else 0
 
 

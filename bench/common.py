@@ -17,12 +17,24 @@ def setup_django(*, database: str, settings_module: str, prefix: str, **env: str
     """Point this process (and the processes it starts) at `database` and broker `prefix` with
     production settings, create and migrate the database, set Django up on `settings_module`.
     The processes it starts then run on their own settings (their entry points' defaults)."""
-    os.environ.update({"POSTGRES_DB": database, "DJANGO_SETTINGS_MODULE": settings_module, "DJANGO_DEBUG": "false",
-                       "DJANGO_SECRET_KEY": "benchmark-only", "BROKER_PREFIX": prefix, "LOG_LEVEL": "WARNING",
-                       **env})
+    os.environ.update(
+        {
+            "POSTGRES_DB": database,
+            "DJANGO_SETTINGS_MODULE": settings_module,
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": "benchmark-only",
+            "BROKER_PREFIX": prefix,
+            "LOG_LEVEL": "WARNING",
+            **env,
+        }
+    )
     subprocess.run([sys.executable, "-m", "core.db_bootstrap"], cwd=ROOT, check=True)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, check=True,
-                   env=os.environ | {"DJANGO_SETTINGS_MODULE": "deployment.settings"})
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+        cwd=ROOT,
+        check=True,
+        env=os.environ | {"DJANGO_SETTINGS_MODULE": "deployment.settings"},
+    )
     import django
 
     django.setup()
@@ -48,6 +60,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def parse_wrk(output: str) -> dict:
     """Requests, requests/s, latency percentiles (ms), non-2xx answers and socket errors."""
+
     def latency_ms(label: str) -> float:
         value, unit = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
         return float(value) / 1000 if unit == "us" else float(value) * (1000 if unit == "s" else 1)
@@ -73,8 +86,12 @@ def wrk_post(url: str, body: dict, *, token: str | None, connections: int, durat
         if token:
             script.write(f'wrk.headers["Authorization"] = "Token {token}"\n')
         script.write(f"wrk.body = '{json.dumps(body)}'\n")
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return parse_wrk(out), out
 
 

@@ -34,8 +34,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=40, help="hostile values per field")
     parser.add_argument("--schemathesis-examples", type=int, default=100, help="cases per operation and mode")
     args = parser.parse_args()
-    os.environ.update({"POSTGRES_DB": "emails_bench_hostile", "DJANGO_SETTINGS_MODULE": "tests.settings",
-                       "LOG_LEVEL": "CRITICAL"})
+    os.environ.update(
+        {"POSTGRES_DB": "emails_bench_hostile", "DJANGO_SETTINGS_MODULE": "tests.settings", "LOG_LEVEL": "CRITICAL"}
+    )
     import django
 
     django.setup()
@@ -48,8 +49,10 @@ def main() -> None:
     connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         fixture = make_fixture()
-        for name, run in (("hostile", lambda: run_hostile(fixture, args.examples)),
-                          ("schemathesis", lambda: run_schemathesis(fixture, args.schemathesis_examples))):
+        for name, run in (
+            ("hostile", lambda: run_hostile(fixture, args.examples)),
+            ("schemathesis", lambda: run_schemathesis(fixture, args.schemathesis_examples)),
+        ):
             started = time.monotonic()
             tally = run()
             report(name, tally, time.monotonic() - started)
@@ -85,14 +88,23 @@ def make_fixture():
     from tests.hostile.hostile import Fixture
 
     # A configured webhook key: an unsigned post is then a 403, not a 503 (no key).
-    der = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     settings.SENDGRID_WEBHOOK_PUBLIC_KEY = base64.b64encode(der).decode()
     user = UserFactory(is_staff=True)
     template = EmailTemplateFactory()
-    email = SentEmailLog.objects.create(id=424242, owner_id=user.pk, recipients=["ann@example.com"],
-                                        created=timezone.now(), status="sent", template_id=template.pk,
-                                        recipient_status={"ann@example.com": {"status": "sent"}})
+    email = SentEmailLog.objects.create(
+        id=424242,
+        owner_id=user.pk,
+        recipients=["ann@example.com"],
+        created=timezone.now(),
+        status="sent",
+        template_id=template.pk,
+        recipient_status={"ann@example.com": {"status": "sent"}},
+    )
     _, token = AuthToken.objects.create(user=user)
     return Fixture(token=token, template_id=template.pk, email_id=email.pk)
 
@@ -156,8 +168,9 @@ def fuzz_field(client, urlconf, base, target, label, tally, exceptions, examples
 
     from tests.hostile import hostile
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(value=hostile.hostile_for(target))
     def send(value):
         request = hostile.apply(base, target, value)
@@ -203,8 +216,9 @@ def fuzz_operation(operation, mode, headers, tally, exceptions, examples) -> Non
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def send(case):
         status = rolled_back(lambda: case.call(headers=headers).status_code)

@@ -35,8 +35,10 @@ from common import ROOT, cpu_by_group, cpu_delta, percentile, setup_django, wrk_
 
 PREFIX = "bench-load"
 PIPELINE = ("outbox_relay", "sender", "projector")
-WRITE_AND_READ_TABLES = ("outbox, emails_sentemailrecipient, emails_sentemail, sender_delivery, read_sent_email, "
-                         "read_sent_email_event, read_processed_event, webhook_provider_event")
+WRITE_AND_READ_TABLES = (
+    "outbox, emails_sentemailrecipient, emails_sentemail, sender_delivery, read_sent_email, "
+    "read_sent_email_event, read_processed_event, webhook_provider_event"
+)
 
 
 def sql(query, params=()):
@@ -48,8 +50,9 @@ def sql(query, params=()):
 
 
 def sent_count(since_id: int) -> int:
-    return sql("SELECT count(*) FROM read_sent_email WHERE id > %s AND status IN ('sent', 'delivered')",
-               [since_id])[0][0]
+    return sql("SELECT count(*) FROM read_sent_email WHERE id > %s AND status IN ('sent', 'delivered')", [since_id])[0][
+        0
+    ]
 
 
 def wait_all_sent(since_id: int, count: int, timeout: float) -> float:
@@ -97,8 +100,13 @@ def main() -> None:
     declare(topology)
     purge(topology)
     sql(f"TRUNCATE {WRITE_AND_READ_TABLES} CASCADE")
-    system = System(database=args.database, prefix=PREFIX, log_dir=ROOT / "var" / "load",
-                    FAKE_SENDGRID_LATENCY_MS=args.latency_ms, LOG_LEVEL="WARNING")
+    system = System(
+        database=args.database,
+        prefix=PREFIX,
+        log_dir=ROOT / "var" / "load",
+        FAKE_SENDGRID_LATENCY_MS=args.latency_ms,
+        LOG_LEVEL="WARNING",
+    )
     system.start_all()
     variants = None
     rounds: dict[str, list[dict]] = {}
@@ -106,20 +114,36 @@ def main() -> None:
     cpu_ms: dict[str, float] = {}
     try:
         token, template_id = system.staff_with_template("load", subject="Hi {{ name }}", body="<p>Hi {{ name }}</p>")
-        body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template_id,
-                "context": {"name": "Ann"}}
+        body = {
+            "recipients": ["ann@example.com", "bob@example.org"],
+            "template": template_id,
+            "context": {"name": "Ann"},
+        }
         url = f"{system.command_url}/api/v1/emails/sent-email/"
 
         # The references run on a gunicorn of their own, 2 workers like the command API.
         variants = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "command_api.wsgi:application", "--workers", "2",
-             "--bind", "127.0.0.1:8019"], cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "command_api.wsgi:application",
+                "--workers",
+                "2",
+                "--bind",
+                "127.0.0.1:8019",
+            ],
+            cwd=ROOT,
             env=system.env | {"DJANGO_SETTINGS_MODULE": "variants_settings", "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(3)  # gunicorn boots; the endpoints answer only POST
-        targets = {"sync publish (original design)": ("http://127.0.0.1:8019/sync-publish/", token),
-                   "bare DRF inserts": ("http://127.0.0.1:8019/bare/", None),
-                   "API only (outbox, pipeline stopped)": (url, token)}
+        targets = {
+            "sync publish (original design)": ("http://127.0.0.1:8019/sync-publish/", token),
+            "bare DRF inserts": ("http://127.0.0.1:8019/bare/", None),
+            "API only (outbox, pipeline stopped)": (url, token),
+        }
         rounds = {name: [] for name in targets}
         accepted_total = 0
         for number in range(1, args.rounds + 1):
@@ -131,15 +155,22 @@ def main() -> None:
             for name, (target, tok) in targets.items():
                 wrk_post(target, body, token=tok, connections=args.connections, duration=2)  # warm up
                 before = cpu_by_group(roots)
-                figures, wrk_cpu = measured_wrk(target, body, token=tok, connections=args.connections,
-                                                duration=args.duration)
-                per_request = {key: seconds * 1000 / max(1, figures["requests"])
-                               for key, seconds in cpu_delta(before, cpu_by_group(roots)).items()}
-                rounds[name].append(figures | {"wrk_cpu_ms": wrk_cpu * 1000 / max(1, figures["requests"]),
-                                               "server_cpu_ms": per_request.get("server", 0.0)
-                                               + per_request.get("variants", 0.0),
-                                               "postgres_cpu_ms": per_request.get("postgres", 0.0),
-                                               "rabbitmq_cpu_ms": per_request.get("rabbitmq", 0.0)})
+                figures, wrk_cpu = measured_wrk(
+                    target, body, token=tok, connections=args.connections, duration=args.duration
+                )
+                per_request = {
+                    key: seconds * 1000 / max(1, figures["requests"])
+                    for key, seconds in cpu_delta(before, cpu_by_group(roots)).items()
+                }
+                rounds[name].append(
+                    figures
+                    | {
+                        "wrk_cpu_ms": wrk_cpu * 1000 / max(1, figures["requests"]),
+                        "server_cpu_ms": per_request.get("server", 0.0) + per_request.get("variants", 0.0),
+                        "postgres_cpu_ms": per_request.get("postgres", 0.0),
+                        "rabbitmq_cpu_ms": per_request.get("rabbitmq", 0.0),
+                    }
+                )
             # 3: from empty tables and queues, everything running.
             purge(topology)
             sql(f"TRUNCATE {WRITE_AND_READ_TABLES} CASCADE")
@@ -152,8 +183,9 @@ def main() -> None:
             backends = dict(sql("SELECT pid, application_name FROM pg_stat_activity WHERE application_name <> ''"))
             cpu_before = cpu_by_group(roots, backends)
             started = time.time()
-            figures, wrk_cpu = measured_wrk(url, body, token=token, connections=args.connections,
-                                            duration=args.duration)
+            figures, wrk_cpu = measured_wrk(
+                url, body, token=token, connections=args.connections, duration=args.duration
+            )
             accepted = sql("SELECT count(*) FROM emails_sentemail WHERE id > %s", [first_id])[0][0]
             (backlog,) = sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0]
             last_sent = wait_all_sent(first_id, accepted, timeout=600)
@@ -164,10 +196,20 @@ def main() -> None:
             accepted_total += accepted
             delivered_emails = accepted / (last_sent - started)
             api_only = rounds["API only (outbox, pipeline stopped)"][-1]["rps"]
-            e2e_rounds.append(figures | {"accepted": accepted, "backlog": backlog, "delivered_emails": delivered_emails,
-                                         "share": delivered_emails / api_only})
-            print(f"round {number}: API only {api_only:.0f}/s, end to end {figures['rps']:.0f}/s accepted, "
-                  f"{delivered_emails:.0f} emails/s shown as sent ({delivered_emails / api_only:.0%})", flush=True)
+            e2e_rounds.append(
+                figures
+                | {
+                    "accepted": accepted,
+                    "backlog": backlog,
+                    "delivered_emails": delivered_emails,
+                    "share": delivered_emails / api_only,
+                }
+            )
+            print(
+                f"round {number}: API only {api_only:.0f}/s, end to end {figures['rps']:.0f}/s accepted, "
+                f"{delivered_emails:.0f} emails/s shown as sent ({delivered_emails / api_only:.0%})",
+                flush=True,
+            )
         variants.terminate()
         variants.wait(timeout=30)
         variants = None
@@ -185,8 +227,9 @@ def main() -> None:
                 ids = [i for i in posted if i not in sent_at]
                 if ids:
                     now = time.time()
-                    for (email_id,) in sql("SELECT id FROM read_sent_email WHERE id = ANY(%s) AND status IN "
-                                           "('sent', 'delivered')", [ids]):
+                    for (email_id,) in sql(
+                        "SELECT id FROM read_sent_email WHERE id = ANY(%s) AND status IN ('sent', 'delivered')", [ids]
+                    ):
                         sent_at[email_id] = now
                 time.sleep(0.01)
                 if stop.is_set() and time.time() - stop.time > 60:
@@ -213,35 +256,53 @@ def main() -> None:
     def median(runs, key):
         return statistics.median(r[key] for r in runs)
 
-    print(f"\nPOST sent-email, 2 recipients, wrk {args.connections} connections, {args.duration}s, "
-          f"fake SendGrid at {args.latency_ms} ms, medians of {args.rounds} rounds (each round in brackets):")
+    print(
+        f"\nPOST sent-email, 2 recipients, wrk {args.connections} connections, {args.duration}s, "
+        f"fake SendGrid at {args.latency_ms} ms, medians of {args.rounds} rounds (each round in brackets):"
+    )
     for name, runs in list(rounds.items()) + [("end to end (everything running)", e2e_rounds)]:
-        print(f"  {name:38} {median(runs, 'rps'):6.0f} requests/s  p50 {median(runs, 'p50'):5.1f} ms  "
-              f"p99 {median(runs, 'p99'):6.1f} ms  non-2xx {sum(r['non_2xx'] for r in runs)}  "
-              f"({', '.join(str(round(r['rps'])) for r in runs)})")
+        print(
+            f"  {name:38} {median(runs, 'rps'):6.0f} requests/s  p50 {median(runs, 'p50'):5.1f} ms  "
+            f"p99 {median(runs, 'p99'):6.1f} ms  non-2xx {sum(r['non_2xx'] for r in runs)}  "
+            f"({', '.join(str(round(r['rps'])) for r in runs)})"
+        )
     api_only = median(rounds["API only (outbox, pipeline stopped)"], "rps")
     delivered = median(e2e_rounds, "delivered_emails")
     share = median(e2e_rounds, "share")
     shares = ", ".join(format(r["share"], ".0%") for r in e2e_rounds)
-    print(f"  end to end: {delivered:.0f} emails/s ({delivered * 2:.0f} recipients/s) delivered and shown as sent, "
-          f"{share:.0%} of the API-only rate (per round: {shares}); "
-          f"outbox backlog when the load stopped: {', '.join(str(r['backlog']) for r in e2e_rounds)}")
-    print("  CPU per request (ms, medians): " + "; ".join(
-        f"{name}: server {median(runs, 'server_cpu_ms'):.2f}, Postgres {median(runs, 'postgres_cpu_ms'):.2f}, "
-        f"RabbitMQ {median(runs, 'rabbitmq_cpu_ms'):.2f}, wrk {median(runs, 'wrk_cpu_ms'):.2f}"
-        for name, runs in rounds.items()))
-    print("  CPU per accepted email, end to end (ms): " + ", ".join(
-        f"{key} {value:.2f}" for key, value in sorted(cpu_ms.items(), key=lambda item: -item[1]) if value >= 0.01)
-        + f"; total {sum(cpu_ms.values()):.2f}")
-    print(f"  POST to sent at {rate:.0f} emails/s: p50 {statistics.median(latencies):.0f} ms, "
-          f"p99 {percentile(latencies, 99):.0f} ms over {len(latencies)} of {len(posted)} emails")
+    print(
+        f"  end to end: {delivered:.0f} emails/s ({delivered * 2:.0f} recipients/s) delivered and shown as sent, "
+        f"{share:.0%} of the API-only rate (per round: {shares}); "
+        f"outbox backlog when the load stopped: {', '.join(str(r['backlog']) for r in e2e_rounds)}"
+    )
+    print(
+        "  CPU per request (ms, medians): "
+        + "; ".join(
+            f"{name}: server {median(runs, 'server_cpu_ms'):.2f}, Postgres {median(runs, 'postgres_cpu_ms'):.2f}, "
+            f"RabbitMQ {median(runs, 'rabbitmq_cpu_ms'):.2f}, wrk {median(runs, 'wrk_cpu_ms'):.2f}"
+            for name, runs in rounds.items()
+        )
+    )
+    print(
+        "  CPU per accepted email, end to end (ms): "
+        + ", ".join(
+            f"{key} {value:.2f}" for key, value in sorted(cpu_ms.items(), key=lambda item: -item[1]) if value >= 0.01
+        )
+        + f"; total {sum(cpu_ms.values()):.2f}"
+    )
+    print(
+        f"  POST to sent at {rate:.0f} emails/s: p50 {statistics.median(latencies):.0f} ms, "
+        f"p99 {percentile(latencies, 99):.0f} ms over {len(latencies)} of {len(posted)} emails"
+    )
     sync = median(rounds["sync publish (original design)"], "rps")
     bare = median(rounds["bare DRF inserts"], "rps")
-    print(f"SUMMARY api_only={api_only:.0f}/s sync_publish={sync:.0f}/s bare={bare:.0f}/s "
-          f"api_vs_sync={api_only / sync:.0%} api_vs_bare={api_only / bare:.0%} "
-          f"e2e_accepted={median(e2e_rounds, 'rps'):.0f}/s e2e_sent_emails={delivered:.0f}/s e2e_share={share:.0%} "
-          f"p50_ms={statistics.median(latencies):.0f} p99_ms={percentile(latencies, 99):.0f} "
-          f"backlog_at_stop={max(r['backlog'] for r in e2e_rounds)}")
+    print(
+        f"SUMMARY api_only={api_only:.0f}/s sync_publish={sync:.0f}/s bare={bare:.0f}/s "
+        f"api_vs_sync={api_only / sync:.0%} api_vs_bare={api_only / bare:.0%} "
+        f"e2e_accepted={median(e2e_rounds, 'rps'):.0f}/s e2e_sent_emails={delivered:.0f}/s e2e_share={share:.0%} "
+        f"p50_ms={statistics.median(latencies):.0f} p99_ms={percentile(latencies, 99):.0f} "
+        f"backlog_at_stop={max(r['backlog'] for r in e2e_rounds)}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ def main() -> None:
     parser.add_argument("--database", default="emails_bench_inprocess")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    setup_django(database=args.database, settings_module="variants_settings", prefix="bench-inprocess",
-                 SEND_RATE_LIMIT="off")
+    setup_django(
+        database=args.database, settings_module="variants_settings", prefix="bench-inprocess", SEND_RATE_LIMIT="off"
+    )
 
     from django.conf import settings
     from django.db import connection
@@ -51,12 +52,17 @@ def main() -> None:
     user, _ = User.objects.get_or_create(email="inprocess@example.com", defaults={"username": "inprocess"})
     _, token = AuthToken.objects.create(user)
     template, _ = EmailTemplate.objects.get_or_create(
-        name="inprocess", defaults={"subject": "Hi {{ name }}", "body": "<p>Hi {{ name }}</p>"})
-    body = json.dumps({"recipients": ["ann@example.com", "bob@example.org"], "template": template.pk,
-                       "context": {"name": "Ann"}})
+        name="inprocess", defaults={"subject": "Hi {{ name }}", "body": "<p>Hi {{ name }}</p>"}
+    )
+    body = json.dumps(
+        {"recipients": ["ann@example.com", "bob@example.org"], "template": template.pk, "context": {"name": "Ann"}}
+    )
     client = Client()
-    endpoints = {"real": ("/real/api/v1/emails/sent-email/", True), "sync": ("/sync-publish/", True),
-                 "bare": ("/bare/", False)}
+    endpoints = {
+        "real": ("/real/api/v1/emails/sent-email/", True),
+        "sync": ("/sync-publish/", True),
+        "bare": ("/bare/", False),
+    }
 
     def post(name: str) -> None:
         url, authenticated = endpoints[name]
@@ -82,14 +88,20 @@ def main() -> None:
             wall[name].append((time.perf_counter() - started) * 1000)
             cpu[name].append((time.process_time() - started_cpu) * 1000)
 
-    print(f"\n{args.requests} interleaved iterations, median per request (this process's CPU; Postgres and "
-          "RabbitMQ work shows in wall time only):")
+    print(
+        f"\n{args.requests} interleaved iterations, median per request (this process's CPU; Postgres and "
+        "RabbitMQ work shows in wall time only):"
+    )
     for name in endpoints:
-        print(f"  {name:5} wall {statistics.median(wall[name]):6.3f} ms  cpu {statistics.median(cpu[name]):6.3f} ms  "
-              f"statements: {', '.join(statements[name])}")
+        print(
+            f"  {name:5} wall {statistics.median(wall[name]):6.3f} ms  cpu {statistics.median(cpu[name]):6.3f} ms  "
+            f"statements: {', '.join(statements[name])}"
+        )
     real, sync, bare = (statistics.median(wall[name]) for name in endpoints)
-    print(f"SUMMARY real_vs_sync={sync / real:.0%} real_vs_bare={bare / real:.0%} "
-          "(requests/s of the real endpoint as a share of the other's, from wall time)")
+    print(
+        f"SUMMARY real_vs_sync={sync / real:.0%} real_vs_bare={bare / real:.0%} "
+        "(requests/s of the real endpoint as a share of the other's, from wall time)"
+    )
 
     if args.profile:
         profile = cProfile.Profile()

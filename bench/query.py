@@ -76,8 +76,12 @@ def explain(owner: int) -> None:
     for name, recipients, start, end in [
         ("no filter", [], None, None),
         ("one recipient", ["u0-7@example.com"], None, None),
-        ("time range", [], _parse_bound("start_time", "2026-06-01", end=False),
-         _parse_bound("end_time", "2026-06-30", end=True)),
+        (
+            "time range",
+            [],
+            _parse_bound("start_time", "2026-06-01", end=False),
+            _parse_bound("end_time", "2026-06-30", end=True),
+        ),
     ]:
         queryset = sent_email_log_list(owner_id=owner, recipients=recipients, start=start, end=end)[:51]
         sql, params = queryset.query.sql_with_params()
@@ -90,8 +94,12 @@ def explain(owner: int) -> None:
 def wrk(url: str, token: str, duration: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f'wrk.headers["Authorization"] = "Token {token}"\n')
-    out = subprocess.run(["wrk", "-t1", "-c4", f"-d{duration}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", "-c4", f"-d{duration}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = parse_wrk(out)
     return {"rps": result["rps"], "p50": result["p50"], "p99": result["p99"], "errors": result["non_2xx"]}
 
@@ -116,19 +124,44 @@ def projector_run(events: int) -> float:
     emails = events // 2
     for i in range(emails):
         at = (now + timedelta(milliseconds=i)).isoformat()
-        request = EmailRequested(event_id=str(uuid.uuid4()), correlation_id="bench", occurred_at=at, email_id=i + 1,
-                                 owner_id=1, template_id=1, from_email="f@example.com", reply_to=None,
-                                 recipients=(f"a{i}@example.com", f"b{i}@example.com", f"c{i}@example.com"),
-                                 subject="Hi", body_html="", template_name="t")
-        sent = EmailSent(event_id=str(uuid.uuid4()), correlation_id="bench", occurred_at=at, email_id=i + 1,
-                         request_event_id=request.event_id, recipients=request.recipients, provider="sendgrid",
-                         provider_message_id=f"m{i}", attempt=1)
+        request = EmailRequested(
+            event_id=str(uuid.uuid4()),
+            correlation_id="bench",
+            occurred_at=at,
+            email_id=i + 1,
+            owner_id=1,
+            template_id=1,
+            from_email="f@example.com",
+            reply_to=None,
+            recipients=(f"a{i}@example.com", f"b{i}@example.com", f"c{i}@example.com"),
+            subject="Hi",
+            body_html="",
+            template_name="t",
+        )
+        sent = EmailSent(
+            event_id=str(uuid.uuid4()),
+            correlation_id="bench",
+            occurred_at=at,
+            email_id=i + 1,
+            request_event_id=request.event_id,
+            recipients=request.recipients,
+            provider="sendgrid",
+            provider_message_id=f"m{i}",
+            attempt=1,
+        )
         for event in (request, sent):
-            channel.basic_publish(topology.exchange, event.TYPE, json.dumps(event.to_dict()).encode(),
-                                  pika.BasicProperties(message_id=event.event_id, delivery_mode=2))
+            channel.basic_publish(
+                topology.exchange,
+                event.TYPE,
+                json.dumps(event.to_dict()).encode(),
+                pika.BasicProperties(message_id=event.event_id, delivery_mode=2),
+            )
     conn.close()
-    process = subprocess.Popen([sys.executable, "-m", "query_api", "project", "--http-host", "127.0.0.1",
-                                "--http-port", "9313"], cwd=ROOT, env=os.environ | {"LOG_JSON": "true"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "query_api", "project", "--http-host", "127.0.0.1", "--http-port", "9313"],
+        cwd=ROOT,
+        env=os.environ | {"LOG_JSON": "true"},
+    )
     started = time.perf_counter()
     try:
         while True:
@@ -152,8 +185,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--database", default="emails_bench_query")
     args = parser.parse_args()
-    setup_django(database=args.database, settings_module="query_api.settings", prefix=PREFIX,
-                 POSTGRES_CONN_MAX_AGE="600")
+    setup_django(
+        database=args.database, settings_module="query_api.settings", prefix=PREFIX, POSTGRES_CONN_MAX_AGE="600"
+    )
     from knox.models import AuthToken
 
     from core.accounts.models import User
@@ -163,9 +197,13 @@ def main() -> None:
     fill(args.rows, owner_base=user.pk)
     explain(user.pk)
 
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "query_api.wsgi:application", "--workers", "2",
-                               "--bind", "127.0.0.1:8012"], cwd=ROOT, env=os.environ | {"LOG_LEVEL": "WARNING"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "query_api.wsgi:application", "--workers", "2", "--bind", "127.0.0.1:8012"],
+        cwd=ROOT,
+        env=os.environ | {"LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     results = {}
     try:
         base = "http://127.0.0.1:8012/api/v1/emails/sent-email/"
@@ -175,15 +213,20 @@ def main() -> None:
             count = len(json.loads(urllib.request.urlopen(check).read())["results"])
             results[name] = wrk(base + query, token, args.duration) | {"page": count}
             r = results[name]
-            print(f"  {name:17} {r['rps']:6.0f} req/s  p50 {r['p50']:5.1f} ms  p99 {r['p99']:5.1f} ms  "
-                  f"({r['page']} rows in the page, {r['errors']} non-2xx)")
+            print(
+                f"  {name:17} {r['rps']:6.0f} req/s  p50 {r['p50']:5.1f} ms  p99 {r['p99']:5.1f} ms  "
+                f"({r['page']} rows in the page, {r['errors']} non-2xx)"
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
     rate = projector_run(args.events)
     print(f"projector: {rate:,.0f} events/s applying a backlog of {args.events:,} events")
-    print("SUMMARY " + " ".join(f"{k.replace(' ', '_')}_p99_ms={v['p99']:.1f}" for k, v in results.items())
-          + f" projector_events_s={rate:.0f}")
+    print(
+        "SUMMARY "
+        + " ".join(f"{k.replace(' ', '_')}_p99_ms={v['p99']:.1f}" for k, v in results.items())
+        + f" projector_events_s={rate:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,12 +43,11 @@ def broker_only(topology, rows: int, batch: int) -> float:
     publisher = ConfirmingPublisher(url=settings.RABBITMQ_URL, topology=topology, name="bench-broker-only")
     publisher.connect()
     body = b'{"type": "email.requested", "pad": "' + b"x" * 1000 + b'"}'
-    messages = [OutgoingMessage(str(uuid.uuid4()), "email.requested", body, {"schema_version": 1})
-                for _ in range(rows)]
+    messages = [OutgoingMessage(str(uuid.uuid4()), "email.requested", body, {"schema_version": 1}) for _ in range(rows)]
     started = time.perf_counter()
     for start in range(0, rows, batch):
-        result = publisher.publish_batch(messages[start:start + batch], timeout=30)
-        assert len(result.confirmed) == len(messages[start:start + batch]), result.error
+        result = publisher.publish_batch(messages[start : start + batch], timeout=30)
+        assert len(result.confirmed) == len(messages[start : start + batch]), result.error
     elapsed = time.perf_counter() - started
     publisher.close()
     return rows / elapsed
@@ -59,8 +58,11 @@ class Relays:
         self.ports = [9300 + i for i in range(count)]
         env = os.environ | {"OUTBOX_BATCH_SIZE": str(batch), "LOG_LEVEL": "WARNING", "LOG_JSON": "true"}
         self.processes = [
-            subprocess.Popen([sys.executable, "-m", "outbox_relay", "run", "--http-host", "127.0.0.1",
-                              "--http-port", str(port)], cwd=ROOT, env=env)
+            subprocess.Popen(
+                [sys.executable, "-m", "outbox_relay", "run", "--http-host", "127.0.0.1", "--http-port", str(port)],
+                cwd=ROOT,
+                env=env,
+            )
             for port in self.ports
         ]
         for port in self.ports:
@@ -151,8 +153,9 @@ def idle_latency(topology, samples: int) -> list[float]:
     ready.wait()
     relays = Relays(1, 500)
     db = settings.DATABASES["default"]
-    conn = psycopg2.connect(host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"],
-                            password=db["PASSWORD"])
+    conn = psycopg2.connect(
+        host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"]
+    )
     committed: dict[str, float] = {}
     for _ in range(samples):
         event_id = str(uuid.uuid4())
@@ -213,11 +216,15 @@ def main() -> None:
     print(f"  2 relays: {two:,.0f} rows/s ({two / ceiling:.0%} of broker only)")
     print(f"  Postgres statements per relayed row (worst run): {trips_one:.4f}")
     latencies = idle_latency(topology, args.latency_samples)
-    print(f"idle commit-to-publish latency over {len(latencies)} rows: p50 {statistics.median(latencies):.1f} ms, "
-          f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms")
-    print(f"SUMMARY rows={args.rows} batch={args.batch} broker_only={ceiling:.0f}/s relay1={one:.0f}/s "
-          f"({one / ceiling:.0%}) relay2={two:.0f}/s ({two / ceiling:.0%}) statements_per_row={trips_one:.4f} "
-          f"idle_p50_ms={statistics.median(latencies):.1f} idle_p99_ms={percentile(latencies, 99):.1f}")
+    print(
+        f"idle commit-to-publish latency over {len(latencies)} rows: p50 {statistics.median(latencies):.1f} ms, "
+        f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms"
+    )
+    print(
+        f"SUMMARY rows={args.rows} batch={args.batch} broker_only={ceiling:.0f}/s relay1={one:.0f}/s "
+        f"({one / ceiling:.0%}) relay2={two:.0f}/s ({two / ceiling:.0%}) statements_per_row={trips_one:.4f} "
+        f"idle_p50_ms={statistics.median(latencies):.1f} idle_p99_ms={percentile(latencies, 99):.1f}"
+    )
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE outbox CASCADE")
 

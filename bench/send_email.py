@@ -38,8 +38,12 @@ def bench_env(args) -> dict:
 def prepare(env: dict) -> tuple[str, int]:
     """Create and migrate the benchmark database, empty it; return a token and a template id."""
     subprocess.run([PYTHON, "-m", "core.db_bootstrap"], cwd=ROOT, env=env, check=True)
-    subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT,
-                   env=env | {"DJANGO_SETTINGS_MODULE": "deployment.settings"}, check=True)
+    subprocess.run(
+        [PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"],
+        cwd=ROOT,
+        env=env | {"DJANGO_SETTINGS_MODULE": "deployment.settings"},
+        check=True,
+    )
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
     import django
@@ -64,10 +68,20 @@ def prepare(env: dict) -> tuple[str, int]:
 
 def counts(env: dict) -> tuple[int, int]:
     out = subprocess.run(
-        ["psql", "-h", os.environ.get("POSTGRES_HOST", "127.0.0.1"), "-U", os.environ.get("POSTGRES_USER", "postgres"),
-         "-d", env["POSTGRES_DB"], "-Atc",
-         "SELECT (SELECT count(*) FROM emails_sentemail), (SELECT count(*) FROM outbox)"],
-        capture_output=True, text=True, check=True,
+        [
+            "psql",
+            "-h",
+            os.environ.get("POSTGRES_HOST", "127.0.0.1"),
+            "-U",
+            os.environ.get("POSTGRES_USER", "postgres"),
+            "-d",
+            env["POSTGRES_DB"],
+            "-Atc",
+            "SELECT (SELECT count(*) FROM emails_sentemail), (SELECT count(*) FROM outbox)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     emails, outbox = out.split("|")
     return int(emails), int(outbox)
@@ -90,16 +104,32 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "command_api.log", "w") as log_file:
         server = subprocess.Popen(
-            [PYTHON, "-m", "gunicorn", "command_api.wsgi:application", "--workers", str(args.workers),
-             "--bind", f"127.0.0.1:{args.port}", "--backlog", "2048"],
-            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "command_api.wsgi:application",
+                "--workers",
+                str(args.workers),
+                "--bind",
+                f"127.0.0.1:{args.port}",
+                "--backlog",
+                "2048",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
         try:
             base = f"http://127.0.0.1:{args.port}"
             wait_http(f"{base}/readyz", 30)
             url = f"{base}/api/v1/emails/sent-email/"
-            body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template_id,
-                    "context": {"name": "Ann", "code": 1234}}
+            body = {
+                "recipients": ["ann@example.com", "bob@example.org"],
+                "template": template_id,
+                "context": {"name": "Ann", "code": 1234},
+            }
             wrk_post(url, body, token=token, connections=args.connections, duration=3)  # warm-up
             before = counts(env)
             result, output = wrk_post(url, body, token=token, connections=args.connections, duration=args.duration)

@@ -42,13 +42,24 @@ def fill_queue(topology, emails: int, recipients: int) -> None:
     now = datetime.now(UTC).isoformat()
     for i in range(emails):
         event = EmailRequested(
-            event_id=str(uuid.uuid4()), correlation_id="bench", occurred_at=now, email_id=i, owner_id=1,
-            template_id=1, from_email="no-reply@example.com", reply_to=None,
+            event_id=str(uuid.uuid4()),
+            correlation_id="bench",
+            occurred_at=now,
+            email_id=i,
+            owner_id=1,
+            template_id=1,
+            from_email="no-reply@example.com",
+            reply_to=None,
             recipients=tuple(f"r{i}-{n}@example.com" for n in range(recipients)),
-            subject="Hello", body_html="<p>" + "x" * 500 + "</p>",
+            subject="Hello",
+            body_html="<p>" + "x" * 500 + "</p>",
         )
-        channel.basic_publish(topology.exchange, "email.requested", json.dumps(event.to_dict()).encode(),
-                              pika.BasicProperties(message_id=event.event_id, delivery_mode=2))
+        channel.basic_publish(
+            topology.exchange,
+            "email.requested",
+            json.dumps(event.to_dict()).encode(),
+            pika.BasicProperties(message_id=event.event_id, delivery_mode=2),
+        )
     conn.close()
 
 
@@ -74,11 +85,18 @@ def run(topology, *, emails: int, recipients: int, fake_url: str, args) -> tuple
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE sender_delivery, sender_provider_pause, outbox CASCADE")
     fill_queue(topology, emails, recipients)
-    env = os.environ | {"SENDGRID_HOST": fake_url, "SENDGRID_API_KEY": "SG.fake-key",
-                        "SENDER_CONCURRENCY": str(args.concurrency), "SENDER_PREFETCH": str(args.prefetch),
-                        "SENDER_DB_POOL_SIZE": str(args.pool), "LOG_LEVEL": "WARNING", "LOG_JSON": "true"}
-    sender = subprocess.Popen([sys.executable, "-m", "sender", "run", "--http-host", "127.0.0.1",
-                               "--http-port", "9312"], cwd=ROOT, env=env)
+    env = os.environ | {
+        "SENDGRID_HOST": fake_url,
+        "SENDGRID_API_KEY": "SG.fake-key",
+        "SENDER_CONCURRENCY": str(args.concurrency),
+        "SENDER_PREFETCH": str(args.prefetch),
+        "SENDER_DB_POOL_SIZE": str(args.pool),
+        "LOG_LEVEL": "WARNING",
+        "LOG_JSON": "true",
+    }
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "sender", "run", "--http-host", "127.0.0.1", "--http-port", "9312"], cwd=ROOT, env=env
+    )
     wait_http("http://127.0.0.1:9312/readyz")
     started, cpu_before = time.perf_counter(), cpu_seconds(sender.pid)
     total = emails * recipients
@@ -115,22 +133,33 @@ def main() -> None:
     topology = topology_from_settings()
     declare(topology)
     fake_env = os.environ | {"FAKE_SENDGRID_LATENCY_MS": str(args.latency_ms)}
-    fake = subprocess.Popen([sys.executable, "-m", "sender.fake_sendgrid", "--port", "8311"], cwd=ROOT,
-                            env=fake_env, stdout=subprocess.DEVNULL)
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "sender.fake_sendgrid", "--port", "8311"],
+        cwd=ROOT,
+        env=fake_env,
+        stdout=subprocess.DEVNULL,
+    )
     fake_url = "http://127.0.0.1:8311"
     try:
         wait_http(f"{fake_url}/_stats")
         emails_s, _, cpu_single = run(topology, emails=args.single, recipients=1, fake_url=fake_url, args=args)
-        print(f"1 recipient/email:    {emails_s:,.0f} emails/s, {cpu_single * 1000:.2f} ms sender CPU per email "
-              f"({args.single} emails, {args.latency_ms} ms provider latency, {args.concurrency} threads)")
-        bulk_emails_s, recipients_s, cpu_bulk = run(topology, emails=args.bulk, recipients=100, fake_url=fake_url,
-                                                     args=args)
-        print(f"100 recipients/email: {recipients_s:,.0f} recipients/s ({bulk_emails_s:,.1f} emails/s), "
-              f"{cpu_bulk * 1000:.2f} ms sender CPU per email")
+        print(
+            f"1 recipient/email:    {emails_s:,.0f} emails/s, {cpu_single * 1000:.2f} ms sender CPU per email "
+            f"({args.single} emails, {args.latency_ms} ms provider latency, {args.concurrency} threads)"
+        )
+        bulk_emails_s, recipients_s, cpu_bulk = run(
+            topology, emails=args.bulk, recipients=100, fake_url=fake_url, args=args
+        )
+        print(
+            f"100 recipients/email: {recipients_s:,.0f} recipients/s ({bulk_emails_s:,.1f} emails/s), "
+            f"{cpu_bulk * 1000:.2f} ms sender CPU per email"
+        )
         stats = json.loads(urllib.request.urlopen(f"{fake_url}/_stats").read())
-        print(f"SUMMARY latency_ms={args.latency_ms} single_emails_s={emails_s:.0f} "
-              f"bulk_recipients_s={recipients_s:.0f} cpu_ms_per_single_email={cpu_single * 1000:.2f} "
-              f"cpu_ms_per_bulk_email={cpu_bulk * 1000:.2f} fake_calls={stats.get('messages')}")
+        print(
+            f"SUMMARY latency_ms={args.latency_ms} single_emails_s={emails_s:.0f} "
+            f"bulk_recipients_s={recipients_s:.0f} cpu_ms_per_single_email={cpu_single * 1000:.2f} "
+            f"cpu_ms_per_bulk_email={cpu_bulk * 1000:.2f} fake_calls={stats.get('messages')}"
+        )
     finally:
         fake.terminate()
         fake.wait(timeout=10)

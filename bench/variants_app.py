@@ -49,16 +49,32 @@ class SyncPublishApi(APIView):
         subject, body = services._render(template, data.validated_data["context"])
         with transaction.atomic():
             email = SentEmail.objects.create(
-                sender=request.user, template=template, template_name=template.name,
-                from_email=settings.DEFAULT_FROM_EMAIL, subject=subject, body=body,
-                context=data.validated_data["context"], correlation_id=request.correlation_id,
-                created=timezone.now())
+                sender=request.user,
+                template=template,
+                template_name=template.name,
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                subject=subject,
+                body=body,
+                context=data.validated_data["context"],
+                correlation_id=request.correlation_id,
+                created=timezone.now(),
+            )
             SentEmailRecipient.objects.bulk_create(SentEmailRecipient(email=email, address=a) for a in recipients)
         event_id = str(uuid.uuid4())
-        payload = {"type": "email.requested", "event_id": event_id, "email_id": email.pk,
-                   "recipients": recipients, "subject": subject, "body_html": body}
-        _channel().basic_publish(topology_from_settings().exchange, "bench.sync", json.dumps(payload).encode(),
-                                 pika.BasicProperties(message_id=event_id, delivery_mode=2))
+        payload = {
+            "type": "email.requested",
+            "event_id": event_id,
+            "email_id": email.pk,
+            "recipients": recipients,
+            "subject": subject,
+            "body_html": body,
+        }
+        _channel().basic_publish(
+            topology_from_settings().exchange,
+            "bench.sync",
+            json.dumps(payload).encode(),
+            pika.BasicProperties(message_id=event_id, delivery_mode=2),
+        )
         return Response({"message": services.SEND_ACCEPTED_MESSAGE, "id": email.pk}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -70,11 +86,19 @@ class BareInsertApi(APIView):
         owner = getattr(_local, "owner", None) or User.objects.order_by("pk").first()
         _local.owner = owner
         with transaction.atomic():
-            email = SentEmail.objects.create(sender=owner, template_name="bare", from_email="f@example.com",
-                                             subject="s", body="b", context={}, correlation_id="bare",
-                                             created=timezone.now())
+            email = SentEmail.objects.create(
+                sender=owner,
+                template_name="bare",
+                from_email="f@example.com",
+                subject="s",
+                body="b",
+                context={},
+                correlation_id="bare",
+                created=timezone.now(),
+            )
             SentEmailRecipient.objects.bulk_create(
-                SentEmailRecipient(email=email, address=a) for a in request.data["recipients"])
+                SentEmailRecipient(email=email, address=a) for a in request.data["recipients"]
+            )
         return Response({"id": email.pk}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -38,12 +38,14 @@ DATABASES = {"default": {**_default, "OPTIONS": {**_default["OPTIONS"], "applica
 # the command API's own port only the first answers). Swagger UI lists several schemas only in
 # its standalone layout, whose preset is a JavaScript object: drf-spectacular passes a string
 # setting to the page unchanged, as JavaScript.
-schemas = json.dumps([
-    {"name": "Command API: users, templates, sending, ops, webhooks", "url": "/api/schema/"},
-    {"name": "Query API: the sent-email log", "url": "/api/schema/sent-email-log/"},
-])
+schemas = json.dumps(
+    [
+        {"name": "Command API: users, templates, sending, ops, webhooks", "url": "/api/schema/"},
+        {"name": "Query API: the sent-email log", "url": "/api/schema/sent-email-log/"},
+    ]
+)
 SPECTACULAR_SETTINGS = {
     **SPECTACULAR_SETTINGS,  # noqa: F405
     "SWAGGER_UI_SETTINGS": f'{{"deepLinking": true, "urls": {schemas}, "layout": "StandaloneLayout", '
-                           '"presets": [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset]}',
+    '"presets": [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset]}',
 }

@@ -19,8 +19,9 @@ def add_http_options(parser: argparse.ArgumentParser, *, env: str, port_note: st
     """--http-host (default $<env>_HTTP_HOST, else every interface) and --http-port (default the
     setting <env>_HTTP_PORT, read once Django is set up; 0: no server)."""
     parser.add_argument("--http-host", default=os.environ.get(f"{env}_HTTP_HOST", "0.0.0.0"))
-    parser.add_argument("--http-port", type=cli.port, default=None,
-                        help=f"probes and /metrics (default {env}_HTTP_PORT{port_note})")
+    parser.add_argument(
+        "--http-port", type=cli.port, default=None, help=f"probes and /metrics (default {env}_HTTP_PORT{port_note})"
+    )
     parser.set_defaults(http_port_setting=f"{env}_HTTP_PORT")
 
 

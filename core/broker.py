@@ -45,8 +45,12 @@ CONSUMERS: tuple[ConsumerQueue, ...] = (
         retry_delays_ms=(1_000, 10_000, 60_000, 300_000),
     ),
     # The provider's reports, for the sender to settle deliveries in doubt without resending.
-    ConsumerQueue(role="sender-receipts", routing_keys=("email.delivery_statuses", "email.delivery_status"),
-                  delivery_limit=5, retry_delays_ms=(5_000,)),
+    ConsumerQueue(
+        role="sender-receipts",
+        routing_keys=("email.delivery_statuses", "email.delivery_status"),
+        delivery_limit=5,
+        retry_delays_ms=(5_000,),
+    ),
     ConsumerQueue(role="projector", routing_keys=("email.#",), delivery_limit=5),
 )
 
@@ -101,9 +105,7 @@ def declarations(topology: Topology) -> list[tuple[str, dict]]:
         work = topology.queue(consumer.role)
         dead = topology.dead_letter_queue(consumer.role)
         steps.append(("queue_declare", {"queue": dead, "durable": True, "arguments": _quorum_arguments()}))
-        steps.append(
-            ("queue_bind", {"queue": dead, "exchange": topology.dead_letter_exchange, "routing_key": work})
-        )
+        steps.append(("queue_bind", {"queue": dead, "exchange": topology.dead_letter_exchange, "routing_key": work}))
         steps.append(
             (
                 "queue_declare",
@@ -178,8 +180,10 @@ REFRESH_MAX = 5
 def last_delivery(properties, delivery_limit: int) -> bool:
     """Whether this delivery leaves the message one more at most, and it may be refreshed."""
     headers = properties.headers or {}
-    return (int(headers.get("x-delivery-count") or 0) >= max(1, delivery_limit - 1)
-            and int(headers.get("x-refreshes") or 0) < REFRESH_MAX)
+    return (
+        int(headers.get("x-delivery-count") or 0) >= max(1, delivery_limit - 1)
+        and int(headers.get("x-refreshes") or 0) < REFRESH_MAX
+    )
 
 
 def refresh(channel, queue: str, properties, body: bytes) -> None:
@@ -188,9 +192,14 @@ def refresh(channel, queue: str, properties, body: bytes) -> None:
     original only after this returns."""
     headers = {k: v for k, v in (properties.headers or {}).items() if k != "x-delivery-count"}
     headers["x-refreshes"] = int(headers.get("x-refreshes") or 0) + 1
-    copy = pika.BasicProperties(message_id=properties.message_id, type=properties.type,
-                                correlation_id=properties.correlation_id, content_type=properties.content_type,
-                                delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+    copy = pika.BasicProperties(
+        message_id=properties.message_id,
+        type=properties.type,
+        correlation_id=properties.correlation_id,
+        content_type=properties.content_type,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        headers=headers,
+    )
     channel.basic_publish("", queue, body, copy, mandatory=True)
 
 

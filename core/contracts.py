@@ -47,9 +47,7 @@ class Event:
         if data.get("type") != cls.TYPE:
             raise ContractError(f"expected type {cls.TYPE!r}, got {data.get('type')!r}")
         if data.get("schema_version") != cls.VERSION:
-            raise ContractError(
-                f"{cls.TYPE}: unsupported schema_version {data.get('schema_version')!r}"
-            )
+            raise ContractError(f"{cls.TYPE}: unsupported schema_version {data.get('schema_version')!r}")
         # Fields added later within a version have defaults, so older payloads still read.
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in required if name not in data]

@@ -37,8 +37,9 @@ def connect_kwargs(database: dict, *, application_name: str) -> dict:
     }
 
 
-def connect_postgres(database: dict, *, application_name: str,
-                     idle_in_transaction_ms: int) -> psycopg2.extensions.connection:
+def connect_postgres(
+    database: dict, *, application_name: str, idle_in_transaction_ms: int
+) -> psycopg2.extensions.connection:
     """A new connection (not autocommit) to a DATABASES entry. Postgres ends its session when it
     idles inside a transaction longer than `idle_in_transaction_ms` (0: never). May raise
     psycopg2.OperationalError."""

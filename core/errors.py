@@ -77,8 +77,9 @@ def exception_handler(exc, context):
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     if isinstance(exc, SuspiciousOperation):  # e.g. too many form fields: a malformed request
-        return Response({"message": f"The request is malformed: {exc}", "errors": {}},
-                        status=status.HTTP_400_BAD_REQUEST)
+        return Response(
+            {"message": f"The request is malformed: {exc}", "errors": {}}, status=status.HTTP_400_BAD_REQUEST
+        )
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is away (restarting, failing over) or gave up on the statement. Not the
         # client's fault and not a bug: the same request shortly will do. (A connection that broke
@@ -86,9 +87,15 @@ def exception_handler(exc, context):
         # retry of a send safe either way.)
         set_rollback()
         log.warning("database_unavailable", error=str(exc).strip()[:300])
-        return Response({"message": "The service is briefly unavailable: try again shortly (a send retried with "
-                                    "the same Idempotency-Key is never made twice).", "errors": {}},
-                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return Response(
+            {
+                "message": "The service is briefly unavailable: try again shortly (a send retried with "
+                "the same Idempotency-Key is never made twice).",
+                "errors": {},
+            },
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

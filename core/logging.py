@@ -4,7 +4,6 @@ Standard-library loggers (Django, gunicorn, pika) go through the same processors
 process writes has one format and carries the bound correlation id.
 """
 
-
 import structlog
 from structlog.typing import Processor
 
@@ -19,11 +18,7 @@ _shared_processors: list[Processor] = [
 
 def logging_config(*, json: bool, level: str) -> dict:
     """A dictConfig for Django's LOGGING setting that renders through structlog."""
-    renderer = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     return {
         "version": 1,
         "disable_existing_loggers": False,

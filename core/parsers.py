@@ -24,8 +24,12 @@ class JSONParser(DRFJSONParser):
         except UnicodeDecodeError as exc:
             raise ParseError(f"The body is not valid utf-8: byte {exc.start} cannot be decoded.") from None
         try:
-            data = json.loads(text, parse_constant=_refuse_constant, parse_int=OutOfRange.parse_int,
-                              parse_float=OutOfRange.parse_float)
+            data = json.loads(
+                text,
+                parse_constant=_refuse_constant,
+                parse_int=OutOfRange.parse_int,
+                parse_float=OutOfRange.parse_float,
+            )
         except RecursionError:
             depth = settings.REQUEST_MAX_JSON_DEPTH
             reason = f"It is nested deeper than {depth} levels."

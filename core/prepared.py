@@ -39,8 +39,9 @@ class Prepared:
             return f"${self.parameters.index(match.group(1)) + 1}"
 
         self._prepare = f"PREPARE {name} AS {_PARAMETER.sub(number, sql)}"
-        self._execute = f"EXECUTE {name} ({', '.join(['%s'] * len(self.parameters))})" if self.parameters \
-            else f"EXECUTE {name}"
+        self._execute = (
+            f"EXECUTE {name} ({', '.join(['%s'] * len(self.parameters))})" if self.parameters else f"EXECUTE {name}"
+        )
         # The psycopg2 connections it was prepared on. A connection object is one session (it never
         # reconnects), and a closed one drops out of the set when it is collected.
         self._sessions: weakref.WeakSet = weakref.WeakSet()

@@ -13,8 +13,16 @@ log = structlog.get_logger(__name__)
 CHUNK = 5000
 
 
-def prune(*, name: str, table: str, key: str, select_sql: str, params: dict, dry_run: bool = False,
-          progress: Callable[[int], object] | None = None) -> int:
+def prune(
+    *,
+    name: str,
+    table: str,
+    key: str,
+    select_sql: str,
+    params: dict,
+    dry_run: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> int:
     """Delete from `table` the rows whose `key` `select_sql` returns (it may return at most
     CHUNK at a time: the statement gets a LIMIT). `dry_run` counts them. Returns the count."""
     if dry_run:

@@ -166,9 +166,9 @@ def array_items(text: str) -> list[str] | None:
         elif value in "]}":
             depth -= 1
             if depth == 0:
-                items.append(stripped[start:token.start()])
+                items.append(stripped[start : token.start()])
         elif value == "," and depth == 1:
-            items.append(stripped[start:token.start()])
+            items.append(stripped[start : token.start()])
             start = token.end()
     return [item for item in items if item.strip()] if depth == 0 else None
 
@@ -193,5 +193,3 @@ def deep_path(text: str, *, max_depth: int) -> str:
             with contextlib.suppress(ValueError):  # not a key: nothing to name
                 frames[-1][1] = json.loads(value)  # a key (a string value is overwritten by the next key)
     return ".".join(printable_key(str(cursor)) for _, cursor in frames if cursor is not None) or "body"
-
-

@@ -58,6 +58,13 @@ class JSONObjectField(serializers.DictField):
             raise serializers.ValidationError({found[0]: [found[1]]})
         for key in value:
             if (problem := text_problem(key, single_line=True)) or len(key) > self.max_key_length:
-                raise serializers.ValidationError({printable_key(key): [
-                    f"Its name: {problem}" if problem else f"Names are at most {self.max_key_length} characters."]})
+                raise serializers.ValidationError(
+                    {
+                        printable_key(key): [
+                            f"Its name: {problem}"
+                            if problem
+                            else f"Names are at most {self.max_key_length} characters."
+                        ]
+                    }
+                )
         return value

@@ -1,8 +1,8 @@
 """The small HTTP server every worker runs for Kubernetes probes and Prometheus.
 
-    /healthz  200 while the worker's loop keeps turning (liveness)
-    /readyz   200 while it is connected to what it needs (readiness), 503 otherwise
-    /metrics  Prometheus text format
+/healthz  200 while the worker's loop keeps turning (liveness)
+/readyz   200 while it is connected to what it needs (readiness), 503 otherwise
+/metrics  Prometheus text format
 """
 
 import json

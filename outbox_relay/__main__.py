@@ -85,8 +85,12 @@ def command_run(args) -> int:
         confirm_timeout=settings.OUTBOX_CONFIRM_TIMEOUT_MS / 1000,
         crash_after_confirm=os.environ.get("OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM") == "1",
     )
-    return bootstrap.run_worker(args, lambda health: RelayWorker(
-        config, ConfirmingPublisher(url=config.broker_url, topology=topology_from_settings()), health))
+    return bootstrap.run_worker(
+        args,
+        lambda health: RelayWorker(
+            config, ConfirmingPublisher(url=config.broker_url, topology=topology_from_settings()), health
+        ),
+    )
 
 
 def command_status(args) -> int:
@@ -163,26 +167,36 @@ def command_redrive(args) -> int:
     from core.deliveries.services import RedriveSelection, deliveries_redrive, deliveries_select
     from core.errors import ApplicationError
 
-    selection = RedriveSelection(email_ids=tuple(args.email or ()), event_ids=tuple(args.event_id or ()),
-                                 states=tuple(args.state or ("failed", "held")), since=args.since, until=args.until)
+    selection = RedriveSelection(
+        email_ids=tuple(args.email or ()),
+        event_ids=tuple(args.event_id or ()),
+        states=tuple(args.state or ("failed", "held")),
+        since=args.since,
+        until=args.until,
+    )
     try:
         preview = deliveries_redrive(selection=selection, actor=args.actor, via="cli", dry_run=True)
     except ApplicationError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    print(f"{preview.retried + preview.settled} deliveries match {json.dumps(selection.describe())}: "
-          f"{preview.retried} to send again, {preview.settled} held that the provider reported on (to mark sent)")
+    print(
+        f"{preview.retried + preview.settled} deliveries match {json.dumps(selection.describe())}: "
+        f"{preview.retried} to send again, {preview.settled} held that the provider reported on (to mark sent)"
+    )
     for delivery in preview.sample:
         print(f"  email {delivery.email_id:<10} {delivery.recipient:40} {delivery.state:7} {delivery.last_error[:60]}")
     if args.dry_run or not preview.retried + preview.settled:
         print("dry run: nothing changed" if args.dry_run else "nothing to re-drive")
         return 0
     with tqdm(total=deliveries_select(selection).count(), unit="delivery", desc="re-drive", file=sys.stderr) as bar:
-        result = deliveries_redrive(selection=selection, actor=args.actor, via="cli", reason=args.reason,
-                                    progress=bar.update)
+        result = deliveries_redrive(
+            selection=selection, actor=args.actor, via="cli", reason=args.reason, progress=bar.update
+        )
     assert result.redrive is not None  # recorded by every re-drive but a dry run
-    print(f"re-drive #{result.redrive.pk} by {args.actor}: {result.retried} sent again, {result.settled} marked sent"
-          + (f", {result.unavailable} left (their request is gone)" if result.unavailable else ""))
+    print(
+        f"re-drive #{result.redrive.pk} by {args.actor}: {result.retried} sent again, {result.settled} marked sent"
+        + (f", {result.unavailable} left (their request is gone)" if result.unavailable else "")
+    )
     return 0
 
 
@@ -192,16 +206,26 @@ def command_dead_letters(args) -> int:
 
     if args.action == "list":
         rows = DeadLetter.objects.all() if args.all else DeadLetter.objects.filter(resolution__in=["parked", "failed"])
-        for record in rows[:args.limit]:
+        for record in rows[: args.limit]:
             row: dict[str, Any] = {
-                "id": record.pk, "received_at": record.received_at.isoformat(), "queue": record.queue,
-                "reason": record.reason, "deaths": record.deaths, "type": record.type,
-                "message_id": record.message_id, "email_id": record.email_id, "resolution": record.resolution,
-                "detail": record.detail}
-            print(json.dumps(row) if args.json else
-                  f"#{row['id']:<6} {row['received_at'][:19]}  {row['queue']:28} {row['reason']:15} "
-                  f"{row['type'] or '-':24} email {row['email_id'] or '-':<8} {row['resolution']:9} "
-                  f"{row['detail'][:60]}")
+                "id": record.pk,
+                "received_at": record.received_at.isoformat(),
+                "queue": record.queue,
+                "reason": record.reason,
+                "deaths": record.deaths,
+                "type": record.type,
+                "message_id": record.message_id,
+                "email_id": record.email_id,
+                "resolution": record.resolution,
+                "detail": record.detail,
+            }
+            print(
+                json.dumps(row)
+                if args.json
+                else f"#{row['id']:<6} {row['received_at'][:19]}  {row['queue']:28} {row['reason']:15} "
+                f"{row['type'] or '-':24} email {row['email_id'] or '-':<8} {row['resolution']:9} "
+                f"{row['detail'][:60]}"
+            )
         return 0
     if not args.id:
         print("error: name the dead letters with --id", file=sys.stderr)
@@ -218,8 +242,9 @@ def command_dead_letters(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m outbox_relay", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="python -m outbox_relay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     verbs = root.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = verbs.add_parser("run", help="relay the outbox to RabbitMQ until SIGTERM")
@@ -250,17 +275,26 @@ def parser() -> argparse.ArgumentParser:
     filters(replay, for_list=False)
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
     replay.add_argument("--reason", type=cli.text(1000), default="", help="recorded with the replay")
-    replay.add_argument("--actor", type=cli.line(150), default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
-                        help="who replays (default $OPS_ACTOR or the login name)")
+    replay.add_argument(
+        "--actor",
+        type=cli.line(150),
+        default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
+        help="who replays (default $OPS_ACTOR or the login name)",
+    )
     replay.set_defaults(func=command_replay)
 
-    actor = dict(type=cli.line(150), default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
-                 help="who does it (default $OPS_ACTOR or the login name)")
+    actor = dict(
+        type=cli.line(150),
+        default=os.environ.get("OPS_ACTOR") or getpass.getuser(),
+        help="who does it (default $OPS_ACTOR or the login name)",
+    )
     redrive = verbs.add_parser("redrive", help="send failed or held deliveries again")
-    redrive.add_argument("--email", action="append", type=cli.integer(1, 2**63 - 1), metavar="ID",
-                         help="an email id (repeatable)")
-    redrive.add_argument("--event-id", action="append", type=cli.event_id, metavar="ID",
-                         help="a request's event id (repeatable)")
+    redrive.add_argument(
+        "--email", action="append", type=cli.integer(1, 2**63 - 1), metavar="ID", help="an email id (repeatable)"
+    )
+    redrive.add_argument(
+        "--event-id", action="append", type=cli.event_id, metavar="ID", help="a request's event id (repeatable)"
+    )
     redrive.add_argument("--state", action="append", choices=["failed", "held"], help="default: both")
     redrive.add_argument("--since", type=cli.moment, metavar="TIME", help="last changed at or after (ISO 8601)")
     redrive.add_argument("--until", type=cli.moment, metavar="TIME", help="last changed at or before (ISO 8601)")
@@ -281,8 +315,9 @@ def parser() -> argparse.ArgumentParser:
     dead.set_defaults(func=command_dead_letters)
 
     purge = verbs.add_parser("purge", help="delete published rows older than the retention period")
-    purge.add_argument("--older-than-days", type=cli.integer(0, 36_500), default=None,
-                       help="default OUTBOX_RETENTION_DAYS")
+    purge.add_argument(
+        "--older-than-days", type=cli.integer(0, 36_500), default=None, help="default OUTBOX_RETENTION_DAYS"
+    )
     purge.add_argument("--dry-run", action="store_true")
     purge.set_defaults(func=command_purge)
     return root

@@ -204,9 +204,9 @@ class ConfirmingPublisher:
         batch = self._batch
         if batch is None:
             return
-        tags = [tag for tag in self._pending if tag <= method.delivery_tag] if method.multiple else [
-            method.delivery_tag
-        ]
+        tags = (
+            [tag for tag in self._pending if tag <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        )
         for tag in tags:
             message_id = self._pending.pop(tag, None)
             if message_id is None:
@@ -222,6 +222,7 @@ class ConfirmingPublisher:
 
     def wait(self, fds: list[int], timeout: float) -> None:
         """Run the ioloop (answering heartbeats) until one of `fds` is readable or `timeout`."""
+
         def wake(fd, events):
             self._ioloop.stop()
 

@@ -55,8 +55,11 @@ DB_STATEMENTS = Counter("outbox_relay_db_statements_total", "Statements sent to 
 BACKLOG = Gauge("outbox_backlog", "Unpublished rows that are due")
 OLDEST_AGE = Gauge("outbox_oldest_unpublished_age_seconds", "How long the oldest due row has waited")
 DEAD_ROWS = Gauge("outbox_dead_rows", "Rows the broker refused, waiting for ops to replay them")
-STATS_UPDATED = Gauge("outbox_stats_updated_timestamp_seconds", "When the outbox gauges were last read from Postgres: "
-                      "they are stale when this is old (the relay cannot reach Postgres)")
+STATS_UPDATED = Gauge(
+    "outbox_stats_updated_timestamp_seconds",
+    "When the outbox gauges were last read from Postgres: "
+    "they are stale when this is old (the relay cannot reach Postgres)",
+)
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,14 @@ def _fail_requests(cursor, rows, dead: dict[str, str], notify_channel: str | Non
                 request = EmailRequested.from_dict(json.loads(payload))
             except (ValueError, ContractError):
                 continue  # not ours to read: dead, for ops
-            fail_request(cursor, request, reason=dead[str(event_id)], provider="broker",
-                         notify_channel=notify_channel, permanent=True)
+            fail_request(
+                cursor,
+                request,
+                reason=dead[str(event_id)],
+                provider="broker",
+                notify_channel=notify_channel,
+                permanent=True,
+            )
             statements += 1
     return statements
 

@@ -21,10 +21,18 @@ def command_project(args) -> int:
     from core.broker import topology_from_settings
     from query_api.projector import ProjectorWorker
 
-    return bootstrap.run_worker(args, lambda health: ProjectorWorker(
-        broker_url=settings.RABBITMQ_URL, topology=topology_from_settings(), database=settings.DATABASES["default"],
-        health=health, batch_size=settings.PROJECTOR_BATCH_SIZE, batch_wait=settings.PROJECTOR_BATCH_WAIT_MS / 1000,
-        stuck_after=settings.EMAIL_STUCK_AFTER_SECONDS))
+    return bootstrap.run_worker(
+        args,
+        lambda health: ProjectorWorker(
+            broker_url=settings.RABBITMQ_URL,
+            topology=topology_from_settings(),
+            database=settings.DATABASES["default"],
+            health=health,
+            batch_size=settings.PROJECTOR_BATCH_SIZE,
+            batch_wait=settings.PROJECTOR_BATCH_WAIT_MS / 1000,
+            stuck_after=settings.EMAIL_STUCK_AFTER_SECONDS,
+        ),
+    )
 
 
 def command_rebuild(args) -> int:
@@ -33,13 +41,16 @@ def command_rebuild(args) -> int:
     from query_api.rebuild import read_model_rebuild
 
     with tqdm(unit="email", desc="rebuild", file=sys.stderr) as bar:
+
         def progress(done, total):
             bar.total = total
             bar.update(done - bar.n)
 
         result = read_model_rebuild(progress=progress)
-    print(f"rebuilt the read table: {result.emails} emails, {result.caught_up} caught up during the swap, "
-          f"in {result.seconds:.1f}s")
+    print(
+        f"rebuilt the read table: {result.emails} emails, {result.caught_up} caught up during the swap, "
+        f"in {result.seconds:.1f}s"
+    )
     return 0
 
 
@@ -49,15 +60,26 @@ def command_reconcile(args) -> int:
     from query_api.rebuild import read_model_reconcile
 
     report = read_model_reconcile(repair=args.repair, limit=args.limit)
-    print(json.dumps({"missing": len(report.missing), "behind": len(report.behind), "repaired": report.repaired,
-                      "stuck": len(report.stuck), "rearmed": len(report.rearmed),
-                      "examples": (report.missing + report.behind)[:20], "stuck_examples": report.stuck[:20]}))
+    print(
+        json.dumps(
+            {
+                "missing": len(report.missing),
+                "behind": len(report.behind),
+                "repaired": report.repaired,
+                "stuck": len(report.stuck),
+                "rearmed": len(report.rearmed),
+                "examples": (report.missing + report.behind)[:20],
+                "stuck_examples": report.stuck[:20],
+            }
+        )
+    )
     return 0 if args.repair or not (report.missing or report.behind or report.stuck) else 1
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m query_api", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m query_api", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     project = verbs.add_parser("project", help="apply events to the read table until SIGTERM")
     bootstrap.add_http_options(project, env="PROJECTOR")
@@ -66,8 +88,9 @@ def parser() -> argparse.ArgumentParser:
     rebuild.set_defaults(func=command_rebuild)
     reconcile = verbs.add_parser("reconcile", help="find (and mend) read rows missing or behind")
     reconcile.add_argument("--repair", action="store_true")
-    reconcile.add_argument("--limit", type=cli.integer(1, 10_000_000), default=10_000,
-                           help="at most this many emails per run")
+    reconcile.add_argument(
+        "--limit", type=cli.integer(1, 10_000_000), default=10_000, help="at most this many emails per run"
+    )
     reconcile.set_defaults(func=command_reconcile)
     return parser
 

@@ -111,8 +111,9 @@ class SentEmailListApi(APIView):
         parameters=[
             OpenApiParameter("recipient", str, many=True, description="Repeatable: emails to any of these."),
             OpenApiParameter("start_time", str, description="ISO 8601 date or date-time, inclusive."),
-            OpenApiParameter("end_time", str,
-                             description="ISO 8601 date or date-time, inclusive (a date: the whole day)."),
+            OpenApiParameter(
+                "end_time", str, description="ISO 8601 date or date-time, inclusive (a date: the whole day)."
+            ),
             OpenApiParameter("status", str, many=True, enum=OVERALL),
             OpenApiParameter("template", int, many=True),
             OpenApiParameter("page_size", int),
@@ -139,7 +140,11 @@ class SentEmailListApi(APIView):
         if len(recipients) > 100:
             raise field_error("recipient", "At most 100 recipients per query.")
         rows = selectors.sent_email_log_list(
-            owner_id=request.user.pk, recipients=recipients, start=start, end=end, statuses=statuses,
+            owner_id=request.user.pk,
+            recipients=recipients,
+            start=start,
+            end=end,
+            statuses=statuses,
             template_ids=templates,
         )
         paginator = LogPagination()

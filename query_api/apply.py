@@ -32,8 +32,19 @@ log = structlog.get_logger(__name__)
 APPLIED = Counter("projector_events_applied_total", "Events applied to the read table")
 SKIPPED = Counter("projector_events_skipped_total", "Events skipped as already processed")
 
-COLUMNS = ("id", "owner_id", "from_email", "template_id", "template_name", "subject", "created",
-           "recipients", "recipient_status", "status", "last_event_at")
+COLUMNS = (
+    "id",
+    "owner_id",
+    "from_email",
+    "template_id",
+    "template_name",
+    "subject",
+    "created",
+    "recipients",
+    "recipient_status",
+    "status",
+    "last_event_at",
+)
 
 MARK_PROCESSED_SQL = """
     INSERT INTO read_processed_event (event_id, processed_at)
@@ -70,8 +81,15 @@ def unbatched(event: Event) -> Sequence[EmailEvent]:
 
 def history_entry(email_id: int, change: Change, *, derived: bool = False) -> dict:
     """The history row of `change` to email `email_id`; a derived one (the rebuild's) has no event id."""
-    return {"email_id": email_id, "event_id": None if derived else change.event_id, "type": change.type,
-            "recipient": change.recipient, "status": change.status, "at": change.at, "detail": change.detail[:1000]}
+    return {
+        "email_id": email_id,
+        "event_id": None if derived else change.event_id,
+        "type": change.type,
+        "recipient": change.recipient,
+        "status": change.status,
+        "at": change.at,
+        "detail": change.detail[:1000],
+    }
 
 
 def write_history(cursor, history: list[dict], *, table: str = "read_sent_email_event") -> None:
@@ -79,9 +97,11 @@ def write_history(cursor, history: list[dict], *, table: str = "read_sent_email_
     rebuild fills. The one writer of the history: the projector and the rebuild both call it."""
     if history:
         columns = ", ".join(HISTORY_COLUMNS)
-        cursor.execute(f"""INSERT INTO {table} ({columns})
+        cursor.execute(
+            f"""INSERT INTO {table} ({columns})
                            SELECT {columns} FROM json_populate_recordset(NULL::read_sent_email_event, %s)""",
-                       [json.dumps(history)])
+            [json.dumps(history)],
+        )
 
 
 def _row_from_db(values) -> Row:
@@ -112,8 +132,11 @@ def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
                 cursor.execute(ENSURE_ROWS_SQL, [email_ids])
                 cursor.execute(LOCK_ROWS_SQL, [email_ids])
                 rows = {values[0]: _row_from_db(values) for values in cursor.fetchall()}
-                history = [history_entry(event.email_id, change)
-                           for event in fresh for change in apply(rows[event.email_id], event)]
+                history = [
+                    history_entry(event.email_id, change)
+                    for event in fresh
+                    for change in apply(rows[event.email_id], event)
+                ]
                 cursor.execute(WRITE_ROWS_SQL, [json.dumps([vars(r) for r in rows.values()])])
                 write_history(cursor, history)
         conn.commit()

@@ -19,9 +19,7 @@ class SentEmailLog(models.Model):
     subject = models.CharField(max_length=998, blank=True, default="")
     created = models.DateTimeField(null=True)
     recipients = ArrayField(models.CharField(max_length=254), default=list, help_text="Lower-cased.")
-    recipient_status = models.JSONField(
-        default=dict, help_text="address -> {status, at, provider_message_id, reason}"
-    )
+    recipient_status = models.JSONField(default=dict, help_text="address -> {status, at, provider_message_id, reason}")
     status = models.CharField(max_length=24, default="queued")
     last_event_at = models.DateTimeField(null=True)
 
@@ -33,8 +31,9 @@ class SentEmailLog(models.Model):
             models.Index(fields=["owner_id", "template_id", "-created"], name="read_owner_template_idx"),
             GinIndex(fields=["recipients"], name="read_recipients_gin"),
             # Emails not finished yet: few, and what reconcile and the stuck gauge look at.
-            models.Index(fields=["created"], name="read_unfinished_idx",
-                         condition=models.Q(status__in=["queued", "sending"])),
+            models.Index(
+                fields=["created"], name="read_unfinished_idx", condition=models.Q(status__in=["queued", "sending"])
+            ),
         ]
 
     def __str__(self) -> str:

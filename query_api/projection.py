@@ -128,8 +128,14 @@ def apply(row: Row, event: Event) -> list[Change]:
                 record(recipient, "failed", event.occurred_at, event.reason)
     elif isinstance(event, EmailDeliveryStatus):
         recipient = event.recipient.lower()
-        if event.status in RANK and _advance(row, recipient, event.status, event.reported_at,
-                                             provider_message_id=event.provider_message_id, reason=event.reason):
+        if event.status in RANK and _advance(
+            row,
+            recipient,
+            event.status,
+            event.reported_at,
+            provider_message_id=event.provider_message_id,
+            reason=event.reason,
+        ):
             record(recipient, event.status, event.reported_at, event.reason)
     else:
         return changes

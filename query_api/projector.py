@@ -30,12 +30,17 @@ log = structlog.get_logger(__name__)
 
 
 DEAD = Counter("projector_events_dead_lettered_total", "Events sent to the dead-letter queue")
-BATCH_SECONDS = Histogram("projector_batch_seconds", "One batch transaction",
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-REFRESHED = Counter("projector_messages_refreshed_total", "Messages published afresh on their last delivery "
-                    "before the queue's limit")
-UNFINISHED = Gauge("emails_unfinished", "Emails not finished (a recipient neither sent nor failed) "
-                   "EMAIL_STUCK_AFTER_SECONDS after they were accepted, as the read model sees them")
+BATCH_SECONDS = Histogram(
+    "projector_batch_seconds", "One batch transaction", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+)
+REFRESHED = Counter(
+    "projector_messages_refreshed_total", "Messages published afresh on their last delivery before the queue's limit"
+)
+UNFINISHED = Gauge(
+    "emails_unfinished",
+    "Emails not finished (a recipient neither sent nor failed) "
+    "EMAIL_STUCK_AFTER_SECONDS after they were accepted, as the read model sees them",
+)
 UNFINISHED_SQL = """
     SELECT count(*) FROM read_sent_email
      WHERE status IN ('queued', 'sending') AND created < now() - %s * interval '1 second'
@@ -45,9 +50,18 @@ UNFINISHED_SQL = """
 class ProjectorWorker(ReconnectingWorker):
     name = "projector"
 
-    def __init__(self, *, broker_url: str, topology: Topology, database: dict, health,
-                 batch_size: int = 100, batch_wait: float = 0.05, stuck_after: float = 900,
-                 stats_interval: float = 5.0):
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        topology: Topology,
+        database: dict,
+        health,
+        batch_size: int = 100,
+        batch_wait: float = 0.05,
+        stuck_after: float = 900,
+        stats_interval: float = 5.0,
+    ):
         super().__init__(health)
         self.broker_url, self.topology, self.database = broker_url, topology, database
         self.batch_size, self.batch_wait = batch_size, batch_wait
@@ -64,8 +78,7 @@ class ProjectorWorker(ReconnectingWorker):
 
     def open_postgres(self) -> None:
         if self._conn is None or self._conn.closed:
-            self._conn = connect_postgres(self.database, application_name="projector",
-                                          idle_in_transaction_ms=60_000)
+            self._conn = connect_postgres(self.database, application_name="projector", idle_in_transaction_ms=60_000)
 
     def open_broker(self) -> None:
         self._amqp = amqp = pika.BlockingConnection(connection_parameters(self.broker_url, name="projector"))
@@ -100,8 +113,12 @@ class ProjectorWorker(ReconnectingWorker):
         """An event the projector could not apply (or read): kept for ops; the read model may lag
         for its email until reconcile mends it from the write side."""
         with self._db.cursor() as cursor:
-            park(cursor, message, detail="the projector could not apply it; reconcile mends the read model",
-                 resolved_by="projector")
+            park(
+                cursor,
+                message,
+                detail="the projector could not apply it; reconcile mends the read model",
+                resolved_by="projector",
+            )
         self._db.commit()
 
     def _consume(self, amqp: pika.BlockingConnection, channel: BlockingChannel) -> None:
@@ -186,7 +203,6 @@ class ProjectorWorker(ReconnectingWorker):
                     raise
                 except psycopg2.Error as single:
                     DEAD.inc()
-                    log.error("event_dead_lettered", event_id=event.event_id, type=event.TYPE,
-                              error=str(single)[:300])
+                    log.error("event_dead_lettered", event_id=event.event_id, type=event.TYPE, error=str(single)[:300])
                     channel.basic_reject(tag, requeue=False)
         BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -76,10 +76,22 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
     events: dict[int, list] = defaultdict(list)
     cursor.execute(EMAILS_SQL, [email_ids])
     for email_id, owner, from_email, template_id, template_name, subject, created, recipients in cursor.fetchall():
-        events[email_id].append(EmailRequested(
-            event_id=f"rebuild-requested-{email_id}", correlation_id="rebuild", occurred_at=_iso(created),
-            email_id=email_id, owner_id=owner, template_id=template_id, from_email=from_email, reply_to=None,
-            recipients=tuple(recipients), subject=subject, body_html="", template_name=template_name))
+        events[email_id].append(
+            EmailRequested(
+                event_id=f"rebuild-requested-{email_id}",
+                correlation_id="rebuild",
+                occurred_at=_iso(created),
+                email_id=email_id,
+                owner_id=owner,
+                template_id=template_id,
+                from_email=from_email,
+                reply_to=None,
+                recipients=tuple(recipients),
+                subject=subject,
+                body_html="",
+                template_name=template_name,
+            )
+        )
     cursor.execute(DELIVERIES_SQL, [email_ids])
     grouped = defaultdict(list)
     for email_id, event_id, state, recipient, message_id, error, attempts, updated in cursor.fetchall():
@@ -88,20 +100,38 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
         recipients = tuple(r for r, _, _ in items)
         at = _iso(max(u for _, _, u in items))
         attempt = max(a for _, a, _ in items)
-        common = dict(event_id=f"rebuild-{state}-{email_id}-{message_id or error[:20]}", correlation_id="rebuild",
-                      occurred_at=at, email_id=email_id, request_event_id=request_id, recipients=recipients,
-                      provider="sendgrid", attempt=attempt)
+        common = dict(
+            event_id=f"rebuild-{state}-{email_id}-{message_id or error[:20]}",
+            correlation_id="rebuild",
+            occurred_at=at,
+            email_id=email_id,
+            request_event_id=request_id,
+            recipients=recipients,
+            provider="sendgrid",
+            attempt=attempt,
+        )
         if state == "sent":
             events[email_id].append(EmailSent(provider_message_id=message_id, **common))
         else:
             events[email_id].append(EmailFailed(reason=error, permanent=True, **common))
     cursor.execute(PROVIDER_EVENTS_SQL, [email_ids])
     for email_id, pid, request_id, recipient, status, message_id, reason, reported in cursor.fetchall():
-        events[email_id].append(EmailDeliveryStatus(
-            event_id=f"rebuild-provider-{pid}", correlation_id="rebuild", occurred_at=_iso(reported),
-            email_id=email_id, request_event_id=request_id, recipient=recipient, status=status,
-            provider="sendgrid", provider_event_id=pid, provider_message_id=message_id, reason=reason,
-            reported_at=_iso(reported)))
+        events[email_id].append(
+            EmailDeliveryStatus(
+                event_id=f"rebuild-provider-{pid}",
+                correlation_id="rebuild",
+                occurred_at=_iso(reported),
+                email_id=email_id,
+                request_event_id=request_id,
+                recipient=recipient,
+                status=status,
+                provider="sendgrid",
+                provider_event_id=pid,
+                provider_message_id=message_id,
+                reason=reason,
+                reported_at=_iso(reported),
+            )
+        )
     rows: dict[int, Row] = {}
     history: list[dict] = []
     for email_id, email_events in events.items():
@@ -113,8 +143,14 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
     return rows, history
 
 
-def _write(cursor, table: str, history_table: str, rows: dict[int, Row], history: list[dict],
-           only_new: AbstractSet[int] = frozenset()) -> int:
+def _write(
+    cursor,
+    table: str,
+    history_table: str,
+    rows: dict[int, Row],
+    history: list[dict],
+    only_new: AbstractSet[int] = frozenset(),
+) -> int:
     """Write `rows` and replace their history; a row of `only_new` is written only if no row of its
     id exists by then (another writer made it meanwhile: it stands). Returns the rows written."""
     if rows:
@@ -161,7 +197,7 @@ def read_model_rebuild(*, progress: Callable[[int, int], object] | None = None) 
         cursor.execute(ALL_EMAILS_SQL)
         ids = [row[0] for row in cursor.fetchall()]
         for start in range(0, len(ids), CHUNK):
-            chunk = ids[start:start + CHUNK]
+            chunk = ids[start : start + CHUNK]
             rows, history = build_rows(cursor, chunk)
             _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
             if progress:
@@ -171,15 +207,17 @@ def read_model_rebuild(*, progress: Callable[[int, int], object] | None = None) 
         cursor.execute(CHANGED_SQL, {"t": snapshot_at})
         changed = sorted(row[0] for row in cursor.fetchall())
         for start in range(0, len(changed), CHUNK):
-            rows, history = build_rows(cursor, changed[start:start + CHUNK])
+            rows, history = build_rows(cursor, changed[start : start + CHUNK])
             _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
         # Keep the live names of indexes and constraints, so migrations still find them.
         names = {}
         for table in ("read_sent_email", "read_sent_email_event"):
             old, new = _index_map(cursor, table), _index_map(cursor, f"{table}_new")
             names.update({new[key]: old[key] for key in old if key in new})
-        cursor.execute("SELECT pg_get_serial_sequence('read_sent_email_event', 'id'), "
-                       "pg_get_serial_sequence('read_sent_email_event_new', 'id')")
+        cursor.execute(
+            "SELECT pg_get_serial_sequence('read_sent_email_event', 'id'), "
+            "pg_get_serial_sequence('read_sent_email_event_new', 'id')"
+        )
         live_sequence, new_sequence = cursor.fetchone()
         cursor.execute("DROP TABLE read_sent_email, read_sent_email_event")
         cursor.execute("ALTER TABLE read_sent_email_new RENAME TO read_sent_email")
@@ -241,11 +279,15 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
         cursor.execute(CANDIDATES_SQL, {"grace": settings.RECONCILE_GRACE_SECONDS, "limit": limit})
         ids = sorted(row[0] for row in cursor.fetchall())
         for start in range(0, len(ids), CHUNK):
-            chunk = ids[start:start + CHUNK]
-            cursor.execute("SELECT id, recipient_status, owner_id FROM read_sent_email WHERE id = ANY(%s::bigint[]) "
-                           "ORDER BY id FOR UPDATE", [chunk])
-            actual = {row[0]: (json.loads(row[1]) if isinstance(row[1], str) else row[1], row[2])
-                      for row in cursor.fetchall()}
+            chunk = ids[start : start + CHUNK]
+            cursor.execute(
+                "SELECT id, recipient_status, owner_id FROM read_sent_email WHERE id = ANY(%s::bigint[]) "
+                "ORDER BY id FOR UPDATE",
+                [chunk],
+            )
+            actual = {
+                row[0]: (json.loads(row[1]) if isinstance(row[1], str) else row[1], row[2]) for row in cursor.fetchall()
+            }
             expected, _ = build_rows(cursor, chunk)
             missing, behind = [], []
             for email_id, row in expected.items():
@@ -253,8 +295,10 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
                     missing.append(email_id)
                     continue
                 have = actual[email_id][0]
-                if any(RANK[state["status"]] > RANK[have.get(r, {"status": "queued"})["status"]]
-                       for r, state in row.recipient_status.items()):
+                if any(
+                    RANK[state["status"]] > RANK[have.get(r, {"status": "queued"})["status"]]
+                    for r, state in row.recipient_status.items()
+                ):
                     behind.append(email_id)
             report.missing += missing
             report.behind += behind
@@ -263,22 +307,35 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
             report.stuck += [email_id for email_id, _ in stuck]
             if repair and (missing or behind):
                 rows, history = build_rows(cursor, missing + behind)
-                report.repaired += _write(cursor, "read_sent_email", "read_sent_email_event", rows, history,
-                                          only_new=set(missing))
+                report.repaired += _write(
+                    cursor, "read_sent_email", "read_sent_email_event", rows, history, only_new=set(missing)
+                )
             never_claimed = [str(email_id) for email_id, claimed in stuck if not claimed]
             if repair and never_claimed:
-                cursor.execute(REARM_PUBLISHED_REQUESTS_SQL, {"ids": never_claimed,
-                                                         "stuck": settings.EMAIL_STUCK_AFTER_SECONDS})
+                cursor.execute(
+                    REARM_PUBLISHED_REQUESTS_SQL, {"ids": never_claimed, "stuck": settings.EMAIL_STUCK_AFTER_SECONDS}
+                )
                 report.rearmed += [int(row[0]) for row in cursor.fetchall()]
     if report.stuck:
         log.warning("emails_stuck", count=len(report.stuck), examples=report.stuck[:20], rearmed=len(report.rearmed))
-    log.info("read_model_reconciled", missing=len(report.missing), behind=len(report.behind),
-             repaired=report.repaired, stuck=len(report.stuck), rearmed=len(report.rearmed))
+    log.info(
+        "read_model_reconciled",
+        missing=len(report.missing),
+        behind=len(report.behind),
+        repaired=report.repaired,
+        stuck=len(report.stuck),
+        rearmed=len(report.rearmed),
+    )
     return report
 
 
 def read_model_reconcile_scheduled() -> dict:
     """The django-q2 job: reconcile and repair; returns the counts (kept in the task result)."""
     report = read_model_reconcile(repair=True)
-    return {"missing": len(report.missing), "behind": len(report.behind), "repaired": report.repaired,
-            "stuck": len(report.stuck), "rearmed": len(report.rearmed)}
+    return {
+        "missing": len(report.missing),
+        "behind": len(report.behind),
+        "repaired": report.repaired,
+        "stuck": len(report.stuck),
+        "rearmed": len(report.rearmed),
+    }

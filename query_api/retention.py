@@ -16,9 +16,17 @@ _PRUNABLE = f"""
 """
 
 
-def processed_events_prune(*, older_than_days: int | None = None, dry_run: bool = False,
-                           progress: Callable[[int], object] | None = None) -> int:
+def processed_events_prune(
+    *, older_than_days: int | None = None, dry_run: bool = False, progress: Callable[[int], object] | None = None
+) -> int:
     """Delete processed-event ids nothing can bring back. Returns how many."""
     days = settings.PROCESSED_EVENT_RETENTION_DAYS if older_than_days is None else older_than_days
-    return prune(name="processed_events", table="read_processed_event", key="event_id", select_sql=_PRUNABLE,
-                 params={"days": days}, dry_run=dry_run, progress=progress)
+    return prune(
+        name="processed_events",
+        table="read_processed_event",
+        key="event_id",
+        select_sql=_PRUNABLE,
+        params={"days": days},
+        dry_run=dry_run,
+        progress=progress,
+    )

@@ -10,9 +10,15 @@ from django.shortcuts import get_object_or_404
 from query_api.models import SentEmailLog, SentEmailLogEvent
 
 
-def sent_email_log_list(*, owner_id: int, recipients: list[str] | None = None, start: datetime | None = None,
-                        end: datetime | None = None, statuses: list[str] | None = None,
-                        template_ids: list[int] | None = None) -> QuerySet[SentEmailLog]:
+def sent_email_log_list(
+    *,
+    owner_id: int,
+    recipients: list[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    statuses: list[str] | None = None,
+    template_ids: list[int] | None = None,
+) -> QuerySet[SentEmailLog]:
     """The owner's emails, newest first. `recipients`: any of them (case-insensitive);
     `start` inclusive, `end` exclusive."""
     rows = SentEmailLog.objects.filter(owner_id=owner_id)

@@ -12,8 +12,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(urlconf="query_api.urls"), name="schema"),
     # The same schema under a path of its own, which the gateway routes here: the docs page at the
     # one base URL (the command API's api/docs/) offers it next to the command API's schema.
-    path("api/schema/sent-email-log/", SpectacularAPIView.as_view(urlconf="query_api.urls"),
-         name="schema-sent-email-log"),
+    path(
+        "api/schema/sent-email-log/", SpectacularAPIView.as_view(urlconf="query_api.urls"), name="schema-sent-email-log"
+    ),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
 

@@ -21,37 +21,48 @@ def command_run(args) -> int:
     from sender.provider import SendGridProvider
 
     if not settings.SENDGRID_API_KEY:
-        print("SENDGRID_API_KEY is not set: the sender cannot send. Locally, bin/run starts the fake SendGrid "
-              "and sets it for you.", file=sys.stderr)
+        print(
+            "SENDGRID_API_KEY is not set: the sender cannot send. Locally, bin/run starts the fake SendGrid "
+            "and sets it for you.",
+            file=sys.stderr,
+        )
         return 2
-    return bootstrap.run_worker(args, lambda health: SenderWorker(
-        config=SenderWorkerConfig(
-            broker_url=settings.RABBITMQ_URL,
-            prefetch=settings.SENDER_PREFETCH,
-            concurrency=settings.SENDER_CONCURRENCY,
-            key_probe_seconds=settings.SENDER_KEY_PROBE_SECONDS,
-            shutdown_grace_seconds=settings.SENDER_SHUTDOWN_GRACE_SECONDS,
+    return bootstrap.run_worker(
+        args,
+        lambda health: SenderWorker(
+            config=SenderWorkerConfig(
+                broker_url=settings.RABBITMQ_URL,
+                prefetch=settings.SENDER_PREFETCH,
+                concurrency=settings.SENDER_CONCURRENCY,
+                key_probe_seconds=settings.SENDER_KEY_PROBE_SECONDS,
+                shutdown_grace_seconds=settings.SENDER_SHUTDOWN_GRACE_SECONDS,
+            ),
+            topology=topology_from_settings(),
+            provider=SendGridProvider(
+                api_key=settings.SENDGRID_API_KEY,
+                host=settings.SENDGRID_HOST,
+                timeout=settings.SENDGRID_TIMEOUT_SECONDS,
+            ),
+            store=DeliveryStore(
+                settings.DATABASES["default"],
+                pool_size=settings.SENDER_DB_POOL_SIZE,
+                notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
+            ),
+            policy=Policy(
+                schedule=settings.SENDER_RETRY_SCHEDULE,
+                lease_seconds=settings.SENDER_LEASE_SECONDS,
+                resend_in_doubt=settings.SENDER_UNKNOWN_OUTCOME == "retry",
+                in_doubt_grace=settings.SENDER_IN_DOUBT_GRACE_SECONDS,
+            ),
+            health=health,
         ),
-        topology=topology_from_settings(),
-        provider=SendGridProvider(api_key=settings.SENDGRID_API_KEY, host=settings.SENDGRID_HOST,
-                                  timeout=settings.SENDGRID_TIMEOUT_SECONDS),
-        store=DeliveryStore(
-            settings.DATABASES["default"], pool_size=settings.SENDER_DB_POOL_SIZE,
-            notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
-        ),
-        policy=Policy(
-            schedule=settings.SENDER_RETRY_SCHEDULE,
-            lease_seconds=settings.SENDER_LEASE_SECONDS,
-            resend_in_doubt=settings.SENDER_UNKNOWN_OUTCOME == "retry",
-            in_doubt_grace=settings.SENDER_IN_DOUBT_GRACE_SECONDS,
-        ),
-        health=health,
-    ))
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sender", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sender", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     run = verbs.add_parser("run", help="consume email.requested and deliver until SIGTERM")
     bootstrap.add_http_options(run, env="SENDER")

@@ -55,11 +55,16 @@ from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Decision, Policy, handle_
 log = structlog.get_logger(__name__)
 
 IN_FLIGHT = Gauge("sender_in_flight", "Messages being handled")
-QUEUE_LAG = Histogram("sender_queue_lag_seconds", "From the email's acceptance to a sender starting on it",
-                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+QUEUE_LAG = Histogram(
+    "sender_queue_lag_seconds",
+    "From the email's acceptance to a sender starting on it",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 PROVIDER_KEY_OK = Gauge("sender_provider_key_ok", "1 while the provider accepts our key")
-REFRESHED = Counter("sender_messages_refreshed_total", "Messages published afresh near the queue's delivery "
-                    "limit, before disconnects could dead-letter them")
+REFRESHED = Counter(
+    "sender_messages_refreshed_total",
+    "Messages published afresh near the queue's delivery limit, before disconnects could dead-letter them",
+)
 RECEIPTS = Counter("sender_provider_receipts_total", "Provider reports noted on deliveries")
 
 
@@ -92,9 +97,10 @@ class SenderWorker(ReconnectingWorker):
         self._channel: BlockingChannel | None = None
         self._consumer_tag: str | None = None
         self._receipts_tag: str | None = None
-        self._keeper = DeadLetterKeeper(queues=[topology.dead_letter_queue("sender"),
-                                                topology.dead_letter_queue("sender-receipts")],
-                                        keep=self._keep_dead_letter)
+        self._keeper = DeadLetterKeeper(
+            queues=[topology.dead_letter_queue("sender"), topology.dead_letter_queue("sender-receipts")],
+            keep=self._keep_dead_letter,
+        )
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="send")
         self._work: dict[int, tuple[Future, object, pika.BasicProperties, bytes, str]] = {}
         self._work_lock = threading.Lock()
@@ -219,8 +225,9 @@ class SenderWorker(ReconnectingWorker):
         with self._work_lock:
             waiting = [(tag, item) for tag, item in self._work.items() if item[0].cancel()]
         for tag, (_, channel, properties, body, role) in waiting:
-            self._retry_now(channel, tag, properties, body, Decision(RETRY, delay=0, reason="sender stopping"),
-                            role=role)
+            self._retry_now(
+                channel, tag, properties, body, Decision(RETRY, delay=0, reason="sender stopping"), role=role
+            )
         connection, _ = self._broker()
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
         while time.monotonic() < deadline:
@@ -237,8 +244,7 @@ class SenderWorker(ReconnectingWorker):
 
     def _handle(self, channel, tag: int, properties, body: bytes) -> None:
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            correlation_id=properties.correlation_id, event_id=properties.message_id)
+        structlog.contextvars.bind_contextvars(correlation_id=properties.correlation_id, event_id=properties.message_id)
         IN_FLIGHT.inc()
         try:
             try:
@@ -249,8 +255,13 @@ class SenderWorker(ReconnectingWorker):
                 return
             QUEUE_LAG.observe(max(0.0, time.time() - datetime.fromisoformat(event.occurred_at).timestamp()))
             try:
-                decision = handle_email_requested(event, provider=self.provider, store=self.store,
-                                                  policy=self.policy, key_rejected=self.key_rejected.is_set())
+                decision = handle_email_requested(
+                    event,
+                    provider=self.provider,
+                    store=self.store,
+                    policy=self.policy,
+                    key_rejected=self.key_rejected.is_set(),
+                )
                 self.outages.up("postgres")
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self.outages.down("postgres", exc)
@@ -285,15 +296,15 @@ class SenderWorker(ReconnectingWorker):
             return
         reason = f"dead-lettered ({message.reason}, {message.deaths} deliveries): it broke the sender every time"
         failed = self.store.fail_dead_request(request, reason=reason, provider=self.provider.name)
-        self.store.park_dead_letter(message, resolution="failed",
-                                    detail=f"{failed} recipients failed: {reason}; re-drive to send them again")
+        self.store.park_dead_letter(
+            message, resolution="failed", detail=f"{failed} recipients failed: {reason}; re-drive to send them again"
+        )
 
     def _handle_receipts(self, channel, tag: int, properties, body: bytes) -> None:
         """Note the provider's reports on the deliveries they name; ack. A report that cannot be
         read goes to the dead-letter queue; a database outage returns it later."""
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(correlation_id=properties.correlation_id,
-                                               event_id=properties.message_id)
+        structlog.contextvars.bind_contextvars(correlation_id=properties.correlation_id, event_id=properties.message_id)
         try:
             event = event_from_dict(json.loads(body))
             items: list[EmailDeliveryStatus] = []
@@ -306,16 +317,32 @@ class SenderWorker(ReconnectingWorker):
             self._later(channel, tag, lambda: channel.basic_reject(tag, requeue=False))
             return
         try:
-            noted = self.store.record_receipts([
-                {"event_id": item.request_event_id, "recipient": item.recipient,
-                 "message_id": item.provider_message_id.split(".", 1)[0], "reported_at": item.reported_at}
-                for item in items])
+            noted = self.store.record_receipts(
+                [
+                    {
+                        "event_id": item.request_event_id,
+                        "recipient": item.recipient,
+                        "message_id": item.provider_message_id.split(".", 1)[0],
+                        "reported_at": item.reported_at,
+                    }
+                    for item in items
+                ]
+            )
             self.outages.up("postgres")
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.outages.down("postgres", exc)
-            self._later(channel, tag, lambda: self._retry_now(
-                channel, tag, properties, body, Decision(RETRY, delay=5, reason="database unavailable"),
-                role="sender-receipts"))
+            self._later(
+                channel,
+                tag,
+                lambda: self._retry_now(
+                    channel,
+                    tag,
+                    properties,
+                    body,
+                    Decision(RETRY, delay=5, reason="database unavailable"),
+                    role="sender-receipts",
+                ),
+            )
             return
         except Exception:
             log.exception("receipts_handling_failed")
@@ -329,6 +356,7 @@ class SenderWorker(ReconnectingWorker):
     def _later(self, channel, tag: int, action) -> None:
         """Run `action` on the connection's thread, if the channel it came from is still open
         (after a reconnect the broker has requeued the message anyway)."""
+
         def run():
             with self._work_lock:
                 self._work.pop(tag, None)
@@ -341,8 +369,7 @@ class SenderWorker(ReconnectingWorker):
         with contextlib.suppress(AMQPError):
             connection.add_callback_threadsafe(run)
 
-    def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision,
-                   role: str = "sender") -> None:
+    def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision, role: str = "sender") -> None:
         """On the connection thread: publish the message to its delay queue, confirmed, then ack."""
         queue, ttl_ms = delay_route(self.topology, decision.delay, role)
         # A new message: the broker counts its deliveries afresh (a copied count would make it
@@ -351,9 +378,13 @@ class SenderWorker(ReconnectingWorker):
         headers["x-retries"] = int(headers.get("x-retries", 0)) + 1
         headers["x-retry-reason"] = decision.reason[:200]
         retry = pika.BasicProperties(
-            message_id=properties.message_id, type=properties.type, correlation_id=properties.correlation_id,
-            content_type=properties.content_type, delivery_mode=pika.DeliveryMode.Persistent,
-            headers=headers, expiration=str(ttl_ms),
+            message_id=properties.message_id,
+            type=properties.type,
+            correlation_id=properties.correlation_id,
+            content_type=properties.content_type,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            headers=headers,
+            expiration=str(ttl_ms),
         )
         try:
             channel.basic_publish("", queue, body, retry, mandatory=True)

@@ -138,12 +138,12 @@ def validate(body) -> list[dict]:
         return errors
     personalizations = body.get("personalizations")
     if not isinstance(personalizations, list) or not personalizations:
-        error("The personalizations field is required and must have at least one personalization.",
-              "personalizations")
+        error("The personalizations field is required and must have at least one personalization.", "personalizations")
         personalizations = []
     elif len(personalizations) > MAX_PERSONALIZATIONS:
-        error(f"You may not have more than {MAX_PERSONALIZATIONS} personalizations per API request.",
-              "personalizations")
+        error(
+            f"You may not have more than {MAX_PERSONALIZATIONS} personalizations per API request.", "personalizations"
+        )
     total = 0
     uses_template = bool(body.get("template_id"))
     global_subject = body.get("subject")
@@ -153,8 +153,11 @@ def validate(body) -> list[dict]:
             continue
         to = item.get("to")
         if not isinstance(to, list) or not to:
-            error("The to array is required for all personalization objects, and must have at least one "
-                  "email object with a valid email address.", f"personalizations.{i}.to")
+            error(
+                "The to array is required for all personalization objects, and must have at least one "
+                "email object with a valid email address.",
+                f"personalizations.{i}.to",
+            )
             to = []
         seen: set[str] = set()
         for kind in ("to", "cc", "bcc"):
@@ -165,19 +168,26 @@ def validate(body) -> list[dict]:
             for j, entry in enumerate(entries):
                 address = entry.get("email") if isinstance(entry, dict) else None
                 if not isinstance(address, str) or not _EMAIL.match(address):
-                    error(f"The {kind} email does not contain a valid address.",
-                          f"personalizations.{i}.{kind}.{j}.email")
+                    error(
+                        f"The {kind} email does not contain a valid address.", f"personalizations.{i}.{kind}.{j}.email"
+                    )
                     continue
                 total += 1
                 if address.lower() in seen:
-                    error("Each email address in the personalization block should be unique between to, cc, "
-                          "and bcc. We found the first duplicate instance of [" + address + "] in the "
-                          f"personalizations.{i}.{kind} field.", f"personalizations.{i}.{kind}.{j}.email")
+                    error(
+                        "Each email address in the personalization block should be unique between to, cc, "
+                        "and bcc. We found the first duplicate instance of [" + address + "] in the "
+                        f"personalizations.{i}.{kind} field.",
+                        f"personalizations.{i}.{kind}.{j}.email",
+                    )
                 seen.add(address.lower())
         subject = item.get("subject", global_subject)
         if not uses_template and (not isinstance(subject, str) or not subject):
-            error("The subject is required. You can get around this requirement if you use a template "
-                  "with a subject defined or if every personalization has a subject defined.", "subject")
+            error(
+                "The subject is required. You can get around this requirement if you use a template "
+                "with a subject defined or if every personalization has a subject defined.",
+                "subject",
+            )
         check_custom_args(item.get("custom_args", {}), f"personalizations.{i}.custom_args")
         if "send_at" in item and not _is_timestamp(item["send_at"]):
             error("The send_at parameter must be a unix timestamp.", f"personalizations.{i}.send_at")
@@ -185,17 +195,28 @@ def validate(body) -> list[dict]:
         error(f"The total number of recipients must be no more than {MAX_RECIPIENTS}.", "personalizations")
     sender = body.get("from")
     if not isinstance(sender, dict) or not isinstance(sender.get("email"), str) or not _EMAIL.match(sender["email"]):
-        error("The from object must be provided for every email send. It is an object that requires the "
-              "email parameter, but may also contain a name parameter.", "from.email")
+        error(
+            "The from object must be provided for every email send. It is an object that requires the "
+            "email parameter, but may also contain a name parameter.",
+            "from.email",
+        )
     content = body.get("content")
     if not uses_template:
         if not isinstance(content, list) or not content:
-            error("Unless a valid template_id is provided, the content parameter is required. There must be "
-                  "at least one defined content block.", "content")
+            error(
+                "Unless a valid template_id is provided, the content parameter is required. There must be "
+                "at least one defined content block.",
+                "content",
+            )
         else:
             for k, block in enumerate(content):
-                if not (isinstance(block, dict) and isinstance(block.get("type"), str) and block["type"]
-                        and isinstance(block.get("value"), str) and block["value"]):
+                if not (
+                    isinstance(block, dict)
+                    and isinstance(block.get("type"), str)
+                    and block["type"]
+                    and isinstance(block.get("value"), str)
+                    and block["value"]
+                ):
                     error("Each content block needs a type and a non-empty value.", f"content.{k}")
     check_custom_args(body.get("custom_args", {}), "custom_args")
     if "reply_to" in body and not _is_address(body["reply_to"]):
@@ -207,11 +228,16 @@ def validate(body) -> list[dict]:
         elif not isinstance(listed, list) or not all(map(_is_address, listed)):
             error("Each reply_to_list entry needs a valid email address.", "reply_to_list")
     categories = body.get("categories", [])
-    if not (isinstance(categories, list) and len(categories) <= MAX_CATEGORIES
-            and all(isinstance(c, str) and len(c) <= MAX_CATEGORY_LENGTH for c in categories)
-            and len(set(categories)) == len(categories)):
-        error(f"At most {MAX_CATEGORIES} unique categories of at most {MAX_CATEGORY_LENGTH} characters each.",
-              "categories")
+    if not (
+        isinstance(categories, list)
+        and len(categories) <= MAX_CATEGORIES
+        and all(isinstance(c, str) and len(c) <= MAX_CATEGORY_LENGTH for c in categories)
+        and len(set(categories)) == len(categories)
+    ):
+        error(
+            f"At most {MAX_CATEGORIES} unique categories of at most {MAX_CATEGORY_LENGTH} characters each.",
+            "categories",
+        )
     if "send_at" in body and not _is_timestamp(body["send_at"]):
         error("The send_at parameter must be a unix timestamp.", "send_at")
     return errors
@@ -232,8 +258,15 @@ class FakeSendGrid:
     keeps the webhook events queued for each (with their post state); both hold only messages the
     deque holds, and lose a message when the deque drops it, so memory stays bounded by the limit."""
 
-    def __init__(self, *, keys: dict[str, set[str]], faults: Faults, store_limit: int = 100_000,
-                 webhook_url: str = "", webhook_private_key_pem: str = ""):
+    def __init__(
+        self,
+        *,
+        keys: dict[str, set[str]],
+        faults: Faults,
+        store_limit: int = 100_000,
+        webhook_url: str = "",
+        webhook_private_key_pem: str = "",
+    ):
         self.keys = keys
         self.faults = faults
         self.messages: collections.deque = collections.deque(maxlen=store_limit)
@@ -250,7 +283,8 @@ class FakeSendGrid:
 
             key = (
                 serialization.load_pem_private_key(webhook_private_key_pem.encode(), password=None)
-                if webhook_private_key_pem else ec.generate_private_key(ec.SECP256R1())
+                if webhook_private_key_pem
+                else ec.generate_private_key(ec.SECP256R1())
             )
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise ValueError("The webhook private key is not an EC key: SendGrid signs with ECDSA.")
@@ -279,7 +313,8 @@ class FakeSendGrid:
         message_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[:22]
         recipients = [
             {"email": entry["email"], "custom_args": {**body.get("custom_args", {}), **item.get("custom_args", {})}}
-            for item in body["personalizations"] for entry in item["to"]
+            for item in body["personalizations"]
+            for entry in item["to"]
         ]
         record = {
             "message_id": message_id,
@@ -336,7 +371,8 @@ class FakeSendGrid:
             messages = list(self.messages)
         to, subject = to.lower(), subject.lower()
         matches = [
-            m for m in reversed(messages)
+            m
+            for m in reversed(messages)
             if (not to or any(to in r["email"].lower() for r in m["recipients"]))
             and (not subject or subject in (m["subject"] or "").lower())
         ]
@@ -351,19 +387,31 @@ class FakeSendGrid:
         now = int(time.time())
         events = []
         for n, recipient in enumerate(record["recipients"]):
-            base = {"email": recipient["email"], "timestamp": now,
-                    "sg_message_id": f"{record['message_id']}.filter0001.{n}.0",
-                    "smtp-id": f"<{record['message_id']}@fake.sendgrid>", **recipient["custom_args"]}
+            base = {
+                "email": recipient["email"],
+                "timestamp": now,
+                "sg_message_id": f"{record['message_id']}.filter0001.{n}.0",
+                "smtp-id": f"<{record['message_id']}@fake.sendgrid>",
+                **recipient["custom_args"],
+            }
             events.append({**base, "event": "processed", "sg_event_id": str(uuid.uuid4())})
             if bounce and bounce.search(recipient["email"]):
-                events.append({**base, "event": "bounce", "type": "bounce", "status": "5.1.1",
-                               "reason": "550 5.1.1 The email account does not exist.",
-                               "sg_event_id": str(uuid.uuid4())})
+                events.append(
+                    {
+                        **base,
+                        "event": "bounce",
+                        "type": "bounce",
+                        "status": "5.1.1",
+                        "reason": "550 5.1.1 The email account does not exist.",
+                        "sg_event_id": str(uuid.uuid4()),
+                    }
+                )
             else:
-                events.append({**base, "event": "delivered", "response": "250 OK",
-                               "sg_event_id": str(uuid.uuid4())})
-        entries = [{"event": event, "state": "pending", "attempts": 0, "last_attempt_at": None, "error": None}
-                   for event in events]
+                events.append({**base, "event": "delivered", "response": "250 OK", "sg_event_id": str(uuid.uuid4())})
+        entries = [
+            {"event": event, "state": "pending", "attempts": 0, "last_attempt_at": None, "error": None}
+            for event in events
+        ]
         self._webhook_events.extend(entries)
         if record["message_id"] in self._by_id:
             self._events_by_id[record["message_id"]] = entries
@@ -384,8 +432,11 @@ class FakeSendGrid:
         """Base64 DER, the format SendGrid shows in its settings and EventWebhook reads."""
         from cryptography.hazmat.primitives import serialization
 
-        der = self._webhook_key().public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        der = (
+            self._webhook_key()
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         return base64.b64encode(der).decode()
 
     def _post_webhooks(self) -> None:
@@ -397,25 +448,35 @@ class FakeSendGrid:
                 continue
             payload = json.dumps([entry["event"] for entry in batch])
             timestamp = str(int(time.time()))
-            request = urllib.request.Request(self.webhook_url, data=payload.encode(), method="POST", headers={
-                "Content-Type": "application/json",
-                "X-Twilio-Email-Event-Webhook-Signature": self.sign(payload, timestamp),
-                "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
-            })
+            request = urllib.request.Request(
+                self.webhook_url,
+                data=payload.encode(),
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Twilio-Email-Event-Webhook-Signature": self.sign(payload, timestamp),
+                    "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+                },
+            )
             try:
                 urllib.request.urlopen(request, timeout=10).read()
             except OSError as exc:  # SendGrid retries failed posts; so do we, with the next batch
                 with self.lock:
                     for entry in batch:
-                        entry.update(state="failed", attempts=entry["attempts"] + 1,
-                                     last_attempt_at=time.time(), error=str(exc)[:200])
+                        entry.update(
+                            state="failed",
+                            attempts=entry["attempts"] + 1,
+                            last_attempt_at=time.time(),
+                            error=str(exc)[:200],
+                        )
                     self._webhook_events[:0] = batch
                     self.stats["webhook_failures"] += 1
             else:
                 with self.lock:
                     for entry in batch:
-                        entry.update(state="posted", attempts=entry["attempts"] + 1,
-                                     last_attempt_at=time.time(), error=None)
+                        entry.update(
+                            state="posted", attempts=entry["attempts"] + 1, last_attempt_at=time.time(), error=None
+                        )
                     self.stats["webhook_posts"] += 1
 
 
@@ -426,8 +487,8 @@ class FakeSendGrid:
 PAGE_HEADERS = {
     # srcdoc frames inherit this policy, so the message's inline styles and images still show.
     "Content-Security-Policy": "default-src 'none'; script-src 'none'; style-src 'unsafe-inline'; "
-                               "img-src * data:; font-src * data:; base-uri 'none'; form-action 'self'; "
-                               "frame-ancestors 'none'",
+    "img-src * data:; font-src * data:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -465,12 +526,23 @@ def _message_href(message_id: str) -> str:
 
 def _page(title: str, body: str, *, refresh: int = 0) -> str:
     meta = f"<meta http-equiv='refresh' content='{refresh}'>" if refresh else ""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_h(title)}</title>{meta}"
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_h(title)}</title>{meta}"
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
+    )
 
 
-def inbox_page(shown: list[dict], *, matched: int, stored: int, stats: dict, to: str = "", subject: str = "",
-               limit: int = INBOX_ROWS, refresh: int = 0) -> str:
+def inbox_page(
+    shown: list[dict],
+    *,
+    matched: int,
+    stored: int,
+    stats: dict,
+    to: str = "",
+    subject: str = "",
+    limit: int = INBOX_ROWS,
+    refresh: int = 0,
+) -> str:
     """The inbox: the filter form, how many match, and the shown messages (newest first)."""
     rows = "".join(
         f"<tr><td>{_when(m['received_at'])}</td><td>{_h(_address(m['from']))}</td>"
@@ -488,21 +560,29 @@ def inbox_page(shown: list[dict], *, matched: int, stored: int, stats: dict, to:
         f"<label><input type='checkbox' name='refresh' {checked}> refresh every {refresh or 5} s</label>"
         "<button>Filter</button> <a href='/'>clear</a></form>"
     )
-    summary = (f"<p id='count'>{matched} of {stored} stored messages match; showing the newest {len(shown)}. "
-               f"{stats.get('messages', 0)} messages, {stats.get('recipients', 0)} recipients accepted.</p>")
-    return _page("Fake SendGrid inbox", (
-        f"<h1>Fake SendGrid inbox</h1>{form}{summary}"
-        "<table id='messages'><tr><th>received</th><th>from</th><th>to</th><th>subject</th>"
-        f"<th>message id</th></tr>{rows}</table>"
-    ), refresh=refresh)
+    summary = (
+        f"<p id='count'>{matched} of {stored} stored messages match; showing the newest {len(shown)}. "
+        f"{stats.get('messages', 0)} messages, {stats.get('recipients', 0)} recipients accepted.</p>"
+    )
+    return _page(
+        "Fake SendGrid inbox",
+        (
+            f"<h1>Fake SendGrid inbox</h1>{form}{summary}"
+            "<table id='messages'><tr><th>received</th><th>from</th><th>to</th><th>subject</th>"
+            f"<th>message id</th></tr>{rows}</table>"
+        ),
+        refresh=refresh,
+    )
 
 
 def _post_state(entry: dict) -> str:
     if entry["state"] == "posted":
         return f"<span class='posted'>posted {_h(_when(entry['last_attempt_at']))}</span>"
     if entry["state"] == "failed":
-        return (f"<span class='failed'>failed {entry['attempts']}×, retrying: {_h(entry['error'])} "
-                f"(last {_h(_when(entry['last_attempt_at']))})</span>")
+        return (
+            f"<span class='failed'>failed {entry['attempts']}×, retrying: {_h(entry['error'])} "
+            f"(last {_h(_when(entry['last_attempt_at']))})</span>"
+        )
     return "<span class='pending'>pending</span>"
 
 
@@ -511,13 +591,16 @@ def message_page(message: dict, *, webhook_url: str = "") -> str:
     content = message.get("content") or []
     html_bodies = [block["value"] for block in content if block.get("type") == "text/html"]
     text_bodies = [block["value"] for block in content if block.get("type") == "text/plain"]
-    headers = "".join(f"<tr><th>{name}</th><td>{_h(value)}</td></tr>" for name, value in (
-        ("From", _address(message["from"])),
-        ("Reply-To", _address(message.get("reply_to")) or "—"),
-        ("Subject", message["subject"] or "(no subject)"),
-        ("Received", _when(message["received_at"])),
-        ("Message id", message["message_id"]),
-    ))
+    headers = "".join(
+        f"<tr><th>{name}</th><td>{_h(value)}</td></tr>"
+        for name, value in (
+            ("From", _address(message["from"])),
+            ("Reply-To", _address(message.get("reply_to")) or "—"),
+            ("Subject", message["subject"] or "(no subject)"),
+            ("Received", _when(message["received_at"])),
+            ("Message id", message["message_id"]),
+        )
+    )
     if html_bodies:
         # The empty sandbox gives the frame an opaque origin with no scripts, forms or popups;
         # _h() escapes quotes too, so the body cannot end the srcdoc attribute.
@@ -528,8 +611,10 @@ def message_page(message: dict, *, webhook_url: str = "") -> str:
     source = "".join(f"<h3>{_h(block.get('type'))}</h3><pre>{_h(block.get('value'))}</pre>" for block in content)
     recipients = "".join(
         f"<tr><td>{_h(r['email'])}</td><td>"
-        + ("".join(f"<code>{_h(k)}</code> = <code>{_h(v)}</code><br>" for k, v in sorted(r["custom_args"].items()))
-           or "—")
+        + (
+            "".join(f"<code>{_h(k)}</code> = <code>{_h(v)}</code><br>" for k, v in sorted(r["custom_args"].items()))
+            or "—"
+        )
         + "</td></tr>"
         for r in message["recipients"]
     )
@@ -541,27 +626,35 @@ def message_page(message: dict, *, webhook_url: str = "") -> str:
         for entry in message.get("webhook_events", [])
     )
     if events:
-        events = ("<table id='events'><tr><th>recipient</th><th>event</th><th>time</th><th>detail</th>"
-                  f"<th>webhook post</th></tr>{events}</table>")
+        events = (
+            "<table id='events'><tr><th>recipient</th><th>event</th><th>time</th><th>detail</th>"
+            f"<th>webhook post</th></tr>{events}</table>"
+        )
     elif webhook_url:
         events = "<p>No events queued for this message.</p>"
     else:
         events = "<p>No Event Webhook configured (FAKE_SENDGRID_WEBHOOK_URL).</p>"
     json_href = _h("/_messages/" + quote(message["message_id"], safe=""))
-    return _page(f"{message['subject'] or '(no subject)'} · Fake SendGrid", (
-        f"<p><a href='/'>← inbox</a> · <a href='{json_href}'>JSON</a></p>"
-        f"<h1>{_h(message['subject'] or '(no subject)')}</h1><table id='headers'>{headers}</table>"
-        f"<h2>HTML</h2>{body}<h2>Text</h2>{text}<h2>Source</h2>{source or '<p>No content blocks.</p>'}"
-        f"<h2>Recipients</h2><table id='recipients'><tr><th>to</th><th>custom args</th></tr>{recipients}</table>"
-        f"<h2>Event Webhook</h2>{events}"
-    ))
+    return _page(
+        f"{message['subject'] or '(no subject)'} · Fake SendGrid",
+        (
+            f"<p><a href='/'>← inbox</a> · <a href='{json_href}'>JSON</a></p>"
+            f"<h1>{_h(message['subject'] or '(no subject)')}</h1><table id='headers'>{headers}</table>"
+            f"<h2>HTML</h2>{body}<h2>Text</h2>{text}<h2>Source</h2>{source or '<p>No content blocks.</p>'}"
+            f"<h2>Recipients</h2><table id='recipients'><tr><th>to</th><th>custom args</th></tr>{recipients}</table>"
+            f"<h2>Event Webhook</h2>{events}"
+        ),
+    )
 
 
 def not_found_page(message_id: str) -> str:
-    return _page("Not found · Fake SendGrid", (
-        f"<h1>No message {_h(message_id)}</h1><p>It was never accepted, or it was cleared or dropped "
-        "to keep within the store limit.</p><p><a href='/'>← inbox</a></p>"
-    ))
+    return _page(
+        "Not found · Fake SendGrid",
+        (
+            f"<h1>No message {_h(message_id)}</h1><p>It was never accepted, or it was cleared or dropped "
+            "to keep within the store limit.</p><p><a href='/'>← inbox</a></p>"
+        ),
+    )
 
 
 def _int(value, default: int, low: int, high: int) -> int:
@@ -620,12 +713,12 @@ def make_handler(fake: FakeSendGrid):
             if url.path == "/_messages":
                 return self._send(200, self._select(query))
             if url.path.startswith("/_messages/"):
-                message = fake.message(unquote(url.path[len("/_messages/"):]))
+                message = fake.message(unquote(url.path[len("/_messages/") :]))
                 if message is None:
                     return self._errors(404, "message not found")
                 return self._send(200, message)
             if url.path.startswith("/messages/"):
-                message_id = unquote(url.path[len("/messages/"):])
+                message_id = unquote(url.path[len("/messages/") :])
                 message = fake.message(message_id)
                 if message is None:
                     return self._html(404, not_found_page(message_id))
@@ -681,13 +774,26 @@ def make_handler(fake: FakeSendGrid):
                 fault = None  # SendGrid took it after all, too late for the caller
             if fault == 429:
                 reset = int(time.time()) + fake.faults.retry_after
-                return self._errors(429, "Too many requests", headers={
-                    "Retry-After": str(fake.faults.retry_after), "X-RateLimit-Reset": str(reset),
-                    "X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0"})
+                return self._errors(
+                    429,
+                    "Too many requests",
+                    headers={
+                        "Retry-After": str(fake.faults.retry_after),
+                        "X-RateLimit-Reset": str(reset),
+                        "X-RateLimit-Limit": "600",
+                        "X-RateLimit-Remaining": "0",
+                    },
+                )
             if isinstance(fault, int) and fault >= 400:
-                return self._errors(fault, {500: "Internal server error", 503: "Service unavailable",
-                                            401: "The provided authorization grant is invalid, expired, or revoked",
-                                            400: "Bad Request"}.get(fault, "error"))
+                return self._errors(
+                    fault,
+                    {
+                        500: "Internal server error",
+                        503: "Service unavailable",
+                        401: "The provided authorization grant is invalid, expired, or revoked",
+                        400: "Bad Request",
+                    }.get(fault, "error"),
+                )
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -698,14 +804,23 @@ def make_handler(fake: FakeSendGrid):
                 for i, item in enumerate(body["personalizations"]):
                     for j, entry in enumerate(item["to"]):
                         if pattern.search(entry["email"]):
-                            errors.append({"message": "The to email does not contain a valid address.",
-                                           "field": f"personalizations.{i}.to.{j}.email", "help": None})
+                            errors.append(
+                                {
+                                    "message": "The to email does not contain a valid address.",
+                                    "field": f"personalizations.{i}.to.{j}.email",
+                                    "help": None,
+                                }
+                            )
             if errors:
                 return self._send(400, {"errors": errors})
             verified = fake.faults.verified_senders
             if verified and body["from"]["email"].lower() not in {v.lower() for v in verified}:
-                return self._errors(403, "The from address does not match a verified Sender Identity. Mail "
-                                         "cannot be sent until this error is resolved.", "from")
+                return self._errors(
+                    403,
+                    "The from address does not match a verified Sender Identity. Mail "
+                    "cannot be sent until this error is resolved.",
+                    "from",
+                )
             self._send(202, None, {"X-Message-Id": fake.accept(body)})
 
         def _select(self, query: dict) -> list[dict]:
@@ -726,8 +841,9 @@ def make_handler(fake: FakeSendGrid):
             shown, matched = fake.inbox(to=to, subject=subject, limit=limit)
             with fake.lock:
                 stats, stored = dict(fake.stats), len(fake.messages)
-            return inbox_page(shown, matched=matched, stored=stored, stats=stats, to=to, subject=subject, limit=limit,
-                              refresh=refresh)
+            return inbox_page(
+                shown, matched=matched, stored=stored, stats=stats, to=to, subject=subject, limit=limit, refresh=refresh
+            )
 
     return Handler
 
@@ -740,8 +856,9 @@ def serve(fake: FakeSendGrid, *, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sender.fake_sendgrid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sender.fake_sendgrid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default=os.environ.get("FAKE_SENDGRID_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("FAKE_SENDGRID_PORT", "8025")))
     args = parser.parse_args(argv)
@@ -753,8 +870,17 @@ def main(argv=None) -> None:
         webhook_private_key_pem=os.environ.get("FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY", ""),
     )
     server = serve(fake, host=args.host, port=args.port)
-    print(json.dumps({"event": "fake_sendgrid_listening", "url": f"http://{args.host}:{args.port}",
-                      "inbox": f"http://{args.host}:{args.port}/", "faults": asdict(fake.faults)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "fake_sendgrid_listening",
+                "url": f"http://{args.host}:{args.port}",
+                "inbox": f"http://{args.host}:{args.port}/",
+                "faults": asdict(fake.faults),
+            }
+        ),
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

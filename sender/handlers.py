@@ -38,7 +38,9 @@ RETRIED_TOTAL = Counter("sender_retried_total", "Recipients or messages schedule
 RESOLVED_TOTAL = Counter("sender_in_doubt_resolved_total", "Deliveries in doubt, resolved", ["outcome"])
 FENCED_TOTAL = Counter("sender_outcome_fenced_total", "Outcome writes refused: the claim no longer held the row")
 PROVIDER_SECONDS = Histogram(
-    "sender_provider_call_seconds", "SendGrid call latency", ["outcome"],
+    "sender_provider_call_seconds",
+    "SendGrid call latency",
+    ["outcome"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
 
@@ -74,8 +76,9 @@ def next_delay(attempt: int, policy: Policy, retry_after: float | None = None) -
     return max(tier * random.uniform(1 - policy.jitter, 1 + policy.jitter), retry_after or 0.0)
 
 
-def handle_email_requested(event: EmailRequested, *, provider, store: DeliveryStore, policy: Policy,
-                           key_rejected: bool = False) -> Decision:
+def handle_email_requested(
+    event: EmailRequested, *, provider, store: DeliveryStore, policy: Policy, key_rejected: bool = False
+) -> Decision:
     """Deliver what is due of `event`, and arm its outbox row for whatever comes later. Never
     raises for provider errors or bugs after the claim (they count as the attempt); database
     outages propagate (the caller retries the message without counting one)."""
@@ -86,8 +89,12 @@ def handle_email_requested(event: EmailRequested, *, provider, store: DeliverySt
         RETRIED_TOTAL.labels(reason="paused").inc()
         return Decision(RETRY, delay=paused, reason="the provider asked every sender to wait")
 
-    claim = store.claim(event, lease_seconds=policy.lease_seconds, resend_in_doubt=policy.resend_in_doubt,
-                        in_doubt_grace=policy.in_doubt_grace)
+    claim = store.claim(
+        event,
+        lease_seconds=policy.lease_seconds,
+        resend_in_doubt=policy.resend_in_doubt,
+        in_doubt_grace=policy.in_doubt_grace,
+    )
     bound = log.bind(email_id=event.email_id, event_id=event.event_id)
     if claim.seen:
         resolved = store.resolve_seen(event, claim.seen, provider=provider.name)
@@ -102,52 +109,98 @@ def handle_email_requested(event: EmailRequested, *, provider, store: DeliverySt
     exhausted = [r for r, attempt in claim.claimed.items() if attempt > policy.max_attempts]
     if exhausted:
         reason = f"gave up after {policy.max_attempts} attempts: {claim.last_errors[exhausted[0]] or 'unknown'}"
-        _fenced(store.record_failed(event, exhausted, token=claim.token, reason=reason, permanent=False,
-                                    attempt=policy.max_attempts, provider=provider.name, uncount=True), exhausted)
+        _fenced(
+            store.record_failed(
+                event,
+                exhausted,
+                token=claim.token,
+                reason=reason,
+                permanent=False,
+                attempt=policy.max_attempts,
+                provider=provider.name,
+                uncount=True,
+            ),
+            exhausted,
+        )
         FAILED_TOTAL.labels(permanent="false").inc(len(exhausted))
         bound.warning("email_failed", reason=reason, recipients=len(exhausted))
 
     recipients = [r for r in event.recipients if r in claim.claimed and r not in exhausted]
     decisions: list[Decision] = []
     for start in range(0, len(recipients), MAX_RECIPIENTS_PER_CALL):
-        chunk = recipients[start:start + MAX_RECIPIENTS_PER_CALL]
+        chunk = recipients[start : start + MAX_RECIPIENTS_PER_CALL]
         attempt = max(claim.claimed[r] for r in chunk)
         result: ProviderAnswer | None = None
         try:
             with PROVIDER_SECONDS.labels(outcome="any").time():
                 result = provider.send(event, chunk)
-            decisions.append(_record(event, chunk, result, attempt, token=claim.token, provider=provider.name,
-                                     store=store, policy=policy))
+            decisions.append(
+                _record(
+                    event, chunk, result, attempt, token=claim.token, provider=provider.name, store=store, policy=policy
+                )
+            )
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             raise
         except Exception as exc:
-            decisions.append(_crashed(event, chunk, exc, result, attempt, token=claim.token, provider=provider.name,
-                                      store=store, policy=policy))
+            decisions.append(
+                _crashed(
+                    event,
+                    chunk,
+                    exc,
+                    result,
+                    attempt,
+                    token=claim.token,
+                    provider=provider.name,
+                    store=store,
+                    policy=policy,
+                )
+            )
 
     decision = next((d for d in decisions if d.action == BAD_KEY_PAUSE), None)
     if decision is not None:
         return decision  # the delay queue brings the message back after the key probe
     if claim.busy or claim.scheduled or claim.waiting or any(d.action == RETRY for d in decisions):
         armed = store.rearm(event, in_doubt_grace=policy.in_doubt_grace, reason="next attempt")
-        bound.info("email_next_attempt_armed", at=armed.isoformat() if armed else None, busy=len(claim.busy),
-                   waiting=len(claim.waiting))
+        bound.info(
+            "email_next_attempt_armed",
+            at=armed.isoformat() if armed else None,
+            busy=len(claim.busy),
+            waiting=len(claim.waiting),
+        )
     elif not claim.claimed and not claim.seen:
         bound.info("email_already_handled")
     return Decision(ACK)
 
 
-def _record(event: EmailRequested, chunk: list[str], result: ProviderAnswer, attempt: int, *, token: str,
-            provider: str, store: DeliveryStore, policy: Policy) -> Decision:
+def _record(
+    event: EmailRequested,
+    chunk: list[str],
+    result: ProviderAnswer,
+    attempt: int,
+    *,
+    token: str,
+    provider: str,
+    store: DeliveryStore,
+    policy: Policy,
+) -> Decision:
     bound = log.bind(email_id=event.email_id, event_id=event.event_id, recipients=len(chunk), attempt=attempt)
     if result.kind == SENT:
-        _fenced(store.record_sent(event, chunk, token=token, message_id=result.message_id, attempt=attempt,
-                                  provider=provider), chunk)
+        _fenced(
+            store.record_sent(
+                event, chunk, token=token, message_id=result.message_id, attempt=attempt, provider=provider
+            ),
+            chunk,
+        )
         SENT_TOTAL.inc(len(chunk))
         bound.info("email_sent", provider_message_id=result.message_id)
         return Decision(ACK)
     if result.kind == PERMANENT:
-        _fenced(store.record_failed(event, chunk, token=token, reason=result.reason, permanent=True,
-                                    attempt=attempt, provider=provider), chunk)
+        _fenced(
+            store.record_failed(
+                event, chunk, token=token, reason=result.reason, permanent=True, attempt=attempt, provider=provider
+            ),
+            chunk,
+        )
         FAILED_TOTAL.labels(permanent="true").inc(len(chunk))
         bound.warning("email_failed", reason=result.reason, status=result.status)
         return Decision(ACK)
@@ -165,15 +218,21 @@ def _record(event: EmailRequested, chunk: list[str], result: ProviderAnswer, att
         # Rate limited: every sender waits as asked, and the attempt is given back.
         pause = result.retry_after if result.retry_after is not None else policy.schedule[0]
         store.pause(pause, result.reason)
-        _fenced(store.release(event, chunk, token=token, state="retry", error=result.reason, delay=pause,
-                              uncount=True), chunk)
+        _fenced(
+            store.release(event, chunk, token=token, state="retry", error=result.reason, delay=pause, uncount=True),
+            chunk,
+        )
         RETRIED_TOTAL.labels(reason="429").inc(len(chunk))
         bound.info("email_rate_limited", retry_after=round(pause, 2))
         return Decision(RETRY, reason=result.reason)
     if attempt >= policy.max_attempts:
         reason = f"gave up after {attempt} attempts: {result.reason}"
-        _fenced(store.record_failed(event, chunk, token=token, reason=reason, permanent=False, attempt=attempt,
-                                    provider=provider), chunk)
+        _fenced(
+            store.record_failed(
+                event, chunk, token=token, reason=reason, permanent=False, attempt=attempt, provider=provider
+            ),
+            chunk,
+        )
         FAILED_TOTAL.labels(permanent="false").inc(len(chunk))
         bound.warning("email_failed", reason=reason)
         return Decision(ACK)
@@ -184,8 +243,18 @@ def _record(event: EmailRequested, chunk: list[str], result: ProviderAnswer, att
     return Decision(RETRY, delay=delay, reason=result.reason)
 
 
-def _crashed(event: EmailRequested, chunk: list[str], exc: Exception, result: ProviderAnswer | None, attempt: int, *,
-             token: str, provider: str, store: DeliveryStore, policy: Policy) -> Decision:
+def _crashed(
+    event: EmailRequested,
+    chunk: list[str],
+    exc: Exception,
+    result: ProviderAnswer | None,
+    attempt: int,
+    *,
+    token: str,
+    provider: str,
+    store: DeliveryStore,
+    policy: Policy,
+) -> Decision:
     """A bug, not an outage: it counts as the attempt. If the provider may have the mail (the
     call itself broke, or it answered 202 and the recording broke), the delivery is in doubt;
     otherwise its next attempt follows the schedule."""
@@ -194,17 +263,32 @@ def _crashed(event: EmailRequested, chunk: list[str], exc: Exception, result: Pr
     if result is None or result.kind in (SENT, UNKNOWN):
         _fenced(store.release(event, chunk, token=token, state="unknown", error=error), chunk)
     elif attempt >= policy.max_attempts:
-        _fenced(store.record_failed(event, chunk, token=token, permanent=False, attempt=attempt, provider=provider,
-                                    reason=f"gave up after {attempt} attempts: {error}"), chunk)
+        _fenced(
+            store.record_failed(
+                event,
+                chunk,
+                token=token,
+                permanent=False,
+                attempt=attempt,
+                provider=provider,
+                reason=f"gave up after {attempt} attempts: {error}",
+            ),
+            chunk,
+        )
         return Decision(ACK)
     else:
-        _fenced(store.release(event, chunk, token=token, state="retry", error=error,
-                              delay=next_delay(attempt, policy)), chunk)
+        _fenced(
+            store.release(event, chunk, token=token, state="retry", error=error, delay=next_delay(attempt, policy)),
+            chunk,
+        )
     return Decision(RETRY, reason=error)
 
 
 def _fenced(updated: int, chunk: list[str]) -> None:
     if updated < len(chunk):
         FENCED_TOTAL.inc(len(chunk) - updated)
-        log.warning("outcome_fenced", recipients=len(chunk) - updated,
-                    reason="the claim no longer held them: another sender took over after the lease ran out")
+        log.warning(
+            "outcome_fenced",
+            recipients=len(chunk) - updated,
+            reason="the claim no longer held them: another sender took over after the lease ran out",
+        )

@@ -49,8 +49,9 @@ def build_mail(event: EmailRequested, recipients: list[str]) -> Mail:
     and the recipient ride along in custom_args for the Event Webhook."""
     if not 1 <= len(recipients) <= MAX_RECIPIENTS_PER_CALL:
         raise ValueError(f"1 to {MAX_RECIPIENTS_PER_CALL} recipients per call, got {len(recipients)}")
-    mail = Mail(from_email=From(event.from_email), subject=Subject(event.subject),
-                html_content=HtmlContent(event.body_html))
+    mail = Mail(
+        from_email=From(event.from_email), subject=Subject(event.subject), html_content=HtmlContent(event.body_html)
+    )
     if event.reply_to:
         mail.reply_to = ReplyTo(event.reply_to)
     for recipient in recipients:
@@ -142,8 +143,12 @@ class SendGridProvider:
         """This thread's connection, and whether it served a call before."""
         conn, last_used = getattr(self._local, "conn", None), getattr(self._local, "last_used", 0.0)
         # An idle connection has nothing to read unless the far end closed it (EOF).
-        if (conn is not None and conn.sock is not None and time.monotonic() - last_used < self.IDLE_REUSE_SECONDS
-                and not select.select([conn.sock], [], [], 0)[0]):
+        if (
+            conn is not None
+            and conn.sock is not None
+            and time.monotonic() - last_used < self.IDLE_REUSE_SECONDS
+            and not select.select([conn.sock], [], [], 0)[0]
+        ):
             return conn, True
         self._drop_connection()
         factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection

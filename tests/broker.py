@@ -137,13 +137,17 @@ class WorkerProcess:
         self.module = module
         self.verb = self.VERBS.get(module, "run")
         self.port = free_port()
-        self.env = os.environ | {
-            "DJANGO_SETTINGS_MODULE": f"{module}.settings",  # the process's own, as deployed
-            "POSTGRES_DB": connection.settings_dict["NAME"],
-            "BROKER_PREFIX": topology.prefix,
-            "LOG_JSON": "true",
-            "PYTHONUNBUFFERED": "1",
-        } | {key: str(value) for key, value in env.items()}
+        self.env = (
+            os.environ
+            | {
+                "DJANGO_SETTINGS_MODULE": f"{module}.settings",  # the process's own, as deployed
+                "POSTGRES_DB": connection.settings_dict["NAME"],
+                "BROKER_PREFIX": topology.prefix,
+                "LOG_JSON": "true",
+                "PYTHONUNBUFFERED": "1",
+            }
+            | {key: str(value) for key, value in env.items()}
+        )
         self.process: subprocess.Popen | None = None
         self.log_path = ROOT / "var" / "test-logs" / f"{module}-{topology.prefix}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +156,10 @@ class WorkerProcess:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - the child writes to it until stop() closes it
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, self.verb, "--http-host", "127.0.0.1", "--http-port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -221,8 +228,9 @@ def counter(ids) -> collections.Counter:
     return collections.Counter(ids)
 
 
-def fill_outbox(count: int, *, event_type: str = "email.requested", payload_bytes: int = 1000,
-                not_before_sql: str = "now()") -> list[str]:
+def fill_outbox(
+    count: int, *, event_type: str = "email.requested", payload_bytes: int = 1000, not_before_sql: str = "now()"
+) -> list[str]:
     """Insert `count` due outbox rows with ~`payload_bytes` payloads; returns their ids in order.
     Uses Django's connection: commit it (transaction=True tests) for other processes to see."""
     with connection.cursor() as cursor:
@@ -247,8 +255,9 @@ def published_count(ids=None) -> int:
         if ids is None:
             cursor.execute("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
         else:
-            cursor.execute("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND id = ANY(%s::uuid[])",
-                           [list(ids)])
+            cursor.execute(
+                "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND id = ANY(%s::uuid[])", [list(ids)]
+            )
         return cursor.fetchone()[0]
 
 
@@ -256,8 +265,16 @@ def RelayProcess(topology: Topology, **env) -> WorkerProcess:
     return WorkerProcess("outbox_relay", topology, **env)
 
 
-def publish(topology: Topology, body: dict, *, message_id: str, routing_key: str = "email.requested",
-            raw: bytes | None = None, headers: dict | None = None, url: str | None = None) -> None:
+def publish(
+    topology: Topology,
+    body: dict,
+    *,
+    message_id: str,
+    routing_key: str = "email.requested",
+    raw: bytes | None = None,
+    headers: dict | None = None,
+    url: str | None = None,
+) -> None:
     """Publish one event (or raw bytes) to the topology's exchange, confirmed."""
     import json
 
@@ -266,9 +283,12 @@ def publish(topology: Topology, body: dict, *, message_id: str, routing_key: str
         channel = conn.channel()
         channel.confirm_delivery()
         channel.basic_publish(
-            topology.exchange, routing_key, raw if raw is not None else json.dumps(body).encode(),
-            pika.BasicProperties(message_id=message_id, type=routing_key, delivery_mode=2,
-                                 correlation_id="test", headers=headers),
+            topology.exchange,
+            routing_key,
+            raw if raw is not None else json.dumps(body).encode(),
+            pika.BasicProperties(
+                message_id=message_id, type=routing_key, delivery_mode=2, correlation_id="test", headers=headers
+            ),
             mandatory=True,
         )
     finally:

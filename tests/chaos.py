@@ -92,15 +92,17 @@ class ChaosReport:
         return " ".join(f"{at - started:.1f}s:{action}:{target}" for at, action, target in self.events)
 
     def summary(self) -> str:
-        return (f"accepted={self.accepted} sent={self.sent} failed={self.failed} lost={self.lost} "
-                f"duplicates={self.duplicates} stuck={self.stuck} unexpected_failures={self.unexpected_failures} "
-                f"oversized_failed={self.oversized_failed} dead_letters={self.dead_letters} "
-                f"poison_parked={self.poison_parked} kills={self.kills} restarts={self.restarts} "
-                f"churns={self.churns} partitions={self.partitions} outages={self.outages} "
-                f"leader_kills={self.leader_kills} leaders_moved={self.leaders_moved} "
-                f"refused_during_outages={self.refused} unanswered={self.unanswered} "
-                f"read_model_missing={self.read_model_missing} read_model_behind={self.read_model_behind} "
-                f"exited={','.join(self.exited) or 'none'} converged_after={self.converged_after:.0f}s")
+        return (
+            f"accepted={self.accepted} sent={self.sent} failed={self.failed} lost={self.lost} "
+            f"duplicates={self.duplicates} stuck={self.stuck} unexpected_failures={self.unexpected_failures} "
+            f"oversized_failed={self.oversized_failed} dead_letters={self.dead_letters} "
+            f"poison_parked={self.poison_parked} kills={self.kills} restarts={self.restarts} "
+            f"churns={self.churns} partitions={self.partitions} outages={self.outages} "
+            f"leader_kills={self.leader_kills} leaders_moved={self.leaders_moved} "
+            f"refused_during_outages={self.refused} unanswered={self.unanswered} "
+            f"read_model_missing={self.read_model_missing} read_model_behind={self.read_model_behind} "
+            f"exited={','.join(self.exited) or 'none'} converged_after={self.converged_after:.0f}s"
+        )
 
 
 class Broker:
@@ -130,8 +132,9 @@ def _load(client: Http, template_id: int, plan: ChaosPlan, accepted: dict, repor
     while not stop.is_set() and time.monotonic() - started < plan.duration:
         recipients = [f"c{n}-{i}@example.com" for i in range(plan.recipients)]
         try:
-            status, body = client.call("POST", "/api/v1/emails/sent-email/",
-                                       {"recipients": recipients, "template": template_id}, timeout=10)
+            status, body = client.call(
+                "POST", "/api/v1/emails/sent-email/", {"recipients": recipients, "template": template_id}, timeout=10
+            )
         except OSError:
             status, body = None, None
         if status == 202:
@@ -241,7 +244,8 @@ class _Run:
             cluster, queue = self.broker.cluster, f"{self.prefix}.sender"
             self.killed_leader = cluster.leader_of(queue)
             report.details.setdefault("leaders", []).append(
-                (self.killed_leader.name, len(cluster.members_of(queue)), len(cluster.running())))
+                (self.killed_leader.name, len(cluster.members_of(queue)), len(cluster.running()))
+            )
             cluster.kill(self.killed_leader)
             report.leader_kills += 1
             deadline = time.monotonic() + 30  # a new leader among the others, elected by the quorum
@@ -262,8 +266,13 @@ class _Run:
         elif self.errors_active:
             # 429s and 500s, and timeouts: the fake takes the mail but answers after the client gave
             # up, so the sender is in doubt and must learn from the provider's events.
-            faults = {"rate_429": 0.2, "rate_500": 0.2, "rate_timeout": 0.05, "retry_after": 1,
-                      "timeout_seconds": self.plan.provider_timeout_seconds}
+            faults = {
+                "rate_429": 0.2,
+                "rate_500": 0.2,
+                "rate_timeout": 0.05,
+                "retry_after": 1,
+                "timeout_seconds": self.plan.provider_timeout_seconds,
+            }
         else:
             faults = {"rate_429": 0, "rate_500": 0, "rate_timeout": 0}
         self.system.fake().call("PUT", "/_faults", faults)
@@ -275,8 +284,13 @@ class _Run:
         message_id = f"poison-{uuid.uuid4().hex[:12]}"
         raw = b"{not json" if len(self.poison_ids) % 2 == 0 else b'{"type": "email.requested", "schema_version": 99}'
         try:
-            publish(Topology(prefix=self.prefix), {}, message_id=message_id, raw=raw,
-                    url=self.system.env.get("RABBITMQ_URL"))
+            publish(
+                Topology(prefix=self.prefix),
+                {},
+                message_id=message_id,
+                raw=raw,
+                url=self.system.env.get("RABBITMQ_URL"),
+            )
         except Exception as exc:  # the broker is restarting: that is the run's business, not ours
             self.report.events.append((time.time(), "poison not published", repr(exc)[:80]))
             return
@@ -284,13 +298,23 @@ class _Run:
 
     def _oversized(self) -> None:
         if self.oversized_template is None:
-            status, template = self.api.call("POST", "/api/v1/emails/email-template/", {
-                "name": f"oversized-{uuid.uuid4().hex[:8]}", "subject": "Big", "body": "<p>{{ text }}</p>"})
+            status, template = self.api.call(
+                "POST",
+                "/api/v1/emails/email-template/",
+                {"name": f"oversized-{uuid.uuid4().hex[:8]}", "subject": "Big", "body": "<p>{{ text }}</p>"},
+            )
             assert status == 201, template
             self.oversized_template = template["id"]
-        status, body = self.api.call("POST", "/api/v1/emails/sent-email/", {
-            "recipients": ["big-a@example.com", "big-b@example.com"], "template": self.oversized_template,
-            "context": {"text": "x" * (OVERSIZED_LIMIT + 64 * 1024)}}, timeout=30)
+        status, body = self.api.call(
+            "POST",
+            "/api/v1/emails/sent-email/",
+            {
+                "recipients": ["big-a@example.com", "big-b@example.com"],
+                "template": self.oversized_template,
+                "context": {"text": "x" * (OVERSIZED_LIMIT + 64 * 1024)},
+            },
+            timeout=30,
+        )
         if status == 202:
             self.oversized_ids.append(body["id"])
         else:
@@ -326,7 +350,9 @@ def _write_side(ids) -> dict[tuple[int, str], str]:
             "  max(d.state) FILTER (WHERE d.state IN ('sent', 'failed')), max(d.state), 'none') "
             "FROM emails_sentemailrecipient r LEFT JOIN sender_delivery d "
             "  ON d.email_id = r.email_id AND lower(d.recipient) = lower(r.address) "
-            "WHERE r.email_id = ANY(%s) GROUP BY 1, 2", [list(ids)])
+            "WHERE r.email_id = ANY(%s) GROUP BY 1, 2",
+            [list(ids)],
+        )
         return {(email_id, email): state for email_id, email, state in cursor.fetchall()}
 
 
@@ -341,7 +367,9 @@ def _unanswered(known: dict) -> dict[int, list[str]]:
                     "SELECT e.id, array_agg(r.address) FROM emails_sentemail e "
                     "JOIN emails_sentemailrecipient r ON r.email_id = e.id "
                     "WHERE e.sender_id IN (SELECT sender_id FROM emails_sentemail WHERE id = ANY(%s)) "
-                    "AND NOT e.id = ANY(%s) GROUP BY e.id", [list(known), list(known)])
+                    "AND NOT e.id = ANY(%s) GROUP BY e.id",
+                    [list(known), list(known)],
+                )
                 return dict(cursor.fetchall())
         except Exception:  # the database is still coming back
             if time.monotonic() > deadline:
@@ -355,8 +383,9 @@ def _read_statuses(ids) -> dict[int, str]:
         return dict(cursor.fetchall())
 
 
-def run_chaos(system: System, plan: ChaosPlan, *, token: str, template_id: int, cluster=None,
-              progress=None) -> ChaosReport:
+def run_chaos(
+    system: System, plan: ChaosPlan, *, token: str, template_id: int, cluster=None, progress=None
+) -> ChaosReport:
     """Run the plan against a started `system` (on `cluster` when given); returns the accounting.
     A plan with `oversized` emails needs the broker's limit lowered before the system started:
     a cluster's config, or `lowered_message_size_limit`. `progress(text)` hears what happens, for long runs."""
@@ -364,8 +393,9 @@ def run_chaos(system: System, plan: ChaosPlan, *, token: str, template_id: int, 
     report, accepted, stop = ChaosReport(), {}, threading.Event()
     run = _Run(system, plan, Broker(cluster), token, report)
     say = progress or (lambda text: None)
-    load = threading.Thread(target=_load, args=(Http(system.command_url, token), template_id, plan, accepted,
-                                                report, stop))
+    load = threading.Thread(
+        target=_load, args=(Http(system.command_url, token), template_id, plan, accepted, report, stop)
+    )
     load.start()
     try:
         _chaos(run, rng)
@@ -394,8 +424,10 @@ def run_chaos(system: System, plan: ChaosPlan, *, token: str, template_id: int, 
         if not unfinished and not unread and len(states) == sum(len(r) for r in all_ids.values()):
             break
         if time.monotonic() - last_said >= 30:
-            say(f"{time.monotonic() - load_ended:.0f}s after the load: {unfinished} recipients unfinished, "
-                f"{unread} emails not terminal in the read model")
+            say(
+                f"{time.monotonic() - load_ended:.0f}s after the load: {unfinished} recipients unfinished, "
+                f"{unread} emails not terminal in the read model"
+            )
             last_said = time.monotonic()
         time.sleep(1)
     report.converged_after = time.monotonic() - load_ended
@@ -450,8 +482,12 @@ class lowered_message_size_limit:
         self.broker, self.before = broker, BROKER_DEFAULT_MAX_MESSAGE_SIZE
 
     def __enter__(self):
-        answer = subprocess.run(["rabbitmqctl", "-q", "eval", "application:get_env(rabbit, max_message_size)."],
-                                capture_output=True, text=True, timeout=60)
+        answer = subprocess.run(
+            ["rabbitmqctl", "-q", "eval", "application:get_env(rabbit, max_message_size)."],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         found = re.search(r"\{ok,\s*(\d+)\}", answer.stdout)
         if found:
             self.before = int(found.group(1))

@@ -102,9 +102,15 @@ def senders(fake_sendgrid):
     start, started = _processes("sender")
 
     def start_sender(topology, **env):
-        defaults = {"SENDGRID_HOST": url, "SENDGRID_API_KEY": "SG.fake-key", "SENDER_RETRY_SCHEDULE": "1s,1s,1s,1s",
-                    "SENDER_IN_DOUBT_GRACE_SECONDS": 2,
-                    "SENDER_KEY_PROBE_SECONDS": 1, "SENDER_LEASE_SECONDS": 5, "SENDGRID_TIMEOUT_SECONDS": 5}
+        defaults = {
+            "SENDGRID_HOST": url,
+            "SENDGRID_API_KEY": "SG.fake-key",
+            "SENDER_RETRY_SCHEDULE": "1s,1s,1s,1s",
+            "SENDER_IN_DOUBT_GRACE_SECONDS": 2,
+            "SENDER_KEY_PROBE_SECONDS": 1,
+            "SENDER_LEASE_SECONDS": 5,
+            "SENDGRID_TIMEOUT_SECONDS": 5,
+        }
         return start(topology, **(defaults | env))
 
     yield start_sender

@@ -98,8 +98,11 @@ class Namespace:
             _ip("link", "set", self._inside_link, "netns", self.name)
             _ip("addr", "add", f"{self.host_ip}/30", "dev", self._host_link)
             _ip("link", "set", self._host_link, "up")
-            for args in (("addr", "add", f"{self.inside_ip}/30", "dev", self._inside_link),
-                         ("link", "set", self._inside_link, "up"), ("link", "set", "lo", "up")):
+            for args in (
+                ("addr", "add", f"{self.inside_ip}/30", "dev", self._inside_link),
+                ("link", "set", self._inside_link, "up"),
+                ("link", "set", "lo", "up"),
+            ):
                 _ip("netns", "exec", self.name, "ip", *args)
         except BaseException:
             self.__exit__(None, None, None)

@@ -38,8 +38,17 @@ class Node:
 
 
 def _as_rabbitmq(args: list[str], env: dict | None = None, timeout: float = 120, check: bool = True):
-    command = ["runuser", "-u", USER, "--", "env", f"HOME={HOME}", "ERL_EPMD_ADDRESS=127.0.0.1",
-               *(f"{k}={v}" for k, v in (env or {}).items()), *args]
+    command = [
+        "runuser",
+        "-u",
+        USER,
+        "--",
+        "env",
+        f"HOME={HOME}",
+        "ERL_EPMD_ADDRESS=127.0.0.1",
+        *(f"{k}={v}" for k, v in (env or {}).items()),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=check)
 
 
@@ -48,8 +57,15 @@ class RabbitCluster:
         self.config = config  # more rabbitmq.conf lines for every node (kept across its restarts)
         self.root = Path(tempfile.mkdtemp(prefix="rabbit-cluster-"))
         shutil.chown(self.root, USER, USER)
-        self.nodes = [Node(name=f"{prefix}-{n}@localhost", port=base_port + n, dist_port=base_port + 20000 + n,
-                           folder=self.root / f"node{n}") for n in range(size)]
+        self.nodes = [
+            Node(
+                name=f"{prefix}-{n}@localhost",
+                port=base_port + n,
+                dist_port=base_port + 20000 + n,
+                folder=self.root / f"node{n}",
+            )
+            for n in range(size)
+        ]
 
     # Lifecycle ---------------------------------------------------------------------------------
 
@@ -105,17 +121,22 @@ class RabbitCluster:
         (node.folder / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{node.port}\n"
             "loopback_users = none\n"
-            "cluster_partition_handling = pause_minority\n" + self.config)
+            "cluster_partition_handling = pause_minority\n" + self.config
+        )
         (node.folder / "enabled_plugins").write_text("[].\n")
         for path in [node.folder, *node.folder.iterdir()]:
             shutil.chown(path, USER, USER)
 
     def _env(self, node: Node) -> dict:
         return {
-            "RABBITMQ_NODENAME": node.name, "RABBITMQ_DIST_PORT": node.dist_port,
-            "RABBITMQ_CONFIG_FILE": node.folder / "rabbitmq.conf", "RABBITMQ_MNESIA_BASE": node.folder / "mnesia",
-            "RABBITMQ_LOG_BASE": node.folder / "log", "RABBITMQ_FEATURE_FLAGS_FILE": node.folder / "feature_flags",
-            "RABBITMQ_ENABLED_PLUGINS_FILE": node.folder / "enabled_plugins", "RABBITMQ_PID_FILE": node.folder / "pid",
+            "RABBITMQ_NODENAME": node.name,
+            "RABBITMQ_DIST_PORT": node.dist_port,
+            "RABBITMQ_CONFIG_FILE": node.folder / "rabbitmq.conf",
+            "RABBITMQ_MNESIA_BASE": node.folder / "mnesia",
+            "RABBITMQ_LOG_BASE": node.folder / "log",
+            "RABBITMQ_FEATURE_FLAGS_FILE": node.folder / "feature_flags",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": node.folder / "enabled_plugins",
+            "RABBITMQ_PID_FILE": node.folder / "pid",
         }
 
     def start(self, node: Node, *, wait: bool = True) -> None:

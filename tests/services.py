@@ -15,7 +15,9 @@ def restart_postgres() -> None:
     """Restart the cluster: every connection is cut, as in a failover. Ours reconnects."""
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", _postgres_version(), "main", "restart"],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     connection.close()
     deadline = time.monotonic() + 60
@@ -42,5 +44,6 @@ def start_rabbitmq() -> None:
 def set_memory_alarm(on: bool) -> None:
     """Raise RabbitMQ's memory alarm (a tiny high watermark) or restore the default."""
     watermark = "0.000001" if on else "0.4"
-    subprocess.run(["rabbitmqctl", "-q", "set_vm_memory_high_watermark", watermark],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_vm_memory_high_watermark", watermark], check=True, capture_output=True, timeout=60
+    )

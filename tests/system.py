@@ -40,9 +40,16 @@ class Http:
 
     def call(self, method: str, path: str, body=None, timeout: float = 10, raw: bytes | None = None, headers=None):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers={
-            "Content-Type": "application/json", **({"Authorization": f"Token {self.token}"} if self.token else {}),
-            **(headers or {})})
+        request = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Token {self.token}"} if self.token else {}),
+                **(headers or {}),
+            },
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
                 text = answer.read()
@@ -59,32 +66,53 @@ class System:
     COMPONENTS = ("command_api", "query_api", "outbox_relay", "sender", "projector", "fake_sendgrid")
     OPTIONAL = ("gateway",)  # started only when asked for: the fault tests call the APIs directly
 
-    def __init__(self, *, database: str, prefix: str, log_dir: Path, also: tuple[str, ...] = (),
-                 isolate: tuple[str, ...] = (), **env):
+    def __init__(
+        self,
+        *,
+        database: str,
+        prefix: str,
+        log_dir: Path,
+        also: tuple[str, ...] = (),
+        isolate: tuple[str, ...] = (),
+        **env,
+    ):
         self.also, self.isolate = also, isolate
         self.ports = {name: free_port() for name in self.COMPONENTS + self.OPTIONAL + also}
         self._namespaces: dict = {}
         key = ec.generate_private_key(ec.SECP256R1())
-        private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()).decode()
-        public = base64.b64encode(key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        public = base64.b64encode(
+            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ).decode()
         self.command_url = f"http://127.0.0.1:{self.ports['command_api']}"
         self.query_url = f"http://127.0.0.1:{self.ports['query_api']}"
         self.fake_url = f"http://127.0.0.1:{self.ports['fake_sendgrid']}"
         self.gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
         # Each process runs on its own settings, its entry point's default, as deployed.
         inherited = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
-        self.env = inherited | {
-            "POSTGRES_DB": database, "BROKER_PREFIX": prefix, "DJANGO_DEBUG": "false",
-            "DJANGO_SECRET_KEY": "system-test-only", "SEND_RATE_LIMIT": "off", "REGISTRATION_RATE_LIMIT": "off",
-            "LOG_JSON": "true",
-            "PYTHONUNBUFFERED": "1", "SENDGRID_HOST": self.fake_url, "SENDGRID_API_KEY": "SG.fake-key",
-            "SENDGRID_WEBHOOK_PUBLIC_KEY": public,
-            "FAKE_SENDGRID_WEBHOOK_URL": f"{self.command_url}/api/v1/webhooks/sendgrid/",
-            "FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY": private_pem, "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "TRUSTED_PROXY_HOPS": "1",
-        } | {k: str(v) for k, v in env.items()}
+        self.env = (
+            inherited
+            | {
+                "POSTGRES_DB": database,
+                "BROKER_PREFIX": prefix,
+                "DJANGO_DEBUG": "false",
+                "DJANGO_SECRET_KEY": "system-test-only",
+                "SEND_RATE_LIMIT": "off",
+                "REGISTRATION_RATE_LIMIT": "off",
+                "LOG_JSON": "true",
+                "PYTHONUNBUFFERED": "1",
+                "SENDGRID_HOST": self.fake_url,
+                "SENDGRID_API_KEY": "SG.fake-key",
+                "SENDGRID_WEBHOOK_PUBLIC_KEY": public,
+                "FAKE_SENDGRID_WEBHOOK_URL": f"{self.command_url}/api/v1/webhooks/sendgrid/",
+                "FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY": private_pem,
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "TRUSTED_PROXY_HOPS": "1",
+            }
+            | {k: str(v) for k, v in env.items()}
+        )
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen] = {}
@@ -94,20 +122,50 @@ class System:
         port = str(self.ports[name])
         worker = ["--http-host", "0.0.0.0" if name in self.isolate else "127.0.0.1", "--http-port", port]
         return {
-            "command_api": ([sys.executable, "-m", "gunicorn", "command_api.wsgi:application", "--workers", "2",
-                             "--bind", f"127.0.0.1:{port}"], {"DJANGO_SETTINGS_MODULE": "command_api.settings"}),
-            "query_api": ([sys.executable, "-m", "gunicorn", "query_api.wsgi:application", "--workers", "1",
-                           "--bind", f"127.0.0.1:{port}"], {"DJANGO_SETTINGS_MODULE": "query_api.settings"}),
+            "command_api": (
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "command_api.wsgi:application",
+                    "--workers",
+                    "2",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                ],
+                {"DJANGO_SETTINGS_MODULE": "command_api.settings"},
+            ),
+            "query_api": (
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "query_api.wsgi:application",
+                    "--workers",
+                    "1",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                ],
+                {"DJANGO_SETTINGS_MODULE": "query_api.settings"},
+            ),
             "outbox_relay": ([sys.executable, "-m", "outbox_relay", "run", *worker], {}),
             "sender": ([sys.executable, "-m", "sender", "run", *worker], {}),
             "projector": ([sys.executable, "-m", "query_api", "project", *worker], {}),
             "fake_sendgrid": ([sys.executable, "-m", "sender.fake_sendgrid", "--port", port], {}),
             # Caddy's data directory (an instance id, its storage locks) stays with the logs.
-            "gateway": ([str(CADDY), "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"], {
-                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": port,
-                "COMMAND_API_HOST": "127.0.0.1", "COMMAND_API_PORT": str(self.ports["command_api"]),
-                "QUERY_API_HOST": "127.0.0.1", "QUERY_API_PORT": str(self.ports["query_api"]),
-                "XDG_DATA_HOME": str(self.log_dir / "caddy"), "XDG_CONFIG_HOME": str(self.log_dir / "caddy")}),
+            "gateway": (
+                [str(CADDY), "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+                {
+                    "GATEWAY_HOST": "127.0.0.1",
+                    "GATEWAY_PORT": port,
+                    "COMMAND_API_HOST": "127.0.0.1",
+                    "COMMAND_API_PORT": str(self.ports["command_api"]),
+                    "QUERY_API_HOST": "127.0.0.1",
+                    "QUERY_API_PORT": str(self.ports["query_api"]),
+                    "XDG_DATA_HOME": str(self.log_dir / "caddy"),
+                    "XDG_CONFIG_HOME": str(self.log_dir / "caddy"),
+                },
+            ),
         }[name.partition(".")[0]]
 
     def start(self, name: str) -> None:
@@ -118,9 +176,11 @@ class System:
         if name in self.isolate:
             namespace = self._namespace(name)
             command = namespace.command(command)
-            env |= {"POSTGRES_HOST": namespace.relay(int(env.get("POSTGRES_PORT", "5432"))).partition(":")[0],
-                    "RABBITMQ_URL": namespace.reach(env.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")),
-                    "SENDGRID_HOST": namespace.reach(env["SENDGRID_HOST"])}
+            env |= {
+                "POSTGRES_HOST": namespace.relay(int(env.get("POSTGRES_PORT", "5432"))).partition(":")[0],
+                "RABBITMQ_URL": namespace.reach(env.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")),
+                "SENDGRID_HOST": namespace.reach(env["SENDGRID_HOST"]),
+            }
         self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def _namespace(self, name: str):
@@ -197,8 +257,9 @@ class System:
         from core.accounts.models import User
 
         api, email, password = Http(self.command_url), f"{name}@example.com", "quiet-meadow-Lantern-44"
-        status, answer = api.call("POST", "/api/v1/users/register/", {"email": email, "username": name,
-                                                                     "password": password})
+        status, answer = api.call(
+            "POST", "/api/v1/users/register/", {"email": email, "username": name, "password": password}
+        )
         assert status == 201 or (status == 400 and User.objects.filter(email=email).exists()), answer
         user = User.objects.get(email=email)
         user.is_staff = True
@@ -209,8 +270,10 @@ class System:
         assert status == 200, answer
         token = answer["token"]
         status, template = Http(self.command_url, token).call(
-            "POST", "/api/v1/emails/email-template/",
-            {"name": f"{name}-{uuid.uuid4().hex[:8]}", "subject": subject, "body": body})
+            "POST",
+            "/api/v1/emails/email-template/",
+            {"name": f"{name}-{uuid.uuid4().hex[:8]}", "subject": subject, "body": body},
+        )
         assert status == 201, template
         return token, template["id"]
 

@@ -44,9 +44,11 @@ class EmailTemplateInputSerializer(serializers.Serializer):
 class EmailTemplateListCreateApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
 
-    @extend_schema(responses=page_of(EmailTemplateOutputSerializer, name="EmailTemplatePage"),
-                   auth=READ_WITH_OR_WITHOUT_TOKEN,  # type: ignore[arg-type]
-                   operation_id="v1_emails_email_template_list")
+    @extend_schema(
+        responses=page_of(EmailTemplateOutputSerializer, name="EmailTemplatePage"),
+        auth=READ_WITH_OR_WITHOUT_TOKEN,  # type: ignore[arg-type]
+        operation_id="v1_emails_email_template_list",
+    )
     def get(self, request):
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(selectors.email_template_list(), request, view=self)
@@ -63,8 +65,7 @@ class EmailTemplateListCreateApi(APIView):
 class EmailTemplateDetailApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
 
-    @extend_schema(responses=EmailTemplateOutputSerializer,
-                   auth=READ_WITH_OR_WITHOUT_TOKEN)  # type: ignore[arg-type]
+    @extend_schema(responses=EmailTemplateOutputSerializer, auth=READ_WITH_OR_WITHOUT_TOKEN)  # type: ignore[arg-type]
     def get(self, request, template_id: int):
         template = selectors.email_template_get(template_id=template_id)
         return Response(EmailTemplateOutputSerializer(template).data)

@@ -22,13 +22,9 @@ class EmailTemplate(models.Model):
 class SentEmail(models.Model):
     """An accepted send request, rendered, as the sender will deliver it."""
 
-    sender = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_emails"
-    )
+    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_emails")
     # The rendered subject and body are kept, so a later change of the template changes nothing.
-    template = models.ForeignKey(
-        EmailTemplate, null=True, on_delete=models.SET_NULL, related_name="sent_emails"
-    )
+    template = models.ForeignKey(EmailTemplate, null=True, on_delete=models.SET_NULL, related_name="sent_emails")
     template_name = models.CharField(max_length=200)
     from_email = models.EmailField()
     subject = models.CharField(max_length=998)
@@ -61,9 +57,7 @@ class SentEmailRecipient(models.Model):
 
     class Meta:
         ordering = ["id"]
-        constraints = [
-            models.UniqueConstraint(fields=["email", "address"], name="sent_email_recipient_uniq")
-        ]
+        constraints = [models.UniqueConstraint(fields=["email", "address"], name="sent_email_recipient_uniq")]
 
     def __str__(self):
         return self.address

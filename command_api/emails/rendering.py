@@ -60,8 +60,11 @@ def check_compiles(source: str, *, html: bool) -> str | None:
 
 def new_budget() -> Budget:
     """What one email's rendering (its subject and body together) may cost."""
-    return Budget(max_bytes=settings.RENDER_MAX_BYTES, max_iterations=settings.RENDER_MAX_LOOP_ITERATIONS,
-                  timeout=settings.RENDER_TIMEOUT_MS / 1000)
+    return Budget(
+        max_bytes=settings.RENDER_MAX_BYTES,
+        max_iterations=settings.RENDER_MAX_LOOP_ITERATIONS,
+        timeout=settings.RENDER_TIMEOUT_MS / 1000,
+    )
 
 
 def render(source: str, context: dict, *, html: bool, budget: Budget | None = None) -> str:

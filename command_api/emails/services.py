@@ -118,8 +118,9 @@ def clean_recipients(raw: list[str]) -> list[str]:
     for item in raw:
         address = item.strip() if isinstance(item, str) else item
         if isinstance(address, str) and len(address) > ADDRESS_MAX_LENGTH:
-            invalid.append(f"{address[:40]!r}… is {len(address)} characters long; an address has at most "
-                           f"{ADDRESS_MAX_LENGTH}.")
+            invalid.append(
+                f"{address[:40]!r}… is {len(address)} characters long; an address has at most {ADDRESS_MAX_LENGTH}."
+            )
             continue
         try:
             if not isinstance(address, str) or text_problem(address, single_line=True):
@@ -203,13 +204,12 @@ def _render(template: EmailTemplate, context: dict) -> tuple[str, str]:
     except rendering.RenderError as exc:
         raise field_error("template", f"Template {template.pk} cannot be rendered: {exc}") from None
     if _LINE_BREAK.search(subject):
-        raise field_error(
-            "context", f"The subject would contain a line break: {subject!r}. Remove it from the values."
-        )
+        raise field_error("context", f"The subject would contain a line break: {subject!r}. Remove it from the values.")
     subject = subject.strip()
     if len(subject) > SUBJECT_MAX_LENGTH:
-        raise field_error("context", f"The subject would be {len(subject)} characters long; at most "
-                                     f"{SUBJECT_MAX_LENGTH} are allowed.")
+        raise field_error(
+            "context", f"The subject would be {len(subject)} characters long; at most {SUBJECT_MAX_LENGTH} are allowed."
+        )
     return subject, body
 
 
@@ -241,9 +241,18 @@ def sent_email_create(
     subject, body = _render(template, context)
     _check_rate_limit(sender=sender)
     write = EmailWrite(
-        sender=sender, template=template, subject=subject, body=body, context=context, recipients=recipients,
-        from_email=settings.DEFAULT_FROM_EMAIL, correlation_id=correlation_id, idempotency_key=idempotency_key,
-        fingerprint=fingerprint, created=timezone.now(), event_id=new_event_id(),
+        sender=sender,
+        template=template,
+        subject=subject,
+        body=body,
+        context=context,
+        recipients=recipients,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        correlation_id=correlation_id,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+        created=timezone.now(),
+        event_id=new_event_id(),
     )
     for _attempt in range(3):
         try:

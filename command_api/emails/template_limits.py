@@ -45,10 +45,12 @@ class Budget:
             raise RenderLimitExceeded(f"The rendered email would exceed RENDER_MAX_BYTES ({self.max_bytes} bytes).")
         if self.iterations > self.max_iterations:
             raise RenderLimitExceeded(
-                f"The template's loops would run more than RENDER_MAX_LOOP_ITERATIONS ({self.max_iterations}) times.")
+                f"The template's loops would run more than RENDER_MAX_LOOP_ITERATIONS ({self.max_iterations}) times."
+            )
         if time.monotonic() - self.started > self.timeout:
             raise RenderLimitExceeded(
-                f"Rendering took longer than RENDER_TIMEOUT_MS ({round(self.timeout * 1000)} ms).")
+                f"Rendering took longer than RENDER_TIMEOUT_MS ({round(self.timeout * 1000)} ms)."
+            )
 
 
 class BudgetedContext(Context):
@@ -138,8 +140,11 @@ def bounded_for(parser, token):
 
 
 def _flags(original) -> dict:
-    return {name: getattr(original, name) for name in ("is_safe", "needs_autoescape", "expects_localtime")
-            if hasattr(original, name)}
+    return {
+        name: getattr(original, name)
+        for name in ("is_safe", "needs_autoescape", "expects_localtime")
+        if hasattr(original, name)
+    }
 
 
 def _check_width(arg) -> None:
@@ -174,5 +179,6 @@ def join(value, arg, autoescape=True):
             size += sum(len(str(item)) for item in value)
         if size > settings.RENDER_MAX_BYTES:
             raise RenderLimitExceeded(
-                f"The rendered email would exceed RENDER_MAX_BYTES ({settings.RENDER_MAX_BYTES} bytes).")
+                f"The rendered email would exceed RENDER_MAX_BYTES ({settings.RENDER_MAX_BYTES} bytes)."
+            )
     return defaultfilters.join(value, arg, autoescape=autoescape)

@@ -83,10 +83,18 @@ class EmailWrite:
     def email(self, email_id: int) -> SentEmail:
         """The email as written under `email_id` (not read back)."""
         return SentEmail(
-            pk=email_id, sender=self.sender, template=self.template, template_name=self.template.name,
-            from_email=self.from_email, subject=self.subject, body=self.body, context=self.context,
-            correlation_id=self.correlation_id, idempotency_key=self.idempotency_key,
-            request_fingerprint=self.fingerprint, created=self.created,
+            pk=email_id,
+            sender=self.sender,
+            template=self.template,
+            template_name=self.template.name,
+            from_email=self.from_email,
+            subject=self.subject,
+            body=self.body,
+            context=self.context,
+            correlation_id=self.correlation_id,
+            idempotency_key=self.idempotency_key,
+            request_fingerprint=self.fingerprint,
+            created=self.created,
         )
 
 
@@ -132,11 +140,19 @@ def sent_email_write(write: EmailWrite) -> int | None:
     already used the Idempotency-Key."""
     event = outbox_sql.outbox_parameters(write.event(), aggregatetype=EmailRequested.AGGREGATE, aggregateid="")
     params = event | {
-        "template_id": write.template.pk, "template_modified": write.template.modified,
-        "sender_id": write.sender.pk, "template_name": write.template.name, "from_email": write.from_email,
-        "subject": write.subject, "body": write.body, "context": json.dumps(write.context),
-        "correlation_id": write.correlation_id, "idempotency_key": write.idempotency_key,
-        "fingerprint": write.fingerprint, "created": write.created, "recipients": write.recipients,
+        "template_id": write.template.pk,
+        "template_modified": write.template.modified,
+        "sender_id": write.sender.pk,
+        "template_name": write.template.name,
+        "from_email": write.from_email,
+        "subject": write.subject,
+        "body": write.body,
+        "context": json.dumps(write.context),
+        "correlation_id": write.correlation_id,
+        "idempotency_key": write.idempotency_key,
+        "fingerprint": write.fingerprint,
+        "created": write.created,
+        "recipients": write.recipients,
         "channel": settings.OUTBOX_NOTIFY_CHANNEL,
     }
     statement = _EMAIL_WRITE_RETURNING[bool(settings.OUTBOX_NOTIFY)]

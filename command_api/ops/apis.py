@@ -76,8 +76,9 @@ class OutboxListFilterSerializer(serializers.Serializer):
 class OutboxListApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(parameters=[OutboxListFilterSerializer],
-                   responses=page_of(OutboxEventSerializer, name="OutboxEventPage"))
+    @extend_schema(
+        parameters=[OutboxListFilterSerializer], responses=page_of(OutboxEventSerializer, name="OutboxEventPage")
+    )
     def get(self, request):
         query = OutboxListFilterSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -177,20 +178,25 @@ class DeliverySelectionSerializer(serializers.Serializer):
     class Meta:
         ref_name = "DeliverySelection"
 
-    email_ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=MAX_ID), required=False,
-                                      max_length=10_000)
+    email_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), required=False, max_length=10_000
+    )
     event_ids = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=10_000)
-    states = serializers.ListField(child=serializers.ChoiceField(choices=REDRIVABLE), required=False,
-                                   default=list(REDRIVABLE))
+    states = serializers.ListField(
+        child=serializers.ChoiceField(choices=REDRIVABLE), required=False, default=list(REDRIVABLE)
+    )
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
 
     def to_selection(self) -> RedriveSelection:
         data = self.validated_data
-        return RedriveSelection(email_ids=tuple(data.get("email_ids", ())),
-                                event_ids=tuple(str(i) for i in data.get("event_ids", ())),
-                                states=tuple(data["states"]) or REDRIVABLE, since=data.get("since"),
-                                until=data.get("until"))
+        return RedriveSelection(
+            email_ids=tuple(data.get("email_ids", ())),
+            event_ids=tuple(str(i) for i in data.get("event_ids", ())),
+            states=tuple(data["states"]) or REDRIVABLE,
+            since=data.get("since"),
+            until=data.get("until"),
+        )
 
 
 class DeliveryListApi(APIView):
@@ -202,8 +208,9 @@ class DeliveryListApi(APIView):
         class Meta:
             ref_name = "DeliveryListFilter"
 
-        state = serializers.ChoiceField(choices=["sending", "sent", "failed", "retry", "unknown", "held"],
-                                        required=False)
+        state = serializers.ChoiceField(
+            choices=["sending", "sent", "failed", "retry", "unknown", "held"], required=False
+        )
         email_id = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
 
     @extend_schema(parameters=[FilterSerializer], responses=page_of(DeliverySerializer, name="DeliveryPage"))
@@ -248,12 +255,25 @@ class DeliveryRedriveApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        result = deliveries_redrive(selection=data.to_selection(), actor=request.user.get_username(), via="api",
-                                    reason=data.validated_data["reason"], dry_run=data.validated_data["dry_run"])
-        return Response(self.OutputSerializer({
-            "retried": result.retried, "settled": result.settled, "unavailable": result.unavailable,
-            "dry_run": result.dry_run, "redrive_id": result.redrive.pk if result.redrive else None,
-            "sample": result.sample}).data)
+        result = deliveries_redrive(
+            selection=data.to_selection(),
+            actor=request.user.get_username(),
+            via="api",
+            reason=data.validated_data["reason"],
+            dry_run=data.validated_data["dry_run"],
+        )
+        return Response(
+            self.OutputSerializer(
+                {
+                    "retried": result.retried,
+                    "settled": result.settled,
+                    "unavailable": result.unavailable,
+                    "dry_run": result.dry_run,
+                    "redrive_id": result.redrive.pk if result.redrive else None,
+                    "sample": result.sample,
+                }
+            ).data
+        )
 
 
 # Dead letters: list, re-drive, dismiss ----------------------------------------------------------
@@ -303,8 +323,9 @@ class DeadLetterActionSerializer(serializers.Serializer):
     class Meta:
         ref_name = "DeadLetterAction"
 
-    ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1,
-                                max_length=1000)
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1, max_length=1000
+    )
     dry_run = serializers.BooleanField(required=False, default=False)
     reason = TextField(required=False, default="", allow_blank=True, max_length=1000)
 
@@ -327,10 +348,18 @@ class DeadLetterRedriveApi(APIView):
     def post(self, request):
         data = DeadLetterActionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        result = dead_letters_redrive(ids=data.validated_data["ids"], actor=request.user.get_username(), via="api",
-                                      reason=data.validated_data["reason"], dry_run=data.validated_data["dry_run"])
-        return Response(DeadLetterActionResultSerializer(
-            {"count": result.count, "skipped": result.skipped, "dry_run": result.dry_run}).data)
+        result = dead_letters_redrive(
+            ids=data.validated_data["ids"],
+            actor=request.user.get_username(),
+            via="api",
+            reason=data.validated_data["reason"],
+            dry_run=data.validated_data["dry_run"],
+        )
+        return Response(
+            DeadLetterActionResultSerializer(
+                {"count": result.count, "skipped": result.skipped, "dry_run": result.dry_run}
+            ).data
+        )
 
 
 class DeadLetterDismissApi(APIView):
@@ -343,7 +372,13 @@ class DeadLetterDismissApi(APIView):
         data = DeadLetterActionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         ids = data.validated_data["ids"]
-        count = len(ids) if data.validated_data["dry_run"] else dead_letters_dismiss(
-            ids=ids, actor=request.user.get_username())
-        return Response(DeadLetterActionResultSerializer(
-            {"count": count, "skipped": [], "dry_run": data.validated_data["dry_run"]}).data)
+        count = (
+            len(ids)
+            if data.validated_data["dry_run"]
+            else dead_letters_dismiss(ids=ids, actor=request.user.get_username())
+        )
+        return Response(
+            DeadLetterActionResultSerializer(
+                {"count": count, "skipped": [], "dry_run": data.validated_data["dry_run"]}
+            ).data
+        )

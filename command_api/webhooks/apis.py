@@ -31,8 +31,9 @@ class SendGridWebhookApi(APIView):
         ignored = serializers.IntegerField()
         rejected = serializers.IntegerField()
 
-    @extend_schema(request={"application/json": {"type": "array", "items": {"type": "object"}}},
-                   responses={200: OutputSerializer})
+    @extend_schema(
+        request={"application/json": {"type": "array", "items": {"type": "object"}}}, responses={200: OutputSerializer}
+    )
     def post(self, request):
         result = sendgrid_events_receive(
             body=request.data if isinstance(request.data, str) else "",

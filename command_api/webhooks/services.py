@@ -59,8 +59,9 @@ def verify_signature(*, body: str, signature: str | None, timestamp: str | None)
     """Raises a 403 ApplicationError unless SendGrid signed `body` recently."""
     key = settings.SENDGRID_WEBHOOK_PUBLIC_KEY
     if not key:
-        raise ApplicationError("The webhook verification key is not configured.",
-                               status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        raise ApplicationError(
+            "The webhook verification key is not configured.", status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+        )
     if not signature or not timestamp:
         raise _forbidden("Missing webhook signature.")
     try:
@@ -123,11 +124,16 @@ def _provider_event(item: dict, kind: str) -> ProviderEvent:
         raise _Malformed(f"{found[0]}: {found[1]}")
     reason = item.get("reason") or item.get("response") or ""
     return ProviderEvent(
-        provider_event_id=_line(item, "sg_event_id", max_length=100), email_id=_email_id(item),
+        provider_event_id=_line(item, "sg_event_id", max_length=100),
+        email_id=_email_id(item),
         request_event_id=_request_event_id(item),
         recipient=_line(item, "recipient" if "recipient" in item else "email", max_length=254),
-        status=kind, provider_message_id=_line(item, "sg_message_id", max_length=200, required=False),
-        reason=str(reason)[:1000], reported_at=_reported_at(item), payload=item)
+        status=kind,
+        provider_message_id=_line(item, "sg_message_id", max_length=200, required=False),
+        reason=str(reason)[:1000],
+        reported_at=_reported_at(item),
+        payload=item,
+    )
 
 
 _ITEM_MAX_DEPTH = 8
@@ -138,9 +144,18 @@ def _insert_new(rows: list[ProviderEvent]) -> set[str]:
         return set()
     now = datetime.now(UTC).isoformat()
     data = [
-        {"provider_event_id": r.provider_event_id, "email_id": r.email_id, "request_event_id": str(r.request_event_id),
-         "recipient": r.recipient, "status": r.status, "provider_message_id": r.provider_message_id,
-         "reason": r.reason, "reported_at": r.reported_at.isoformat(), "received_at": now, "payload": r.payload}
+        {
+            "provider_event_id": r.provider_event_id,
+            "email_id": r.email_id,
+            "request_event_id": str(r.request_event_id),
+            "recipient": r.recipient,
+            "status": r.status,
+            "provider_message_id": r.provider_message_id,
+            "reason": r.reason,
+            "reported_at": r.reported_at.isoformat(),
+            "received_at": now,
+            "payload": r.payload,
+        }
         for r in rows
     ]
     with connection.cursor() as cursor:
@@ -192,8 +207,9 @@ def _parse_items(body: str) -> list:
     return items
 
 
-def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str | None,
-                            correlation_id: str) -> WebhookResult:
+def sendgrid_events_receive(
+    *, body: str, signature: str | None, timestamp: str | None, correlation_id: str
+) -> WebhookResult:
     """Verify SendGrid's signature, then in one transaction store each new event (SendGrid's
     repeated posts are dropped by sg_event_id) and write the new ones to the outbox as
     `email.delivery_statuses` events, one per email (of at most STATUSES_PER_EVENT statuses), the
@@ -222,8 +238,11 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
         candidates[event.provider_event_id] = event
     if rejected:
         # A bad item must not cost the good ones: SendGrid would retry the whole post, then drop it.
-        log.warning("sendgrid_webhook_items_rejected", count=len(rejected),
-                    first=[f"item {index}: {why}" for index, why in rejected[:5]])
+        log.warning(
+            "sendgrid_webhook_items_rejected",
+            count=len(rejected),
+            first=[f"item {index}: {why}" for index, why in rejected[:5]],
+        )
 
     with transaction.atomic():
         rows = list(candidates.values())
@@ -233,13 +252,21 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
         received_at = datetime.now(UTC).isoformat()
         statuses = [
             EmailDeliveryStatus(
-                event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,
-                email_id=row.email_id, request_event_id=str(row.request_event_id), recipient=row.recipient,
-                status=row.status, provider="sendgrid", provider_event_id=row.provider_event_id,
-                provider_message_id=row.provider_message_id, reason=row.reason,
+                event_id=new_event_id(),
+                correlation_id=correlation_id,
+                occurred_at=received_at,
+                email_id=row.email_id,
+                request_event_id=str(row.request_event_id),
+                recipient=row.recipient,
+                status=row.status,
+                provider="sendgrid",
+                provider_event_id=row.provider_event_id,
+                provider_message_id=row.provider_message_id,
+                reason=row.reason,
                 reported_at=row.reported_at.isoformat(),
             ).to_dict()
-            for row in rows if row.provider_event_id in inserted
+            for row in rows
+            if row.provider_event_id in inserted
         ]
         # One event per email of the post (per STATUSES_PER_EVENT of its statuses): one message
         # through the relay and the broker for all of an email's statuses, not one per status;
@@ -249,17 +276,30 @@ def sendgrid_events_receive(*, body: str, signature: str | None, timestamp: str 
             by_email.setdefault(item["email_id"], []).append(item)
         outbox_events_add(
             events=[
-                (EmailDeliveryStatuses(event_id=new_event_id(), correlation_id=correlation_id, occurred_at=received_at,
-                                       statuses=tuple(items[start:start + STATUSES_PER_EVENT])), str(email_id))
+                (
+                    EmailDeliveryStatuses(
+                        event_id=new_event_id(),
+                        correlation_id=correlation_id,
+                        occurred_at=received_at,
+                        statuses=tuple(items[start : start + STATUSES_PER_EVENT]),
+                    ),
+                    str(email_id),
+                )
                 for email_id, items in by_email.items()
                 for start in range(0, len(items), STATUSES_PER_EVENT)
             ],
             aggregatetype=EmailDeliveryStatuses.AGGREGATE,
         )
-    result = WebhookResult(accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored,
-                           rejected=len(rejected))
-    log.info("sendgrid_webhook_received", accepted=result.accepted, duplicates=result.duplicates,
-             ignored=result.ignored, rejected=result.rejected)
+    result = WebhookResult(
+        accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored, rejected=len(rejected)
+    )
+    log.info(
+        "sendgrid_webhook_received",
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        ignored=result.ignored,
+        rejected=result.rejected,
+    )
     return result
 
 
@@ -281,5 +321,12 @@ def provider_events_prune(*, older_than_days: int | None = None, dry_run: bool =
     from core.retention import prune
 
     days = settings.PROVIDER_EVENT_RETENTION_DAYS if older_than_days is None else older_than_days
-    return prune(name="provider_events", table="webhook_provider_event", key="provider_event_id",
-                 select_sql=_PRUNABLE_PROVIDER_EVENTS, params={"days": days}, dry_run=dry_run, progress=progress)
+    return prune(
+        name="provider_events",
+        table="webhook_provider_event",
+        key="provider_event_id",
+        select_sql=_PRUNABLE_PROVIDER_EVENTS,
+        params={"days": days},
+        dry_run=dry_run,
+        progress=progress,
+    )

@@ -9,6 +9,4 @@ class UserAdmin(DjangoUserAdmin):
     ordering = ("email",)
     list_display = ("email", "username", "is_staff", "is_active", "date_joined")
     search_fields = ("email", "username")
-    add_fieldsets = (
-        (None, {"classes": ("wide",), "fields": ("email", "username", "password1", "password2")}),
-    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "username", "password1", "password2")}),)

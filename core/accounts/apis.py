@@ -99,4 +99,3 @@ class LogoutApi(APIView):
     def post(self, request):
         user_logout(token=request.auth)
         return Response(status=status.HTTP_204_NO_CONTENT)
-

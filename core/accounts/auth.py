@@ -36,9 +36,11 @@ def _token_query() -> tuple[Prepared, list[str], list[str]]:
     user_columns = [f"u.{_column(f)}" for f in User._meta.concrete_fields]
     user_pk, user_fk = _column(User._meta.pk), _column(AuthToken._meta.get_field("user"))
     return (
-        Prepared("auth_token_lookup",
-                 f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
-                 f"JOIN {User._meta.db_table} u ON u.{user_pk} = t.{user_fk} WHERE t.token_key = %(key)s"),
+        Prepared(
+            "auth_token_lookup",
+            f"SELECT {', '.join(token_columns + user_columns)} FROM {AuthToken._meta.db_table} t "
+            f"JOIN {User._meta.db_table} u ON u.{user_pk} = t.{user_fk} WHERE t.token_key = %(key)s",
+        ),
         [f.attname for f in AuthToken._meta.concrete_fields],
         [f.attname for f in User._meta.concrete_fields],
     )

@@ -31,9 +31,7 @@ def user_register(*, email: str, username: str, password: str) -> User:
     try:
         password_validation.validate_password(password, user=candidate)
     except DjangoValidationError as exc:
-        raise ApplicationError(
-            "Invalid password: it is too weak.", errors={"password": list(exc.messages)}
-        ) from None
+        raise ApplicationError("Invalid password: it is too weak.", errors={"password": list(exc.messages)}) from None
     candidate.set_password(password)
     try:
         with transaction.atomic():

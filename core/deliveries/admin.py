@@ -6,8 +6,16 @@ from core.deliveries.services import REDRIVABLE, RedriveSelection, deliveries_re
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
-    list_display = ("recipient", "email_id", "state", "attempts", "next_attempt_at", "provider_message_id",
-                    "provider_seen_at", "updated_at")
+    list_display = (
+        "recipient",
+        "email_id",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "provider_message_id",
+        "provider_seen_at",
+        "updated_at",
+    )
     list_filter = ("state",)
     search_fields = ("=email_id", "=event_id", "recipient", "=provider_message_id")
     readonly_fields = [f.name for f in Delivery._meta.fields]
@@ -24,11 +32,17 @@ class DeliveryAdmin(admin.ModelAdmin):
             self.message_user(request, "None of the selected deliveries is failed or held.", messages.WARNING)
             return
         result = deliveries_redrive(
-            selection=RedriveSelection(event_ids=event_ids), actor=request.user.get_username(), via="admin",
-            reason=f"admin: {rows.count()} selected")
+            selection=RedriveSelection(event_ids=event_ids),
+            actor=request.user.get_username(),
+            via="admin",
+            reason=f"admin: {rows.count()} selected",
+        )
         note = f", {result.unavailable} left (their request is gone)" if result.unavailable else ""
-        self.message_user(request, f"Re-drive #{result.redrive.pk}: {result.retried} sent again, "
-                                   f"{result.settled} marked sent{note}.", messages.SUCCESS)
+        self.message_user(
+            request,
+            f"Re-drive #{result.redrive.pk}: {result.retried} sent again, {result.settled} marked sent{note}.",
+            messages.SUCCESS,
+        )
 
 
 @admin.register(Redrive)

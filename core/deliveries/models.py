@@ -23,13 +23,18 @@ class Delivery(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     attempts = models.PositiveIntegerField(default=0)
     lease_until = models.DateTimeField(null=True, blank=True)
-    claim_token = models.UUIDField(null=True, blank=True, help_text="The claim that holds it: outcome writes "
-                                   "apply only while it does.")
+    claim_token = models.UUIDField(
+        null=True, blank=True, help_text="The claim that holds it: outcome writes apply only while it does."
+    )
     next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a retry is due.")
-    provider_seen_at = models.DateTimeField(null=True, blank=True, help_text="When the provider's own events first "
-                                            "reported on it: it has the mail, and never gets it twice.")
-    last_redrive = models.ForeignKey("Redrive", null=True, blank=True, on_delete=models.SET_NULL, db_index=False,
-                                     related_name="deliveries")
+    provider_seen_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the provider's own events first reported on it: it has the mail, and never gets it twice.",
+    )
+    last_redrive = models.ForeignKey(
+        "Redrive", null=True, blank=True, on_delete=models.SET_NULL, db_index=False, related_name="deliveries"
+    )
     provider_message_id = models.CharField(max_length=128, blank=True, default="")
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
@@ -39,11 +44,17 @@ class Delivery(models.Model):
         db_table = "sender_delivery"
         constraints = [models.UniqueConstraint(fields=["event_id", "recipient"], name="sender_delivery_uniq")]
         indexes = [
-            models.Index(fields=["state", "updated_at"], name="sender_delivery_state_idx",
-                         condition=models.Q(state__in=["unknown", "held", "sending"])),
+            models.Index(
+                fields=["state", "updated_at"],
+                name="sender_delivery_state_idx",
+                condition=models.Q(state__in=["unknown", "held", "sending"]),
+            ),
             # Deliveries not finished: reconcile looks at their emails.
-            models.Index(fields=["email_id"], name="sender_delivery_unfinished_idx",
-                         condition=~models.Q(state__in=["sent", "failed"])),
+            models.Index(
+                fields=["email_id"],
+                name="sender_delivery_unfinished_idx",
+                condition=~models.Q(state__in=["sent", "failed"]),
+            ),
         ]
 
     def __str__(self):

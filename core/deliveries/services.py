@@ -64,8 +64,10 @@ class RedriveResult:
 
 def deliveries_select(selection: RedriveSelection):
     if bad := set(selection.states) - set(REDRIVABLE):
-        raise ApplicationError("Only failed and held deliveries can be re-driven.",
-                               errors={"states": [f"Not re-drivable: {', '.join(sorted(bad))}."]})
+        raise ApplicationError(
+            "Only failed and held deliveries can be re-driven.",
+            errors={"states": [f"Not re-drivable: {', '.join(sorted(bad))}."]},
+        )
     rows = Delivery.objects.filter(state__in=selection.states)
     if selection.email_ids:
         rows = rows.filter(email_id__in=selection.email_ids)
@@ -94,21 +96,30 @@ def _request_available(event_ids: set[str]) -> set[str]:
     return present
 
 
-def deliveries_redrive(*, selection: RedriveSelection, actor: str, via: str, reason: str = "",
-                       dry_run: bool = False, progress: Callable[[int], object] | None = None) -> RedriveResult:
+def deliveries_redrive(
+    *,
+    selection: RedriveSelection,
+    actor: str,
+    via: str,
+    reason: str = "",
+    dry_run: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> RedriveResult:
     """Send the selected failed and held deliveries again (see the module). `dry_run` only
     counts. Raises ApplicationError for an empty selection or a state that cannot be re-driven."""
     if selection.is_empty():
         raise ApplicationError(
             "Name what to re-drive: email ids, event ids or a time range.",
-            errors={"selection": ["At least one of email_ids, event_ids, since, until."]})
+            errors={"selection": ["At least one of email_ids, event_ids, since, until."]},
+        )
     rows = deliveries_select(selection)
     sample = list(rows[:20])
     if dry_run:
         count = rows.count()
         settled = rows.filter(state="held", provider_seen_at__isnull=False).count()
-        return RedriveResult(retried=count - settled, settled=settled, unavailable=0, dry_run=True, redrive=None,
-                             sample=sample)
+        return RedriveResult(
+            retried=count - settled, settled=settled, unavailable=0, dry_run=True, redrive=None, sample=sample
+        )
 
     with transaction.atomic():
         selected = list(rows.select_for_update())
@@ -123,15 +134,28 @@ def deliveries_redrive(*, selection: RedriveSelection, actor: str, via: str, rea
             by_request = defaultdict(list)
             for delivery in seen:
                 by_request[str(delivery.event_id)].append(delivery)
-            outbox_events_add(events=[
-                (EmailSent(event_id=new_event_id(), correlation_id=f"redrive-{redrive.pk}",
-                           occurred_at=redrive.created_at.isoformat(), email_id=found[0].email_id,
-                           request_event_id=event_id, recipients=tuple(d.recipient for d in found),
-                           provider="sendgrid", provider_message_id=found[0].provider_message_id,
-                           attempt=max(d.attempts for d in found)), str(found[0].email_id))
-                for event_id, found in by_request.items()], aggregatetype=EmailRequested.AGGREGATE)
+            outbox_events_add(
+                events=[
+                    (
+                        EmailSent(
+                            event_id=new_event_id(),
+                            correlation_id=f"redrive-{redrive.pk}",
+                            occurred_at=redrive.created_at.isoformat(),
+                            email_id=found[0].email_id,
+                            request_event_id=event_id,
+                            recipients=tuple(d.recipient for d in found),
+                            provider="sendgrid",
+                            provider_message_id=found[0].provider_message_id,
+                            attempt=max(d.attempts for d in found),
+                        ),
+                        str(found[0].email_id),
+                    )
+                    for event_id, found in by_request.items()
+                ],
+                aggregatetype=EmailRequested.AGGREGATE,
+            )
         for start in range(0, len(again), 1000):
-            chunk = again[start:start + 1000]
+            chunk = again[start : start + 1000]
             with connection.cursor() as cursor:
                 cursor.execute(
                     """
@@ -141,20 +165,29 @@ def deliveries_redrive(*, selection: RedriveSelection, actor: str, via: str, rea
                            last_error = left('re-driven: ' || last_error, 1000)
                      WHERE id = ANY(%s)
                     """,
-                    [redrive.pk, [d.pk for d in chunk]])
+                    [redrive.pk, [d.pk for d in chunk]],
+                )
             if progress:
                 progress(len(chunk))
         armed = {str(d.event_id) for d in again}
-        OutboxEvent.objects.filter(id__in=armed).filter(Q(published_at__isnull=False) | Q(failed_at__isnull=False)
-                                                        | Q(not_before__gt=redrive.created_at)).update(
-            published_at=None, failed_at=None, not_before=redrive.created_at, last_error=f"re-drive #{redrive.pk}")
+        OutboxEvent.objects.filter(id__in=armed).filter(
+            Q(published_at__isnull=False) | Q(failed_at__isnull=False) | Q(not_before__gt=redrive.created_at)
+        ).update(published_at=None, failed_at=None, not_before=redrive.created_at, last_error=f"re-drive #{redrive.pk}")
         redrive.retried, redrive.settled = len(again), len(seen)
         redrive.save(update_fields=["retried", "settled"])
         notify_relay()
-    log.info("deliveries_redriven", redrive_id=redrive.pk, retried=len(again), settled=len(seen),
-             unavailable=unavailable, actor=actor, via=via)
-    return RedriveResult(retried=len(again), settled=len(seen), unavailable=unavailable, dry_run=False,
-                         redrive=redrive, sample=sample)
+    log.info(
+        "deliveries_redriven",
+        redrive_id=redrive.pk,
+        retried=len(again),
+        settled=len(seen),
+        unavailable=unavailable,
+        actor=actor,
+        via=via,
+    )
+    return RedriveResult(
+        retried=len(again), settled=len(seen), unavailable=unavailable, dry_run=False, redrive=redrive, sample=sample
+    )
 
 
 # Retention -------------------------------------------------------------------------------------
@@ -172,8 +205,9 @@ _PRUNABLE_DELIVERIES = """
 """
 
 
-def deliveries_prune(*, older_than_days: int | None = None, dry_run: bool = False,
-                     progress: Callable[[int], object] | None = None) -> int:
+def deliveries_prune(
+    *, older_than_days: int | None = None, dry_run: bool = False, progress: Callable[[int], object] | None = None
+) -> int:
     """Delete finished deliveries older than DELIVERY_RETENTION_DAYS that nothing can send again
     (scheduled daily). Returns how many."""
     from django.conf import settings
@@ -181,5 +215,12 @@ def deliveries_prune(*, older_than_days: int | None = None, dry_run: bool = Fals
     from core.retention import prune
 
     days = settings.DELIVERY_RETENTION_DAYS if older_than_days is None else older_than_days
-    return prune(name="deliveries", table="sender_delivery", key="id", select_sql=_PRUNABLE_DELIVERIES,
-                 params={"days": days}, dry_run=dry_run, progress=progress)
+    return prune(
+        name="deliveries",
+        table="sender_delivery",
+        key="id",
+        select_sql=_PRUNABLE_DELIVERIES,
+        params={"days": days},
+        dry_run=dry_run,
+        progress=progress,
+    )

@@ -40,7 +40,9 @@ from core.prepared import Prepared
 
 TERMINAL = ("sent", "failed")
 
-CLAIM = Prepared("sender_claim", """
+CLAIM = Prepared(
+    "sender_claim",
+    """
     INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until, claim_token,
                                       provider_message_id, last_error, created_at, updated_at)
     SELECT %(event_id)s::uuid, r, %(email_id)s::bigint, 'sending', 1, now() + %(lease)s::float8 * interval '1 second',
@@ -53,7 +55,8 @@ CLAIM = Prepared("sender_claim", """
         OR (%(resend)s::bool AND d.state IN ('sending', 'unknown') AND d.lease_until < now()
             AND d.provider_seen_at IS NULL AND d.updated_at <= now() - %(grace)s::float8 * interval '1 second')
     RETURNING recipient, attempts, last_error
-""")
+""",
+)
 # What the claim did not take, and why.
 UNCLAIMED_SQL = """
     SELECT recipient, state, coalesce(lease_until > now(), false), provider_seen_at IS NOT NULL,
@@ -67,6 +70,8 @@ HOLD_SQL = """
      WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND provider_seen_at IS NULL
        AND (state = 'unknown' OR (state = 'sending' AND lease_until < now()))
 """
+
+
 def _and_event(insert: str, counts: str = "(SELECT count(*) FROM done)") -> str:
     """The tail of an outcome statement whose first part (`done`) changed deliveries: the outbox
     event `insert` only if it changed any, `counts` returned, and the relay woken when asked."""
@@ -79,8 +84,9 @@ def _and_event(insert: str, counts: str = "(SELECT count(*) FROM done)") -> str:
            CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END"""
 
 
-
-OUTCOME = Prepared("sender_outcome", f"""
+OUTCOME = Prepared(
+    "sender_outcome",
+    f"""
     WITH done AS (
         UPDATE sender_delivery
            SET state = %(state)s, provider_message_id = %(message_id)s, last_error = %(error)s,
@@ -89,10 +95,13 @@ OUTCOME = Prepared("sender_outcome", f"""
          WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[]) AND state = 'sending'
            AND claim_token = %(token)s::uuid
         RETURNING 1
-{_and_event(insert_select(), counts='(SELECT count(*) FROM done), (SELECT count(*) FROM event)')}
-""")
+{_and_event(insert_select(), counts="(SELECT count(*) FROM done), (SELECT count(*) FROM event)")}
+""",
+)
 # Release claimed recipients: `retry` (due at next_attempt_at), `unknown` (in doubt from now).
-RELEASE = Prepared("sender_release", """
+RELEASE = Prepared(
+    "sender_release",
+    """
     UPDATE sender_delivery
        SET state = %(state)s::varchar, last_error = %(error)s::text, updated_at = now(), claim_token = NULL,
            lease_until = CASE WHEN %(state)s::varchar = 'unknown' THEN now() END,
@@ -101,13 +110,16 @@ RELEASE = Prepared("sender_release", """
            attempts = attempts - %(uncount)s::int
      WHERE event_id = %(event_id)s::uuid AND recipient = ANY(%(recipients)s::text[]) AND state = 'sending'
        AND claim_token = %(token)s::uuid
-""")
+""",
+)
 # In doubt, and the provider's own events say it has the mail: sent, with its message id, and
 # `email.sent` in the outbox, in one statement. Never resent.
-_SEEN_EVENT = insert_select(payload="""%(payload)s::jsonb || jsonb_build_object(
+_SEEN_EVENT = insert_select(
+    payload="""%(payload)s::jsonb || jsonb_build_object(
                    'recipients', (SELECT jsonb_agg(recipient ORDER BY recipient) FROM done),
                    'provider_message_id', (SELECT coalesce(min(provider_message_id), '') FROM done),
-                   'attempt', (SELECT max(attempts) FROM done))""")
+                   'attempt', (SELECT max(attempts) FROM done))"""
+)
 RESOLVE_SEEN_SQL = f"""
     WITH done AS (
         UPDATE sender_delivery
@@ -121,7 +133,9 @@ RESOLVE_SEEN_SQL = f"""
 # publishes the same event id then. Inserts the row when
 # it was purged. A row already waiting for an earlier time keeps it.
 _REARMED_EVENT = insert_select(id="%(id)s::uuid", not_before="due.at", last_error="%(reason)s::text")
-REARM = Prepared("sender_rearm", f"""
+REARM = Prepared(
+    "sender_rearm",
+    f"""
     WITH due AS (
         SELECT min(CASE
                    WHEN state = 'retry' THEN coalesce(next_attempt_at, now())
@@ -139,7 +153,8 @@ REARM = Prepared("sender_rearm", f"""
      WHERE {OUTBOX}.published_at IS NOT NULL OR {OUTBOX}.failed_at IS NOT NULL
         OR {OUTBOX}.not_before > EXCLUDED.not_before
     RETURNING not_before
-""")
+""",
+)
 # The provider reported on these (event, recipient) pairs: it has the mail.
 RECEIPTS_SQL = """
     UPDATE sender_delivery AS d
@@ -153,7 +168,8 @@ RECEIPTS_SQL = """
 # sender holds right now, fail with the reason, with `email.failed`, in one statement (rows the
 # sender never made are made failed).
 _FAILED_EVENT = insert_select(
-    payload="%(payload)s::jsonb || jsonb_build_object('recipients', (SELECT jsonb_agg(recipient) FROM done))")
+    payload="%(payload)s::jsonb || jsonb_build_object('recipients', (SELECT jsonb_agg(recipient) FROM done))"
+)
 FAIL_DEAD_SQL = f"""
     WITH done AS (
         INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, provider_message_id,
@@ -240,16 +256,23 @@ class DeliveryStore:
 
     # Claims ----------------------------------------------------------------------------------
 
-    def claim(self, event: EmailRequested, *, lease_seconds: float, resend_in_doubt: bool,
-              in_doubt_grace: float) -> Claim:
+    def claim(
+        self, event: EmailRequested, *, lease_seconds: float, resend_in_doubt: bool, in_doubt_grace: float
+    ) -> Claim:
         """Take the recipients of `event` that are due: new ones, retries whose time has come, and
         (with `resend_in_doubt`) ones in doubt whose grace passed with no word from the provider.
         Idempotent: a second claim of a finished delivery takes nothing. Says why the others
         were not taken; holds, by policy, the ones in doubt past the grace."""
         token = str(uuid.uuid4())
-        params = {"event_id": event.event_id, "email_id": event.email_id, "lease": lease_seconds,
-                  "recipients": list(event.recipients), "resend": resend_in_doubt, "grace": in_doubt_grace,
-                  "token": token}
+        params = {
+            "event_id": event.event_id,
+            "email_id": event.email_id,
+            "lease": lease_seconds,
+            "recipients": list(event.recipients),
+            "resend": resend_in_doubt,
+            "grace": in_doubt_grace,
+            "token": token,
+        }
         claim = Claim(token=token)
         with self._cursor() as cursor:
             CLAIM.execute(cursor, params)
@@ -260,8 +283,11 @@ class DeliveryStore:
                 return claim
             cursor.execute(UNCLAIMED_SQL, params)
             rows = [row for row in cursor.fetchall() if row[0] not in claim.claimed]
-            past_grace = [recipient for recipient, state, live, seen, in_grace in rows
-                          if _in_doubt(state, live) and not seen and not in_grace]
+            past_grace = [
+                recipient
+                for recipient, state, live, seen, in_grace in rows
+                if _in_doubt(state, live) and not seen and not in_grace
+            ]
             if past_grace and not resend_in_doubt:
                 cursor.execute(HOLD_SQL, params | {"recipients": past_grace})
         for recipient, state, live, seen, in_grace in rows:
@@ -283,11 +309,26 @@ class DeliveryStore:
 
     # Outcomes --------------------------------------------------------------------------------
 
-    def _outcome(self, *, state: str, event: Event, request: EmailRequested, recipients: list[str], token: str,
-                 message_id: str = "", error: str = "", uncount: bool = False) -> int:
+    def _outcome(
+        self,
+        *,
+        state: str,
+        event: Event,
+        request: EmailRequested,
+        recipients: list[str],
+        token: str,
+        message_id: str = "",
+        error: str = "",
+        uncount: bool = False,
+    ) -> int:
         params = _outbox_parameters(event, request) | {
-            "state": state, "message_id": message_id, "error": error, "event_id": request.event_id,
-            "recipients": recipients, "notify": self._notify_channel is not None, "token": token,
+            "state": state,
+            "message_id": message_id,
+            "error": error,
+            "event_id": request.event_id,
+            "recipients": recipients,
+            "notify": self._notify_channel is not None,
+            "token": token,
             "uncount": 1 if uncount else 0,
             "occurred_at": event.occurred_at,  # the row and its event carry the same time
             "channel": self._notify_channel or "",
@@ -297,50 +338,120 @@ class DeliveryStore:
             updated, _, _ = cursor.fetchone()
         return updated
 
-    def record_sent(self, request: EmailRequested, recipients: list[str], *, token: str, message_id: str,
-                    attempt: int, provider: str) -> int:
+    def record_sent(
+        self,
+        request: EmailRequested,
+        recipients: list[str],
+        *,
+        token: str,
+        message_id: str,
+        attempt: int,
+        provider: str,
+    ) -> int:
         """Mark the claimed recipients sent and write `email.sent`, in one statement, while the
         claim `token` holds them. Returns how many it marked (0: the claim was lost)."""
-        event = EmailSent(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
-                          email_id=request.email_id, request_event_id=request.event_id,
-                          recipients=tuple(recipients), provider=provider, provider_message_id=message_id,
-                          attempt=attempt)
-        return self._outcome(state="sent", event=event, request=request, recipients=recipients, token=token,
-                             message_id=message_id)
+        event = EmailSent(
+            event_id=new_event_id(),
+            correlation_id=request.correlation_id,
+            occurred_at=_now(),
+            email_id=request.email_id,
+            request_event_id=request.event_id,
+            recipients=tuple(recipients),
+            provider=provider,
+            provider_message_id=message_id,
+            attempt=attempt,
+        )
+        return self._outcome(
+            state="sent", event=event, request=request, recipients=recipients, token=token, message_id=message_id
+        )
 
-    def record_failed(self, request: EmailRequested, recipients: list[str], *, token: str, reason: str,
-                      permanent: bool, attempt: int, provider: str, uncount: bool = False) -> int:
+    def record_failed(
+        self,
+        request: EmailRequested,
+        recipients: list[str],
+        *,
+        token: str,
+        reason: str,
+        permanent: bool,
+        attempt: int,
+        provider: str,
+        uncount: bool = False,
+    ) -> int:
         """Mark the claimed recipients failed and write `email.failed`, in one statement, while
         the claim `token` holds them (`uncount`: the claim made no call). Returns how many."""
-        event = EmailFailed(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
-                            email_id=request.email_id, request_event_id=request.event_id,
-                            recipients=tuple(recipients), provider=provider, reason=reason[:1000],
-                            permanent=permanent, attempt=attempt)
-        return self._outcome(state="failed", event=event, request=request, recipients=recipients, token=token,
-                             error=reason[:1000], uncount=uncount)
+        event = EmailFailed(
+            event_id=new_event_id(),
+            correlation_id=request.correlation_id,
+            occurred_at=_now(),
+            email_id=request.email_id,
+            request_event_id=request.event_id,
+            recipients=tuple(recipients),
+            provider=provider,
+            reason=reason[:1000],
+            permanent=permanent,
+            attempt=attempt,
+        )
+        return self._outcome(
+            state="failed",
+            event=event,
+            request=request,
+            recipients=recipients,
+            token=token,
+            error=reason[:1000],
+            uncount=uncount,
+        )
 
-    def release(self, request: EmailRequested, recipients: list[str], *, token: str, state: str, error: str,
-                delay: float = 0.0, uncount: bool = False) -> int:
+    def release(
+        self,
+        request: EmailRequested,
+        recipients: list[str],
+        *,
+        token: str,
+        state: str,
+        error: str,
+        delay: float = 0.0,
+        uncount: bool = False,
+    ) -> int:
         """Let go of claimed recipients while `token` holds them: `retry` (due in `delay`
         seconds) or `unknown` (in doubt from now: the provider may have the mail). `uncount`
         gives the attempt back. Returns how many it let go (the others: fenced)."""
         if state not in ("retry", "unknown"):
             raise ValueError(f"release to retry or unknown, not {state!r}")
         with self._cursor() as cursor:
-            RELEASE.execute(cursor, {"state": state, "error": error[:1000], "event_id": request.event_id,
-                                     "recipients": recipients, "token": token, "delay": delay,
-                                     "uncount": 1 if uncount else 0})
+            RELEASE.execute(
+                cursor,
+                {
+                    "state": state,
+                    "error": error[:1000],
+                    "event_id": request.event_id,
+                    "recipients": recipients,
+                    "token": token,
+                    "delay": delay,
+                    "uncount": 1 if uncount else 0,
+                },
+            )
             return cursor.rowcount
 
     def resolve_seen(self, request: EmailRequested, recipients: list[str], *, provider: str) -> int:
         """Mark in-doubt recipients the provider reported on sent, with `email.sent`, in one
         statement; they are never sent again. Returns how many."""
-        event = EmailSent(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
-                          email_id=request.email_id, request_event_id=request.event_id, recipients=(),
-                          provider=provider, provider_message_id="", attempt=0)
+        event = EmailSent(
+            event_id=new_event_id(),
+            correlation_id=request.correlation_id,
+            occurred_at=_now(),
+            email_id=request.email_id,
+            request_event_id=request.event_id,
+            recipients=(),
+            provider=provider,
+            provider_message_id="",
+            attempt=0,
+        )
         params = _outbox_parameters(event, request) | {
-            "event_id": request.event_id, "recipients": recipients, "notify": self._notify_channel is not None,
-            "channel": self._notify_channel or ""}
+            "event_id": request.event_id,
+            "recipients": recipients,
+            "notify": self._notify_channel is not None,
+            "channel": self._notify_channel or "",
+        }
         with self._cursor() as cursor:
             cursor.execute(RESOLVE_SEEN_SQL, params)
             resolved, _ = cursor.fetchone()
@@ -361,8 +472,9 @@ class DeliveryStore:
         many failed."""
         self.resolve_seen(request, list(request.recipients), provider=provider)
         with self._cursor() as cursor:
-            return fail_request(cursor, request, reason=reason, provider=provider,
-                                notify_channel=self._notify_channel, permanent=False)
+            return fail_request(
+                cursor, request, reason=reason, provider=provider, notify_channel=self._notify_channel, permanent=False
+            )
 
     def park_dead_letter(self, message, *, resolution: str, detail: str) -> bool:
         """Record a dead letter (core.outbox.deadletters); True when it was new."""
@@ -402,21 +514,43 @@ class DeliveryStore:
         self._pause_cache = (time.time(), max(until, self._pause_cache[1]))
 
 
-def fail_request(cursor, request: EmailRequested, *, reason: str, provider: str, notify_channel: str | None,
-                 permanent: bool) -> int:
+def fail_request(
+    cursor, request: EmailRequested, *, reason: str, provider: str, notify_channel: str | None, permanent: bool
+) -> int:
     """Fail the recipients of `request` that are not finished and that no sender holds, with
     `reason` and `email.failed`, in one statement on `cursor` (the caller's transaction or
     autocommit). For a request that can never be delivered: dead-lettered, or refused by the
     broker. Returns how many failed."""
-    event = EmailFailed(event_id=new_event_id(), correlation_id=request.correlation_id, occurred_at=_now(),
-                        email_id=request.email_id, request_event_id=request.event_id, recipients=(),
-                        provider=provider, reason=reason[:1000], permanent=permanent, attempt=0,
-                        owner_id=request.owner_id, from_email=request.from_email, template_id=request.template_id,
-                        template_name=request.template_name, subject=request.subject,
-                        requested_at=request.occurred_at)
-    cursor.execute(FAIL_DEAD_SQL, _outbox_parameters(event, request) | {
-        "event_id": request.event_id, "email_id": request.email_id, "error": reason[:1000],
-        "recipients": list(request.recipients), "notify": notify_channel is not None, "channel": notify_channel or ""})
+    event = EmailFailed(
+        event_id=new_event_id(),
+        correlation_id=request.correlation_id,
+        occurred_at=_now(),
+        email_id=request.email_id,
+        request_event_id=request.event_id,
+        recipients=(),
+        provider=provider,
+        reason=reason[:1000],
+        permanent=permanent,
+        attempt=0,
+        owner_id=request.owner_id,
+        from_email=request.from_email,
+        template_id=request.template_id,
+        template_name=request.template_name,
+        subject=request.subject,
+        requested_at=request.occurred_at,
+    )
+    cursor.execute(
+        FAIL_DEAD_SQL,
+        _outbox_parameters(event, request)
+        | {
+            "event_id": request.event_id,
+            "email_id": request.email_id,
+            "error": reason[:1000],
+            "recipients": list(request.recipients),
+            "notify": notify_channel is not None,
+            "channel": notify_channel or "",
+        },
+    )
     failed, _ = cursor.fetchone()
     return failed
 

@@ -29,9 +29,7 @@ class OutboxEventAdmin(admin.ModelAdmin):
     @admin.action(description="Replay the selected events (publish again, same event ids)")
     def replay_selected(self, request, queryset):
         ids = tuple(str(pk) for pk in queryset.values_list("id", flat=True))
-        result = outbox_replay(
-            selection=OutboxFilter(event_ids=ids), actor=request.user.get_username(), via="admin"
-        )
+        result = outbox_replay(selection=OutboxFilter(event_ids=ids), actor=request.user.get_username(), via="admin")
         skipped = len(ids) - result.count
         note = f" ({skipped} still pending, left alone)" if skipped else ""
         self.message_user(request, f"Replayed {result.count} events{note}.", messages.SUCCESS)
@@ -60,8 +58,9 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-drive the selected dead letters (send them again, same event ids)")
     def redrive_selected(self, request, queryset):
-        result = dead_letters_redrive(ids=list(queryset.values_list("pk", flat=True)),
-                                      actor=request.user.get_username(), via="admin")
+        result = dead_letters_redrive(
+            ids=list(queryset.values_list("pk", flat=True)), actor=request.user.get_username(), via="admin"
+        )
         skipped = f" Skipped: {'; '.join(result.skipped)}" if result.skipped else ""
         self.message_user(request, f"Re-drove {result.count}.{skipped}", messages.SUCCESS)
 

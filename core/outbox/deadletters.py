@@ -109,15 +109,25 @@ class DeadLetterMessage:
             email_id = int(email_id) if email_id is not None and 0 < int(email_id) < 2**63 else None
         except (TypeError, ValueError):
             email_id = None
-        return {"queue": self.queue[:200], "reason": self.reason[:32], "deaths": self.deaths, "died_at": self.died_at,
-                "message_id": self.message_id, "type": self.type, "email_id": email_id,
-                "body": _storable(self.body.decode("utf-8", "backslashreplace")),
-                "headers": _storable(json.dumps(self.headers)), "detail": _storable(detail[:2000]),
-                "resolution": resolution, "resolved_by": resolved_by}
+        return {
+            "queue": self.queue[:200],
+            "reason": self.reason[:32],
+            "deaths": self.deaths,
+            "died_at": self.died_at,
+            "message_id": self.message_id,
+            "type": self.type,
+            "email_id": email_id,
+            "body": _storable(self.body.decode("utf-8", "backslashreplace")),
+            "headers": _storable(json.dumps(self.headers)),
+            "detail": _storable(detail[:2000]),
+            "resolution": resolution,
+            "resolved_by": resolved_by,
+        }
 
 
-def park(cursor, message: DeadLetterMessage, *, resolution: str = "parked", detail: str = "",
-         resolved_by: str = "") -> bool:
+def park(
+    cursor, message: DeadLetterMessage, *, resolution: str = "parked", detail: str = "", resolved_by: str = ""
+) -> bool:
     """Record `message` (once: a keeper that dies before its ack records it again as a no-op).
     True when it was new."""
     cursor.execute(PARK_SQL, message.record(resolution=resolution, detail=detail, resolved_by=resolved_by))
@@ -129,8 +139,9 @@ class DeadLetterKeeper:
     records it and acts on it; a database outage raises and the message goes back), and acks.
     Call `poll` from the connection's own thread; it does nothing more often than `interval`."""
 
-    def __init__(self, *, queues: list[str], keep: Callable[[DeadLetterMessage], None], interval: float = 1.0,
-                 batch: int = 100):
+    def __init__(
+        self, *, queues: list[str], keep: Callable[[DeadLetterMessage], None], interval: float = 1.0, batch: int = 100
+    ):
         self.queues, self.keep, self.interval, self.batch = queues, keep, interval, batch
         self._next = 0.0
 
@@ -154,8 +165,14 @@ class DeadLetterKeeper:
                     raise
                 channel.basic_ack(method.delivery_tag)
                 kept += 1
-                log.error("dead_letter_recorded", queue=message.queue, reason=message.reason, deaths=message.deaths,
-                          event_id=message.message_id, type=message.type)
+                log.error(
+                    "dead_letter_recorded",
+                    queue=message.queue,
+                    reason=message.reason,
+                    deaths=message.deaths,
+                    event_id=message.message_id,
+                    type=message.type,
+                )
         return kept
 
 
@@ -169,8 +186,9 @@ class DeadLetterAction:
     dry_run: bool
 
 
-def dead_letters_redrive(*, ids: list[int], actor: str, via: str, reason: str = "",
-                         dry_run: bool = False) -> DeadLetterAction:
+def dead_letters_redrive(
+    *, ids: list[int], actor: str, via: str, reason: str = "", dry_run: bool = False
+) -> DeadLetterAction:
     """Send the recorded messages `ids` again, through the outbox, with their own event ids:
     a request's failed or held recipients are re-driven (see core.deliveries.services), any other
     event is published again. Records that are not a JSON event are skipped, with the reason.
@@ -202,16 +220,30 @@ def dead_letters_redrive(*, ids: list[int], actor: str, via: str, reason: str = 
         return DeadLetterAction(count=len(ready), skipped=skipped, dry_run=True)
     with transaction.atomic():
         for record, event_id, data in ready:
-            headers = {k: v for k, v in record.headers.items() if k in ("schema_version", "correlation_id",
-                                                                          "aggregateid")}
-            OutboxEvent.objects.update_or_create(id=event_id, defaults={
-                "type": data["type"], "payload": data, "headers": headers, "published_at": None, "failed_at": None,
-                "not_before": dj_timezone.now(), "last_error": f"re-driven from dead letter #{record.pk}",
-                "aggregatetype": "sent_email" if "email_id" in data else "dead_letter",
-                "aggregateid": str(data.get("email_id", record.pk))})
+            headers = {
+                k: v for k, v in record.headers.items() if k in ("schema_version", "correlation_id", "aggregateid")
+            }
+            OutboxEvent.objects.update_or_create(
+                id=event_id,
+                defaults={
+                    "type": data["type"],
+                    "payload": data,
+                    "headers": headers,
+                    "published_at": None,
+                    "failed_at": None,
+                    "not_before": dj_timezone.now(),
+                    "last_error": f"re-driven from dead letter #{record.pk}",
+                    "aggregatetype": "sent_email" if "email_id" in data else "dead_letter",
+                    "aggregateid": str(data.get("email_id", record.pk)),
+                },
+            )
             if data["type"] == "email.requested":
-                deliveries_redrive(selection=RedriveSelection(event_ids=(event_id,)), actor=actor, via=via,
-                                   reason=reason or f"dead letter #{record.pk}")
+                deliveries_redrive(
+                    selection=RedriveSelection(event_ids=(event_id,)),
+                    actor=actor,
+                    via=via,
+                    reason=reason or f"dead letter #{record.pk}",
+                )
             record.resolution, record.resolved_at, record.resolved_by = "redriven", dj_timezone.now(), actor
             record.save(update_fields=["resolution", "resolved_at", "resolved_by"])
         notify_relay()
@@ -226,6 +258,7 @@ def dead_letters_dismiss(*, ids: list[int], actor: str) -> int:
     from core.outbox.models import DeadLetter
 
     count = DeadLetter.objects.filter(pk__in=ids, resolution__in=["parked", "failed"]).update(
-        resolution="dismissed", resolved_at=dj_timezone.now(), resolved_by=actor)
+        resolution="dismissed", resolved_at=dj_timezone.now(), resolved_by=actor
+    )
     log.info("dead_letters_dismissed", count=count, actor=actor)
     return count

@@ -50,9 +50,7 @@ class OutboxEvent(models.Model):
                 name="outbox_published_idx",
                 condition=models.Q(published_at__isnull=False),
             ),
-            models.Index(
-                fields=["failed_at"], name="outbox_failed_idx", condition=models.Q(failed_at__isnull=False)
-            ),
+            models.Index(fields=["failed_at"], name="outbox_failed_idx", condition=models.Q(failed_at__isnull=False)),
             models.Index(fields=["aggregatetype", "aggregateid"], name="outbox_aggregate_idx"),
             models.Index(fields=["created_at"], name="outbox_created_idx"),
             models.Index(
@@ -115,8 +113,9 @@ class DeadLetter(models.Model):
             models.UniqueConstraint(fields=["queue", "message_id", "died_at", "deaths"], name="dead_letter_once"),
         ]
         indexes = [
-            models.Index(fields=["received_at"], name="dead_letter_parked_idx",
-                         condition=models.Q(resolution="parked")),
+            models.Index(
+                fields=["received_at"], name="dead_letter_parked_idx", condition=models.Q(resolution="parked")
+            ),
             models.Index(fields=["email_id"], name="dead_letter_email_idx"),
         ]
 

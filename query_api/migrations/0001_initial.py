@@ -6,58 +6,74 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ProcessedEvent',
+            name="ProcessedEvent",
             fields=[
-                ('event_id', models.UUIDField(primary_key=True, serialize=False)),
-                ('processed_at', models.DateTimeField(auto_now_add=True)),
+                ("event_id", models.UUIDField(primary_key=True, serialize=False)),
+                ("processed_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'db_table': 'read_processed_event',
+                "db_table": "read_processed_event",
             },
         ),
         migrations.CreateModel(
-            name='SentEmailLog',
+            name="SentEmailLog",
             fields=[
-                ('id', models.BigIntegerField(help_text='The email id of the write side.', primary_key=True, serialize=False)),
-                ('owner_id', models.BigIntegerField(null=True)),
-                ('from_email', models.CharField(blank=True, default='', max_length=254)),
-                ('template_id', models.BigIntegerField(null=True)),
-                ('template_name', models.CharField(blank=True, default='', max_length=200)),
-                ('subject', models.CharField(blank=True, default='', max_length=998)),
-                ('created', models.DateTimeField(null=True)),
-                ('recipients', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=254), default=list, help_text='Lower-cased.', size=None)),
-                ('recipient_status', models.JSONField(default=dict, help_text='address -> {status, at, provider_message_id, reason}')),
-                ('status', models.CharField(default='queued', max_length=24)),
-                ('last_event_at', models.DateTimeField(null=True)),
+                (
+                    "id",
+                    models.BigIntegerField(
+                        help_text="The email id of the write side.", primary_key=True, serialize=False
+                    ),
+                ),
+                ("owner_id", models.BigIntegerField(null=True)),
+                ("from_email", models.CharField(blank=True, default="", max_length=254)),
+                ("template_id", models.BigIntegerField(null=True)),
+                ("template_name", models.CharField(blank=True, default="", max_length=200)),
+                ("subject", models.CharField(blank=True, default="", max_length=998)),
+                ("created", models.DateTimeField(null=True)),
+                (
+                    "recipients",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=254), default=list, help_text="Lower-cased.", size=None
+                    ),
+                ),
+                (
+                    "recipient_status",
+                    models.JSONField(default=dict, help_text="address -> {status, at, provider_message_id, reason}"),
+                ),
+                ("status", models.CharField(default="queued", max_length=24)),
+                ("last_event_at", models.DateTimeField(null=True)),
             ],
             options={
-                'db_table': 'read_sent_email',
-                'indexes': [models.Index(fields=['owner_id', '-created', '-id'], name='read_owner_created_idx'), models.Index(fields=['owner_id', 'status', '-created'], name='read_owner_status_idx'), models.Index(fields=['owner_id', 'template_id', '-created'], name='read_owner_template_idx'), django.contrib.postgres.indexes.GinIndex(fields=['recipients'], name='read_recipients_gin')],
+                "db_table": "read_sent_email",
+                "indexes": [
+                    models.Index(fields=["owner_id", "-created", "-id"], name="read_owner_created_idx"),
+                    models.Index(fields=["owner_id", "status", "-created"], name="read_owner_status_idx"),
+                    models.Index(fields=["owner_id", "template_id", "-created"], name="read_owner_template_idx"),
+                    django.contrib.postgres.indexes.GinIndex(fields=["recipients"], name="read_recipients_gin"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SentEmailLogEvent',
+            name="SentEmailLogEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('email_id', models.BigIntegerField()),
-                ('event_id', models.UUIDField(help_text='Null for entries the rebuild derived.', null=True)),
-                ('type', models.CharField(max_length=64)),
-                ('recipient', models.CharField(blank=True, default='', max_length=254)),
-                ('status', models.CharField(max_length=24)),
-                ('at', models.DateTimeField()),
-                ('detail', models.CharField(blank=True, default='', max_length=1000)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("email_id", models.BigIntegerField()),
+                ("event_id", models.UUIDField(help_text="Null for entries the rebuild derived.", null=True)),
+                ("type", models.CharField(max_length=64)),
+                ("recipient", models.CharField(blank=True, default="", max_length=254)),
+                ("status", models.CharField(max_length=24)),
+                ("at", models.DateTimeField()),
+                ("detail", models.CharField(blank=True, default="", max_length=1000)),
             ],
             options={
-                'db_table': 'read_sent_email_event',
-                'indexes': [models.Index(fields=['email_id', 'at'], name='read_history_email_idx')],
+                "db_table": "read_sent_email_event",
+                "indexes": [models.Index(fields=["email_id", "at"], name="read_history_email_idx")],
             },
         ),
     ]

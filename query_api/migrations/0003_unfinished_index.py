@@ -4,14 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('query_api', '0002_schedule_reconcile'),
+        ("query_api", "0002_schedule_reconcile"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='sentemaillog',
-            index=models.Index(condition=models.Q(('status__in', ['queued', 'sending'])), fields=['created'], name='read_unfinished_idx'),
+            model_name="sentemaillog",
+            index=models.Index(
+                condition=models.Q(("status__in", ["queued", "sending"])),
+                fields=["created"],
+                name="read_unfinished_idx",
+            ),
         ),
     ]

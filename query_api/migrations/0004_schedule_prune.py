@@ -5,7 +5,8 @@ NAME = "processed_events_prune"
 
 def schedule(apps, schema_editor):
     apps.get_model("django_q", "Schedule").objects.update_or_create(
-        name=NAME, defaults={"func": "query_api.retention.processed_events_prune", "schedule_type": "D", "repeats": -1},
+        name=NAME,
+        defaults={"func": "query_api.retention.processed_events_prune", "schedule_type": "D", "repeats": -1},
     )
 
 

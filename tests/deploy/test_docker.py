@@ -69,13 +69,19 @@ def test_each_target_command_resolves_in_what_its_image_holds(target, tmp_path):
         args = [sys.executable, "-m", "gunicorn", *command[1:], "--check-config"]
     else:
         args = [sys.executable if command[0] == "python" else command[0], *command[1:], "--help"]
-    result = subprocess.run(args, cwd=tmp_path, env=INHERITED_ENV | RUNTIME_ENV, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        args, cwd=tmp_path, env=INHERITED_ENV | RUNTIME_ENV, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-SERVICE_PACKAGES = {"command-api": "command_api", "query-api": "query_api", "outbox-relay": "outbox_relay",
-                    "sender": "sender", "projector": "query_api"}
+SERVICE_PACKAGES = {
+    "command-api": "command_api",
+    "query-api": "query_api",
+    "outbox-relay": "outbox_relay",
+    "sender": "sender",
+    "projector": "query_api",
+}
 
 
 @pytest.mark.parametrize(("target", "package"), SERVICE_PACKAGES.items())
@@ -88,8 +94,16 @@ def test_compose_parses_and_names_only_existing_targets():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     targets = set(stages())
     built = {name: svc["build"] for name, svc in compose["services"].items() if "build" in svc}
-    assert set(built) == {"migrate", "command-api", "query-api", "outbox-relay", "sender", "projector", "scheduler",
-                          "fake-sendgrid"}
+    assert set(built) == {
+        "migrate",
+        "command-api",
+        "query-api",
+        "outbox-relay",
+        "sender",
+        "projector",
+        "scheduler",
+        "fake-sendgrid",
+    }
     for name, build in built.items():
         assert (ROOT / "docker" / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
         assert build["target"] in targets, name
@@ -104,8 +118,10 @@ def test_compose_serves_every_endpoint_through_the_gateway_on_8000():
     gateway = services["gateway"]
     assert gateway["image"].startswith("caddy:2") and "build" not in gateway
     # The repository's Caddyfile, read-only, where the image's command reads it.
-    mounts = {target: ((ROOT / "docker" / source).resolve(), mode)
-              for source, target, mode in (volume.split(":") for volume in gateway["volumes"])}
+    mounts = {
+        target: ((ROOT / "docker" / source).resolve(), mode)
+        for source, target, mode in (volume.split(":") for volume in gateway["volumes"])
+    }
     assert mounts["/etc/caddy/Caddyfile"] == (ROOT / "gateway" / "Caddyfile", "ro")
     assert gateway["ports"] == ["8000:8000"]
     host_ports = {name: [port.split(":")[-2] for port in svc.get("ports", [])] for name, svc in services.items()}

@@ -15,13 +15,24 @@ CADDY = Path(sys.executable).parent / "caddy"
 CADDYFILE = ROOT / "gateway" / "Caddyfile"
 BIN_RUN = {"GATEWAY_PORT": "8000", "COMMAND_API_PORT": "8002", "QUERY_API_PORT": "8001"}
 # docker/compose.yaml's: the services' names, which are also the cluster's Service names.
-COMPOSE = {"GATEWAY_HOST": "0.0.0.0", "GATEWAY_PORT": "8000", "COMMAND_API_HOST": "command-api",
-           "COMMAND_API_PORT": "8000", "QUERY_API_HOST": "query-api", "QUERY_API_PORT": "8000"}
+COMPOSE = {
+    "GATEWAY_HOST": "0.0.0.0",
+    "GATEWAY_PORT": "8000",
+    "COMMAND_API_HOST": "command-api",
+    "COMMAND_API_PORT": "8000",
+    "QUERY_API_HOST": "query-api",
+    "QUERY_API_PORT": "8000",
+}
 
 
 def caddy(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CADDY), *args, "--config", str(CADDYFILE), "--adapter", "caddyfile"],
-                          env=os.environ | env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [str(CADDY), *args, "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize("env", [BIN_RUN, COMPOSE], ids=["bin-run", "compose"])
@@ -76,10 +87,15 @@ def test_the_docs_pages_swagger_settings_are_javascript_offering_both_schemas():
 
     node = shutil.which("node")
     assert node, "node is needed to check the docs page's script"
-    script = ("const SwaggerUIBundle = {presets: {apis: 'apis'}}, SwaggerUIStandalonePreset = 'standalone';"
-              f"const s = ({settings.SPECTACULAR_SETTINGS['SWAGGER_UI_SETTINGS']});"
-              "console.log(JSON.stringify({urls: s.urls.map(u => u.url), layout: s.layout, presets: s.presets}));")
+    script = (
+        "const SwaggerUIBundle = {presets: {apis: 'apis'}}, SwaggerUIStandalonePreset = 'standalone';"
+        f"const s = ({settings.SPECTACULAR_SETTINGS['SWAGGER_UI_SETTINGS']});"
+        "console.log(JSON.stringify({urls: s.urls.map(u => u.url), layout: s.layout, presets: s.presets}));"
+    )
     result = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"urls": ["/api/schema/", "/api/schema/sent-email-log/"],
-                                         "layout": "StandaloneLayout", "presets": ["apis", "standalone"]}
+    assert json.loads(result.stdout) == {
+        "urls": ["/api/schema/", "/api/schema/sent-email-log/"],
+        "layout": "StandaloneLayout",
+        "presets": ["apis", "standalone"],
+    }

@@ -72,8 +72,12 @@ def test_every_object_validates(overlay):
 def scaled_object(spec_changes=(), trigger_changes=()) -> dict:
     trigger = {"type": "rabbitmq", "metadata": {"queueName": "emails.sender"}} | dict(trigger_changes)
     spec = {"scaleTargetRef": {"name": "sender"}, "minReplicaCount": 2, "triggers": [trigger]} | dict(spec_changes)
-    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
-            "spec": {k: v for k, v in spec.items() if v is not None}}
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "x"},
+        "spec": {k: v for k, v in spec.items() if v is not None},
+    }
 
 
 def test_keda_validation_accepts_a_good_scaled_object():
@@ -91,8 +95,15 @@ def test_keda_validation_accepts_a_good_scaled_object():
         ({}, {"metadata": {"value": 600}}),  # trigger metadata values are strings
         ({"scaleTargetRef": None, "scale_target_ref": {"name": "sender"}}, {}),  # the model's name, not KEDA's
     ],
-    ids=["no-trigger-type", "no-target", "misspelt-field", "misspelt-nested-field", "string-for-integer",
-         "non-string-metadata", "python-name"],
+    ids=[
+        "no-trigger-type",
+        "no-target",
+        "misspelt-field",
+        "misspelt-nested-field",
+        "string-for-integer",
+        "non-string-metadata",
+        "python-name",
+    ],
 )
 def test_keda_validation_really_rejects_a_bad_scaled_object(spec_changes, trigger_changes):
     with pytest.raises(pydantic.ValidationError):
@@ -113,14 +124,24 @@ def env_names_read_by_the_code() -> set[str]:
     return names - LOCAL_ONLY
 
 
-LOCAL_ONLY = {"OPS_ACTOR", "POSTGRES_MAINTENANCE_DB", "OUTBOX_RELAY_HTTP_HOST", "SENDER_HTTP_HOST",
-              "PROJECTOR_HTTP_HOST", "OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM", "DEMO_ADMIN_EMAIL",
-              "DEMO_ADMIN_PASSWORD"}
+LOCAL_ONLY = {
+    "OPS_ACTOR",
+    "POSTGRES_MAINTENANCE_DB",
+    "OUTBOX_RELAY_HTTP_HOST",
+    "SENDER_HTTP_HOST",
+    "PROJECTOR_HTTP_HOST",
+    "OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM",
+    "DEMO_ADMIN_EMAIL",
+    "DEMO_ADMIN_PASSWORD",
+}
 
 
 def secret_keys() -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in (MANIFESTS / "secret.example.env").read_text().splitlines()
-             if line and not line.startswith("#")]
+    pairs = [
+        line.split("=", 1)
+        for line in (MANIFESTS / "secret.example.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     return dict(pairs)
 
 
@@ -153,9 +174,14 @@ def test_images_and_ports_agree_with_docker(overlay):
     targets = stages()
     objects = render(overlay)
     config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
-    expected_ports = {"command-api": 8000, "query-api": 8000, "outbox-relay": int(config["OUTBOX_RELAY_HTTP_PORT"]),
-                      "sender": int(config["SENDER_HTTP_PORT"]), "projector": int(config["PROJECTOR_HTTP_PORT"]),
-                      "fake-sendgrid": 8025}
+    expected_ports = {
+        "command-api": 8000,
+        "query-api": 8000,
+        "outbox-relay": int(config["OUTBOX_RELAY_HTTP_PORT"]),
+        "sender": int(config["SENDER_HTTP_PORT"]),
+        "projector": int(config["PROJECTOR_HTTP_PORT"]),
+        "fake-sendgrid": 8025,
+    }
     for obj, container in containers(objects):
         image = container["image"]
         if image.startswith(("postgres:", "rabbitmq:")):

@@ -23,8 +23,11 @@ OPENAPI_JSON = {"Accept": "application/vnd.oai.openapi+json"}
 
 @pytest.fixture
 def system(topology):
-    running = System(database=connection.settings_dict["NAME"], prefix=topology.prefix,
-                     log_dir=ROOT / "var" / "test-logs" / f"gateway-{topology.prefix}")
+    running = System(
+        database=connection.settings_dict["NAME"],
+        prefix=topology.prefix,
+        log_dir=ROOT / "var" / "test-logs" / f"gateway-{topology.prefix}",
+    )
     try:
         yield running.start_all(gateway=True)
     finally:
@@ -45,8 +48,9 @@ def test_a_client_of_the_original_api_works_for_every_endpoint_at_the_one_url(sy
     tag = uuid.uuid4().hex[:8]
     email, password = f"ann-{tag}@example.com", "quiet-meadow-Lantern-42"
 
-    status, body = api.call("POST", "/api/v1/users/register/",
-                            {"email": email, "username": f"ann-{tag}", "password": password})
+    status, body = api.call(
+        "POST", "/api/v1/users/register/", {"email": email, "username": f"ann-{tag}", "password": password}
+    )
     assert (status, body) == (201, {"email": email, "username": f"ann-{tag}"})
     status, login = api.call("POST", "/api/v1/users/login/", {"username": email, "password": password})
     assert status == 200 and login["email"] == email and login["token"], login
@@ -54,8 +58,10 @@ def test_a_client_of_the_original_api_works_for_every_endpoint_at_the_one_url(sy
 
     # Templates: staff are made by an admin, not over the API.
     boss = f"boss-{tag}@example.com"
-    assert api.call("POST", "/api/v1/users/register/", {"email": boss, "username": f"boss-{tag}",
-                                                        "password": password})[0] == 201
+    assert (
+        api.call("POST", "/api/v1/users/register/", {"email": boss, "username": f"boss-{tag}", "password": password})[0]
+        == 201
+    )
     User.objects.filter(email=boss).update(is_staff=True)
     status, staff_login = api.call("POST", "/api/v1/users/login/", {"username": boss, "password": password})
     assert status == 200, staff_login
@@ -66,11 +72,13 @@ def test_a_client_of_the_original_api_works_for_every_endpoint_at_the_one_url(sy
     assert status == 201, created
     status, listed = api.call("GET", "/api/v1/emails/email-template/")
     assert status == 200 and created["id"] in {t["id"] for t in listed["results"]}
-    status, changed = admin.call("PUT", f"/api/v1/emails/email-template/{created['id']}/",
-                                 {**template, "subject": "Hi {{ name }}"})
+    status, changed = admin.call(
+        "PUT", f"/api/v1/emails/email-template/{created['id']}/", {**template, "subject": "Hi {{ name }}"}
+    )
     assert (status, changed["subject"]) == (200, "Hi {{ name }}")
-    status, changed = admin.call("PATCH", f"/api/v1/emails/email-template/{created['id']}/",
-                                 {"subject": "Welcome, {{ name }}"})
+    status, changed = admin.call(
+        "PATCH", f"/api/v1/emails/email-template/{created['id']}/", {"subject": "Welcome, {{ name }}"}
+    )
     assert (status, changed["subject"]) == (200, "Welcome, {{ name }}")
     status, read = api.call("GET", f"/api/v1/emails/email-template/{created['id']}/")
     assert (status, read["subject"], read["body"]) == (200, "Welcome, {{ name }}", "<p>Hi {{ name }}</p>")
@@ -78,13 +86,21 @@ def test_a_client_of_the_original_api_works_for_every_endpoint_at_the_one_url(sy
     # Send (the command API), then find it in the log (the query API: the command API answers a
     # GET of this path 405, so a 200 with the email in it came from the query API).
     recipients = [f"a-{tag}@example.com", f"b-{tag}@example.org"]
-    status, sent = user.call("POST", "/api/v1/emails/sent-email/",
-                             {"recipients": recipients, "template": created["id"], "context": {"name": "Ann"}})
+    status, sent = user.call(
+        "POST",
+        "/api/v1/emails/sent-email/",
+        {"recipients": recipients, "template": created["id"], "context": {"name": "Ann"}},
+    )
     assert status == 202 and sent["id"], sent
     now = datetime.now(UTC)
-    query = urllib.parse.urlencode([("recipient", recipients[0]), ("recipient", recipients[1]),
-                                    ("start_time", (now - timedelta(minutes=5)).isoformat()),
-                                    ("end_time", (now + timedelta(minutes=5)).isoformat())])
+    query = urllib.parse.urlencode(
+        [
+            ("recipient", recipients[0]),
+            ("recipient", recipients[1]),
+            ("start_time", (now - timedelta(minutes=5)).isoformat()),
+            ("end_time", (now + timedelta(minutes=5)).isoformat()),
+        ]
+    )
 
     def in_the_log():
         status, page = user.call("GET", f"/api/v1/emails/sent-email/?{query}")
@@ -104,8 +120,12 @@ def test_a_client_of_the_original_api_works_for_every_endpoint_at_the_one_url(sy
     # Log out: the token is refused afterwards, by both APIs behind the one URL.
     assert user.call("POST", "/api/v1/users/logout/")[0] == 204
     assert user.call("GET", "/api/v1/emails/sent-email/")[0] == 401
-    assert user.call("POST", "/api/v1/emails/sent-email/", {"recipients": recipients, "template": created["id"],
-                                                            "context": {}})[0] == 401
+    assert (
+        user.call(
+            "POST", "/api/v1/emails/sent-email/", {"recipients": recipients, "template": created["id"], "context": {}}
+        )[0]
+        == 401
+    )
 
 
 def test_the_docs_at_the_one_url_cover_both_apis(system):

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def system(topology):
-    running = System(database=connection.settings_dict["NAME"], prefix=topology.prefix,
-                     log_dir=ROOT / "var" / "test-logs" / f"e2e-{topology.prefix}")
+    running = System(
+        database=connection.settings_dict["NAME"],
+        prefix=topology.prefix,
+        log_dir=ROOT / "var" / "test-logs" / f"e2e-{topology.prefix}",
+    )
     try:
         yield running.start_all()
     finally:
@@ -26,19 +29,29 @@ def system(topology):
 def test_register_login_template_send_then_sent_then_delivered(system):
     api = Http(system.command_url)
     email = f"ann-{uuid.uuid4().hex[:6]}@example.com"
-    status, body = api.call("POST", "/api/v1/users/register/",
-                            {"email": email, "username": email.split("@")[0], "password": "quiet-meadow-Lantern-42"})
+    status, body = api.call(
+        "POST",
+        "/api/v1/users/register/",
+        {"email": email, "username": email.split("@")[0], "password": "quiet-meadow-Lantern-42"},
+    )
     assert (status, body) == (201, {"email": email, "username": email.split("@")[0]})
     status, login = api.call("POST", "/api/v1/users/login/", {"username": email, "password": "quiet-meadow-Lantern-42"})
     assert status == 200 and login["email"] == email
     user = Http(system.command_url, login["token"])
 
     # Staff are made by an admin, not over the API: register, then promote.
-    assert api.call("POST", "/api/v1/users/register/", {"email": "boss@example.com", "username": "boss",
-                                                        "password": "quiet-meadow-Lantern-43"})[0] == 201
+    assert (
+        api.call(
+            "POST",
+            "/api/v1/users/register/",
+            {"email": "boss@example.com", "username": "boss", "password": "quiet-meadow-Lantern-43"},
+        )[0]
+        == 201
+    )
     User.objects.filter(email="boss@example.com").update(is_staff=True)
-    status, staff_login = api.call("POST", "/api/v1/users/login/",
-                                   {"username": "boss@example.com", "password": "quiet-meadow-Lantern-43"})
+    status, staff_login = api.call(
+        "POST", "/api/v1/users/login/", {"username": "boss@example.com", "password": "quiet-meadow-Lantern-43"}
+    )
     admin = Http(system.command_url, staff_login["token"])
     template = {"name": "e2e", "subject": "Hello {{ name }}", "body": "<p>Hi {{ name }}</p>"}
     assert user.call("POST", "/api/v1/emails/email-template/", template)[0] == 403
@@ -48,8 +61,11 @@ def test_register_login_template_send_then_sent_then_delivered(system):
     sent_ids = []
     for n in range(3):
         recipients = [f"r{n}-{i}@example.com" for i in range(3)]
-        status, answer = user.call("POST", "/api/v1/emails/sent-email/",
-                                   {"recipients": recipients, "template": created["id"], "context": {"name": f"N{n}"}})
+        status, answer = user.call(
+            "POST",
+            "/api/v1/emails/sent-email/",
+            {"recipients": recipients, "template": created["id"], "context": {"name": f"N{n}"}},
+        )
         assert status == 202, answer
         sent_ids.append(answer["id"])
 
@@ -59,8 +75,11 @@ def test_register_login_template_send_then_sent_then_delivered(system):
 
     def all_delivered():
         status, page = reader.call("GET", "/api/v1/emails/sent-email/")
-        return status == 200 and sorted(e["id"] for e in page["results"]) == sorted(sent_ids) and \
-            all(e["status"] == "delivered" for e in page["results"])
+        return (
+            status == 200
+            and sorted(e["id"] for e in page["results"]) == sorted(sent_ids)
+            and all(e["status"] == "delivered" for e in page["results"])
+        )
 
     wait_for(all_delivered, timeout=30, message="delivered in the query API")
     status, detail = reader.call("GET", f"/api/v1/emails/sent-email/{sent_ids[0]}/")

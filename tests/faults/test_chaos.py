@@ -16,13 +16,22 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # The fake takes a timed-out call's mail 8 s after it came (provider_timeout_seconds=8): after the
 # sender's client gave up (5 s), well before the grace for the provider's word ends (15 s).
-SHORT = {"SENDER_LEASE_SECONDS": 5, "SENDER_RETRY_SCHEDULE": "1s,2s,2s,5s,5s,10s,10s,10s",
-         "SENDER_IN_DOUBT_GRACE_SECONDS": 15, "SENDGRID_TIMEOUT_SECONDS": 5, "BROKER_HEARTBEAT_SECONDS": 4}
+SHORT = {
+    "SENDER_LEASE_SECONDS": 5,
+    "SENDER_RETRY_SCHEDULE": "1s,2s,2s,5s,5s,10s,10s,10s",
+    "SENDER_IN_DOUBT_GRACE_SECONDS": 15,
+    "SENDGRID_TIMEOUT_SECONDS": 5,
+    "BROKER_HEARTBEAT_SECONDS": 4,
+}
 
 
 def _system(topology, name, **env):
-    return System(database=connection.settings_dict["NAME"], prefix=topology.prefix,
-                  log_dir=ROOT / "var" / "test-logs" / f"{name}-{topology.prefix}", **(SHORT | env))
+    return System(
+        database=connection.settings_dict["NAME"],
+        prefix=topology.prefix,
+        log_dir=ROOT / "var" / "test-logs" / f"{name}-{topology.prefix}",
+        **(SHORT | env),
+    )
 
 
 def _assert_accounted(report):
@@ -46,8 +55,16 @@ def test_nothing_is_lost_stuck_or_sent_twice_under_every_fault(topology):
     try:
         system.start_all()
         token, template_id = system.staff_with_template("load")
-        plan = ChaosPlan(duration=30, rate=8, seed=7, churn=4, partition_seconds=12, outage_seconds=8, poison=2,
-                         provider_timeout_seconds=8)
+        plan = ChaosPlan(
+            duration=30,
+            rate=8,
+            seed=7,
+            churn=4,
+            partition_seconds=12,
+            outage_seconds=8,
+            poison=2,
+            provider_timeout_seconds=8,
+        )
         report = run_chaos(system, plan, token=token, template_id=template_id)
     finally:
         system.stop_all()
@@ -68,8 +85,17 @@ def test_connection_churn_dead_letters_no_healthy_message(topology):
     try:
         system.start_all()
         token, template_id = system.staff_with_template("churn")
-        plan = ChaosPlan(duration=16, rate=8, seed=5, kills={}, restart_rabbitmq=False, restart_postgres=False,
-                         provider_errors_seconds=0, churn=10, provider_latency_ms=1500)
+        plan = ChaosPlan(
+            duration=16,
+            rate=8,
+            seed=5,
+            kills={},
+            restart_rabbitmq=False,
+            restart_postgres=False,
+            provider_errors_seconds=0,
+            churn=10,
+            provider_latency_ms=1500,
+        )
         report = run_chaos(system, plan, token=token, template_id=template_id)
     finally:
         system.stop_all()
@@ -91,8 +117,17 @@ def test_a_partitioned_sender_hands_its_messages_to_the_other_and_sends_nothing_
         system.start_all()
         token, template_id = system.staff_with_template("partition")
         # Each call takes a second: the cut-off sender always has calls in flight when it is cut.
-        plan = ChaosPlan(duration=25, rate=8, seed=3, kills={}, restart_rabbitmq=False, restart_postgres=False,
-                         provider_errors_seconds=0, partition_seconds=16, provider_latency_ms=1000)
+        plan = ChaosPlan(
+            duration=25,
+            rate=8,
+            seed=3,
+            kills={},
+            restart_rabbitmq=False,
+            restart_postgres=False,
+            provider_errors_seconds=0,
+            partition_seconds=16,
+            provider_latency_ms=1000,
+        )
         report = run_chaos(system, plan, token=token, template_id=template_id)
         cut_at, healed_at = (at for at, action, _ in report.events if action in ("cut", "heal"))
         during = [m for m in system.accepted_calls() if cut_at + 10 < m["received_at"] < healed_at]
@@ -123,16 +158,29 @@ def test_a_leader_kill_in_a_three_node_cluster_loses_nothing():
 
     topology = new_topology()
     config = f"max_message_size = {OVERSIZED_LIMIT}\n"
-    with RabbitCluster(base_port=5681, prefix="chaostest", config=config) as cluster, \
-            override_settings(RABBITMQ_URL=cluster.url, RECONCILE_GRACE_SECONDS=0):
+    with (
+        RabbitCluster(base_port=5681, prefix="chaostest", config=config) as cluster,
+        override_settings(RABBITMQ_URL=cluster.url, RECONCILE_GRACE_SECONDS=0),
+    ):
         declare(topology, url=cluster.url)
         system = _system(topology, "cluster", RABBITMQ_URL=cluster.url)
         try:
             system.start_all()
             token, template_id = system.staff_with_template("cluster")
-            plan = ChaosPlan(duration=25, rate=8, seed=11, kills={"outbox_relay": 1, "sender": 1, "projector": 1},
-                             restart_rabbitmq=False, restart_postgres=False, churn=2, leader_kills=1,
-                             leader_down_seconds=8, provider_timeout_seconds=8, oversized=1, poison=1)
+            plan = ChaosPlan(
+                duration=25,
+                rate=8,
+                seed=11,
+                kills={"outbox_relay": 1, "sender": 1, "projector": 1},
+                restart_rabbitmq=False,
+                restart_postgres=False,
+                churn=2,
+                leader_kills=1,
+                leader_down_seconds=8,
+                provider_timeout_seconds=8,
+                oversized=1,
+                poison=1,
+            )
             report = run_chaos(system, plan, token=token, template_id=template_id, cluster=cluster)
         finally:
             system.stop_all()

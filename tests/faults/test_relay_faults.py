@@ -19,8 +19,7 @@ def test_sigkill_mid_batch_loses_nothing(topology, relays):
     ids = broker.fill_outbox(10_000)
     relay = relays(topology, OUTBOX_BATCH_SIZE=1000)
     # Kill once the first batches are committed, while later ones are in flight.
-    broker.wait_for(lambda: broker.published_count(ids) >= 1000, timeout=30, interval=0.005,
-                    message="a first batch")
+    broker.wait_for(lambda: broker.published_count(ids) >= 1000, timeout=30, interval=0.005, message="a first batch")
     relay.kill()
     published_at_kill = broker.published_count(ids)
     assert published_at_kill < len(ids), "the relay finished before the kill; the test proves nothing"
@@ -108,8 +107,11 @@ def test_relay_pauses_while_the_broker_blocks_publishers_and_loses_nothing(topol
     services.set_memory_alarm(True)  # the broker now blocks every publishing connection
     try:
         during = broker.fill_outbox(200)
-        broker.wait_for(lambda: "broker_blocked_connection" in relay.events(), timeout=30,
-                        message="the relay to hear connection.blocked")
+        broker.wait_for(
+            lambda: "broker_blocked_connection" in relay.events(),
+            timeout=30,
+            message="the relay to hear connection.blocked",
+        )
         published = broker.published_count(during)
         time.sleep(3)
         assert broker.published_count(during) == published  # paused: nothing more is claimed

@@ -23,9 +23,19 @@ def test_sigkill_a_sender_while_2000_emails_flow(topology, senders, relays, fake
     relays(topology)  # it brings back the deliveries a dead sender left, when they are due
     fake.faults.update({"latency_ms": 20})
     events = [
-        EmailRequested(event_id=str(uuid.uuid4()), correlation_id="kill", occurred_at=datetime.now(UTC).isoformat(),
-                       email_id=i, owner_id=1, template_id=1, from_email="no-reply@example.com", reply_to=None,
-                       recipients=(f"r{i}@example.com",), subject="Hello", body_html="<p>Hi</p>")
+        EmailRequested(
+            event_id=str(uuid.uuid4()),
+            correlation_id="kill",
+            occurred_at=datetime.now(UTC).isoformat(),
+            email_id=i,
+            owner_id=1,
+            template_id=1,
+            from_email="no-reply@example.com",
+            reply_to=None,
+            recipients=(f"r{i}@example.com",),
+            subject="Hello",
+            body_html="<p>Hi</p>",
+        )
         for i in range(2000)
     ]
     conn = broker.blocking_connection()
@@ -36,28 +46,41 @@ def test_sigkill_a_sender_while_2000_emails_flow(topology, senders, relays, fake
     import pika
 
     for event in events:
-        channel.basic_publish(topology.exchange, "email.requested", json.dumps(event.to_dict()).encode(),
-                              pika.BasicProperties(message_id=event.event_id, delivery_mode=2))
+        channel.basic_publish(
+            topology.exchange,
+            "email.requested",
+            json.dumps(event.to_dict()).encode(),
+            pika.BasicProperties(message_id=event.event_id, delivery_mode=2),
+        )
     conn.close()
 
     sender = senders(topology, SENDER_LEASE_SECONDS=3)
     kills = 0
     for threshold in (400, 1000):
-        broker.wait_for(lambda n=threshold: fake.stats["messages"] >= n, timeout=60, interval=0.01,
-                        message=f"{threshold} sent")
+        broker.wait_for(
+            lambda n=threshold: fake.stats["messages"] >= n, timeout=60, interval=0.01, message=f"{threshold} sent"
+        )
         sender.kill()
         kills += 1
         in_flight = Delivery.objects.filter(state="sending").count()
         sender = senders(topology, SENDER_LEASE_SECONDS=3)
 
     try:
-        broker.wait_for(lambda: Delivery.objects.filter(state="sent").count() == 2000, timeout=120, interval=0.2,
-                        message="all 2,000 sent")
+        broker.wait_for(
+            lambda: Delivery.objects.filter(state="sent").count() == 2000,
+            timeout=120,
+            interval=0.2,
+            message="all 2,000 sent",
+        )
     except AssertionError:
         from django.db.models import Count
 
-        print(list(Delivery.objects.values("state").annotate(n=Count("id"))), Delivery.objects.count(),
-              {q: broker.queue_depth(q) for q in topology.all_queues()}, dict(fake.stats))
+        print(
+            list(Delivery.objects.values("state").annotate(n=Count("id"))),
+            Delivery.objects.count(),
+            {q: broker.queue_depth(q) for q in topology.all_queues()},
+            dict(fake.stats),
+        )
         print(sender.logs()[-3000:])
         raise
     calls = collections.Counter(r["custom_args"]["event_id"] for m in fake.messages for r in m["recipients"])
@@ -67,6 +90,8 @@ def test_sigkill_a_sender_while_2000_emails_flow(topology, senders, relays, fake
     # flight at each kill (SENDER_CONCURRENCY of them).
     assert duplicates <= kills * 64
     assert not Delivery.objects.exclude(state="sent").exists()
-    print(f"\n[sender-sigkill] emails=2000 kills={kills} duplicates={duplicates} "
-          f"sending_at_last_kill={in_flight} calls={sum(calls.values())}")
+    print(
+        f"\n[sender-sigkill] emails=2000 kills={kills} duplicates={duplicates} "
+        f"sending_at_last_kill={in_flight} calls={sum(calls.values())}"
+    )
     time.sleep(0.1)

@@ -15,8 +15,18 @@ from query_api.models import SentEmailLog
 from tests.factories import EmailTemplateFactory, UserFactory
 from tests.hostile.hostile import Fixture
 
-WRITE_TABLES = (User, EmailTemplate, SentEmail, SentEmailRecipient, OutboxEvent, OutboxReplay, ProviderEvent, Delivery,
-                Redrive, DeadLetter)
+WRITE_TABLES = (
+    User,
+    EmailTemplate,
+    SentEmail,
+    SentEmailRecipient,
+    OutboxEvent,
+    OutboxReplay,
+    ProviderEvent,
+    Delivery,
+    Redrive,
+    DeadLetter,
+)
 
 
 def write_counts() -> tuple[int, ...]:
@@ -39,8 +49,14 @@ def hostile_fixture(db, settings) -> Fixture:
     settings.SENDGRID_WEBHOOK_PUBLIC_KEY = webhook_key()[1]
     user = UserFactory(is_staff=True)
     template = EmailTemplateFactory()
-    email = SentEmailLog.objects.create(id=424242, owner_id=user.pk, recipients=["ann@example.com"],
-                                        created=timezone.now(), status="sent", template_id=template.pk,
-                                        recipient_status={"ann@example.com": {"status": "sent"}})
+    email = SentEmailLog.objects.create(
+        id=424242,
+        owner_id=user.pk,
+        recipients=["ann@example.com"],
+        created=timezone.now(),
+        status="sent",
+        template_id=template.pk,
+        recipient_status={"ann@example.com": {"status": "sent"}},
+    )
     _, token = AuthToken.objects.create(user=user)
     return Fixture(token=token, template_id=template.pk, email_id=email.pk)

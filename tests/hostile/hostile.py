@@ -40,22 +40,84 @@ CONTROLS = [chr(c) for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20),
 SURROGATES = ["\ud800", "\udfff", "\udc80"]
 
 NASTY_STRINGS = [
-    NUL, "a\x00b", "\x00" * 10, "\x1b[31mred", "\x7f", "\x85", "\x9f", "\ud800", "x\udfffy", "\udc80\ud800",
-    "\u2028", "\u2029", "\r\n", "\t", "\ufeff", "\ufffe", "\U0010ffff", "🎉" * 300, "a" * 255, "a" * 10_000,
-    "a" * 250 + "@example.com", "x@" + "a" * 250 + ".com", "%00", "%s%s%n", "{{ settings.SECRET_KEY }}",
-    "{% debug %}", "' OR 1=1 --", "<script>", "", " ", "null", "-1", "1e999", "NaN",
+    NUL,
+    "a\x00b",
+    "\x00" * 10,
+    "\x1b[31mred",
+    "\x7f",
+    "\x85",
+    "\x9f",
+    "\ud800",
+    "x\udfffy",
+    "\udc80\ud800",
+    "\u2028",
+    "\u2029",
+    "\r\n",
+    "\t",
+    "\ufeff",
+    "\ufffe",
+    "\U0010ffff",
+    "🎉" * 300,
+    "a" * 255,
+    "a" * 10_000,
+    "a" * 250 + "@example.com",
+    "x@" + "a" * 250 + ".com",
+    "%00",
+    "%s%s%n",
+    "{{ settings.SECRET_KEY }}",
+    "{% debug %}",
+    "' OR 1=1 --",
+    "<script>",
+    "",
+    " ",
+    "null",
+    "-1",
+    "1e999",
+    "NaN",
 ]
 NASTY_NUMBERS = [
-    2**31, 2**63 - 1, 2**63, 2**64, 10**30, -(2**63) - 1, -1, 0, 1.5, -0.0, 1e308, RawJSON("9" * 5000),
-    RawJSON("1e999999"), True, False,
+    2**31,
+    2**63 - 1,
+    2**63,
+    2**64,
+    10**30,
+    -(2**63) - 1,
+    -1,
+    0,
+    1.5,
+    -0.0,
+    1e308,
+    RawJSON("9" * 5000),
+    RawJSON("1e999999"),
+    True,
+    False,
 ]
 NASTY_DATES = [
-    "2026-02-30", "2026-02-29T00:00:00", "2026-13-01", "2026-00-10", "0000-01-01", "0001-01-01",
-    "0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00-14:00", "9999-12-31", "9999-12-31T23:59:59.999999",
-    "9999-12-31T23:59:59-14:00", "10000-01-01", "2026-01-01T24:00:00", "2026-01-01T23:60:00",
-    "2026-01-01T00:00:00+25:00", "2026-01-01T00:00:00+24:00", "2026-01-01T00:00:00-99:99",
-    "2026-01-01T00:00:00+14:01", "2026-01-01T00:00:00.9999999999", "2026-1-1", "2026-01-01 00:00:00 +01:00",
-    "-2026-01-01", "2026-W01-1", "T", ":",
+    "2026-02-30",
+    "2026-02-29T00:00:00",
+    "2026-13-01",
+    "2026-00-10",
+    "0000-01-01",
+    "0001-01-01",
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:00:00-14:00",
+    "9999-12-31",
+    "9999-12-31T23:59:59.999999",
+    "9999-12-31T23:59:59-14:00",
+    "10000-01-01",
+    "2026-01-01T24:00:00",
+    "2026-01-01T23:60:00",
+    "2026-01-01T00:00:00+25:00",
+    "2026-01-01T00:00:00+24:00",
+    "2026-01-01T00:00:00-99:99",
+    "2026-01-01T00:00:00+14:01",
+    "2026-01-01T00:00:00.9999999999",
+    "2026-1-1",
+    "2026-01-01 00:00:00 +01:00",
+    "-2026-01-01",
+    "2026-W01-1",
+    "T",
+    ":",
 ]
 
 
@@ -71,8 +133,12 @@ hostile_strings = st.one_of(
     st.text(alphabet=st.characters(categories=["Cc", "Cs", "Zl", "Zp", "Cf"]), min_size=1, max_size=12),
     st.integers(min_value=200, max_value=3000).map(lambda n: "é" * n),
 )
-hostile_numbers = st.one_of(st.sampled_from(NASTY_NUMBERS), st.integers(min_value=2**63, max_value=2**80),
-                            st.integers(max_value=-1), st.floats(allow_nan=False, allow_infinity=False))
+hostile_numbers = st.one_of(
+    st.sampled_from(NASTY_NUMBERS),
+    st.integers(min_value=2**63, max_value=2**80),
+    st.integers(max_value=-1),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 hostile_dates = st.sampled_from(NASTY_DATES)
 hostile_structures = st.one_of(
     st.sampled_from([deep(10_000), deep_object(5_000), deep(200), [], {}, None]),
@@ -132,56 +198,110 @@ def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
     return {
         ("GET", "/api/v1/emails/email-template/"): Request("GET", "/api/v1/emails/email-template/", {"page": "1"}),
         ("POST", "/api/v1/emails/email-template/"): Request(
-            "POST", "/api/v1/emails/email-template/",
-            body={"name": f"t-{unique}", "subject": "Hi {{ name }}", "body": "<p>{{ name }}</p>"}),
+            "POST",
+            "/api/v1/emails/email-template/",
+            body={"name": f"t-{unique}", "subject": "Hi {{ name }}", "body": "<p>{{ name }}</p>"},
+        ),
         ("GET", "/api/v1/emails/email-template/{template_id}/"): Request(
-            "GET", f"/api/v1/emails/email-template/{fx.template_id}/"),
+            "GET", f"/api/v1/emails/email-template/{fx.template_id}/"
+        ),
         ("PUT", "/api/v1/emails/email-template/{template_id}/"): Request(
-            "PUT", f"/api/v1/emails/email-template/{fx.template_id}/",
-            body={"name": f"t-{unique}", "subject": "Hi {{ name }}", "body": "<p>{{ name }}</p>"}),
+            "PUT",
+            f"/api/v1/emails/email-template/{fx.template_id}/",
+            body={"name": f"t-{unique}", "subject": "Hi {{ name }}", "body": "<p>{{ name }}</p>"},
+        ),
         ("PATCH", "/api/v1/emails/email-template/{template_id}/"): Request(
-            "PATCH", f"/api/v1/emails/email-template/{fx.template_id}/", body={"subject": "Hey {{ name }}"}),
+            "PATCH", f"/api/v1/emails/email-template/{fx.template_id}/", body={"subject": "Hey {{ name }}"}
+        ),
         ("DELETE", "/api/v1/emails/email-template/{template_id}/"): Request(
-            "DELETE", f"/api/v1/emails/email-template/{fx.template_id}/"),
+            "DELETE", f"/api/v1/emails/email-template/{fx.template_id}/"
+        ),
         ("POST", "/api/v1/emails/sent-email/"): Request(
-            "POST", "/api/v1/emails/sent-email/", headers={"HTTP_IDEMPOTENCY_KEY": f"k-{unique}"},
-            body={"recipients": ["ann@example.com", "bob@example.org"], "template": fx.template_id,
-                  "context": {"name": "Ann", "items": [1, 2]}}),
+            "POST",
+            "/api/v1/emails/sent-email/",
+            headers={"HTTP_IDEMPOTENCY_KEY": f"k-{unique}"},
+            body={
+                "recipients": ["ann@example.com", "bob@example.org"],
+                "template": fx.template_id,
+                "context": {"name": "Ann", "items": [1, 2]},
+            },
+        ),
         ("GET", "/api/v1/ops/outbox/"): Request(
-            "GET", "/api/v1/ops/outbox/",
-            {"aggregate_id": str(fx.email_id), "event_id": [str(uuid.uuid4())], "event_type": "email.requested",
-             "failing": "false", "since": since, "until": "2099-01-01T00:00:00Z", "state": "pending", "page": "1"}),
+            "GET",
+            "/api/v1/ops/outbox/",
+            {
+                "aggregate_id": str(fx.email_id),
+                "event_id": [str(uuid.uuid4())],
+                "event_type": "email.requested",
+                "failing": "false",
+                "since": since,
+                "until": "2099-01-01T00:00:00Z",
+                "state": "pending",
+                "page": "1",
+            },
+        ),
         ("POST", "/api/v1/ops/outbox/replay/"): Request(
-            "POST", "/api/v1/ops/outbox/replay/",
-            body={"aggregate_id": str(fx.email_id), "event_ids": [str(uuid.uuid4())], "event_type": "email.requested",
-                  "since": since, "until": "2099-01-01T00:00:00Z", "dry_run": True, "reason": "check"}),
+            "POST",
+            "/api/v1/ops/outbox/replay/",
+            body={
+                "aggregate_id": str(fx.email_id),
+                "event_ids": [str(uuid.uuid4())],
+                "event_type": "email.requested",
+                "since": since,
+                "until": "2099-01-01T00:00:00Z",
+                "dry_run": True,
+                "reason": "check",
+            },
+        ),
         ("GET", "/api/v1/ops/outbox/status/"): Request("GET", "/api/v1/ops/outbox/status/"),
         ("GET", "/api/v1/ops/deliveries/"): Request(
-            "GET", "/api/v1/ops/deliveries/", {"state": "failed", "email_id": str(fx.email_id), "page": "1"}),
+            "GET", "/api/v1/ops/deliveries/", {"state": "failed", "email_id": str(fx.email_id), "page": "1"}
+        ),
         ("POST", "/api/v1/ops/deliveries/redrive/"): Request(
-            "POST", "/api/v1/ops/deliveries/redrive/",
-            body={"email_ids": [fx.email_id], "event_ids": [str(uuid.uuid4())], "states": ["failed"], "since": since,
-                  "until": "2099-01-01T00:00:00Z", "dry_run": True, "reason": "check"}),
+            "POST",
+            "/api/v1/ops/deliveries/redrive/",
+            body={
+                "email_ids": [fx.email_id],
+                "event_ids": [str(uuid.uuid4())],
+                "states": ["failed"],
+                "since": since,
+                "until": "2099-01-01T00:00:00Z",
+                "dry_run": True,
+                "reason": "check",
+            },
+        ),
         ("GET", "/api/v1/ops/dead-letters/"): Request(
-            "GET", "/api/v1/ops/dead-letters/", {"resolution": "parked", "page": "1"}),
+            "GET", "/api/v1/ops/dead-letters/", {"resolution": "parked", "page": "1"}
+        ),
         ("POST", "/api/v1/ops/dead-letters/redrive/"): Request(
-            "POST", "/api/v1/ops/dead-letters/redrive/", body={"ids": [1], "dry_run": True, "reason": "check"}),
+            "POST", "/api/v1/ops/dead-letters/redrive/", body={"ids": [1], "dry_run": True, "reason": "check"}
+        ),
         ("POST", "/api/v1/ops/dead-letters/dismiss/"): Request(
-            "POST", "/api/v1/ops/dead-letters/dismiss/", body={"ids": [1], "dry_run": True, "reason": "check"}),
+            "POST", "/api/v1/ops/dead-letters/dismiss/", body={"ids": [1], "dry_run": True, "reason": "check"}
+        ),
         ("POST", "/api/v1/users/login/"): Request(
-            "POST", "/api/v1/users/login/", body={"username": f"nobody-{unique}@example.com", "password": "x"}),
+            "POST", "/api/v1/users/login/", body={"username": f"nobody-{unique}@example.com", "password": "x"}
+        ),
         ("POST", "/api/v1/users/logout/"): Request("POST", "/api/v1/users/logout/"),
         ("POST", "/api/v1/users/register/"): Request(
-            "POST", "/api/v1/users/register/",
-            body={"email": f"u-{unique}@example.com", "username": f"u-{unique}",
-                  "password": "quiet-meadow-Lantern-42"}),
+            "POST",
+            "/api/v1/users/register/",
+            body={"email": f"u-{unique}@example.com", "username": f"u-{unique}", "password": "quiet-meadow-Lantern-42"},
+        ),
         ("POST", "/api/v1/webhooks/sendgrid/"): Request("POST", "/api/v1/webhooks/sendgrid/", body=[]),
         ("GET", "/api/v1/emails/sent-email/"): Request(
-            "GET", "/api/v1/emails/sent-email/",
-            {"recipient": ["ann@example.com"], "start_time": "2026-01-01", "end_time": "2099-01-01T00:00:00Z",
-             "status": ["sent"], "template": [str(fx.template_id)], "page_size": "10"}),
-        ("GET", "/api/v1/emails/sent-email/{email_id}/"): Request(
-            "GET", f"/api/v1/emails/sent-email/{fx.email_id}/"),
+            "GET",
+            "/api/v1/emails/sent-email/",
+            {
+                "recipient": ["ann@example.com"],
+                "start_time": "2026-01-01",
+                "end_time": "2099-01-01T00:00:00Z",
+                "status": ["sent"],
+                "template": [str(fx.template_id)],
+                "page_size": "10",
+            },
+        ),
+        ("GET", "/api/v1/emails/sent-email/{email_id}/"): Request("GET", f"/api/v1/emails/sent-email/{fx.email_id}/"),
     }
 
 
@@ -288,36 +408,69 @@ def _copy(body):
 
 
 RAW_BODIES = [
-    b"\xff\xfe\xfd", b'{"name": "\xc3\x28"}', b'{"recipients": ["\xed\xa0\x80@example.com"]}', b"\xc0\xaf",
-    b'{"a": 1', b"[" * 100_000, b'{"a": NaN}', b'{"a": Infinity}', b"\x00", b'{"\\u0000": 1}', b'"\\ud800"',
+    b"\xff\xfe\xfd",
+    b'{"name": "\xc3\x28"}',
+    b'{"recipients": ["\xed\xa0\x80@example.com"]}',
+    b"\xc0\xaf",
+    b'{"a": 1',
+    b"[" * 100_000,
+    b'{"a": NaN}',
+    b'{"a": Infinity}',
+    b"\x00",
+    b'{"\\u0000": 1}',
+    b'"\\ud800"',
     b'{"template": 1e999}',
 ]
 CONTENT_TYPES = [
-    "application/json; charset=punycode", "application/json; charset=utf-16", "application/json; charset=nonsense",
-    "application/json; charset=latin-1", "application/x-www-form-urlencoded",
+    "application/json; charset=punycode",
+    "application/json; charset=utf-16",
+    "application/json; charset=nonsense",
+    "application/json; charset=latin-1",
+    "application/x-www-form-urlencoded",
     "application/x-www-form-urlencoded; charset=punycode",
-    "multipart/form-data; boundary=x", "multipart/form-data", "text/plain", "application/json\x00", "",
+    "multipart/form-data; boundary=x",
+    "multipart/form-data",
+    "text/plain",
+    "application/json\x00",
+    "",
 ]
 HOSTILE_AUTHORIZATION = [
-    "Token \xff\xfe\xfd", "Token " + "\xe9" * 20, "Token \x00", "Token " + "a" * 10_000, "Bearer abc",
-    "Basic Zm9vOmJhcg==", "Token", "Token a b", "Digest username=x", "\x00", "Token %00",
+    "Token \xff\xfe\xfd",
+    "Token " + "\xe9" * 20,
+    "Token \x00",
+    "Token " + "a" * 10_000,
+    "Bearer abc",
+    "Basic Zm9vOmJhcg==",
+    "Token",
+    "Token a b",
+    "Digest username=x",
+    "\x00",
+    "Token %00",
 ]
 
 
 def hostile_for(target: str) -> st.SearchStrategy:
     """The values worth trying in `target`."""
     if target == "body.raw":
-        return st.one_of(st.sampled_from(RAW_BODIES), st.sampled_from([deep(100_000), deep_object(100_000)]),
-                         st.binary(min_size=1, max_size=20))
+        return st.one_of(
+            st.sampled_from(RAW_BODIES),
+            st.sampled_from([deep(100_000), deep_object(100_000)]),
+            st.binary(min_size=1, max_size=20),
+        )
     if target == "header.HTTP_AUTHORIZATION":
-        return st.one_of(st.sampled_from(HOSTILE_AUTHORIZATION),
-                         st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=40)
-                         .map(lambda t: "Token " + t))
+        return st.one_of(
+            st.sampled_from(HOSTILE_AUTHORIZATION),
+            st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=40).map(
+                lambda t: "Token " + t
+            ),
+        )
     if target == "header.CONTENT_TYPE":
         return st.one_of(st.sampled_from(CONTENT_TYPES), st.sampled_from(NASTY_STRINGS[:20]))
     if target.startswith("header."):
-        return st.one_of(st.sampled_from(NASTY_STRINGS[:20]),
-                         st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=300))
+        return st.one_of(
+            st.sampled_from(NASTY_STRINGS[:20]),
+            st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=300),
+        )
     return hostile_values
 
 
@@ -325,9 +478,12 @@ def to_client_kwargs(request: Request) -> dict:
     """The keyword arguments of django.test.Client.generic for `request`."""
     from urllib.parse import urlencode
 
-    query = urlencode([(k, v) for k, values in request.query.items()
-                       for v in (values if isinstance(values, list) else [values])], doseq=False,
-                      encoding="utf-8", errors="surrogatepass")
+    query = urlencode(
+        [(k, v) for k, values in request.query.items() for v in (values if isinstance(values, list) else [values])],
+        doseq=False,
+        encoding="utf-8",
+        errors="surrogatepass",
+    )
     if request.body is None:
         data = b""
     elif isinstance(request.body, bytes):
@@ -336,5 +492,10 @@ def to_client_kwargs(request: Request) -> dict:
         data = encode(request.body)
     headers = dict(request.headers)
     content_type = headers.pop("CONTENT_TYPE", "application/json")
-    return {"method": request.method, "path": request.path + (f"?{query}" if query else ""), "data": data,
-            "content_type": content_type, **headers}
+    return {
+        "method": request.method,
+        "path": request.path + (f"?{query}" if query else ""),
+        "data": data,
+        "content_type": content_type,
+        **headers,
+    }

@@ -40,43 +40,57 @@ def send(client, email_template, raw: bytes | None = None, **changes):
 
 def test_json_nested_deeper_than_the_limit_is_refused_naming_the_field(user_client, template, settings):
     deep = "[" * 40 + "]" * 40
-    body = refused(send(user_client, template, raw=f'{{"recipients": ["a@example.com"], "template": {template.pk}, '
-                                                     f'"context": {{"items": {deep}}}}}'.encode()), "context")
+    body = refused(
+        send(
+            user_client,
+            template,
+            raw=f'{{"recipients": ["a@example.com"], "template": {template.pk}, '
+            f'"context": {{"items": {deep}}}}}'.encode(),
+        ),
+        "context",
+    )
     assert f"deeper than {settings.REQUEST_MAX_JSON_DEPTH}" in str(body["errors"])
     assert nothing_sent()
 
 
 def test_json_too_deep_for_the_parser_itself_still_names_the_field(user_client, template):
     deep = "[" * 100_000 + "]" * 100_000
-    refused(send(user_client, template, raw=f'{{"template": 1, "context": {{"items": {deep}}}}}'.encode()),
-            "context.items")
+    refused(
+        send(user_client, template, raw=f'{{"template": 1, "context": {{"items": {deep}}}}}'.encode()), "context.items"
+    )
     assert nothing_sent()
 
 
 # Characters ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"context": {"name": "Ann\x00"}}, "context.name"),
-    ({"context": {"name": "\x1b[2J"}}, "context.name"),
-    ({"context": {"name": "\x85"}}, "context.name"),
-    ({"context": {"name\x00": "Ann"}}, "context"),
-    ({"context": {"na\nme": "Ann"}}, "context"),
-    ({"context": {"rows": [{"cell": "\x07"}]}}, "context.rows.0.cell"),
-    ({"recipients": ["ann\x00@example.com"]}, "recipients"),
-    ({"recipients": ["\"\x01\"@example.com"]}, "recipients"),
-    ({"recipients": ["ann@example.com\x7f"]}, "recipients"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"context": {"name": "Ann\x00"}}, "context.name"),
+        ({"context": {"name": "\x1b[2J"}}, "context.name"),
+        ({"context": {"name": "\x85"}}, "context.name"),
+        ({"context": {"name\x00": "Ann"}}, "context"),
+        ({"context": {"na\nme": "Ann"}}, "context"),
+        ({"context": {"rows": [{"cell": "\x07"}]}}, "context.rows.0.cell"),
+        ({"recipients": ["ann\x00@example.com"]}, "recipients"),
+        ({"recipients": ['"\x01"@example.com']}, "recipients"),
+        ({"recipients": ["ann@example.com\x7f"]}, "recipients"),
+    ],
+)
 def test_control_characters_and_nul_are_refused_naming_the_field(user_client, template, changes, field):
     refused(send(user_client, template, **changes), field)
     assert nothing_sent()
 
 
-@pytest.mark.parametrize("raw, field", [
-    (b'{"recipients": ["a@example.com"], "template": 1, "context": {"name": "\\ud800"}}', "context.name"),
-    (b'{"recipients": ["\\udfff@example.com"], "template": 1}', "recipients.0"),
-    (b'{"recipients": ["a@example.com"], "template": 1, "context": {"\\udc80": "x"}}', "context"),
-])
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        (b'{"recipients": ["a@example.com"], "template": 1, "context": {"name": "\\ud800"}}', "context.name"),
+        (b'{"recipients": ["\\udfff@example.com"], "template": 1}', "recipients.0"),
+        (b'{"recipients": ["a@example.com"], "template": 1, "context": {"\\udc80": "x"}}', "context"),
+    ],
+)
 def test_lone_surrogates_are_refused_naming_the_field(user_client, template, raw, field):
     refused(send(user_client, template, raw=raw), field)
     assert nothing_sent()
@@ -86,18 +100,34 @@ def test_line_breaks_and_tabs_stay_allowed_in_free_text(user_client, template):
     assert send(user_client, template, context={"name": "Ann", "code": "line one\nline two\ttabbed"}).status_code == 202
 
 
-@pytest.mark.parametrize("field, value", [
-    ("name", "welcome\x00"), ("name", "wel\ncome"), ("name", "\u2028"), ("subject", "Hi\x1b"), ("subject", "Hi\tthere"),
-    ("body", "<p>\x00</p>"), ("body", "<p>\x0b</p>"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("name", "welcome\x00"),
+        ("name", "wel\ncome"),
+        ("name", "\u2028"),
+        ("subject", "Hi\x1b"),
+        ("subject", "Hi\tthere"),
+        ("body", "<p>\x00</p>"),
+        ("body", "<p>\x0b</p>"),
+    ],
+)
 def test_template_fields_with_control_characters_are_refused(staff_client, field, value):
     body = {"name": "t", "subject": "Hi", "body": "<p>Hi</p>"} | {field: value}
     refused(staff_client.post(TEMPLATES, body, format="json"), field)
     assert not EmailTemplate.objects.exists()
 
 
-@pytest.mark.parametrize("field, value", [("username", "ann\x00"), ("username", "ann\x1b"), ("username", "ann smith"),
-                                          ("email", '"\x01"@example.com'), ("email", "ann@exam\x01ple.com")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("username", "ann\x00"),
+        ("username", "ann\x1b"),
+        ("username", "ann smith"),
+        ("email", '"\x01"@example.com'),
+        ("email", "ann@exam\x01ple.com"),
+    ],
+)
 def test_registration_with_control_characters_is_refused(api_client, field, value):
     from core.accounts.models import User
 
@@ -106,10 +136,14 @@ def test_registration_with_control_characters_is_refused(api_client, field, valu
     assert not User.objects.exists()
 
 
-@pytest.mark.parametrize("query, field", [
-    ({"aggregate_id": "1\x00"}, "aggregate_id"), ({"event_type": "email\x1brequested"}, "event_type"),
-    ({"event_id": "not-a-uuid"}, "event_id"),
-])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"aggregate_id": "1\x00"}, "aggregate_id"),
+        ({"event_type": "email\x1brequested"}, "event_type"),
+        ({"event_id": "not-a-uuid"}, "event_id"),
+    ],
+)
 def test_ops_filters_with_control_characters_are_refused(staff_client, query, field):
     refused(staff_client.get("/api/v1/ops/outbox/", query), field)
 
@@ -117,8 +151,10 @@ def test_ops_filters_with_control_characters_are_refused(staff_client, query, fi
 def test_an_ops_replay_reason_with_nul_writes_nothing(staff_client):
     from core.outbox.models import OutboxReplay
 
-    refused(staff_client.post("/api/v1/ops/outbox/replay/", {"aggregate_id": "1", "reason": "x\x00"}, format="json"),
-            "reason")
+    refused(
+        staff_client.post("/api/v1/ops/outbox/replay/", {"aggregate_id": "1", "reason": "x\x00"}, format="json"),
+        "reason",
+    )
     assert not OutboxReplay.objects.exists()
 
 
@@ -140,9 +176,14 @@ def test_template_fields_longer_than_their_column_are_refused(staff_client, fiel
 
 
 def test_a_username_longer_than_its_column_is_refused(api_client):
-    refused(api_client.post("/api/v1/users/register/", {"email": "a@example.com", "username": "u" * 151,
-                                                        "password": "quiet-meadow-Lantern-42"}, format="json"),
-            "username")
+    refused(
+        api_client.post(
+            "/api/v1/users/register/",
+            {"email": "a@example.com", "username": "u" * 151, "password": "quiet-meadow-Lantern-42"},
+            format="json",
+        ),
+        "username",
+    )
 
 
 def test_a_rendered_subject_longer_than_its_column_is_refused(user_client, template):
@@ -160,14 +201,18 @@ def test_a_template_id_out_of_range_is_refused(user_client, template, value):
     assert nothing_sent()
 
 
-@pytest.mark.parametrize("raw", [b'{"recipients": ["a@example.com"], "template": ' + b"9" * 5000 + b"}",
-                                 b'{"recipients": ["a@example.com"], "template": 1e999}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"recipients": ["a@example.com"], "template": ' + b"9" * 5000 + b"}",
+        b'{"recipients": ["a@example.com"], "template": 1e999}',
+    ],
+)
 def test_numbers_beyond_any_column_are_refused_naming_the_field(user_client, template, raw):
     refused(send(user_client, template, raw=raw), "template")
 
 
-@pytest.mark.parametrize("path", [f"{TEMPLATES}{'9' * 19}/", f"{TEMPLATES}99999999999999999999999/",
-                                  f"{TEMPLATES}-1/"])
+@pytest.mark.parametrize("path", [f"{TEMPLATES}{'9' * 19}/", f"{TEMPLATES}99999999999999999999999/", f"{TEMPLATES}-1/"])
 def test_a_path_id_beyond_bigint_is_not_found(staff_client, path):
     assert staff_client.get(path).status_code == 404
     assert staff_client.put(path, {"name": "x", "subject": "x", "body": "x"}, format="json").status_code == 404
@@ -181,11 +226,20 @@ def test_a_log_id_beyond_bigint_is_not_found(settings, user_client):
 # Dates -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field, value", [
-    ("start_time", "2026-02-30T00:00:00"), ("start_time", "2026-02-30"), ("start_time", "2026-13-01"),
-    ("end_time", "9999-12-31"), ("end_time", "9999-12-31T23:59:59.999999"), ("start_time", "0001-01-01T00:00:00+14:00"),
-    ("start_time", "2026-01-01T00:00:00+25:00"), ("end_time", "2026-01-01T24:00:00"), ("start_time", "10000-01-01"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("start_time", "2026-02-30T00:00:00"),
+        ("start_time", "2026-02-30"),
+        ("start_time", "2026-13-01"),
+        ("end_time", "9999-12-31"),
+        ("end_time", "9999-12-31T23:59:59.999999"),
+        ("start_time", "0001-01-01T00:00:00+14:00"),
+        ("start_time", "2026-01-01T00:00:00+25:00"),
+        ("end_time", "2026-01-01T24:00:00"),
+        ("start_time", "10000-01-01"),
+    ],
+)
 def test_log_dates_that_do_not_exist_or_leave_the_calendar_are_refused(settings, user_client, field, value):
     settings.ROOT_URLCONF = "query_api.urls"
     refused(user_client.get(LOG, {field: value}), field)
@@ -206,8 +260,9 @@ def test_invalid_utf8_bodies_are_400(user_client, template, raw):
     assert nothing_sent()
 
 
-@pytest.mark.parametrize("authorization", ["Token \xff\xfe\xfd", "Token \x00", "Token " + "a" * 10_000,
-                                           "Token a\x01b", "Token é"])
+@pytest.mark.parametrize(
+    "authorization", ["Token \xff\xfe\xfd", "Token \x00", "Token " + "a" * 10_000, "Token a\x01b", "Token é"]
+)
 def test_undecodable_or_oversized_credentials_are_401(template, authorization):
     response = Client().get(TEMPLATES, HTTP_AUTHORIZATION=authorization)  # reading needs no token: a bad one is 401
     assert response.status_code == 401 and response.json()["message"] == "Invalid token."
@@ -228,8 +283,10 @@ def test_an_unsafe_correlation_id_is_replaced_not_echoed(template, value):
 
 # Rendering is bounded --------------------------------------------------------------------------
 
-LOOPS = "{% for a in items %}{% for b in items %}{% for c in items %}{{ a }}{{ b }}{{ c }}{% endfor %}" \
-        "{% endfor %}{% endfor %}"
+LOOPS = (
+    "{% for a in items %}{% for b in items %}{% for c in items %}{{ a }}{{ b }}{{ c }}{% endfor %}"
+    "{% endfor %}{% endfor %}"
+)
 
 
 @pytest.fixture
@@ -239,14 +296,18 @@ def loop_template(db):
 
 def test_loops_that_multiply_with_the_context_are_refused_naming_the_limit(user_client, loop_template):
     body = refused(send(user_client, loop_template, context={"items": list(range(1000))}), "context")
-    assert "RENDER_MAX_BYTES" in body["errors"]["context"][0] or \
-        "RENDER_MAX_LOOP_ITERATIONS" in body["errors"]["context"][0]
+    assert (
+        "RENDER_MAX_BYTES" in body["errors"]["context"][0]
+        or "RENDER_MAX_LOOP_ITERATIONS" in body["errors"]["context"][0]
+    )
     assert nothing_sent()
 
 
 def test_empty_loops_that_multiply_are_refused_by_their_iterations(user_client, settings):
-    template = EmailTemplateFactory(subject="x", body="{% for a in items %}{% for b in items %}{% for c in items %}"
-                                                      "{% endfor %}{% endfor %}{% endfor %}")
+    template = EmailTemplateFactory(
+        subject="x",
+        body="{% for a in items %}{% for b in items %}{% for c in items %}{% endfor %}{% endfor %}{% endfor %}",
+    )
     body = refused(send(user_client, template, context={"items": list(range(1000))}), "context")
     assert f"RENDER_MAX_LOOP_ITERATIONS ({settings.RENDER_MAX_LOOP_ITERATIONS})" in body["errors"]["context"][0]
 
@@ -256,13 +317,16 @@ def test_the_same_loops_over_a_short_list_render(user_client, loop_template):
     assert SentEmail.objects.get().body.startswith("111112113")
 
 
-@pytest.mark.parametrize("body, context", [
-    ("{{ name|ljust:width }}", {"width": 10**9}),
-    ("{{ name|center:'99999999' }}", {}),
-    ('{{ name|stringformat:"999999999s" }}', {}),
-    ("{{ 1.5|floatformat:places }}", {"places": 10**8}),
-    ("{{ items|join:sep }}", {"items": [""] * 50_000, "sep": "x" * 100}),
-])
+@pytest.mark.parametrize(
+    "body, context",
+    [
+        ("{{ name|ljust:width }}", {"width": 10**9}),
+        ("{{ name|center:'99999999' }}", {}),
+        ('{{ name|stringformat:"999999999s" }}', {}),
+        ("{{ 1.5|floatformat:places }}", {"places": 10**8}),
+        ("{{ items|join:sep }}", {"items": [""] * 50_000, "sep": "x" * 100}),
+    ],
+)
 def test_filters_that_pad_or_repeat_are_bounded(user_client, settings, body, context):
     template = EmailTemplateFactory(subject="x", body=body)
     refused(send(user_client, template, context={"name": "Ann", **context}), "context")
@@ -276,8 +340,9 @@ def test_a_render_over_its_time_is_refused_naming_the_limit(user_client, loop_te
 
 
 def test_the_lorem_tag_is_not_allowed(staff_client):
-    response = staff_client.post(TEMPLATES, {"name": "t", "subject": "s", "body": "{% lorem 999999 w %}"},
-                                 format="json")
+    response = staff_client.post(
+        TEMPLATES, {"name": "t", "subject": "s", "body": "{% lorem 999999 w %}"}, format="json"
+    )
     assert "lorem tag is not allowed" in refused(response, "body")["errors"]["body"][0]
 
 
@@ -286,18 +351,25 @@ def test_the_lorem_tag_is_not_allowed(staff_client):
 
 @pytest.mark.parametrize("content_type", ["application/json; charset=punycode", "application/json; charset=utf-16"])
 def test_a_declared_charset_is_not_believed_json_is_utf8(api_client, content_type):
-    response = api_client.post("/api/v1/users/login/", b'{"username": "a@example.com", "password": "x"}',
-                               content_type=content_type)
-    assert response.status_code == 400 and response.json()["errors"] == {"non_field_errors": [
-        "Unable to log in with the given credentials."]}
+    response = api_client.post(
+        "/api/v1/users/login/", b'{"username": "a@example.com", "password": "x"}', content_type=content_type
+    )
+    assert response.status_code == 400 and response.json()["errors"] == {
+        "non_field_errors": ["Unable to log in with the given credentials."]
+    }
 
 
-@pytest.mark.parametrize("content_type, body", [
-    ("application/x-www-form-urlencoded; charset=punycode", b"username=a%40example.com&password=x"),
-    ("application/x-www-form-urlencoded", b"recipients=a%40example.com&template=1&context.name=x"),
-    ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="context.name"; '
-                                        b'filename="f.txt"\r\n\r\nhello\r\n--b--\r\n'),
-])
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("application/x-www-form-urlencoded; charset=punycode", b"username=a%40example.com&password=x"),
+        ("application/x-www-form-urlencoded", b"recipients=a%40example.com&template=1&context.name=x"),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="context.name"; filename="f.txt"\r\n\r\nhello\r\n--b--\r\n',
+        ),
+    ],
+)
 def test_bodies_other_than_json_are_415(user_client, template, content_type, body):
     response = user_client.post(SEND, body, content_type=content_type)
     assert response.status_code == 415 and response.json()["message"]
@@ -322,8 +394,9 @@ def test_join_of_a_string_or_a_dict_is_bounded_too(user_client, items, sep):
 def test_nested_loops_count_each_byte_of_the_email_once(user_client, settings):
     # 20 x 20 iterations of a 1,500-byte row: 600 KB, under the 1 MiB limit, though the inner
     # loop's output is also the outer loop's.
-    template = EmailTemplateFactory(subject="x", body="{% for a in items %}{% for b in items %}{{ row }}"
-                                                      "{% endfor %}{% endfor %}")
+    template = EmailTemplateFactory(
+        subject="x", body="{% for a in items %}{% for b in items %}{{ row }}{% endfor %}{% endfor %}"
+    )
     assert send(user_client, template, context={"items": list(range(20)), "row": "r" * 1500}).status_code == 202
     assert len(SentEmail.objects.get().body) == 600_000
     settings.RENDER_MAX_BYTES = 599_999

@@ -38,8 +38,13 @@ CASES = [
 
 @pytest.mark.parametrize("module, args, option", CASES, ids=[f"{m}:{' '.join(map(repr, a))}" for m, a, _ in CASES])
 def test_a_bad_argument_is_a_usage_error(module, args, option):
-    result = subprocess.run([sys.executable.encode(), b"-m", module.encode(), *args], cwd=ROOT, capture_output=True,
-                            timeout=60, env=os.environ | {"LOG_LEVEL": "ERROR"})
+    result = subprocess.run(
+        [sys.executable.encode(), b"-m", module.encode(), *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        env=os.environ | {"LOG_LEVEL": "ERROR"},
+    )
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 2, stderr[-2000:]
     assert "Traceback" not in stderr and option in stderr, stderr[-2000:]

@@ -80,11 +80,11 @@ def test_a_hostile_value_is_refused_cleanly(hostile_fixture, api, method, path, 
         status, body, written = call(client, APIS[api], request)
         assert status < 500, f"{request.method} {request.path} {target}={value!r}: {status} {body}"
         if status >= 400:
-            assert isinstance(body, dict) and isinstance(body.get("message"), str) and \
-                isinstance(body.get("errors"), dict), f"{target}={value!r}: {status} {body}"
+            assert (
+                isinstance(body, dict) and isinstance(body.get("message"), str) and isinstance(body.get("errors"), dict)
+            ), f"{target}={value!r}: {status} {body}"
             assert not written, f"{target}={value!r} answered {status} but wrote rows"
-        if status == 400 and target.startswith(("body.", "query.")) and target != "body.raw" \
-                and target != "body.item":
+        if status == 400 and target.startswith(("body.", "query.")) and target != "body.raw" and target != "body.item":
             assert names_field(body["errors"], target, path), f"{target}={value!r}: {body}"
 
     check()

@@ -42,8 +42,14 @@ def staff_token(db, settings):
     EmailTemplateFactory()
     user = UserFactory(is_staff=True)
     for n in range(1, 4):  # something for the query API to read
-        SentEmailLog.objects.create(id=n, owner_id=user.pk, recipients=[f"r{n}@example.com"], created=timezone.now(),
-                                    status="sent", recipient_status={f"r{n}@example.com": {"status": "sent"}})
+        SentEmailLog.objects.create(
+            id=n,
+            owner_id=user.pk,
+            recipients=[f"r{n}@example.com"],
+            created=timezone.now(),
+            status="sent",
+            recipient_status={f"r{n}@example.com": {"status": "sent"}},
+        )
     _, token = AuthToken.objects.create(user=user)
     yield token
     signals.request_started.connect(close_old_connections)

@@ -33,42 +33,76 @@ def post(settings):
     def signed(items) -> tuple[int, dict]:
         body = hostile.encode(items).decode()
         timestamp = str(int(time.time()))
-        signature = base64.b64encode(key.sign((timestamp + body).encode("utf-8", "surrogatepass"),
-                                              ec.ECDSA(hashes.SHA256()))).decode()
-        response = client.post(HOOK, body.encode("utf-8", "surrogatepass"), content_type="application/json",
-                               HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE=signature,
-                               HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP=timestamp)
+        signature = base64.b64encode(
+            key.sign((timestamp + body).encode("utf-8", "surrogatepass"), ec.ECDSA(hashes.SHA256()))
+        ).decode()
+        response = client.post(
+            HOOK,
+            body.encode("utf-8", "surrogatepass"),
+            content_type="application/json",
+            HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE=signature,
+            HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP=timestamp,
+        )
         return response.status_code, response.json()
 
     return signed
 
 
 def good(n: int, **changes) -> dict:
-    return {"email": f"r{n}@example.com", "recipient": f"r{n}@example.com", "timestamp": int(time.time()),
-            "event": "delivered", "sg_event_id": f"sg-{uuid.uuid4()}", "sg_message_id": f"m{n}.filter0001",
-            "event_id": str(uuid.uuid4()), "email_id": str(n), "response": "250 OK"} | changes
+    return {
+        "email": f"r{n}@example.com",
+        "recipient": f"r{n}@example.com",
+        "timestamp": int(time.time()),
+        "event": "delivered",
+        "sg_event_id": f"sg-{uuid.uuid4()}",
+        "sg_message_id": f"m{n}.filter0001",
+        "event_id": str(uuid.uuid4()),
+        "email_id": str(n),
+        "response": "250 OK",
+    } | changes
 
 
 BAD = [
-    ("event_id", "not-a-uuid"), ("event_id", 42), ("email_id", "12abc"), ("email_id", "9" * 30), ("email_id", -3),
-    ("email_id", "²"), ("email_id", True), ("sg_event_id", "s" * 101), ("sg_event_id", ""), ("sg_event_id", 7),
-    ("recipient", "r" * 300 + "@example.com"), ("recipient", "ann\x00@example.com"), ("recipient", "a\nb@example.com"),
-    ("sg_message_id", "m" * 201), ("response", "250 \x00 OK"), ("response", "\ud800"), ("timestamp", 10**20),
-    ("timestamp", -1), ("timestamp", "soon"), ("smtp-id", "<\x00@x>"), ("extra", {"deep": [[[[[[[[[[1]]]]]]]]]]}),
+    ("event_id", "not-a-uuid"),
+    ("event_id", 42),
+    ("email_id", "12abc"),
+    ("email_id", "9" * 30),
+    ("email_id", -3),
+    ("email_id", "²"),
+    ("email_id", True),
+    ("sg_event_id", "s" * 101),
+    ("sg_event_id", ""),
+    ("sg_event_id", 7),
+    ("recipient", "r" * 300 + "@example.com"),
+    ("recipient", "ann\x00@example.com"),
+    ("recipient", "a\nb@example.com"),
+    ("sg_message_id", "m" * 201),
+    ("response", "250 \x00 OK"),
+    ("response", "\ud800"),
+    ("timestamp", 10**20),
+    ("timestamp", -1),
+    ("timestamp", "soon"),
+    ("smtp-id", "<\x00@x>"),
+    ("extra", {"deep": [[[[[[[[[[1]]]]]]]]]]}),
 ]
 
 
 @pytest.mark.django_db
 def test_bad_items_are_rejected_and_the_good_ones_kept(post):
-    items = [good(1)] + [good(100 + i, **{field: value}) for i, (field, value) in enumerate(BAD)] + \
-        ["not an object", None, 5, good(2)]
+    items = (
+        [good(1)]
+        + [good(100 + i, **{field: value}) for i, (field, value) in enumerate(BAD)]
+        + ["not an object", None, 5, good(2)]
+    )
     status, answer = post(items)
     assert status == 200, answer
     assert answer == {"accepted": 2, "duplicates": 0, "ignored": 0, "rejected": len(BAD) + 3}
     assert sorted(ProviderEvent.objects.values_list("email_id", flat=True)) == [1, 2]
     rows = OutboxEvent.objects.order_by("aggregateid")  # one event per email
     assert [[item.email_id for item in EmailDeliveryStatuses.from_dict(row.payload).items()] for row in rows] == [
-        [1], [2]]
+        [1],
+        [2],
+    ]
 
 
 @pytest.mark.django_db
@@ -90,8 +124,20 @@ def test_a_signed_body_that_is_not_a_list_is_400_even_too_deep_to_parse(post):
     assert status == 400 and answer["errors"] == {"body": ["Expected a JSON list of events."]}
 
 
-ITEM_FIELDS = ["event", "email", "recipient", "timestamp", "sg_event_id", "sg_message_id", "event_id", "email_id",
-               "reason", "response", "type", "status"]
+ITEM_FIELDS = [
+    "event",
+    "email",
+    "recipient",
+    "timestamp",
+    "sg_event_id",
+    "sg_message_id",
+    "event_id",
+    "email_id",
+    "reason",
+    "response",
+    "type",
+    "status",
+]
 
 
 @pytest.mark.django_db

@@ -130,8 +130,13 @@ def test_behind_the_gateway_one_clients_failures_do_not_lock_out_another(api_cli
     # The gateway connects from one address for everybody; it appends each client's own to
     # X-Forwarded-For. What a client wrote there itself (left of it) is not believed.
     def attempt(password, forwarded):
-        return api_client.post(LOGIN, {"username": user.email, "password": password}, format="json",
-                               REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
+        return api_client.post(
+            LOGIN,
+            {"username": user.email, "password": password},
+            format="json",
+            REMOTE_ADDR="10.0.0.1",
+            HTTP_X_FORWARDED_FOR=forwarded,
+        )
 
     for n in range(2):
         assert attempt("wrong", f"192.0.2.{n}, 198.51.100.7").status_code == 400  # posing as others
@@ -148,12 +153,15 @@ def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(rf):
     assert client_address(request) == "192.0.2.1"
     with override_settings(TRUSTED_PROXY_HOPS=1):
         assert client_address(request) == "203.0.113.9"
-        assert client_address(rf.get("/", REMOTE_ADDR="192.0.2.1", HTTP_X_FORWARDED_FOR="not an address")) == \
-            "192.0.2.1"
+        assert (
+            client_address(rf.get("/", REMOTE_ADDR="192.0.2.1", HTTP_X_FORWARDED_FOR="not an address")) == "192.0.2.1"
+        )
         assert client_address(rf.get("/", REMOTE_ADDR="192.0.2.1")) == "192.0.2.1"
     with override_settings(TRUSTED_PROXY_HOPS=2):
-        assert client_address(rf.get("/", REMOTE_ADDR="10.0.0.1",
-                                     HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9, 10.0.0.2")) == "203.0.113.9"
+        assert (
+            client_address(rf.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9, 10.0.0.2"))
+            == "203.0.113.9"
+        )
 
 
 @override_settings(LOGIN_FAILURE_LIMIT=3, LOGIN_FAILURE_WINDOW_SECONDS=1)
@@ -210,14 +218,31 @@ def test_registration_is_throttled_per_client_address(api_client, settings):
     settings.REGISTRATION_RATE_LIMIT = "2/hour"
     settings.TRUSTED_PROXY_HOPS = 1
     for n in range(2):
-        assert api_client.post(REGISTER, {"email": f"u{n}@example.com", "username": f"u{n}",
-                                          "password": PASSWORD}, format="json",
-                               HTTP_X_FORWARDED_FOR="198.51.100.7").status_code == 201
-    throttled = api_client.post(REGISTER, {"email": "u9@example.com", "username": "u9", "password": PASSWORD},
-                                format="json", HTTP_X_FORWARDED_FOR="198.51.100.7")
+        assert (
+            api_client.post(
+                REGISTER,
+                {"email": f"u{n}@example.com", "username": f"u{n}", "password": PASSWORD},
+                format="json",
+                HTTP_X_FORWARDED_FOR="198.51.100.7",
+            ).status_code
+            == 201
+        )
+    throttled = api_client.post(
+        REGISTER,
+        {"email": "u9@example.com", "username": "u9", "password": PASSWORD},
+        format="json",
+        HTTP_X_FORWARDED_FOR="198.51.100.7",
+    )
     assert throttled.status_code == 429 and int(throttled["Retry-After"]) > 0
-    assert api_client.post(REGISTER, {"email": "v1@example.com", "username": "v1", "password": PASSWORD},
-                           format="json", HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 201
+    assert (
+        api_client.post(
+            REGISTER,
+            {"email": "v1@example.com", "username": "v1", "password": PASSWORD},
+            format="json",
+            HTTP_X_FORWARDED_FOR="203.0.113.9",
+        ).status_code
+        == 201
+    )
     assert User.objects.count() == 3
 
 

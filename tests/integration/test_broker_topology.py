@@ -30,8 +30,11 @@ def test_an_incompatible_queue_stops_the_service_at_start():
 
 def _publish(channel, topology, routing_key, message_id):
     channel.basic_publish(
-        topology.exchange, routing_key, b"{}",
-        pika.BasicProperties(message_id=message_id, delivery_mode=2), mandatory=True,
+        topology.exchange,
+        routing_key,
+        b"{}",
+        pika.BasicProperties(message_id=message_id, delivery_mode=2),
+        mandatory=True,
     )
 
 
@@ -72,8 +75,9 @@ def test_a_message_redelivered_past_the_limit_is_dead_lettered(topology):
 
 def test_a_delay_queue_returns_the_message_to_its_work_queue_after_its_ttl():
     topology = broker.new_topology(
-        consumers=(ConsumerQueue(role="sender", routing_keys=("email.requested",), delivery_limit=3,
-                                 retry_delays_ms=(300,)),)
+        consumers=(
+            ConsumerQueue(role="sender", routing_keys=("email.requested",), delivery_limit=3, retry_delays_ms=(300,)),
+        )
     )
     broker.declare(topology)
     try:
@@ -81,8 +85,9 @@ def test_a_delay_queue_returns_the_message_to_its_work_queue_after_its_ttl():
         channel = conn.channel()
         channel.confirm_delivery()
         started = time.monotonic()
-        channel.basic_publish("", topology.delay_queue("sender", 300), b"{}",
-                              pika.BasicProperties(message_id="later", delivery_mode=2))
+        channel.basic_publish(
+            "", topology.delay_queue("sender", 300), b"{}", pika.BasicProperties(message_id="later", delivery_mode=2)
+        )
         conn.close()
         assert broker.collect(topology.queue("sender"), expect_ids={"later"}, timeout=10).ids == ["later"]
         assert time.monotonic() - started >= 0.3

@@ -33,15 +33,17 @@ def is_address(value) -> bool:
 def is_address_object(value) -> bool:
     """SendGrid Mail Send documents the from, reply_to, to, cc and bcc objects as requiring
     `email` and allowing a string `name`."""
-    return (isinstance(value, dict) and is_address(value.get("email"))
-            and isinstance(value.get("name", ""), str))
+    return isinstance(value, dict) and is_address(value.get("email")) and isinstance(value.get("name", ""), str)
 
 
 def are_custom_args(value) -> bool:
     """SendGrid Mail Send documents custom_args as values carried along with the email, each
     assumed to be a string, and their total size as at most 10,000 bytes."""
-    return (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-            and len(json.dumps(value).encode()) <= MAX_CUSTOM_ARGS_BYTES)
+    return (
+        isinstance(value, dict)
+        and all(isinstance(v, str) for v in value.values())
+        and len(json.dumps(value).encode()) <= MAX_CUSTOM_ARGS_BYTES
+    )
 
 
 def is_timestamp(value) -> bool:
@@ -114,8 +116,7 @@ def documented_violations(body) -> set[str]:
         broken.add("reply_to")
     if "reply_to_list" in body:
         reply_to_list = body["reply_to_list"]
-        if ("reply_to" in body or not isinstance(reply_to_list, list)
-                or not all(map(is_address_object, reply_to_list))):
+        if "reply_to" in body or not isinstance(reply_to_list, list) or not all(map(is_address_object, reply_to_list)):
             broken.add("reply_to")
 
     # SendGrid Mail Send documents the subject as required unless a template supplies it or
@@ -124,16 +125,22 @@ def documented_violations(body) -> set[str]:
     if "subject" in body and not (isinstance(subject, str) and subject):
         broken.add("subject")
     every_personalization_has_one = bool(personalizations) and all(
-        isinstance(p, dict) and isinstance(p.get("subject"), str) and p["subject"] for p in personalizations)
+        isinstance(p, dict) and isinstance(p.get("subject"), str) and p["subject"] for p in personalizations
+    )
     if not uses_template and not subject and not every_personalization_has_one:
         broken.add("subject")
 
     # SendGrid Mail Send documents content as required unless a template is used, with at least
     # one MIME type, each block a `type` and a `value` of at least one character.
     content = body.get("content")
-    if (content is not None or not uses_template) and (not isinstance(content, list) or not content or not all(
+    if (content is not None or not uses_template) and (
+        not isinstance(content, list)
+        or not content
+        or not all(
             isinstance(block, dict) and all(isinstance(block.get(k), str) and block[k] for k in ("type", "value"))
-            for block in content)):
+            for block in content
+        )
+    ):
         broken.add("content")
 
     # SendGrid Mail Send documents the request's custom_args as values carried along with the
@@ -144,9 +151,12 @@ def documented_violations(body) -> set[str]:
         broken.add("custom_args")
     # SendGrid Mail Send documents at most 10 unique categories of at most 255 characters each.
     categories = body.get("categories", [])
-    if not (isinstance(categories, list) and len(categories) <= MAX_CATEGORIES
-            and all(isinstance(c, str) and len(c) <= MAX_CATEGORY_LENGTH for c in categories)
-            and len(set(categories)) == len(categories)):
+    if not (
+        isinstance(categories, list)
+        and len(categories) <= MAX_CATEGORIES
+        and all(isinstance(c, str) and len(c) <= MAX_CATEGORY_LENGTH for c in categories)
+        and len(set(categories)) == len(categories)
+    ):
         broken.add("categories")
     if "send_at" in body and not is_timestamp(body["send_at"]):
         broken.add("send_at")
@@ -177,10 +187,25 @@ MANY = [f"r{i}@example.com" for i in range(1001)]
         # Accepted: no documented rule broken.
         (mail(), None),
         (mail(recipients=MANY[:1000]), None),
-        (mail(personalizations=[to("ann@example.com", cc=[{"email": "bob@example.org", "name": "Bob"}],
-                                   bcc=[{"email": "carl@example.net"}])]), None),
-        (mail(subject=None, personalizations=[to("ann@example.com", subject="Hi Ann"),
-                                              to("bob@example.org", subject="Hi Bob")]), None),
+        (
+            mail(
+                personalizations=[
+                    to(
+                        "ann@example.com",
+                        cc=[{"email": "bob@example.org", "name": "Bob"}],
+                        bcc=[{"email": "carl@example.net"}],
+                    )
+                ]
+            ),
+            None,
+        ),
+        (
+            mail(
+                subject=None,
+                personalizations=[to("ann@example.com", subject="Hi Ann"), to("bob@example.org", subject="Hi Bob")],
+            ),
+            None,
+        ),
         (mail(subject=None, content=None, template_id="d-0123456789abcdef"), None),
         (mail(content=[{"type": "text/plain", "value": "Hi"}, {"type": "text/html", "value": "<p>Hi</p>"}]), None),
         (mail(custom_args={"campaign": "spring"}), None),
@@ -205,8 +230,10 @@ MANY = [f"r{i}@example.com" for i in range(1001)]
         (mail(**{"from": {"email": "no-reply"}}), "from"),
         (mail(subject=None), "subject"),
         (mail(subject=""), "subject"),
-        (mail(subject=None, personalizations=[to("ann@example.com", subject="Hi Ann"), to("bob@example.org")]),
-         "subject"),
+        (
+            mail(subject=None, personalizations=[to("ann@example.com", subject="Hi Ann"), to("bob@example.org")]),
+            "subject",
+        ),
         (mail(content=None), "content"),
         (mail(content=[]), "content"),
         (mail(content=[{"type": "text/html", "value": ""}]), "content"),
@@ -227,8 +254,10 @@ def test_the_fake_refuses_what_sendgrid_documents_it_refuses(body, broken):
         (mail(reply_to={"name": "no address"}), "reply_to"),
         (mail(categories=[f"c{i}" for i in range(11)]), "categories"),
         (mail(send_at="tomorrow"), "send_at"),
-        (mail(personalizations=[to("ann@example.com", custom_args={"big": "x" * MAX_CUSTOM_ARGS_BYTES})]),
-         "custom_args"),
+        (
+            mail(personalizations=[to("ann@example.com", custom_args={"big": "x" * MAX_CUSTOM_ARGS_BYTES})]),
+            "custom_args",
+        ),
     ],
 )
 def test_the_fake_refuses_what_sendgrid_documents_beyond_the_basics(body, broken):
@@ -243,12 +272,25 @@ def test_the_fake_refuses_what_sendgrid_documents_beyond_the_basics(body, broken
         (mail(subject=None), "subject"),
         (mail(content=None), "content"),
         (mail(content=[{"type": "text/html", "value": ""}]), "content.0"),
-        (mail(personalizations=[{"to": [{"email": "a@example.com"}, {"email": "A@example.com"}]}]),
-         "personalizations.0.to.1.email"),
-        (mail(personalizations=[{"to": [{"email": f"r{i}@example.com"} for i in range(600)],
-                                 "cc": [{"email": f"c{i}@example.com"} for i in range(401)]}]), "personalizations"),
-        (mail(personalizations=[{"to": [{"email": "a@example.com"}], "custom_args": {"n": 1}}]),
-         "personalizations.0.custom_args"),
+        (
+            mail(personalizations=[{"to": [{"email": "a@example.com"}, {"email": "A@example.com"}]}]),
+            "personalizations.0.to.1.email",
+        ),
+        (
+            mail(
+                personalizations=[
+                    {
+                        "to": [{"email": f"r{i}@example.com"} for i in range(600)],
+                        "cc": [{"email": f"c{i}@example.com"} for i in range(401)],
+                    }
+                ]
+            ),
+            "personalizations",
+        ),
+        (
+            mail(personalizations=[{"to": [{"email": "a@example.com"}], "custom_args": {"n": 1}}]),
+            "personalizations.0.custom_args",
+        ),
     ],
 )
 def test_the_fake_applies_sendgrids_other_rules(body, field):
@@ -334,8 +376,11 @@ def test_address_rules_reject_and_unverified_sender(fake_sendgrid):
     fake, url = fake_sendgrid
     fake.faults.update({"reject_pattern": r"^reject-", "verified_senders": ["verified@example.com"]})
     with pytest.raises(http_errors.BadRequestsError) as error:
-        client(url).client.mail.send.post(request_body=mail(["ok@example.com", "reject-me@example.com"],
-                                                             **{"from": {"email": "verified@example.com"}}))
+        client(url).client.mail.send.post(
+            request_body=mail(
+                ["ok@example.com", "reject-me@example.com"], **{"from": {"email": "verified@example.com"}}
+            )
+        )
     assert json.loads(error.value.body)["errors"][0]["field"] == "personalizations.1.to.0.email"
     with pytest.raises(http_errors.ForbiddenError) as error:
         client(url).client.mail.send.post(request_body=mail())
@@ -368,8 +413,13 @@ def test_signed_event_webhook_posts(fake_sendgrid):
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-            posts.append((body, self.headers["X-Twilio-Email-Event-Webhook-Signature"],
-                          self.headers["X-Twilio-Email-Event-Webhook-Timestamp"]))
+            posts.append(
+                (
+                    body,
+                    self.headers["X-Twilio-Email-Event-Webhook-Signature"],
+                    self.headers["X-Twilio-Email-Event-Webhook-Timestamp"],
+                )
+            )
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -379,8 +429,11 @@ def test_signed_event_webhook_posts(fake_sendgrid):
 
     receiver = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    fake = FakeSendGrid(keys=parse_keys("SG.fake-key:mail.send"), faults=Faults(bounce_pattern="^bounce"),
-                        webhook_url=f"http://127.0.0.1:{receiver.server_address[1]}/hook")
+    fake = FakeSendGrid(
+        keys=parse_keys("SG.fake-key:mail.send"),
+        faults=Faults(bounce_pattern="^bounce"),
+        webhook_url=f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+    )
     server = serve(fake, host="127.0.0.1", port=free_port())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -395,8 +448,12 @@ def test_signed_event_webhook_posts(fake_sendgrid):
         assert verifier.verify_signature(body, signature, timestamp)
         assert not verifier.verify_signature(body.replace("ann", "eve"), signature, timestamp)
         events = {(e["email"], e["event"]) for e in json.loads(body)}
-        assert events == {("ann@example.com", "processed"), ("ann@example.com", "delivered"),
-                          ("bounce@example.com", "processed"), ("bounce@example.com", "bounce")}
+        assert events == {
+            ("ann@example.com", "processed"),
+            ("ann@example.com", "delivered"),
+            ("bounce@example.com", "processed"),
+            ("bounce@example.com", "bounce"),
+        }
         assert all(e["recipient"] == e["email"] and e["sg_message_id"] for e in json.loads(body))
         base64.b64decode(public_key)
     finally:

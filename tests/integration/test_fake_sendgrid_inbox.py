@@ -16,8 +16,16 @@ from tests.broker import free_port, wait_for
 HOSTILE_BODY = '<p class="x">Hi</p>"><script>alert(1)</script></iframe><b>after</b>'
 
 
-def send(url, *, to=("ann@example.com",), subject="Hello", html_body="<p>Hi</p>", text_body=None,
-         custom_args=None, reply_to=None) -> str:
+def send(
+    url,
+    *,
+    to=("ann@example.com",),
+    subject="Hello",
+    html_body="<p>Hi</p>",
+    text_body=None,
+    custom_args=None,
+    reply_to=None,
+) -> str:
     body = {
         "personalizations": [{"to": [{"email": r}], "custom_args": {"recipient": r}} for r in to],
         "from": {"email": "no-reply@example.com", "name": "Example"},
@@ -29,9 +37,12 @@ def send(url, *, to=("ann@example.com",), subject="Hello", html_body="<p>Hi</p>"
         body["custom_args"] = custom_args
     if reply_to:
         body["reply_to"] = {"email": reply_to}
-    request = urllib.request.Request(f"{url}/v3/mail/send", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Authorization": "Bearer SG.fake-key",
-                                              "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/v3/mail/send",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": "Bearer SG.fake-key", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 202
         return response.headers["X-Message-Id"]
@@ -127,8 +138,14 @@ def test_the_inbox_filters_by_recipient_and_subject_newest_first(fake_sendgrid):
 
 def test_the_message_page_sandboxes_the_body_and_escapes_every_value(fake_sendgrid):
     fake, url = fake_sendgrid
-    message_id = send(url, to=["ann@example.com"], subject="<script>alert('subject')</script>",
-                      html_body=HOSTILE_BODY, text_body="Plain <text> & more", reply_to="help@example.com")
+    message_id = send(
+        url,
+        to=["ann@example.com"],
+        subject="<script>alert('subject')</script>",
+        html_body=HOSTILE_BODY,
+        text_body="Plain <text> & more",
+        reply_to="help@example.com",
+    )
 
     status, headers, text = get(f"{url}/messages/{message_id}")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
@@ -151,8 +168,9 @@ def test_the_message_page_sandboxes_the_body_and_escapes_every_value(fake_sendgr
 
 def test_the_message_page_lists_recipients_with_their_custom_args(fake_sendgrid):
     fake, url = fake_sendgrid
-    message_id = send(url, to=["ann@example.com", "bob@example.org"],
-                      custom_args={"email_id": "42", "note": "<b>bold</b>"})
+    message_id = send(
+        url, to=["ann@example.com", "bob@example.org"], custom_args={"email_id": "42", "note": "<b>bold</b>"}
+    )
 
     page = Page(get(f"{url}/messages/{message_id}")[2])
     recipients = {row[0]: row[1] for row in page.body_rows("recipients")}
@@ -245,8 +263,9 @@ class Receiver:
 def fake_with_webhook():
     """A fake SendGrid posting its events to a local Receiver. Yields (fake, url, receiver)."""
     receiver = Receiver()
-    fake = FakeSendGrid(keys=parse_keys("SG.fake-key:mail.send"), faults=Faults(bounce_pattern="^bounce"),
-                        webhook_url=receiver.url)
+    fake = FakeSendGrid(
+        keys=parse_keys("SG.fake-key:mail.send"), faults=Faults(bounce_pattern="^bounce"), webhook_url=receiver.url
+    )
     server = serve(fake, host="127.0.0.1", port=free_port())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield fake, f"http://127.0.0.1:{server.server_address[1]}", receiver
@@ -276,11 +295,15 @@ def test_the_message_page_shows_its_webhook_events_once_posted(fake_with_webhook
     pending = events_table(url, message_id)
     assert len(pending) == 4 and {post for _, _, post in pending} == {"pending"}
     receiver.open.set()
-    rows = wait_for(lambda: events_in_state(url, message_id, "posted"), timeout=5,
-                    message="the message's events to be posted")
+    rows = wait_for(
+        lambda: events_in_state(url, message_id, "posted"), timeout=5, message="the message's events to be posted"
+    )
     assert {(recipient, event) for recipient, event, _ in rows} == {
-        ("ann@example.com", "processed"), ("ann@example.com", "delivered"),
-        ("bounce@example.com", "processed"), ("bounce@example.com", "bounce")}
+        ("ann@example.com", "processed"),
+        ("ann@example.com", "delivered"),
+        ("bounce@example.com", "processed"),
+        ("bounce@example.com", "bounce"),
+    }
     posted = {(e["email"], e["event"]) for e in receiver.events if e["sg_message_id"].startswith(message_id)}
     assert posted == {(recipient, event) for recipient, event, _ in rows}
     assert "550 5.1.1" in get(f"{url}/messages/{message_id}")[2]  # the bounce's reason
@@ -293,15 +316,15 @@ def test_failed_webhook_posts_show_as_failed_then_posted_when_the_endpoint_recov
     receiver.status = 500
     message_id = send(url, to=["ann@example.com"])
 
-    rows = wait_for(lambda: events_in_state(url, message_id, "failed"), timeout=5,
-                    message="the failed post to show")
+    rows = wait_for(lambda: events_in_state(url, message_id, "failed"), timeout=5, message="the failed post to show")
     assert all("HTTP Error 500" in post and "retrying" in post for _, _, post in rows)
     assert receiver.events == []
 
     receiver.status = 200
-    wait_for(lambda: events_in_state(url, message_id, "posted"), timeout=5,
-             message="the retried post to succeed")
+    wait_for(lambda: events_in_state(url, message_id, "posted"), timeout=5, message="the retried post to succeed")
     events = json.loads(get(f"{url}/_messages/{message_id}")[2])["webhook_events"]
     assert {e["state"] for e in events} == {"posted"} and all(e["attempts"] >= 2 for e in events)
-    assert {(e["email"], e["event"]) for e in receiver.events} == {("ann@example.com", "processed"),
-                                                                   ("ann@example.com", "delivered")}
+    assert {(e["email"], e["event"]) for e in receiver.events} == {
+        ("ann@example.com", "processed"),
+        ("ann@example.com", "delivered"),
+    }

@@ -29,8 +29,13 @@ print([client.post("/api/v1/users/register/", json.dumps({"email": f"u{n}@exampl
 def fresh_database():
     settings = connection.settings_dict
     name = f"emails_fresh_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
-                             password=settings["PASSWORD"], dbname="postgres")
+    admin = psycopg2.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        dbname="postgres",
+    )
     admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
@@ -43,14 +48,26 @@ def fresh_database():
 
 
 def test_migrate_alone_makes_the_login_and_registration_throttles_work(fresh_database):
-    env = os.environ | {"POSTGRES_DB": fresh_database, "DJANGO_SETTINGS_MODULE": "command_api.settings",
-                        "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "migrate-test-only", "LOG_LEVEL": "ERROR",
-                        "DJANGO_ALLOWED_HOSTS": "testserver", "LOGIN_FAILURE_LIMIT": "5",
-                        "REGISTRATION_RATE_LIMIT": "2/hour"}
-    subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT,
-                   env=env | {"DJANGO_SETTINGS_MODULE": "deployment.settings"}, check=True, timeout=300)
-    answer = subprocess.run([sys.executable, "-c", LOGIN], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    env = os.environ | {
+        "POSTGRES_DB": fresh_database,
+        "DJANGO_SETTINGS_MODULE": "command_api.settings",
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "migrate-test-only",
+        "LOG_LEVEL": "ERROR",
+        "DJANGO_ALLOWED_HOSTS": "testserver",
+        "LOGIN_FAILURE_LIMIT": "5",
+        "REGISTRATION_RATE_LIMIT": "2/hour",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
+        cwd=ROOT,
+        env=env | {"DJANGO_SETTINGS_MODULE": "deployment.settings"},
+        check=True,
+        timeout=300,
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", LOGIN], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert answer.returncode == 0, answer.stderr[-2000:]
     # Wrong passwords are refused, and the fifth locks out (django-axes, counting in its table).
     logins, registrations = answer.stdout.strip().splitlines()[-2:]

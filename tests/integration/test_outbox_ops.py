@@ -22,9 +22,17 @@ def make(aggregate="1", type="email.requested", created=T0, state="published", p
     published_at = created + timedelta(seconds=1) if state == "published" else None
     failed_at = created + timedelta(seconds=1) if state == "failed" else None
     return OutboxEvent.objects.create(
-        id=uuid.uuid4(), aggregatetype="sent_email", aggregateid=aggregate, type=type,
-        payload=payload or {"n": aggregate, "recipients": []}, created_at=created, not_before=created,
-        published_at=published_at, failed_at=failed_at, attempts=1 if state != "pending" else 0, **extra,
+        id=uuid.uuid4(),
+        aggregatetype="sent_email",
+        aggregateid=aggregate,
+        type=type,
+        payload=payload or {"n": aggregate, "recipients": []},
+        created_at=created,
+        not_before=created,
+        published_at=published_at,
+        failed_at=failed_at,
+        attempts=1 if state != "pending" else 0,
+        **extra,
     )
 
 
@@ -41,8 +49,9 @@ def rows():
 
 
 def pending_ids():
-    return set(OutboxEvent.objects.filter(published_at__isnull=True, failed_at__isnull=True)
-               .values_list("id", flat=True))
+    return set(
+        OutboxEvent.objects.filter(published_at__isnull=True, failed_at__isnull=True).values_list("id", flat=True)
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,8 +60,7 @@ def pending_ids():
         (lambda r: OutboxFilter(event_ids=(str(r["b"].id),)), {"b"}),
         (lambda r: OutboxFilter(aggregate_id="1"), {"a1", "a1_sent"}),
         (lambda r: OutboxFilter(event_type="email.sent"), {"a1_sent"}),
-        (lambda r: OutboxFilter(since=T0 + timedelta(minutes=30), until=T0 + timedelta(hours=3)),
-         {"b", "c", "failed"}),
+        (lambda r: OutboxFilter(since=T0 + timedelta(minutes=30), until=T0 + timedelta(hours=3)), {"b", "c", "failed"}),
         (lambda r: OutboxFilter(aggregate_id="1", event_type="email.requested"), {"a1"}),
     ],
 )
@@ -63,7 +71,11 @@ def test_replay_picks_exactly_the_rows_it_names(rows, selection, expected):
     assert pending_ids() - before == {rows[name].id for name in expected}
     replay = OutboxReplay.objects.get()
     assert (replay.actor, replay.via, replay.event_count, replay.reason) == (
-        "ops@example.com", "cli", len(expected), "test")
+        "ops@example.com",
+        "cli",
+        len(expected),
+        "test",
+    )
     assert set(replay.events.values_list("id", flat=True)) == {rows[name].id for name in expected}
     for name in expected:
         rows[name].refresh_from_db()
@@ -100,9 +112,7 @@ def test_purge_deletes_only_published_rows_past_retention(rows):
     assert outbox_purge_published(older_than=timedelta(days=1), dry_run=True) == 4
     assert OutboxEvent.objects.count() == 7
     assert outbox_purge_published(older_than=timedelta(days=1)) == 4
-    assert set(OutboxEvent.objects.values_list("id", flat=True)) == {
-        rows["failed"].id, rows["pending"].id, recent.id
-    }
+    assert set(OutboxEvent.objects.values_list("id", flat=True)) == {rows["failed"].id, rows["pending"].id, recent.id}
 
 
 def test_purge_keeps_the_request_of_an_email_not_finished(rows):
@@ -155,7 +165,10 @@ def test_cli_replay_dry_run_then_for_real(rows, capsys):
     assert "replayed 1 events" in capsys.readouterr().out
     replay = OutboxReplay.objects.get()
     assert (replay.actor, replay.reason, replay.filters) == (
-        "night-shift", "projector bug", {"event_type": "email.sent"})
+        "night-shift",
+        "projector bug",
+        {"event_type": "email.sent"},
+    )
 
 
 def test_cli_refuses_an_empty_replay_and_bad_times(rows, capsys):
@@ -200,8 +213,9 @@ def test_ops_list_filters(staff_client, rows):
 def test_ops_replay_records_the_staff_user(staff_client, staff, rows):
     dry = staff_client.post(OPS + "replay/", {"event_type": "email.sent", "dry_run": True}, format="json").json()
     assert (dry["count"], dry["dry_run"], dry["replay_id"]) == (1, True, None)
-    done = staff_client.post(OPS + "replay/", {"event_ids": [str(rows["failed"].id)], "reason": "fixed binding"},
-                             format="json").json()
+    done = staff_client.post(
+        OPS + "replay/", {"event_ids": [str(rows["failed"].id)], "reason": "fixed binding"}, format="json"
+    ).json()
     assert done["count"] == 1
     replay = OutboxReplay.objects.get(pk=done["replay_id"])
     assert (replay.actor, replay.via) == (staff.email, "api")
@@ -212,9 +226,14 @@ def test_ops_replay_records_the_staff_user(staff_client, staff, rows):
 def test_admin_replay_action(client, django_user_model, rows):
     admin = django_user_model.objects.create_superuser(username="root", email="root@example.com", password="x-Strong-9")
     client.force_login(admin)
-    response = client.post("/admin/outbox/outboxevent/", {
-        "action": "replay_selected", "_selected_action": [str(rows["b"].id), str(rows["pending"].id)],
-    }, follow=True)
+    response = client.post(
+        "/admin/outbox/outboxevent/",
+        {
+            "action": "replay_selected",
+            "_selected_action": [str(rows["b"].id), str(rows["pending"].id)],
+        },
+        follow=True,
+    )
     assert response.status_code == 200
     assert "Replayed 1 events (1 still pending, left alone)." in response.content.decode()
     assert OutboxReplay.objects.get().via == "admin"

@@ -27,12 +27,15 @@ def test_readiness_names_the_dependency_down_without_its_error(settings_module):
         "from django.test import Client; r = Client().get('/readyz');"
         "print(r.status_code, json.dumps(r.json()))"
     )
-    env = os.environ | {"POSTGRES_PORT": "1", "DJANGO_SETTINGS_MODULE": settings_module, "DJANGO_DEBUG": "false",
-                        "DJANGO_SECRET_KEY": "readiness-test-only", "DJANGO_ALLOWED_HOSTS": "testserver",
-                        "LOG_JSON": "true"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    env = os.environ | {
+        "POSTGRES_PORT": "1",
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "readiness-test-only",
+        "DJANGO_ALLOWED_HOSTS": "testserver",
+        "LOG_JSON": "true",
+    }
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     status, body = result.stdout.strip().splitlines()[-1].split(" ", 1)
     assert (status, json.loads(body)) == ("503", {"status": "unavailable", "database": "unavailable"}), result.stderr
     assert "readiness_check_failed" in result.stdout + result.stderr and "port 1" in result.stdout + result.stderr
@@ -88,8 +91,15 @@ def test_openapi_schema_generates_without_warnings(tmp_path):
     # Fails on any warning, e.g. two serializers mapped to one component name.
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
     assert "SentEmailInputRequest" in (tmp_path / "schema.yaml").read_text()
-    call_command("spectacular", "--validate", "--fail-on-warn", "--urlconf", "query_api.urls",
-                 "--file", str(tmp_path / "query.yaml"))
+    call_command(
+        "spectacular",
+        "--validate",
+        "--fail-on-warn",
+        "--urlconf",
+        "query_api.urls",
+        "--file",
+        str(tmp_path / "query.yaml"),
+    )
     assert "SentEmailLogPage" in (tmp_path / "query.yaml").read_text()
 
 

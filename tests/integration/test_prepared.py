@@ -56,7 +56,8 @@ def test_only_named_parameters_and_new_names_are_accepted():
 
 
 def test_the_hot_statements_are_prepared_by_use(user_client, template):
-    response = user_client.post("/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"],
-                                                               "template": template.pk}, format="json")
+    response = user_client.post(
+        "/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"], "template": template.pk}, format="json"
+    )
     assert response.status_code == 202
     assert {"sent_email_write_notify"} <= prepared_here()

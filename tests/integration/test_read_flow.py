@@ -18,16 +18,23 @@ from tests.factories import EmailTemplateFactory, UserFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-
-def test_an_email_is_queued_then_sent_then_delivered_in_the_query_api(topology, relays, projectors, senders,
-                                                                       fake_sendgrid):
+def test_an_email_is_queued_then_sent_then_delivered_in_the_query_api(
+    topology, relays, projectors, senders, fake_sendgrid
+):
     fake, _ = fake_sendgrid
     relays(topology).wait_ready()
     projectors(topology).wait_ready()
     user = UserFactory()
     client = client_for(user)
-    response = client.post("/api/v1/emails/sent-email/", {"recipients": ["ann@example.com", "bob@example.org"],
-                           "template": EmailTemplateFactory().pk, "context": {"name": "Ann"}}, format="json")
+    response = client.post(
+        "/api/v1/emails/sent-email/",
+        {
+            "recipients": ["ann@example.com", "bob@example.org"],
+            "template": EmailTemplateFactory().pk,
+            "context": {"name": "Ann"},
+        },
+        format="json",
+    )
     email_id = response.json()["id"]
 
     def log_status(expected):
@@ -44,18 +51,31 @@ def test_an_email_is_queued_then_sent_then_delivered_in_the_query_api(topology, 
     key = ec.generate_private_key(ec.SECP256R1())
     der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     request_event = OutboxEvent.objects.get(type="email.requested").payload
-    body = json.dumps([
-        {"email": r, "timestamp": int(time.time()), "event": "delivered", "sg_event_id": f"sg-{r}",
-         "sg_message_id": f"{message_id}.filter0001.{n}", "event_id": request_event["event_id"],
-         "email_id": str(email_id), "recipient": r}
-        for n, r in enumerate(request_event["recipients"])
-    ])
+    body = json.dumps(
+        [
+            {
+                "email": r,
+                "timestamp": int(time.time()),
+                "event": "delivered",
+                "sg_event_id": f"sg-{r}",
+                "sg_message_id": f"{message_id}.filter0001.{n}",
+                "event_id": request_event["event_id"],
+                "email_id": str(email_id),
+                "recipient": r,
+            }
+            for n, r in enumerate(request_event["recipients"])
+        ]
+    )
     timestamp = str(int(time.time()))
     signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
     with override_settings(SENDGRID_WEBHOOK_PUBLIC_KEY=base64.b64encode(der).decode()):
-        hook = client.post("/api/v1/webhooks/sendgrid/", body, content_type="application/json",
-                           HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE=signature,
-                           HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP=timestamp)
+        hook = client.post(
+            "/api/v1/webhooks/sendgrid/",
+            body,
+            content_type="application/json",
+            HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE=signature,
+            HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP=timestamp,
+        )
     assert hook.json()["accepted"] == 2
     delivered = broker.wait_for(lambda: log_status("delivered"), timeout=20, message="delivered in the query API")
     assert [h["status"] for h in delivered["history"]] == ["queued", "sent", "sent", "delivered", "delivered"]

@@ -28,23 +28,51 @@ def iso(moment) -> str:
 
 
 def requested(email_id=1, owner_id=7, recipients=("ann@example.com", "bob@example.org"), at=NOW, template_id=3):
-    return EmailRequested(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(at), email_id=email_id,
-                          owner_id=owner_id, template_id=template_id, from_email="f@example.com", reply_to=None,
-                          recipients=tuple(recipients), subject=f"Subject {email_id}", body_html="x",
-                          template_name=f"t{template_id}")
+    return EmailRequested(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at=iso(at),
+        email_id=email_id,
+        owner_id=owner_id,
+        template_id=template_id,
+        from_email="f@example.com",
+        reply_to=None,
+        recipients=tuple(recipients),
+        subject=f"Subject {email_id}",
+        body_html="x",
+        template_name=f"t{template_id}",
+    )
 
 
 def sent(email_id=1, recipients=("ann@example.com", "bob@example.org"), at=NOW + timedelta(seconds=1)):
-    return EmailSent(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(at), email_id=email_id,
-                     request_event_id="r", recipients=tuple(recipients), provider="sendgrid",
-                     provider_message_id="m1", attempt=1)
+    return EmailSent(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at=iso(at),
+        email_id=email_id,
+        request_event_id="r",
+        recipients=tuple(recipients),
+        provider="sendgrid",
+        provider_message_id="m1",
+        attempt=1,
+    )
 
 
 def delivered(email_id=1, recipient="ann@example.com", status="delivered", at=NOW + timedelta(seconds=2)):
-    return EmailDeliveryStatus(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(at),
-                               email_id=email_id, request_event_id="r", recipient=recipient, status=status,
-                               provider="sendgrid", provider_event_id=str(uuid.uuid4()),
-                               provider_message_id="m1.0", reason="", reported_at=iso(at))
+    return EmailDeliveryStatus(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at=iso(at),
+        email_id=email_id,
+        request_event_id="r",
+        recipient=recipient,
+        status=status,
+        provider="sendgrid",
+        provider_event_id=str(uuid.uuid4()),
+        provider_message_id="m1.0",
+        reason="",
+        reported_at=iso(at),
+    )
 
 
 @pytest.fixture
@@ -75,8 +103,12 @@ def test_projector_applies_a_batch_idempotently(conn):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_of_statuses_applies_as_its_items_once(conn):
-    batch = EmailDeliveryStatuses(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=iso(NOW),
-                                  statuses=(delivered().to_dict(), delivered(recipient="bob@example.org").to_dict()))
+    batch = EmailDeliveryStatuses(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at=iso(NOW),
+        statuses=(delivered().to_dict(), delivered(recipient="bob@example.org").to_dict()),
+    )
     assert apply_batch(conn, [requested(), sent(), batch]) == (4, 0)
     assert row().status == "delivered"
     assert apply_batch(conn, [batch]) == (0, 2)  # redelivered: every item is known
@@ -109,7 +141,9 @@ def test_an_email_goes_queued_sent_delivered_in_the_query_api(settings, conn):
     assert detail["status"] == "delivered"
     assert [h["status"] for h in detail["history"]] == ["queued", "sent", "sent", "delivered", "delivered"]
     assert {r["email"]: r["status"] for r in detail["recipient_status"]} == {
-        "ann@example.com": "delivered", "bob@example.org": "delivered"}
+        "ann@example.com": "delivered",
+        "bob@example.org": "delivered",
+    }
 
 
 # The query API: filters against hand-made data --------------------------------------------------
@@ -124,9 +158,15 @@ def log_rows(db, settings):
 
     def make(pk, owner_id, recipients, created, status="sent", template_id=1):
         return SentEmailLog.objects.create(
-            id=pk, owner_id=owner_id, recipients=recipients, created=created, status=status,
-            template_id=template_id, subject=f"s{pk}", recipient_status={r: {"status": status, "at": iso(created)}
-                                                                         for r in recipients})
+            id=pk,
+            owner_id=owner_id,
+            recipients=recipients,
+            created=created,
+            status=status,
+            template_id=template_id,
+            subject=f"s{pk}",
+            recipient_status={r: {"status": status, "at": iso(created)} for r in recipients},
+        )
 
     make(1, owner.pk, ["ann@example.com"], NOW - timedelta(days=2))
     make(2, owner.pk, ["bob@example.org", "carl@example.net"], NOW - timedelta(days=1), status="failed")
@@ -218,19 +258,31 @@ def signer(settings):
     def sign(body: str, timestamp: str | None = None) -> dict:
         timestamp = timestamp or str(int(time.time()))
         signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
-        return {"HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE": signature,
-                "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP": timestamp}
+        return {
+            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE": signature,
+            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP": timestamp,
+        }
 
     return sign
 
 
 def hook_events(email_id=9, kinds=("processed", "delivered")) -> str:
-    return json.dumps([
-        {"email": "Ann@example.com", "timestamp": int(NOW.timestamp()), "event": kind,
-         "sg_event_id": f"sg-{email_id}-{kind}", "sg_message_id": "m1.filter", "event_id": str(uuid.uuid4()),
-         "email_id": str(email_id), "recipient": "Ann@example.com"}
-        for kind in kinds
-    ] + [{"email": "x@example.com", "event": "delivered", "sg_event_id": "no-custom-args", "timestamp": 1}])
+    return json.dumps(
+        [
+            {
+                "email": "Ann@example.com",
+                "timestamp": int(NOW.timestamp()),
+                "event": kind,
+                "sg_event_id": f"sg-{email_id}-{kind}",
+                "sg_message_id": "m1.filter",
+                "event_id": str(uuid.uuid4()),
+                "email_id": str(email_id),
+                "recipient": "Ann@example.com",
+            }
+            for kind in kinds
+        ]
+        + [{"email": "x@example.com", "event": "delivered", "sg_event_id": "no-custom-args", "timestamp": 1}]
+    )
 
 
 @pytest.mark.django_db
@@ -255,12 +307,20 @@ def test_a_signed_webhook_becomes_outbox_events_once(api_client, signer):
 def test_a_large_webhook_post_is_split_into_events_of_bounded_size(api_client, signer, settings):
     from command_api.webhooks import services as webhook_services
 
-    body = json.dumps([
-        {"email": f"r{i}@example.com", "timestamp": int(NOW.timestamp()), "event": "delivered",
-         "sg_event_id": f"sg-big-{i}", "event_id": str(uuid.uuid4()), "email_id": "7",
-         "recipient": f"r{i}@example.com"}
-        for i in range(webhook_services.STATUSES_PER_EVENT * 2 + 1)
-    ])
+    body = json.dumps(
+        [
+            {
+                "email": f"r{i}@example.com",
+                "timestamp": int(NOW.timestamp()),
+                "event": "delivered",
+                "sg_event_id": f"sg-big-{i}",
+                "event_id": str(uuid.uuid4()),
+                "email_id": "7",
+                "recipient": f"r{i}@example.com",
+            }
+            for i in range(webhook_services.STATUSES_PER_EVENT * 2 + 1)
+        ]
+    )
     assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200
     sizes = sorted(len(row.payload["statuses"]) for row in OutboxEvent.objects.all())
     assert sizes == [1, webhook_services.STATUSES_PER_EVENT, webhook_services.STATUSES_PER_EVENT]
@@ -271,15 +331,27 @@ def test_a_large_webhook_post_is_split_into_events_of_bounded_size(api_client, s
 def test_ops_filtering_the_outbox_by_an_email_find_its_delivery_statuses(api_client, signer, user_client, template):
     from core.outbox.selectors import OutboxFilter, outbox_event_list
 
-    emails = [user_client.post("/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"],
-                                                               "template": template.pk}, format="json").json()["id"]
-              for _ in range(2)]
-    body = json.dumps([
-        {"email": "ann@example.com", "timestamp": int(NOW.timestamp()), "event": kind,
-         "sg_event_id": f"sg-{email_id}-{kind}", "event_id": str(uuid.uuid4()), "email_id": str(email_id),
-         "recipient": "ann@example.com"}
-        for email_id in emails for kind in ("processed", "delivered")
-    ])
+    emails = [
+        user_client.post(
+            "/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"], "template": template.pk}, format="json"
+        ).json()["id"]
+        for _ in range(2)
+    ]
+    body = json.dumps(
+        [
+            {
+                "email": "ann@example.com",
+                "timestamp": int(NOW.timestamp()),
+                "event": kind,
+                "sg_event_id": f"sg-{email_id}-{kind}",
+                "event_id": str(uuid.uuid4()),
+                "email_id": str(email_id),
+                "recipient": "ann@example.com",
+            }
+            for email_id in emails
+            for kind in ("processed", "delivered")
+        ]
+    )
     assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200
     for email_id in emails:
         rows = outbox_event_list(selection=OutboxFilter(aggregate_id=str(email_id)))
@@ -316,8 +388,11 @@ def test_webhook_without_a_configured_key_refuses(api_client, settings):
 
 
 def _snapshot():
-    rows = list(SentEmailLog.objects.order_by("id").values(
-        "id", "owner_id", "recipients", "recipient_status", "status", "subject", "template_id"))
+    rows = list(
+        SentEmailLog.objects.order_by("id").values(
+            "id", "owner_id", "recipients", "recipient_status", "status", "subject", "template_id"
+        )
+    )
     history = sorted(SentEmailLogEvent.objects.values_list("email_id", "recipient", "status"))
     return rows, history
 
@@ -334,20 +409,35 @@ def test_rebuild_after_truncation_gives_the_same_table(conn, signer, api_client)
 
     template = EmailTemplateFactory()
     for n in range(3):
-        client.post("/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com", f"b{n}@example.com"],
-                                                   "template": template.pk}, format="json")
+        client.post(
+            "/api/v1/emails/sent-email/",
+            {"recipients": [f"a{n}@example.com", f"b{n}@example.com"], "template": template.pk},
+            format="json",
+        )
     requests = [EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")]
     store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
     try:
         for request in requests[:2]:
             claim = store.claim(request, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
-            store.record_sent(request, list(request.recipients), token=claim.token, message_id="m", attempt=1,
-                              provider="sendgrid")
+            store.record_sent(
+                request, list(request.recipients), token=claim.token, message_id="m", attempt=1, provider="sendgrid"
+            )
     finally:
         store.close()
-    body = json.dumps([{"email": requests[0].recipients[0], "timestamp": int(time.time()), "event": "delivered",
-                        "sg_event_id": "sg-rebuild-1", "sg_message_id": "m.0", "event_id": requests[0].event_id,
-                        "email_id": str(requests[0].email_id), "recipient": requests[0].recipients[0]}])
+    body = json.dumps(
+        [
+            {
+                "email": requests[0].recipients[0],
+                "timestamp": int(time.time()),
+                "event": "delivered",
+                "sg_event_id": "sg-rebuild-1",
+                "sg_message_id": "m.0",
+                "event_id": requests[0].event_id,
+                "email_id": str(requests[0].email_id),
+                "recipient": requests[0].recipients[0],
+            }
+        ]
+    )
     assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).status_code == 200
     events = [OutboxEvent.objects.get(pk=e.pk) for e in OutboxEvent.objects.order_by("created_at")]
     from core.contracts import event_from_dict
@@ -376,8 +466,9 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
     client = client_for(UserFactory())
     template = EmailTemplateFactory()
     for n in range(2):
-        client.post("/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com"], "template": template.pk},
-                    format="json")
+        client.post(
+            "/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com"], "template": template.pk}, format="json"
+        )
     requests = [EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")]
     apply_batch(conn, requests[:1])  # the second email's row is missing
     from core.deliveries.store import DeliveryStore
@@ -385,8 +476,9 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
     store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
     try:
         claim = store.claim(requests[0], lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
-        store.record_sent(requests[0], list(requests[0].recipients), token=claim.token, message_id="m", attempt=1,
-                          provider="sendgrid")
+        store.record_sent(
+            requests[0], list(requests[0].recipients), token=claim.token, message_id="m", attempt=1, provider="sendgrid"
+        )
     finally:
         store.close()  # its email.sent never reached the projector: the first row is behind
     report = read_model_reconcile()
@@ -399,7 +491,6 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
 # The projector process --------------------------------------------------------------------------
 
 
-
 @pytest.mark.django_db(transaction=True)
 def test_the_projector_process_dead_letters_bad_events_alone(topology, projectors):
     projector = projectors(topology)
@@ -410,8 +501,14 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
     bad = delivered(email_id=11)
     bad_dict = bad.to_dict() | {"reported_at": "not a time"}  # parses, then fails in Postgres
     broker.publish(topology, bad_dict, message_id=bad.event_id, routing_key=bad.TYPE)
-    bad_batch = {"type": "email.delivery_statuses", "schema_version": 1, "event_id": str(uuid.uuid4()),
-                 "correlation_id": "c", "occurred_at": iso(NOW), "statuses": [{"type": "email.delivery_status"}]}
+    bad_batch = {
+        "type": "email.delivery_statuses",
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "correlation_id": "c",
+        "occurred_at": iso(NOW),
+        "statuses": [{"type": "email.delivery_status"}],
+    }
     broker.publish(topology, bad_batch, message_id="bad-batch", routing_key="email.delivery_statuses")
     after = sent(email_id=11)
     broker.publish(topology, after.to_dict(), message_id=after.event_id, routing_key=after.TYPE)
@@ -425,8 +522,11 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
     assert kept["poison"].body == "not json" and kept["poison"].queue == topology.queue("projector")
     assert kept[bad.event_id].email_id == 11 and kept[bad.event_id].type == bad.TYPE
     assert broker.queue_depth(topology.dead_letter_queue("projector")) == 0
-    broker.wait_for(lambda: SentEmailLog.objects.filter(pk=11, status="sent").exists(), timeout=10,
-                    message="the good events applied")
+    broker.wait_for(
+        lambda: SentEmailLog.objects.filter(pk=11, status="sent").exists(),
+        timeout=10,
+        message="the good events applied",
+    )
     assert projector.terminate() == 0
 
 
@@ -438,10 +538,18 @@ def test_the_projector_refreshes_a_message_on_its_last_delivery_instead_of_riski
     projector.wait_ready()
     event = requested(email_id=12)
     limit = topology.consumer("projector").delivery_limit
-    broker.publish(topology, event.to_dict(), message_id=event.event_id, routing_key=event.TYPE,
-                   headers={"x-delivery-count": limit - 1})
-    broker.wait_for(lambda: SentEmailLog.objects.filter(pk=12, owner_id=7).exists(), timeout=15,
-                    message="applied from the fresh copy")
+    broker.publish(
+        topology,
+        event.to_dict(),
+        message_id=event.event_id,
+        routing_key=event.TYPE,
+        headers={"x-delivery-count": limit - 1},
+    )
+    broker.wait_for(
+        lambda: SentEmailLog.objects.filter(pk=12, owner_id=7).exists(),
+        timeout=15,
+        message="applied from the fresh copy",
+    )
     assert projector.events().count("message_refreshed_before_delivery_limit") == 1
     assert broker.queue_depth(topology.dead_letter_queue("projector")) == 0
     assert broker.queue_depth(topology.queue("projector")) == 0
@@ -459,17 +567,21 @@ def test_reconcile_looks_at_every_unfinished_email_finds_the_stuck_and_sends_los
     client = client_for(UserFactory())
     template = EmailTemplateFactory()
     for n in range(3):
-        client.post("/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com"], "template": template.pk},
-                    format="json")
-    requests = sorted((EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")),
-                      key=lambda r: r.email_id)
+        client.post(
+            "/api/v1/emails/sent-email/", {"recipients": [f"a{n}@example.com"], "template": template.pk}, format="json"
+        )
+    requests = sorted(
+        (EmailRequested.from_dict(e.payload) for e in OutboxEvent.objects.filter(type="email.requested")),
+        key=lambda r: r.email_id,
+    )
     apply_batch(conn, requests)  # every read row is there: queued
     old = requests[0]  # accepted two hours ago, published long ago, never reached a sender: lost
     SentEmail.objects.filter(pk=old.email_id).update(created=datetime.now(UTC) - timedelta(hours=2))
     OutboxEvent.objects.filter(id=old.event_id).update(published_at=datetime.now(UTC) - timedelta(hours=2))
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE read_sent_email SET created = created - interval '2 hours' WHERE id = %s",
-                       [old.email_id])
+        cursor.execute(
+            "UPDATE read_sent_email SET created = created - interval '2 hours' WHERE id = %s", [old.email_id]
+        )
     report = read_model_reconcile(limit=1)  # the newest one only, and every unfinished one
     assert report.stuck == [old.email_id] and report.rearmed == []  # found, not mended without --repair
     report = read_model_reconcile(limit=1, repair=True)
@@ -485,8 +597,12 @@ def test_reconcile_never_overwrites_a_row_someone_made_meanwhile(conn):
 
     apply_batch(conn, [requested(email_id=21), sent(email_id=21)])
     with connection.cursor() as cursor:  # reconcile thought 21 missing, built it stale, then writes
-        assert _write(cursor, "read_sent_email", "read_sent_email_event", {21: Row(id=21, status="queued")}, [],
-                      only_new={21}) == 0
+        assert (
+            _write(
+                cursor, "read_sent_email", "read_sent_email_event", {21: Row(id=21, status="queued")}, [], only_new={21}
+            )
+            == 0
+        )
     assert SentEmailLog.objects.get(pk=21).status == "sent"
 
 
@@ -499,8 +615,9 @@ def test_the_projector_counts_the_emails_not_finished_in_time(topology, projecto
         broker.publish(topology, event.to_dict(), message_id=event.event_id, routing_key=event.TYPE)
     done = sent(email_id=32)
     broker.publish(topology, done.to_dict(), message_id=done.event_id, routing_key=done.TYPE)
-    broker.wait_for(lambda: "emails_unfinished 1.0" in projector.get("/metrics")[1], timeout=15,
-                    message="one email not finished")
+    broker.wait_for(
+        lambda: "emails_unfinished 1.0" in projector.get("/metrics")[1], timeout=15, message="one email not finished"
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -509,15 +626,25 @@ def test_rebuild_and_reconcile_commands(capsys, settings):
     from tests.factories import EmailTemplateFactory
 
     settings.RECONCILE_GRACE_SECONDS = 0
-    client_for(UserFactory()).post("/api/v1/emails/sent-email/", {"recipients": ["a@example.com"],
-                                   "template": EmailTemplateFactory().pk}, format="json")
+    client_for(UserFactory()).post(
+        "/api/v1/emails/sent-email/",
+        {"recipients": ["a@example.com"], "template": EmailTemplateFactory().pk},
+        format="json",
+    )
     assert cli(["reconcile"]) == 1  # the projector never ran: one row missing
     assert json.loads(capsys.readouterr().out)["missing"] == 1
     assert cli(["rebuild"]) == 0
     assert "rebuilt the read table: 1 emails" in capsys.readouterr().out
     assert cli(["reconcile"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"missing": 0, "behind": 0, "repaired": 0, "stuck": 0,
-                                                   "rearmed": 0, "examples": [], "stuck_examples": []}
+    assert json.loads(capsys.readouterr().out) == {
+        "missing": 0,
+        "behind": 0,
+        "repaired": 0,
+        "stuck": 0,
+        "rearmed": 0,
+        "examples": [],
+        "stuck_examples": [],
+    }
 
 
 @pytest.mark.django_db

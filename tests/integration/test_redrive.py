@@ -20,17 +20,40 @@ pytestmark = pytest.mark.django_db
 
 def request_row(recipients=("ann@example.com", "bob@example.org"), email_id=5) -> EmailRequested:
     """A request the relay published long ago, as the outbox keeps it."""
-    event = EmailRequested(event_id=str(uuid.uuid4()), correlation_id="c", occurred_at=datetime.now(UTC)
-                           .isoformat(), email_id=email_id, owner_id=1, template_id=1, from_email="f@example.com",
-                           reply_to=None, recipients=tuple(recipients), subject="Hi", body_html="<p>Hi</p>")
-    OutboxEvent.objects.create(id=event.event_id, aggregatetype="sent_email", aggregateid=str(email_id),
-                               type=event.TYPE, payload=event.to_dict(), published_at=datetime.now(UTC))
+    event = EmailRequested(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at=datetime.now(UTC).isoformat(),
+        email_id=email_id,
+        owner_id=1,
+        template_id=1,
+        from_email="f@example.com",
+        reply_to=None,
+        recipients=tuple(recipients),
+        subject="Hi",
+        body_html="<p>Hi</p>",
+    )
+    OutboxEvent.objects.create(
+        id=event.event_id,
+        aggregatetype="sent_email",
+        aggregateid=str(email_id),
+        type=event.TYPE,
+        payload=event.to_dict(),
+        published_at=datetime.now(UTC),
+    )
     return event
 
 
 def delivery(event, recipient, state, **extra) -> Delivery:
-    return Delivery.objects.create(event_id=event.event_id, recipient=recipient, email_id=event.email_id, state=state,
-                                   attempts=13, last_error="gave up after 13 attempts: 503", **extra)
+    return Delivery.objects.create(
+        event_id=event.event_id,
+        recipient=recipient,
+        email_id=event.email_id,
+        state=state,
+        attempts=13,
+        last_error="gave up after 13 attempts: 503",
+        **extra,
+    )
 
 
 def armed(event) -> bool:
@@ -51,9 +74,13 @@ def test_failed_recipients_go_again_with_a_fresh_schedule_and_their_request_arme
     assert Delivery.objects.get(recipient="bob@example.org").state == "sent"  # untouched
     assert armed(event)
     audit = Redrive.objects.get()
-    assert (audit.actor, audit.via, audit.reason, audit.retried, audit.filters) == ("ops", "cli", "fixed", 1,
-                                                                                    {"email_ids": [5],
-                                                                                     "states": ["failed", "held"]})
+    assert (audit.actor, audit.via, audit.reason, audit.retried, audit.filters) == (
+        "ops",
+        "cli",
+        "fixed",
+        1,
+        {"email_ids": [5], "states": ["failed", "held"]},
+    )
     # Idempotent: the same re-drive again finds nothing failed or held.
     assert deliveries_redrive(selection=RedriveSelection(email_ids=(5,)), actor="ops", via="cli").retried == 0
 
@@ -64,8 +91,10 @@ def test_held_deliveries_the_provider_reported_on_are_marked_sent_never_resent()
     delivery(event, "bob@example.org", "held")
     result = deliveries_redrive(selection=RedriveSelection(event_ids=(event.event_id,)), actor="ops", via="api")
     assert (result.retried, result.settled) == (1, 1)
-    assert dict(Delivery.objects.values_list("recipient", "state")) == {"ann@example.com": "sent",
-                                                                        "bob@example.org": "retry"}
+    assert dict(Delivery.objects.values_list("recipient", "state")) == {
+        "ann@example.com": "sent",
+        "bob@example.org": "retry",
+    }
     (sent,) = [event_from_dict(r.payload) for r in OutboxEvent.objects.filter(type="email.sent")]
     assert isinstance(sent, EmailSent) and sent.recipients == ("ann@example.com",) and sent.provider_message_id == "m9"
 
@@ -77,9 +106,15 @@ def test_a_request_that_is_gone_is_left_alone_unless_a_dead_letter_kept_it():
     result = deliveries_redrive(selection=RedriveSelection(email_ids=(5,)), actor="ops", via="cli")
     assert (result.retried, result.unavailable) == (0, 1)
     assert Delivery.objects.get().state == "failed"
-    DeadLetter.objects.create(queue="q", reason="delivery_limit", died_at=datetime.now(UTC),
-                              message_id=event.event_id, type=event.TYPE, email_id=5,
-                              body=json.dumps(event.to_dict()))
+    DeadLetter.objects.create(
+        queue="q",
+        reason="delivery_limit",
+        died_at=datetime.now(UTC),
+        message_id=event.event_id,
+        type=event.TYPE,
+        email_id=5,
+        body=json.dumps(event.to_dict()),
+    )
     result = deliveries_redrive(selection=RedriveSelection(email_ids=(5,)), actor="ops", via="cli")
     assert (result.retried, result.unavailable) == (1, 0) and armed(event)
 
@@ -100,8 +135,9 @@ def test_the_staff_api_lists_and_redrives(staff_client):
     assert [d["recipient"] for d in listed["results"]] == ["ann@example.com"]
     dry = staff_client.post("/api/v1/ops/deliveries/redrive/", {"email_ids": [5], "dry_run": True}, format="json")
     assert dry.json()["retried"] == 1 and dry.json()["redrive_id"] is None and not armed(event)
-    done = staff_client.post("/api/v1/ops/deliveries/redrive/", {"email_ids": [5], "reason": "provider back"},
-                             format="json").json()
+    done = staff_client.post(
+        "/api/v1/ops/deliveries/redrive/", {"email_ids": [5], "reason": "provider back"}, format="json"
+    ).json()
     assert done["retried"] == 1 and Redrive.objects.get(pk=done["redrive_id"]).via == "api" and armed(event)
 
 
@@ -120,8 +156,9 @@ def test_the_admin_action_redrives_the_selected(client, django_user_model):
     client.force_login(admin)
     event = request_row()
     failed = delivery(event, "ann@example.com", "failed")
-    response = client.post("/admin/sender/delivery/", {"action": "redrive_selected", "_selected_action": [failed.pk]},
-                           follow=True)
+    response = client.post(
+        "/admin/sender/delivery/", {"action": "redrive_selected", "_selected_action": [failed.pk]}, follow=True
+    )
     assert response.status_code == 200 and Delivery.objects.get().state == "retry" and armed(event)
     assert Redrive.objects.get().via == "admin"
 
@@ -130,14 +167,21 @@ def test_the_admin_action_redrives_the_selected(client, django_user_model):
 
 
 def dead_letter(body, **extra) -> DeadLetter:
-    return DeadLetter.objects.create(queue="emails.projector", reason="rejected", died_at=datetime.now(UTC),
-                                     body=body, **extra)
+    return DeadLetter.objects.create(
+        queue="emails.projector", reason="rejected", died_at=datetime.now(UTC), body=body, **extra
+    )
 
 
 def test_dead_letters_are_listed_redriven_through_the_outbox_and_dismissed(staff_client):
     event_id = str(uuid.uuid4())
-    status = {"type": "email.delivery_statuses", "schema_version": 1, "event_id": event_id, "correlation_id": "c",
-              "occurred_at": "2026-11-30T10:00:00+00:00", "statuses": []}
+    status = {
+        "type": "email.delivery_statuses",
+        "schema_version": 1,
+        "event_id": event_id,
+        "correlation_id": "c",
+        "occurred_at": "2026-11-30T10:00:00+00:00",
+        "statuses": [],
+    }
     good = dead_letter(json.dumps(status), message_id=event_id, type="email.delivery_statuses")
     junk = dead_letter("not json", message_id="x")
     listed = staff_client.get("/api/v1/ops/dead-letters/").json()["results"]
@@ -168,8 +212,7 @@ def test_the_cli_lists_redrives_and_dismisses_dead_letters(capsys):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_email_redriven_reaches_the_provider_and_the_log(topology, senders, relays, projectors,
-                                                                  fake_sendgrid):
+def test_a_failed_email_redriven_reaches_the_provider_and_the_log(topology, senders, relays, projectors, fake_sendgrid):
     from query_api.models import SentEmailLog
     from tests.factories import EmailTemplateFactory, UserFactory
 
@@ -178,12 +221,25 @@ def test_a_failed_email_redriven_reaches_the_provider_and_the_log(topology, send
     relays(topology).wait_ready()
     senders(topology).wait_ready()
     projectors(topology).wait_ready()
-    email_id = client_for(UserFactory()).post("/api/v1/emails/sent-email/", {
-        "recipients": ["ann@example.com"], "template": EmailTemplateFactory().pk}, format="json").json()["id"]
-    broker.wait_for(lambda: SentEmailLog.objects.filter(pk=email_id, status="failed").exists(), timeout=30,
-                    message="failed in the log")
+    email_id = (
+        client_for(UserFactory())
+        .post(
+            "/api/v1/emails/sent-email/",
+            {"recipients": ["ann@example.com"], "template": EmailTemplateFactory().pk},
+            format="json",
+        )
+        .json()["id"]
+    )
+    broker.wait_for(
+        lambda: SentEmailLog.objects.filter(pk=email_id, status="failed").exists(),
+        timeout=30,
+        message="failed in the log",
+    )
     fake.faults.update({"reject_pattern": ""})  # the cause is fixed
     assert deliveries_redrive(selection=RedriveSelection(email_ids=(email_id,)), actor="ops", via="cli").retried == 1
-    broker.wait_for(lambda: SentEmailLog.objects.filter(pk=email_id, status__in=["sent", "delivered"]).exists(),
-                    timeout=30, message="sent after the re-drive")
+    broker.wait_for(
+        lambda: SentEmailLog.objects.filter(pk=email_id, status__in=["sent", "delivered"]).exists(),
+        timeout=30,
+        message="sent after the re-drive",
+    )
     assert len(fake.messages) == 1 and Delivery.objects.get(email_id=email_id).state == "sent"

@@ -41,9 +41,13 @@ def test_an_accepted_email_arrives_with_its_id_headers_and_payload(topology, pub
     client = client_for(UserFactory())
     response = client.post(
         "/api/v1/emails/sent-email/",
-        {"recipients": ["ann@example.com", "bob@example.org"], "template": EmailTemplateFactory().pk,
-         "context": {"name": "Ann"}},
-        format="json", HTTP_X_CORRELATION_ID="corr-relay-1",
+        {
+            "recipients": ["ann@example.com", "bob@example.org"],
+            "template": EmailTemplateFactory().pk,
+            "context": {"name": "Ann"},
+        },
+        format="json",
+        HTTP_X_CORRELATION_ID="corr-relay-1",
     )
     assert response.status_code == 202
     row = OutboxEvent.objects.get()
@@ -57,8 +61,11 @@ def test_an_accepted_email_arrives_with_its_id_headers_and_payload(topology, pub
     assert properties.type == "email.requested"
     assert properties.delivery_mode == 2
     assert properties.correlation_id == "corr-relay-1"
-    assert properties.headers == {"schema_version": 1, "correlation_id": "corr-relay-1",
-                                  "aggregateid": str(response.json()["id"])}
+    assert properties.headers == {
+        "schema_version": 1,
+        "correlation_id": "corr-relay-1",
+        "aggregateid": str(response.json()["id"]),
+    }
     event = EmailRequested.from_dict(json.loads(body))
     assert event.event_id == str(row.id) and event.email_id == response.json()["id"]
     assert json.loads(body) == row.payload
@@ -121,8 +128,9 @@ def test_the_relay_process_wakes_on_notify_not_on_its_poll(topology, relays):
     client = client_for(UserFactory())
     template = EmailTemplateFactory()
     started = time.monotonic()
-    response = client.post("/api/v1/emails/sent-email/",
-                           {"recipients": ["ann@example.com"], "template": template.pk}, format="json")
+    response = client.post(
+        "/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"], "template": template.pk}, format="json"
+    )
     row = OutboxEvent.objects.get(aggregateid=str(response.json()["id"]))
     broker.collect(topology.queue("sender"), expect_ids={str(row.id)}, timeout=5, settle=0.05)
     assert time.monotonic() - started < 2.0
@@ -153,14 +161,21 @@ def test_the_relay_process_serves_probes_and_metrics_and_exits_0_on_sigterm(topo
     assert relay.get("/healthz")[0] == 200
     status, body = relay.get("/readyz")
     assert status == 200 and json.loads(body) == {"ready": True, "postgres": True, "rabbitmq": True}
+
     def published_metric():
         metrics = relay.get("/metrics")[1]
         return metrics if "outbox_relay_published_total 3.0" in metrics else None
 
     metrics = broker.wait_for(published_metric, timeout=5, message="published metric")
-    for name in ["outbox_backlog", "outbox_oldest_unpublished_age_seconds", "outbox_dead_rows",
-                 "outbox_relay_batch_duration_seconds_count", "outbox_relay_batch_size_count",
-                 "outbox_relay_failures_total", "dead_letters_parked"]:
+    for name in [
+        "outbox_backlog",
+        "outbox_oldest_unpublished_age_seconds",
+        "outbox_dead_rows",
+        "outbox_relay_batch_duration_seconds_count",
+        "outbox_relay_batch_size_count",
+        "outbox_relay_failures_total",
+        "dead_letters_parked",
+    ]:
         assert name in metrics
     updated = float(re.search(r"^outbox_stats_updated_timestamp_seconds (\S+)$", metrics, re.M).group(1))
     assert time.time() - updated < 10  # the gauges are fresh
@@ -176,8 +191,12 @@ def broker_max_message_size():
     import subprocess
 
     def set_limit(size: int) -> None:
-        subprocess.run(["rabbitmqctl", "-q", "eval", f"application:set_env(rabbit, max_message_size, {size})."],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "eval", f"application:set_env(rabbit, max_message_size, {size})."],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     set_limit(16 * 1024)
     yield
@@ -185,15 +204,19 @@ def broker_max_message_size():
 
 
 def test_a_message_the_broker_refuses_is_isolated_its_email_failed_and_the_rest_flows(
-        topology, relays, broker_max_message_size):
+    topology, relays, broker_max_message_size
+):
     from core.deliveries.models import Delivery
 
     client = client_for(UserFactory())
     template = EmailTemplateFactory(body="<p>{{ text }}</p>")
 
     def send(text):
-        response = client.post("/api/v1/emails/sent-email/", {"recipients": ["ann@example.com", "bob@example.org"],
-                               "template": template.pk, "context": {"text": text}}, format="json")
+        response = client.post(
+            "/api/v1/emails/sent-email/",
+            {"recipients": ["ann@example.com", "bob@example.org"], "template": template.pk, "context": {"text": text}},
+            format="json",
+        )
         assert response.status_code == 202
         return OutboxEvent.objects.get(aggregateid=str(response.json()["id"]), type="email.requested")
 
@@ -201,10 +224,16 @@ def test_a_message_the_broker_refuses_is_isolated_its_email_failed_and_the_rest_
     too_large = send("x" * 40_000)  # over the broker's limit once rendered
     after = [send("small") for _ in range(3)]
     relays(topology).wait_ready()
-    broker.wait_for(lambda: broker.published_count({str(r.id) for r in before + after}) == 6, timeout=30,
-                    message="the rows around it published")
-    broker.wait_for(lambda: OutboxEvent.objects.get(id=too_large.id).failed_at is not None, timeout=30,
-                    message="the refused row dead")
+    broker.wait_for(
+        lambda: broker.published_count({str(r.id) for r in before + after}) == 6,
+        timeout=30,
+        message="the rows around it published",
+    )
+    broker.wait_for(
+        lambda: OutboxEvent.objects.get(id=too_large.id).failed_at is not None,
+        timeout=30,
+        message="the refused row dead",
+    )
     dead = OutboxEvent.objects.get(id=too_large.id)
     assert dead.published_at is None and "refused by the broker: 406" in dead.last_error
     assert "larger than configured max size" in dead.last_error
@@ -212,8 +241,9 @@ def test_a_message_the_broker_refuses_is_isolated_its_email_failed_and_the_rest_
     assert failed.aggregateid == too_large.aggregateid and failed.payload["permanent"] is True
     assert sorted(failed.payload["recipients"]) == ["ann@example.com", "bob@example.org"]
     assert failed.payload["reason"].startswith("refused by the broker")
-    assert set(Delivery.objects.filter(email_id=int(too_large.aggregateid)).values_list("state", flat=True)) == \
-        {"failed"}
+    assert set(Delivery.objects.filter(email_id=int(too_large.aggregateid)).values_list("state", flat=True)) == {
+        "failed"
+    }
 
 
 def test_the_relay_survives_a_refused_declaration_and_recovers_when_it_is_allowed(topology, relays):

@@ -51,9 +51,17 @@ def provider(fake_sendgrid):
 
 def request(recipients=("ann@example.com", "bob@example.org", "carl@example.net"), email_id=1) -> EmailRequested:
     return EmailRequested(
-        event_id=str(uuid.uuid4()), correlation_id="corr-1", occurred_at=datetime.now(UTC).isoformat(),
-        email_id=email_id, owner_id=1, template_id=1, from_email="no-reply@example.com",
-        reply_to="owner@example.com", recipients=tuple(recipients), subject="Hello", body_html="<p>Hi</p>",
+        event_id=str(uuid.uuid4()),
+        correlation_id="corr-1",
+        occurred_at=datetime.now(UTC).isoformat(),
+        email_id=email_id,
+        owner_id=1,
+        template_id=1,
+        from_email="no-reply@example.com",
+        reply_to="owner@example.com",
+        recipients=tuple(recipients),
+        subject="Hello",
+        body_html="<p>Hi</p>",
     )
 
 
@@ -232,8 +240,18 @@ def test_an_outcome_write_of_a_claim_that_lost_its_lease_is_fenced(fake_sendgrid
     assert handle(event, provider, store, Policy(in_doubt_grace=0)).action == ACK  # another sender takes over
     assert states(event) == {"ann@example.com": ("sent", 2)}
     # The stalled sender wakes up and records its own (different) outcome: refused.
-    assert store.record_failed(event, ["ann@example.com"], token=stalled.token, reason="late", permanent=True,
-                               attempt=1, provider="sendgrid") == 0
+    assert (
+        store.record_failed(
+            event,
+            ["ann@example.com"],
+            token=stalled.token,
+            reason="late",
+            permanent=True,
+            attempt=1,
+            provider="sendgrid",
+        )
+        == 0
+    )
     assert states(event) == {"ann@example.com": ("sent", 2)} and len(status_events("email.failed")) == 0
 
 
@@ -245,8 +263,19 @@ def test_a_send_in_doubt_the_provider_reported_on_is_sent_never_resent(fake_send
     assert answer.kind == "sent"  # ... and the sender died before its commit
     time.sleep(0.3)
     # The provider's Event Webhook reported `processed` for ann (the relay and the webhook carry it).
-    assert store.record_receipts([{"event_id": event.event_id, "recipient": "ann@example.com",
-                                   "message_id": answer.message_id, "reported_at": "2026-11-30T10:00:00Z"}]) == 1
+    assert (
+        store.record_receipts(
+            [
+                {
+                    "event_id": event.event_id,
+                    "recipient": "ann@example.com",
+                    "message_id": answer.message_id,
+                    "reported_at": "2026-11-30T10:00:00Z",
+                }
+            ]
+        )
+        == 1
+    )
     assert handle(event, provider, store).action == ACK
     assert states(event)["ann@example.com"] == ("sent", 1) and len(calls(fake)) == 1
     (sent,) = status_events("email.sent")
@@ -291,8 +320,11 @@ def test_1500_recipients_go_in_two_calls_of_at_most_1000(fake_sendgrid, provider
     fake, _ = fake_sendgrid
     client = client_for(UserFactory())
     recipients = [f"r{i}@example.com" for i in range(1500)]
-    response = client.post("/api/v1/emails/sent-email/", {"recipients": recipients,
-                           "template": EmailTemplateFactory().pk, "context": {"name": "All"}}, format="json")
+    response = client.post(
+        "/api/v1/emails/sent-email/",
+        {"recipients": recipients, "template": EmailTemplateFactory().pk, "context": {"name": "All"}},
+        format="json",
+    )
     assert response.status_code == 202
     event = EmailRequested.from_dict(OutboxEvent.objects.get(type="email.requested").payload)
     assert handle(event, provider, store).action == ACK
@@ -334,18 +366,30 @@ def test_a_replay_through_the_relay_makes_no_second_call(topology, senders, rela
     senders(topology).wait_ready()
     relays(topology).wait_ready()
     response = client_for(UserFactory()).post(
-        "/api/v1/emails/sent-email/", {"recipients": ["ann@example.com"], "template": EmailTemplateFactory().pk},
-        format="json")
+        "/api/v1/emails/sent-email/",
+        {"recipients": ["ann@example.com"], "template": EmailTemplateFactory().pk},
+        format="json",
+    )
     email_id = str(response.json()["id"])
-    broker.wait_for(lambda: OutboxEvent.objects.filter(type="email.sent", published_at__isnull=False).exists(),
-                    timeout=20, message="sent and its status published")
+    broker.wait_for(
+        lambda: OutboxEvent.objects.filter(type="email.sent", published_at__isnull=False).exists(),
+        timeout=20,
+        message="sent and its status published",
+    )
     from core.outbox.selectors import OutboxFilter
     from core.outbox.services import outbox_replay
 
-    assert outbox_replay(selection=OutboxFilter(aggregate_id=email_id, event_type="email.requested"),
-                         actor="test", via="cli").count == 1
-    broker.wait_for(lambda: OutboxEvent.objects.get(type="email.requested").published_at is not None,
-                    timeout=10, message="the replay published")
+    assert (
+        outbox_replay(
+            selection=OutboxFilter(aggregate_id=email_id, event_type="email.requested"), actor="test", via="cli"
+        ).count
+        == 1
+    )
+    broker.wait_for(
+        lambda: OutboxEvent.objects.get(type="email.requested").published_at is not None,
+        timeout=10,
+        message="the replay published",
+    )
     broker.wait_for(lambda: broker.queue_depth(topology.queue("sender")) == 0, timeout=10, message="replay consumed")
     time.sleep(0.5)
     assert len(calls(fake)) == 1
@@ -361,13 +405,16 @@ def test_a_poison_message_goes_to_the_dead_letter_queue_at_once_and_is_kept(topo
     broker.publish(topology, {"type": "email.requested", "schema_version": 99}, message_id="poison-2")
     broker.wait_for(lambda: DeadLetter.objects.count() == 2, timeout=15, message="both kept")
     assert sorted(DeadLetter.objects.values_list("message_id", "reason", "resolution")) == [
-        ("poison-1", "rejected", "parked"), ("poison-2", "rejected", "parked")]
+        ("poison-1", "rejected", "parked"),
+        ("poison-2", "rejected", "parked"),
+    ]
     assert sender.events().count("poison_message_dead_lettered") == 2
     assert broker.queue_depth(topology.dead_letter_queue("sender")) == 0
 
 
-def test_a_request_that_reached_the_delivery_limit_fails_its_recipients_with_the_reason(topology, senders,
-                                                                                     fake_sendgrid):
+def test_a_request_that_reached_the_delivery_limit_fails_its_recipients_with_the_reason(
+    topology, senders, fake_sendgrid
+):
     # A message that breaks its consumer every time (here: a consumer that returns it) dies after
     # the queue's delivery limit, as RabbitMQ itself decides; the sender's keeper then fails its
     # unfinished recipients with the reason, so the email does not wait forever, and keeps it.
@@ -385,13 +432,20 @@ def test_a_request_that_reached_the_delivery_limit_fails_its_recipients_with_the
             channel.basic_nack(method.delivery_tag, requeue=True)
     finally:
         conn.close()
-    broker.wait_for(lambda: broker.queue_depth(topology.dead_letter_queue("sender")) == 1, timeout=10,
-                    message="dead-lettered by RabbitMQ")
+    broker.wait_for(
+        lambda: broker.queue_depth(topology.dead_letter_queue("sender")) == 1,
+        timeout=10,
+        message="dead-lettered by RabbitMQ",
+    )
     senders(topology).wait_ready()
     broker.wait_for(lambda: DeadLetter.objects.exists(), timeout=15, message="kept")
     kept = DeadLetter.objects.get()
-    assert (kept.message_id, kept.reason, kept.resolution, kept.email_id) == (event.event_id, "delivery_limit",
-                                                                               "failed", 1)
+    assert (kept.message_id, kept.reason, kept.resolution, kept.email_id) == (
+        event.event_id,
+        "delivery_limit",
+        "failed",
+        1,
+    )
     assert states(event) == {"ann@example.com": ("failed", 0), "bob@example.org": ("failed", 0)}
     (failed,) = status_events("email.failed")
     assert failed.reason.startswith("dead-lettered (delivery_limit") and set(failed.recipients) == set(event.recipients)
@@ -428,8 +482,9 @@ def test_a_message_on_its_last_delivery_is_refreshed_not_dead_lettered(topology,
     assert len(calls(fake)) == 1 and broker.queue_depth(topology.dead_letter_queue("sender")) == 0
 
 
-def test_a_connection_the_broker_closes_during_a_refresh_is_an_outage_not_a_crash(topology, fake_sendgrid, store,
-                                                                                  provider, monkeypatch):
+def test_a_connection_the_broker_closes_during_a_refresh_is_an_outage_not_a_crash(
+    topology, fake_sendgrid, store, provider, monkeypatch
+):
     # The refresh's publish meets the broker's close inside the delivery callback and handles it
     # there; the loop must then reconnect, not call into the closed connection and die.
     import subprocess
@@ -442,15 +497,21 @@ def test_a_connection_the_broker_closes_during_a_refresh_is_an_outage_not_a_cras
 
     def refresh_as_the_broker_closes(channel, queue, properties, body):
         if not closes:
-            closes.append(subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "test: close during refresh"],
-                                         capture_output=True, timeout=60).returncode)
+            closes.append(
+                subprocess.run(
+                    ["rabbitmqctl", "-q", "close_all_connections", "test: close during refresh"],
+                    capture_output=True,
+                    timeout=60,
+                ).returncode
+            )
         return real_refresh(channel, queue, properties, body)
 
     real_refresh = consumer.refresh
     monkeypatch.setattr(consumer, "refresh", refresh_as_the_broker_closes)
     config = consumer.SenderWorkerConfig(broker_url=settings.RABBITMQ_URL, prefetch=10, concurrency=2)
-    worker = consumer.SenderWorker(config=config, topology=topology, provider=provider, store=store, policy=POLICY,
-                                   health=Health())
+    worker = consumer.SenderWorker(
+        config=config, topology=topology, provider=provider, store=store, policy=POLICY, health=Health()
+    )
     worker._keeper.interval = 3600  # its first poll only: no later frame of its own finds the closed connection
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("exit", worker.run()), daemon=True)
@@ -459,8 +520,12 @@ def test_a_connection_the_broker_closes_during_a_refresh_is_an_outage_not_a_cras
     try:
         broker.wait_for(lambda: broker.consumer_count(topology.queue("sender")) == 1, timeout=10, message="consuming")
         time.sleep(0.5)
-        broker.publish(topology, event.to_dict(), message_id=event.event_id,
-                       headers={"x-delivery-count": topology.consumer("sender").delivery_limit - 1})
+        broker.publish(
+            topology,
+            event.to_dict(),
+            message_id=event.event_id,
+            headers={"x-delivery-count": topology.consumer("sender").delivery_limit - 1},
+        )
         broker.wait_for(lambda: delivered(event) or not thread.is_alive(), timeout=30, message="delivered")
         assert thread.is_alive(), "the sender's loop died on the closed connection"
     finally:
@@ -476,15 +541,32 @@ def test_a_report_on_its_last_delivery_is_refreshed_not_dead_lettered(topology, 
     event = request(["ann@example.com"])
     store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
     report = EmailDeliveryStatus(
-        event_id=str(uuid.uuid4()), correlation_id="c", occurred_at="2026-11-30T10:00:01+00:00", email_id=1,
-        request_event_id=event.event_id, recipient="ann@example.com", status="processed", provider="sendgrid",
-        provider_event_id="sg-1", provider_message_id="m9.filter0001.1.0", reason="",
-        reported_at="2026-11-30T10:00:00+00:00")
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at="2026-11-30T10:00:01+00:00",
+        email_id=1,
+        request_event_id=event.event_id,
+        recipient="ann@example.com",
+        status="processed",
+        provider="sendgrid",
+        provider_event_id="sg-1",
+        provider_message_id="m9.filter0001.1.0",
+        reason="",
+        reported_at="2026-11-30T10:00:00+00:00",
+    )
     limit = topology.consumer("sender-receipts").delivery_limit
-    broker.publish(topology, report.to_dict(), message_id=report.event_id, routing_key=report.TYPE,
-                   headers={"x-delivery-count": limit - 1})
-    broker.wait_for(lambda: Delivery.objects.get(event_id=event.event_id).provider_seen_at is not None, timeout=15,
-                    message="noted from the fresh copy")
+    broker.publish(
+        topology,
+        report.to_dict(),
+        message_id=report.event_id,
+        routing_key=report.TYPE,
+        headers={"x-delivery-count": limit - 1},
+    )
+    broker.wait_for(
+        lambda: Delivery.objects.get(event_id=event.event_id).provider_seen_at is not None,
+        timeout=15,
+        message="noted from the fresh copy",
+    )
     assert sender.events().count("message_refreshed_before_delivery_limit") == 1
     assert broker.queue_depth(topology.dead_letter_queue("sender-receipts")) == 0
 
@@ -494,16 +576,31 @@ def test_the_providers_reports_reach_the_deliveries(topology, senders, fake_send
     sender.wait_ready()
     event = request(["ann@example.com", "bob@example.org"])
     store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
-    items = [EmailDeliveryStatus(
-        event_id=str(uuid.uuid4()), correlation_id="c", occurred_at="2026-11-30T10:00:01+00:00", email_id=1,
-        request_event_id=event.event_id, recipient="ann@example.com", status="processed", provider="sendgrid",
-        provider_event_id="sg-1", provider_message_id="m123.filter0001.1.0", reason="",
-        reported_at="2026-11-30T10:00:00+00:00").to_dict()]
-    batch = EmailDeliveryStatuses(event_id=str(uuid.uuid4()), correlation_id="c",
-                                  occurred_at="2026-11-30T10:00:01+00:00", statuses=tuple(items))
+    items = [
+        EmailDeliveryStatus(
+            event_id=str(uuid.uuid4()),
+            correlation_id="c",
+            occurred_at="2026-11-30T10:00:01+00:00",
+            email_id=1,
+            request_event_id=event.event_id,
+            recipient="ann@example.com",
+            status="processed",
+            provider="sendgrid",
+            provider_event_id="sg-1",
+            provider_message_id="m123.filter0001.1.0",
+            reason="",
+            reported_at="2026-11-30T10:00:00+00:00",
+        ).to_dict()
+    ]
+    batch = EmailDeliveryStatuses(
+        event_id=str(uuid.uuid4()), correlation_id="c", occurred_at="2026-11-30T10:00:01+00:00", statuses=tuple(items)
+    )
     broker.publish(topology, batch.to_dict(), message_id=batch.event_id, routing_key="email.delivery_statuses")
-    broker.wait_for(lambda: Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com")
-                    .provider_seen_at is not None, timeout=10, message="the report noted")
+    broker.wait_for(
+        lambda: Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com").provider_seen_at is not None,
+        timeout=10,
+        message="the report noted",
+    )
     ann = Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com")
     assert ann.provider_message_id == "m123" and ann.state == "sending"  # its sender may still be at it
     assert Delivery.objects.get(event_id=event.event_id, recipient="bob@example.org").provider_seen_at is None
@@ -535,8 +632,11 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(topology, senders, fake_sen
     events = [request([f"r{i}@example.com"]) for i in range(20)]
     for event in events:
         send_event(topology, event)
-    broker.wait_for(lambda: fake.stats["messages"] or Delivery.objects.filter(state="sending").exists(),
-                    timeout=10, message="work in flight")
+    broker.wait_for(
+        lambda: fake.stats["messages"] or Delivery.objects.filter(state="sending").exists(),
+        timeout=10,
+        message="work in flight",
+    )
     assert sender.terminate(timeout=30) == 0
     assert "sender_drained" in sender.events()
     # Nothing is left half-done: every delivery is sent or waiting in a queue for the next sender.
@@ -554,8 +654,11 @@ def test_more_threads_than_pooled_connections_wait_instead_of_failing(fake_sendg
     try:
         events = [request([f"r{i}@example.com"]) for i in range(40)]
         with ThreadPoolExecutor(max_workers=16) as pool:
-            actions = list(pool.map(lambda e: handle_email_requested(e, provider=provider, store=small,
-                                                                      policy=POLICY).action, events))
+            actions = list(
+                pool.map(
+                    lambda e: handle_email_requested(e, provider=provider, store=small, policy=POLICY).action, events
+                )
+            )
         assert actions == [ACK] * 40
         assert Delivery.objects.filter(state="sent").count() == 40
     finally:
@@ -593,8 +696,9 @@ def test_a_connection_the_far_end_closed_is_replaced_before_the_call():
                         length = int(line.split(b":")[1])
                 reader.read(length)
                 seen["calls"] += 1
-                conn.sendall(f"HTTP/1.1 202 Accepted\r\nX-Message-Id: m{seen['calls']}\r\n"
-                             "Content-Length: 0\r\n\r\n".encode())
+                conn.sendall(
+                    f"HTTP/1.1 202 Accepted\r\nX-Message-Id: m{seen['calls']}\r\nContent-Length: 0\r\n\r\n".encode()
+                )
 
     threading.Thread(target=serve, daemon=True).start()
     try:
@@ -612,7 +716,8 @@ def test_a_connection_the_far_end_closed_is_replaced_before_the_call():
 def test_an_unreachable_provider_is_transient():
     port = free_port()  # nothing listens there
     result = SendGridProvider(api_key="SG.any", host=f"http://127.0.0.1:{port}", timeout=1).send(
-        request(["ann@example.com"]), ["ann@example.com"])
+        request(["ann@example.com"]), ["ann@example.com"]
+    )
     assert result.kind == "transient" and "cannot reach" in result.reason
 
 

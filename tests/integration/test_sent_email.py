@@ -32,8 +32,7 @@ def written_counts():
 
 
 def test_accepted_email_is_written_with_its_recipients_and_outbox_event(user_client, user, template):
-    response = send(user_client, template, context={"name": "Ann", "code": 1234},
-                    HTTP_X_CORRELATION_ID="corr-123")
+    response = send(user_client, template, context={"name": "Ann", "code": 1234}, HTTP_X_CORRELATION_ID="corr-123")
     assert response.status_code == 202
     body = response.json()
     assert body["message"] == "Email sent. It might take a while to deliver."
@@ -70,9 +69,7 @@ def test_producer_payload_matches_the_golden_sample(user_client, template):
 def test_recipients_are_deduplicated_case_insensitively(user_client, template):
     response = send(user_client, template, ["Ann@Example.com", "ann@example.com", " bob@example.org "])
     assert response.status_code == 202
-    assert list(SentEmailRecipient.objects.values_list("address", flat=True)) == [
-        "Ann@Example.com", "bob@example.org"
-    ]
+    assert list(SentEmailRecipient.objects.values_list("address", flat=True)) == ["Ann@Example.com", "bob@example.org"]
     assert OutboxEvent.objects.get().payload["recipients"] == ["Ann@Example.com", "bob@example.org"]
 
 

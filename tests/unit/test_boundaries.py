@@ -48,8 +48,11 @@ def names_a_module(text: str) -> bool:
     if not DOTTED.fullmatch(text):
         return False
     parts = text.split(".")
-    return any((ROOT.joinpath(*parts[:n]).with_suffix(".py")).is_file()
-               or (ROOT.joinpath(*parts[:n]) / "__init__.py").is_file() for n in range(2, len(parts) + 1))
+    return any(
+        (ROOT.joinpath(*parts[:n]).with_suffix(".py")).is_file()
+        or (ROOT.joinpath(*parts[:n]) / "__init__.py").is_file()
+        for n in range(2, len(parts) + 1)
+    )
 
 
 def module_name(path: Path) -> str:
@@ -66,13 +69,11 @@ def crossings(package: str, allowed: set[str]) -> list[str]:
 
 
 def test_the_check_sees_every_way_of_naming_another_package():
-    assert project_packages("from outbox_relay.relay import connect_postgres", "query_api.consumer") == {
-        "outbox_relay"}
+    assert project_packages("from outbox_relay.relay import connect_postgres", "query_api.consumer") == {"outbox_relay"}
     assert project_packages("import command_api.emails.models as m", "sender.handlers") == {"command_api"}
     assert project_packages("from ..emails import services", "command_api.ops.apis") == {"command_api"}
     assert project_packages('ROOT_URLCONF = "command_api.urls"', "outbox_relay.settings") == {"command_api"}
-    assert project_packages('setdefault("DJANGO_SETTINGS_MODULE", "deployment.settings")', "core.x") == {
-        "deployment"}
+    assert project_packages('setdefault("DJANGO_SETTINGS_MODULE", "deployment.settings")', "core.x") == {"deployment"}
     assert project_packages('import json\nlog.info("email.sent", to="sender.redrive")', "core.x") == set()
 
 
@@ -102,10 +103,15 @@ def installed_apps(settings_module: str, *packages: str) -> list[str]:
     """The module's INSTALLED_APPS, from a process of its own that sets Django up on it, runs the
     system checks and imports every module of `packages`: a settings module missing an app that
     its process's code needs fails."""
-    env = os.environ | {"DJANGO_SETTINGS_MODULE": settings_module, "DJANGO_DEBUG": "false",
-                        "DJANGO_SECRET_KEY": "boundary-test-only", "LOG_LEVEL": "WARNING"}
-    result = subprocess.run([sys.executable, "-c", SET_UP, *packages], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    env = os.environ | {
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "boundary-test-only",
+        "LOG_LEVEL": "WARNING",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", SET_UP, *packages], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

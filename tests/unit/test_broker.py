@@ -10,8 +10,13 @@ from core.broker import REFRESH_MAX, connection_parameters, last_delivery, refre
 
 
 def props(**headers):
-    return pika.BasicProperties(message_id="m-1", type="email.requested", correlation_id="c",
-                                content_type="application/json", headers=headers or None)
+    return pika.BasicProperties(
+        message_id="m-1",
+        type="email.requested",
+        correlation_id="c",
+        content_type="application/json",
+        headers=headers or None,
+    )
 
 
 def test_a_message_is_refreshed_with_two_deliveries_left_at_most_refresh_max_times():
@@ -29,7 +34,7 @@ def test_the_fresh_copy_keeps_the_message_and_counts_the_refresh():
     published = []
     channel = SimpleNamespace(basic_publish=lambda *args, **kwargs: published.append((args, kwargs)))
     refresh(channel, "emails.sender", props(**{"x-delivery-count": 4, "x-refreshes": 1, "x-retries": 2}), b"{}")
-    ((exchange, queue, body, copy), kwargs), = published
+    (((exchange, queue, body, copy), kwargs),) = published
     assert (exchange, queue, body, kwargs) == ("", "emails.sender", b"{}", {"mandatory": True})
     assert (copy.message_id, copy.type, copy.correlation_id, copy.delivery_mode) == ("m-1", "email.requested", "c", 2)
     assert copy.headers == {"x-refreshes": 2, "x-retries": 2}  # the count is the broker's to start again

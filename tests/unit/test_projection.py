@@ -9,22 +9,51 @@ T = "2026-11-27T10:00:0{}+00:00"
 
 
 def requested():
-    return EmailRequested(event_id="r", correlation_id="c", occurred_at=T.format(0), email_id=1, owner_id=7,
-                          template_id=3, from_email="f@example.com", reply_to=None,
-                          recipients=("Ann@example.com", "bob@example.org"), subject="Hi", body_html="x",
-                          template_name="welcome")
+    return EmailRequested(
+        event_id="r",
+        correlation_id="c",
+        occurred_at=T.format(0),
+        email_id=1,
+        owner_id=7,
+        template_id=3,
+        from_email="f@example.com",
+        reply_to=None,
+        recipients=("Ann@example.com", "bob@example.org"),
+        subject="Hi",
+        body_html="x",
+        template_name="welcome",
+    )
 
 
 def sent(recipients=("Ann@example.com", "bob@example.org")):
-    return EmailSent(event_id="s", correlation_id="c", occurred_at=T.format(1), email_id=1, request_event_id="r",
-                     recipients=recipients, provider="sendgrid", provider_message_id="m1", attempt=1)
+    return EmailSent(
+        event_id="s",
+        correlation_id="c",
+        occurred_at=T.format(1),
+        email_id=1,
+        request_event_id="r",
+        recipients=recipients,
+        provider="sendgrid",
+        provider_message_id="m1",
+        attempt=1,
+    )
 
 
 def status(recipient, value, n=2, event_id=None):
-    return EmailDeliveryStatus(event_id=event_id or f"d-{recipient}-{value}", correlation_id="c",
-                               occurred_at=T.format(n), email_id=1, request_event_id="r", recipient=recipient,
-                               status=value, provider="sendgrid", provider_event_id="p", provider_message_id="m1.x",
-                               reason="", reported_at=T.format(n))
+    return EmailDeliveryStatus(
+        event_id=event_id or f"d-{recipient}-{value}",
+        correlation_id="c",
+        occurred_at=T.format(n),
+        email_id=1,
+        request_event_id="r",
+        recipient=recipient,
+        status=value,
+        provider="sendgrid",
+        provider_event_id="p",
+        provider_message_id="m1.x",
+        reason="",
+        reported_at=T.format(n),
+    )
 
 
 def run(events) -> Row:
@@ -67,9 +96,18 @@ def test_an_event_before_its_request_is_kept():
 
 
 def test_a_failure_is_overridden_by_a_later_delivery():
-    failed = EmailFailed(event_id="f", correlation_id="c", occurred_at=T.format(1), email_id=1, request_event_id="r",
-                         recipients=("ann@example.com",), provider="sendgrid", reason="timeout", permanent=False,
-                         attempt=5)
+    failed = EmailFailed(
+        event_id="f",
+        correlation_id="c",
+        occurred_at=T.format(1),
+        email_id=1,
+        request_event_id="r",
+        recipients=("ann@example.com",),
+        provider="sendgrid",
+        reason="timeout",
+        permanent=False,
+        attempt=5,
+    )
     row = run([requested(), failed])
     assert row.recipient_status["ann@example.com"]["reason"] == "timeout"
     apply(row, status("ann@example.com", "delivered"))
@@ -94,11 +132,29 @@ def test_overall_status(statuses, expected):
 def test_between_the_senders_own_outcomes_the_later_stands_in_any_order():
     # Failed at 10:00:03 (the schedule ran out), re-driven, sent at 10:00:05: sent, whatever the
     # order the two arrive in; a provider status still ranks above both.
-    failed = EmailFailed(event_id="f", correlation_id="c", occurred_at=T.format(3), email_id=1, request_event_id="r",
-                         recipients=("Ann@example.com",), provider="sendgrid", reason="gave up", permanent=False,
-                         attempt=13)
-    resent = EmailSent(event_id="s2", correlation_id="c", occurred_at=T.format(5), email_id=1, request_event_id="r",
-                       recipients=("Ann@example.com",), provider="sendgrid", provider_message_id="m2", attempt=1)
+    failed = EmailFailed(
+        event_id="f",
+        correlation_id="c",
+        occurred_at=T.format(3),
+        email_id=1,
+        request_event_id="r",
+        recipients=("Ann@example.com",),
+        provider="sendgrid",
+        reason="gave up",
+        permanent=False,
+        attempt=13,
+    )
+    resent = EmailSent(
+        event_id="s2",
+        correlation_id="c",
+        occurred_at=T.format(5),
+        email_id=1,
+        request_event_id="r",
+        recipients=("Ann@example.com",),
+        provider="sendgrid",
+        provider_message_id="m2",
+        attempt=1,
+    )
     for order in itertools.permutations([requested(), failed, resent]):
         assert run(order).recipient_status["ann@example.com"]["status"] == "sent"
     for order in itertools.permutations([requested(), failed, resent, status("Ann@example.com", "delivered", 4)]):
@@ -107,11 +163,24 @@ def test_between_the_senders_own_outcomes_the_later_stands_in_any_order():
 
 def test_a_request_the_broker_refused_is_known_from_its_failure_alone():
     # The relay could not publish the request (too large): its email.failed says what it was.
-    failed = EmailFailed(event_id="f", correlation_id="c", occurred_at=T.format(2), email_id=1, request_event_id="r",
-                         recipients=("Ann@example.com", "bob@example.org"), provider="broker",
-                         reason="refused by the broker: 406", permanent=True, attempt=0, owner_id=7,
-                         from_email="f@example.com", template_id=3, template_name="welcome", subject="Hi",
-                         requested_at=T.format(0))
+    failed = EmailFailed(
+        event_id="f",
+        correlation_id="c",
+        occurred_at=T.format(2),
+        email_id=1,
+        request_event_id="r",
+        recipients=("Ann@example.com", "bob@example.org"),
+        provider="broker",
+        reason="refused by the broker: 406",
+        permanent=True,
+        attempt=0,
+        owner_id=7,
+        from_email="f@example.com",
+        template_id=3,
+        template_name="welcome",
+        subject="Hi",
+        requested_at=T.format(0),
+    )
     row = run([failed])
     assert (row.owner_id, row.subject, row.template_name, row.created) == (7, "Hi", "welcome", T.format(0))
     assert row.recipients == ["ann@example.com", "bob@example.org"] and row.status == "failed"

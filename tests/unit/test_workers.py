@@ -52,9 +52,18 @@ def test_the_loop_reports_each_outage_lets_go_of_what_it_broke_and_comes_back():
     worker = Scripted([psycopg2.OperationalError("down"), AMQPConnectionError("closed"), None])
     assert worker.run() == 0
     assert worker.calls == [
-        "open_postgres", "disconnect postgres", "sleep",
-        "open_postgres", "open_broker", "work", "disconnect rabbitmq", "sleep",
-        "open_postgres", "open_broker", "work", "disconnect None",
+        "open_postgres",
+        "disconnect postgres",
+        "sleep",
+        "open_postgres",
+        "open_broker",
+        "work",
+        "disconnect rabbitmq",
+        "sleep",
+        "open_postgres",
+        "open_broker",
+        "work",
+        "disconnect None",
         "close",
     ]
     assert worker.health.dependencies == {"postgres": True, "rabbitmq": True}

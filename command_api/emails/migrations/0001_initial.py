@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,60 +15,84 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='EmailTemplate',
+            name="EmailTemplate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('subject', models.CharField(max_length=998)),
-                ('body', models.TextField()),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('modified', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=200, unique=True)),
+                ("subject", models.CharField(max_length=998)),
+                ("body", models.TextField()),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("modified", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='SentEmail',
+            name="SentEmail",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('template_name', models.CharField(max_length=200)),
-                ('from_email', models.EmailField(max_length=254)),
-                ('subject', models.CharField(max_length=998)),
-                ('body', models.TextField()),
-                ('context', models.JSONField(blank=True, default=dict)),
-                ('correlation_id', models.CharField(max_length=64)),
-                ('idempotency_key', models.CharField(blank=True, max_length=255, null=True)),
-                ('request_fingerprint', models.CharField(blank=True, default='', max_length=64)),
-                ('created', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), db_index=True)),
-                ('sender', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sent_emails', to=settings.AUTH_USER_MODEL)),
-                ('template', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='sent_emails', to='emails.emailtemplate')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("template_name", models.CharField(max_length=200)),
+                ("from_email", models.EmailField(max_length=254)),
+                ("subject", models.CharField(max_length=998)),
+                ("body", models.TextField()),
+                ("context", models.JSONField(blank=True, default=dict)),
+                ("correlation_id", models.CharField(max_length=64)),
+                ("idempotency_key", models.CharField(blank=True, max_length=255, null=True)),
+                ("request_fingerprint", models.CharField(blank=True, default="", max_length=64)),
+                ("created", models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), db_index=True)),
+                (
+                    "sender",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sent_emails",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "template",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="sent_emails",
+                        to="emails.emailtemplate",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created', '-id'],
+                "ordering": ["-created", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='SentEmailRecipient',
+            name="SentEmailRecipient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('address', models.EmailField(max_length=254)),
-                ('email', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='recipients', to='emails.sentemail')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("address", models.EmailField(max_length=254)),
+                (
+                    "email",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="recipients", to="emails.sentemail"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.AddIndex(
-            model_name='sentemail',
-            index=models.Index(fields=['sender', 'created'], name='sent_email_sender_created_idx'),
+            model_name="sentemail",
+            index=models.Index(fields=["sender", "created"], name="sent_email_sender_created_idx"),
         ),
         migrations.AddConstraint(
-            model_name='sentemail',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False)), fields=('sender', 'idempotency_key'), name='sent_email_idempotency_key_uniq'),
+            model_name="sentemail",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key__isnull", False)),
+                fields=("sender", "idempotency_key"),
+                name="sent_email_idempotency_key_uniq",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='sentemailrecipient',
-            constraint=models.UniqueConstraint(fields=('email', 'address'), name='sent_email_recipient_uniq'),
+            model_name="sentemailrecipient",
+            constraint=models.UniqueConstraint(fields=("email", "address"), name="sent_email_recipient_uniq"),
         ),
     ]

@@ -4,29 +4,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ProviderEvent',
+            name="ProviderEvent",
             fields=[
-                ('provider_event_id', models.CharField(help_text="SendGrid's sg_event_id", max_length=100, primary_key=True, serialize=False)),
-                ('email_id', models.BigIntegerField(db_index=True)),
-                ('request_event_id', models.UUIDField()),
-                ('recipient', models.CharField(max_length=254)),
-                ('status', models.CharField(max_length=24)),
-                ('provider_message_id', models.CharField(blank=True, default='', max_length=200)),
-                ('reason', models.TextField(blank=True, default='')),
-                ('reported_at', models.DateTimeField()),
-                ('received_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('payload', models.JSONField()),
+                (
+                    "provider_event_id",
+                    models.CharField(
+                        help_text="SendGrid's sg_event_id", max_length=100, primary_key=True, serialize=False
+                    ),
+                ),
+                ("email_id", models.BigIntegerField(db_index=True)),
+                ("request_event_id", models.UUIDField()),
+                ("recipient", models.CharField(max_length=254)),
+                ("status", models.CharField(max_length=24)),
+                ("provider_message_id", models.CharField(blank=True, default="", max_length=200)),
+                ("reason", models.TextField(blank=True, default="")),
+                ("reported_at", models.DateTimeField()),
+                ("received_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("payload", models.JSONField()),
             ],
             options={
-                'db_table': 'webhook_provider_event',
+                "db_table": "webhook_provider_event",
             },
         ),
     ]

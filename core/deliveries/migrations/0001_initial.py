@@ -5,43 +5,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ProviderPause',
+            name="ProviderPause",
             fields=[
-                ('provider', models.CharField(max_length=32, primary_key=True, serialize=False)),
-                ('paused_until', models.DateTimeField()),
-                ('reason', models.TextField(blank=True, default='')),
+                ("provider", models.CharField(max_length=32, primary_key=True, serialize=False)),
+                ("paused_until", models.DateTimeField()),
+                ("reason", models.TextField(blank=True, default="")),
             ],
             options={
-                'db_table': 'sender_provider_pause',
+                "db_table": "sender_provider_pause",
             },
         ),
         migrations.CreateModel(
-            name='Delivery',
+            name="Delivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.UUIDField()),
-                ('recipient', models.CharField(max_length=254)),
-                ('email_id', models.BigIntegerField(db_index=True)),
-                ('state', models.CharField(choices=[('sending', 'sending (claimed, leased)'), ('sent', 'sent'), ('failed', 'failed'), ('retry', 'waiting for a retry'), ('unknown', 'outcome unknown (timeout)'), ('held', 'held for ops (outcome unknown)')], max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('provider_message_id', models.CharField(blank=True, default='', max_length=128)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("event_id", models.UUIDField()),
+                ("recipient", models.CharField(max_length=254)),
+                ("email_id", models.BigIntegerField(db_index=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("sending", "sending (claimed, leased)"),
+                            ("sent", "sent"),
+                            ("failed", "failed"),
+                            ("retry", "waiting for a retry"),
+                            ("unknown", "outcome unknown (timeout)"),
+                            ("held", "held for ops (outcome unknown)"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("provider_message_id", models.CharField(blank=True, default="", max_length=128)),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("created_at", models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
+                ("updated_at", models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
             ],
             options={
-                'db_table': 'sender_delivery',
-                'indexes': [models.Index(condition=models.Q(('state__in', ['unknown', 'held', 'sending'])), fields=['state', 'updated_at'], name='sender_delivery_state_idx')],
-                'constraints': [models.UniqueConstraint(fields=('event_id', 'recipient'), name='sender_delivery_uniq')],
+                "db_table": "sender_delivery",
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("state__in", ["unknown", "held", "sending"])),
+                        fields=["state", "updated_at"],
+                        name="sender_delivery_state_idx",
+                    )
+                ],
+                "constraints": [models.UniqueConstraint(fields=("event_id", "recipient"), name="sender_delivery_uniq")],
             },
         ),
     ]

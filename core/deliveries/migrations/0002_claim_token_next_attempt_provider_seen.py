@@ -4,30 +4,45 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('sender', '0001_initial'),
+        ("sender", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='delivery',
-            name='claim_token',
-            field=models.UUIDField(blank=True, help_text='The claim that holds it: outcome writes apply only while it does.', null=True),
+            model_name="delivery",
+            name="claim_token",
+            field=models.UUIDField(
+                blank=True, help_text="The claim that holds it: outcome writes apply only while it does.", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='delivery',
-            name='next_attempt_at',
-            field=models.DateTimeField(blank=True, help_text='When a retry is due.', null=True),
+            model_name="delivery",
+            name="next_attempt_at",
+            field=models.DateTimeField(blank=True, help_text="When a retry is due.", null=True),
         ),
         migrations.AddField(
-            model_name='delivery',
-            name='provider_seen_at',
-            field=models.DateTimeField(blank=True, help_text="When the provider's own events first reported on it: it has the mail, and never gets it twice.", null=True),
+            model_name="delivery",
+            name="provider_seen_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When the provider's own events first reported on it: it has the mail, and never gets it twice.",
+                null=True,
+            ),
         ),
         migrations.AlterField(
-            model_name='delivery',
-            name='state',
-            field=models.CharField(choices=[('sending', 'sending (claimed, leased)'), ('sent', 'sent'), ('failed', 'failed'), ('retry', 'waiting for a retry'), ('unknown', "in doubt (a timeout): waiting for the provider's word"), ('held', 'held for ops (outcome unknown)')], max_length=16),
+            model_name="delivery",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("sending", "sending (claimed, leased)"),
+                    ("sent", "sent"),
+                    ("failed", "failed"),
+                    ("retry", "waiting for a retry"),
+                    ("unknown", "in doubt (a timeout): waiting for the provider's word"),
+                    ("held", "held for ops (outcome unknown)"),
+                ],
+                max_length=16,
+            ),
         ),
     ]

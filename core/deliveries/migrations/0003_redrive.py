@@ -5,32 +5,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('sender', '0002_claim_token_next_attempt_provider_seen'),
+        ("sender", "0002_claim_token_next_attempt_provider_seen"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Redrive',
+            name="Redrive",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('actor', models.CharField(help_text="The staff user or the CLI's operator.", max_length=150)),
-                ('via', models.CharField(help_text='cli, api or admin', max_length=16)),
-                ('filters', models.JSONField(help_text='The selection, as given.')),
-                ('retried', models.PositiveIntegerField(default=0, help_text='Deliveries set to go again.')),
-                ('settled', models.PositiveIntegerField(default=0, help_text='Held deliveries the provider had reported on: sent.')),
-                ('reason', models.TextField(blank=True, default='')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("actor", models.CharField(help_text="The staff user or the CLI's operator.", max_length=150)),
+                ("via", models.CharField(help_text="cli, api or admin", max_length=16)),
+                ("filters", models.JSONField(help_text="The selection, as given.")),
+                ("retried", models.PositiveIntegerField(default=0, help_text="Deliveries set to go again.")),
+                (
+                    "settled",
+                    models.PositiveIntegerField(
+                        default=0, help_text="Held deliveries the provider had reported on: sent."
+                    ),
+                ),
+                ("reason", models.TextField(blank=True, default="")),
             ],
             options={
-                'db_table': 'sender_redrive',
-                'ordering': ['-created_at'],
+                "db_table": "sender_redrive",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddField(
-            model_name='delivery',
-            name='last_redrive',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='deliveries', to='sender.redrive'),
+            model_name="delivery",
+            name="last_redrive",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="deliveries",
+                to="sender.redrive",
+            ),
         ),
     ]

@@ -4,14 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('sender', '0003_redrive'),
+        ("sender", "0003_redrive"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('state__in', ['sent', 'failed']), _negated=True), fields=['email_id'], name='sender_delivery_unfinished_idx'),
+            model_name="delivery",
+            index=models.Index(
+                condition=models.Q(("state__in", ["sent", "failed"]), _negated=True),
+                fields=["email_id"],
+                name="sender_delivery_unfinished_idx",
+            ),
         ),
     ]

@@ -5,7 +5,8 @@ NAME = "deliveries_prune"
 
 def schedule(apps, schema_editor):
     apps.get_model("django_q", "Schedule").objects.update_or_create(
-        name=NAME, defaults={"func": "core.deliveries.services.deliveries_prune", "schedule_type": "D", "repeats": -1},
+        name=NAME,
+        defaults={"func": "core.deliveries.services.deliveries_prune", "schedule_type": "D", "repeats": -1},
     )
 
 

@@ -5,32 +5,49 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='OutboxEvent',
+            name="OutboxEvent",
             fields=[
-                ('id', models.UUIDField(help_text='The event id: AMQP message_id and dedupe key.', primary_key=True, serialize=False)),
-                ('aggregatetype', models.CharField(max_length=64)),
-                ('aggregateid', models.CharField(max_length=64)),
-                ('type', models.CharField(max_length=64)),
-                ('payload', models.JSONField()),
-                ('headers', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('not_before', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), help_text='Not published before this time (scheduling, retry backoff).')),
-                ('published_at', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True, default='')),
+                (
+                    "id",
+                    models.UUIDField(
+                        help_text="The event id: AMQP message_id and dedupe key.", primary_key=True, serialize=False
+                    ),
+                ),
+                ("aggregatetype", models.CharField(max_length=64)),
+                ("aggregateid", models.CharField(max_length=64)),
+                ("type", models.CharField(max_length=64)),
+                ("payload", models.JSONField()),
+                ("headers", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
+                (
+                    "not_before",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        help_text="Not published before this time (scheduling, retry backoff).",
+                    ),
+                ),
+                ("published_at", models.DateTimeField(blank=True, null=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True, default="")),
             ],
             options={
-                'db_table': 'outbox',
-                'ordering': ['created_at'],
-                'indexes': [models.Index(condition=models.Q(('published_at__isnull', True)), fields=['not_before'], name='outbox_unpublished_due_idx'), models.Index(fields=['aggregatetype', 'aggregateid'], name='outbox_aggregate_idx'), models.Index(fields=['created_at'], name='outbox_created_idx')],
+                "db_table": "outbox",
+                "ordering": ["created_at"],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("published_at__isnull", True)),
+                        fields=["not_before"],
+                        name="outbox_unpublished_due_idx",
+                    ),
+                    models.Index(fields=["aggregatetype", "aggregateid"], name="outbox_aggregate_idx"),
+                    models.Index(fields=["created_at"], name="outbox_created_idx"),
+                ],
             },
         ),
     ]

@@ -5,51 +5,68 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('outbox', '0001_initial'),
+        ("outbox", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='OutboxReplay',
+            name="OutboxReplay",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('actor', models.CharField(help_text="The staff user or the CLI's operator.", max_length=150)),
-                ('via', models.CharField(help_text='cli, api or admin', max_length=16)),
-                ('filters', models.JSONField(help_text='The selection, as given.')),
-                ('event_count', models.PositiveIntegerField()),
-                ('reason', models.TextField(blank=True, default='')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("actor", models.CharField(help_text="The staff user or the CLI's operator.", max_length=150)),
+                ("via", models.CharField(help_text="cli, api or admin", max_length=16)),
+                ("filters", models.JSONField(help_text="The selection, as given.")),
+                ("event_count", models.PositiveIntegerField()),
+                ("reason", models.TextField(blank=True, default="")),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.RemoveIndex(
-            model_name='outboxevent',
-            name='outbox_unpublished_due_idx',
+            model_name="outboxevent",
+            name="outbox_unpublished_due_idx",
         ),
         migrations.AddField(
-            model_name='outboxevent',
-            name='failed_at',
-            field=models.DateTimeField(blank=True, help_text='Set when the broker refused the event; a replay clears it.', null=True),
+            model_name="outboxevent",
+            name="failed_at",
+            field=models.DateTimeField(
+                blank=True, help_text="Set when the broker refused the event; a replay clears it.", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='outboxevent',
-            name='last_replay',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='events', to='outbox.outboxreplay'),
+            model_name="outboxevent",
+            name="last_replay",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="events",
+                to="outbox.outboxreplay",
+            ),
         ),
         migrations.AddIndex(
-            model_name='outboxevent',
-            index=models.Index(condition=models.Q(('failed_at__isnull', True), ('published_at__isnull', True)), fields=['not_before'], name='outbox_pending_due_idx'),
+            model_name="outboxevent",
+            index=models.Index(
+                condition=models.Q(("failed_at__isnull", True), ("published_at__isnull", True)),
+                fields=["not_before"],
+                name="outbox_pending_due_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='outboxevent',
-            index=models.Index(condition=models.Q(('published_at__isnull', False)), fields=['published_at'], name='outbox_published_idx'),
+            model_name="outboxevent",
+            index=models.Index(
+                condition=models.Q(("published_at__isnull", False)),
+                fields=["published_at"],
+                name="outbox_published_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='outboxevent',
-            index=models.Index(condition=models.Q(('failed_at__isnull', False)), fields=['failed_at'], name='outbox_failed_idx'),
+            model_name="outboxevent",
+            index=models.Index(
+                condition=models.Q(("failed_at__isnull", False)), fields=["failed_at"], name="outbox_failed_idx"
+            ),
         ),
     ]

@@ -5,19 +5,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('outbox', '0003_schedule_purge'),
+        ("outbox", "0003_schedule_purge"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='outboxevent',
-            name='last_replay',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='events', to='outbox.outboxreplay'),
+            model_name="outboxevent",
+            name="last_replay",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="events",
+                to="outbox.outboxreplay",
+            ),
         ),
         migrations.AddIndex(
-            model_name='outboxevent',
-            index=models.Index(condition=models.Q(('last_replay__isnull', False)), fields=['last_replay'], name='outbox_last_replay_idx'),
+            model_name="outboxevent",
+            index=models.Index(
+                condition=models.Q(("last_replay__isnull", False)),
+                fields=["last_replay"],
+                name="outbox_last_replay_idx",
+            ),
         ),
     ]

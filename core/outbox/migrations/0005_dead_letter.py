@@ -5,36 +5,74 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('outbox', '0004_last_replay_partial_index'),
+        ("outbox", "0004_last_replay_partial_index"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DeadLetter',
+            name="DeadLetter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('received_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), db_index=True)),
-                ('queue', models.CharField(help_text='The work queue it died in.', max_length=200)),
-                ('reason', models.CharField(help_text="RabbitMQ's: rejected, delivery_limit, expired …", max_length=32)),
-                ('deaths', models.PositiveIntegerField(default=1, help_text='How many times it died there.')),
-                ('died_at', models.DateTimeField(help_text="When it first died there (RabbitMQ's x-death time).")),
-                ('message_id', models.CharField(blank=True, default='', help_text='The event id, when it has one.', max_length=200)),
-                ('type', models.CharField(blank=True, default='', help_text='The routing key: the event type.', max_length=64)),
-                ('email_id', models.BigIntegerField(blank=True, null=True)),
-                ('body', models.TextField(help_text='As received (bytes that are not UTF-8 escaped).')),
-                ('headers', models.JSONField(blank=True, default=dict)),
-                ('detail', models.TextField(blank=True, default='', help_text='What the keeper found and did.')),
-                ('resolution', models.CharField(choices=[('parked', 'parked: waiting for ops'), ('failed', 'its recipients were failed with the reason'), ('redriven', 're-driven by ops'), ('dismissed', 'dismissed by ops')], default='parked', max_length=16)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('resolved_by', models.CharField(blank=True, default='', max_length=150)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "received_at",
+                    models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), db_index=True),
+                ),
+                ("queue", models.CharField(help_text="The work queue it died in.", max_length=200)),
+                (
+                    "reason",
+                    models.CharField(help_text="RabbitMQ's: rejected, delivery_limit, expired …", max_length=32),
+                ),
+                ("deaths", models.PositiveIntegerField(default=1, help_text="How many times it died there.")),
+                ("died_at", models.DateTimeField(help_text="When it first died there (RabbitMQ's x-death time).")),
+                (
+                    "message_id",
+                    models.CharField(
+                        blank=True, default="", help_text="The event id, when it has one.", max_length=200
+                    ),
+                ),
+                (
+                    "type",
+                    models.CharField(
+                        blank=True, default="", help_text="The routing key: the event type.", max_length=64
+                    ),
+                ),
+                ("email_id", models.BigIntegerField(blank=True, null=True)),
+                ("body", models.TextField(help_text="As received (bytes that are not UTF-8 escaped).")),
+                ("headers", models.JSONField(blank=True, default=dict)),
+                ("detail", models.TextField(blank=True, default="", help_text="What the keeper found and did.")),
+                (
+                    "resolution",
+                    models.CharField(
+                        choices=[
+                            ("parked", "parked: waiting for ops"),
+                            ("failed", "its recipients were failed with the reason"),
+                            ("redriven", "re-driven by ops"),
+                            ("dismissed", "dismissed by ops"),
+                        ],
+                        default="parked",
+                        max_length=16,
+                    ),
+                ),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                ("resolved_by", models.CharField(blank=True, default="", max_length=150)),
             ],
             options={
-                'db_table': 'outbox_dead_letter',
-                'ordering': ['-received_at'],
-                'indexes': [models.Index(condition=models.Q(('resolution', 'parked')), fields=['received_at'], name='dead_letter_parked_idx'), models.Index(fields=['email_id'], name='dead_letter_email_idx')],
-                'constraints': [models.UniqueConstraint(fields=('queue', 'message_id', 'died_at', 'deaths'), name='dead_letter_once')],
+                "db_table": "outbox_dead_letter",
+                "ordering": ["-received_at"],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("resolution", "parked")),
+                        fields=["received_at"],
+                        name="dead_letter_parked_idx",
+                    ),
+                    models.Index(fields=["email_id"], name="dead_letter_email_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("queue", "message_id", "died_at", "deaths"), name="dead_letter_once"
+                    )
+                ],
             },
         ),
     ]
