@@ -186,21 +186,30 @@ def last_delivery(properties, delivery_limit: int) -> bool:
     )
 
 
-def refresh(channel, queue: str, properties, body: bytes) -> None:
-    """Publish a fresh copy of a delivered message to `queue`, persistent and mandatory, on a
-    channel in confirm mode (pika raises if the broker does not take it). The caller acks the
-    original only after this returns."""
-    headers = {k: v for k, v in (properties.headers or {}).items() if k != "x-delivery-count"}
-    headers["x-refreshes"] = int(headers.get("x-refreshes") or 0) + 1
-    copy = pika.BasicProperties(
+def fresh_properties(
+    properties: pika.BasicProperties, headers: dict, expiration: str | None = None
+) -> pika.BasicProperties:
+    """The properties of a new, persistent message carrying a delivered one's identity and
+    headers, `headers` added. The broker's delivery count is left behind: the broker counts the
+    new message's deliveries afresh (a copied count would make it look near the delivery limit)."""
+    kept = {k: v for k, v in (properties.headers or {}).items() if k != "x-delivery-count"}
+    return pika.BasicProperties(
         message_id=properties.message_id,
         type=properties.type,
         correlation_id=properties.correlation_id,
         content_type=properties.content_type,
         delivery_mode=pika.DeliveryMode.Persistent,
-        headers=headers,
+        headers=kept | headers,
+        expiration=expiration,
     )
-    channel.basic_publish("", queue, body, copy, mandatory=True)
+
+
+def refresh(channel, queue: str, properties, body: bytes) -> None:
+    """Publish a fresh copy of a delivered message to `queue`, persistent and mandatory, on a
+    channel in confirm mode (pika raises if the broker does not take it). The caller acks the
+    original only after this returns."""
+    refreshes = int((properties.headers or {}).get("x-refreshes") or 0) + 1
+    channel.basic_publish("", queue, body, fresh_properties(properties, {"x-refreshes": refreshes}), mandatory=True)
 
 
 def topology_from_settings() -> Topology:

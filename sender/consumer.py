@@ -46,7 +46,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPConnectionError, AMQPError
 from prometheus_client import Counter, Gauge, Histogram
 
-from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
+from core.broker import Topology, connection_parameters, declare_topology, fresh_properties, last_delivery, refresh
 from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage
 from core.workers import ReconnectingWorker
@@ -372,19 +372,9 @@ class SenderWorker(ReconnectingWorker):
     def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision, role: str = "sender") -> None:
         """On the connection thread: publish the message to its delay queue, confirmed, then ack."""
         queue, ttl_ms = delay_route(self.topology, decision.delay, role)
-        # A new message: the broker counts its deliveries afresh (a copied count would make it
-        # look near the delivery limit).
-        headers = {k: v for k, v in (properties.headers or {}).items() if k != "x-delivery-count"}
-        headers["x-retries"] = int(headers.get("x-retries", 0)) + 1
-        headers["x-retry-reason"] = decision.reason[:200]
-        retry = pika.BasicProperties(
-            message_id=properties.message_id,
-            type=properties.type,
-            correlation_id=properties.correlation_id,
-            content_type=properties.content_type,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            headers=headers,
-            expiration=str(ttl_ms),
+        retries = int((properties.headers or {}).get("x-retries", 0)) + 1
+        retry = fresh_properties(
+            properties, {"x-retries": retries, "x-retry-reason": decision.reason[:200]}, expiration=str(ttl_ms)
         )
         try:
             channel.basic_publish("", queue, body, retry, mandatory=True)
