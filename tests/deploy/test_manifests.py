@@ -227,8 +227,6 @@ def test_keda_replaces_the_hpa():
     assert not any(o["kind"] == "HorizontalPodAutoscaler" for o in keda)
     scaled = next(o for o in keda if o["kind"] == "ScaledObject")
     assert scaled["spec"]["triggers"][0]["metadata"]["queueName"] == "emails.sender"
-    auth = next(o for o in keda if o["kind"] == "TriggerAuthentication")
-    assert auth["spec"]["secretTargetRef"][0] == {"parameter": "host", "name": "emails-secrets", "key": "RABBITMQ_URL"}
 
 
 def test_the_readme_documents_every_setting():
