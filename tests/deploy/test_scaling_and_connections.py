@@ -91,7 +91,7 @@ def test_the_keda_operator_and_nothing_else_outside_reaches_rabbitmq_management(
     operator = {"app": "keda-operator"}
     assert any(admits(p, namespace="keda", pod_labels=operator, port=port) for p in policies)
     assert not any(
-        admits(p, namespace="keda", pod_labels={"app": "keda-metrics-apiserver"}, port=port) for p in policies
+        admits(p, namespace="keda", pod_labels={"app": "keda-operator-metrics-apiserver"}, port=port) for p in policies
     )
     assert not any(admits(p, namespace="keda", pod_labels=operator, port=5672) for p in policies)
     assert not any(admits(p, namespace="default", pod_labels=operator, port=port) for p in policies)
