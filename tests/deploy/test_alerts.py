@@ -152,9 +152,13 @@ def annotations(alert: str, **values: str) -> dict:
     return {k: re.sub(r"\{\{ \$value \| (\w+) \}\}", lambda m: values[m.group(1)], v) for k, v in raw.items()}
 
 
-def promtool_case(*, errors_per_minute: int, key_ok: str) -> list[dict]:
+def promtool_case(*, errors_per_minute: int, key_ok: str, relay: bool) -> list[dict]:
     api = 'http_requests_total{route="api/v1/emails/sent-email/",method="POST",status="%s"}'
-    return [
+    outbox = [  # a relay reading the outbox every minute (promtool's clock starts at 0)
+        {"series": "outbox_oldest_unpublished_age_seconds", "values": "0x40"},
+        {"series": "outbox_stats_updated_timestamp_seconds", "values": "0+60x40"},
+    ]
+    return (outbox if relay else []) + [
         {"series": api % "202", "values": f"0+{100 - errors_per_minute}x40"},
         {"series": api % "500", "values": f"0+{errors_per_minute}x40"},
         {"series": 'sender_provider_key_ok{pod="s1"}', "values": key_ok},
@@ -174,10 +178,12 @@ def test_promtool_sees_the_alerts_fire_on_bad_series_and_stay_quiet_on_good_ones
         for alert, labels, values in [
             ("EmailsApiErrors", {"severity": "critical"}, {"humanizePercentage": "20%"}),
             ("EmailsSenderKeyRejected", {"severity": "critical"}, {}),
+            ("EmailsRelaysSilent", {"severity": "critical"}, {}),
         ]
     ]
     quiet = [
-        {"eval_time": "30m", "alertname": a, "exp_alerts": []} for a in ("EmailsApiErrors", "EmailsSenderKeyRejected")
+        {"eval_time": "30m", "alertname": a, "exp_alerts": []}
+        for a in ("EmailsApiErrors", "EmailsSenderKeyRejected", "EmailsRelaysSilent")
     ]
     tests = {
         "rule_files": [str(rules)],
@@ -185,12 +191,12 @@ def test_promtool_sees_the_alerts_fire_on_bad_series_and_stay_quiet_on_good_ones
         "tests": [
             {
                 "interval": "1m",
-                "input_series": promtool_case(errors_per_minute=20, key_ok="1x10 0x30"),
+                "input_series": promtool_case(errors_per_minute=20, key_ok="1x10 0x30", relay=False),
                 "alert_rule_test": firing,
             },
             {
                 "interval": "1m",
-                "input_series": promtool_case(errors_per_minute=1, key_ok="1x40"),
+                "input_series": promtool_case(errors_per_minute=1, key_ok="1x40", relay=True),
                 "alert_rule_test": quiet,
             },
         ],
