@@ -117,7 +117,9 @@ def test_gunicorn_serves_the_sum_of_its_workers_on_the_metrics_port_only(tmp_pat
         assert served == 20
         assert "http_request_duration_seconds" in families
         assert get(f"http://127.0.0.1:{port}/metrics")[0] == 404  # not on the port the gateway reaches
+        (files,) = tmp_path.glob("prometheus-*")  # a fresh directory under TMPDIR
+        assert list(files.glob("counter_*.db"))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert os.listdir(tmp_path), "the multiprocess files live in a fresh directory under TMPDIR"
+    assert not list(tmp_path.glob("prometheus-*")), "removed on exit"
