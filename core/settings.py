@@ -31,6 +31,7 @@ INSTALLED_APPS = ["django_q"]
 # The command API's request pipeline (sessions for the admin, logins throttled by axes); the query
 # API, with neither, runs a shorter one.
 MIDDLEWARE = [
+    "core.http_metrics.RequestMetricsMiddleware",  # first: it counts every answer, refusals included
     "core.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from datetime import UTC, datetime
 
 import pika
 import psycopg2
@@ -40,6 +41,11 @@ UNFINISHED = Gauge(
     "emails_unfinished",
     "Emails not finished (a recipient neither sent nor failed) "
     "EMAIL_STUCK_AFTER_SECONDS after they were accepted, as the read model sees them",
+)
+LAG = Gauge(
+    "projector_lag_seconds",
+    "How far the read model trails the events: the age of the newest event of the last batch applied, "
+    "0 while the queue has nothing waiting",
 )
 UNFINISHED_SQL = """
     SELECT count(*) FROM read_sent_email
@@ -134,6 +140,8 @@ class ProjectorWorker(ReconnectingWorker):
         for method, properties, body in channel.consume(queue, inactivity_timeout=0.02):
             self.health.tick()
             keeper.poll(dead_letters, time.monotonic())
+            if method is None and not pending:
+                LAG.set(0)  # nothing delivered within the wait and nothing in hand: caught up
             if method is not None:
                 # A delivery has its tag, properties and body; the stubs type them all optional.
                 tag = method.delivery_tag
@@ -206,3 +214,15 @@ class ProjectorWorker(ReconnectingWorker):
                     log.error("event_dead_lettered", event_id=event.event_id, type=event.TYPE, error=str(single)[:300])
                     channel.basic_reject(tag, requeue=False)
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        LAG.set(event_age(pending[-1][1]))
+
+
+def event_age(event: Event) -> float:
+    """Seconds since `event` occurred (0 for a time that cannot be read or lies ahead)."""
+    try:
+        occurred = datetime.fromisoformat(event.occurred_at)
+    except ValueError:
+        return 0.0
+    if occurred.tzinfo is None:
+        occurred = occurred.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - occurred).total_seconds())

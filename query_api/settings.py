@@ -18,6 +18,7 @@ INSTALLED_APPS = [
 ]
 # No sessions, no admin, no logins: a token on every request (DRF authenticates it).
 MIDDLEWARE = [
+    "core.http_metrics.RequestMetricsMiddleware",  # first: it counts every answer, refusals included
     "core.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -12,6 +12,7 @@ import structlog
 from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 from django.db import connection, transaction
+from prometheus_client import Counter
 from rest_framework import status
 from sendgrid.helpers.eventwebhook import EventWebhook
 
@@ -22,6 +23,12 @@ from core.outbox.services import new_event_id, outbox_events_add
 from core.text import OutOfRange, array_items, first_problem, parse_id, text_problem
 
 log = structlog.get_logger(__name__)
+
+SIGNATURE_FAILURES = Counter(
+    "webhook_signature_failures_total",
+    "Event Webhook posts refused: signature or timestamp missing, stale or wrong",
+    ["reason"],
+)
 
 # SendGrid's event names -> our recipient statuses.
 STATUS_OF = {
@@ -51,7 +58,8 @@ class WebhookResult:
     rejected: int  # malformed: counted, logged and dropped; the rest of the post is kept
 
 
-def _forbidden(message: str) -> ApplicationError:
+def _forbidden(message: str, *, reason: str) -> ApplicationError:
+    SIGNATURE_FAILURES.labels(reason=reason).inc()
     return ApplicationError(message, status_code=status.HTTP_403_FORBIDDEN)
 
 
@@ -63,19 +71,19 @@ def verify_signature(*, body: str, signature: str | None, timestamp: str | None)
             "The webhook verification key is not configured.", status_code=status.HTTP_503_SERVICE_UNAVAILABLE
         )
     if not signature or not timestamp:
-        raise _forbidden("Missing webhook signature.")
+        raise _forbidden("Missing webhook signature.", reason="missing")
     try:
         age = abs(time.time() - int(timestamp))
     except ValueError:
-        raise _forbidden("Bad webhook timestamp.") from None
+        raise _forbidden("Bad webhook timestamp.", reason="bad_timestamp") from None
     if age > settings.SENDGRID_WEBHOOK_MAX_AGE_SECONDS:
-        raise _forbidden("Stale webhook timestamp.")
+        raise _forbidden("Stale webhook timestamp.", reason="stale")
     try:
         valid = EventWebhook(key).verify_signature(body, signature, timestamp)
     except (ValueError, TypeError, InvalidSignature):
         valid = False
     if not valid:
-        raise _forbidden("Bad webhook signature.")
+        raise _forbidden("Bad webhook signature.", reason="bad_signature")
 
 
 _LATEST_TIMESTAMP = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
