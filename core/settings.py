@@ -32,6 +32,8 @@ INSTALLED_APPS = ["django_q"]
 # API, with neither, runs a shorter one.
 MIDDLEWARE = [
     "core.middleware.CorrelationIdMiddleware",
+    # Before anything reads the Host: the probes' is the pod's IP, never an allowed host.
+    "core.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -19,6 +19,8 @@ INSTALLED_APPS = [
 # No sessions, no admin, no logins: a token on every request (DRF authenticates it).
 MIDDLEWARE = [
     "core.middleware.CorrelationIdMiddleware",
+    # Before anything reads the Host: the probes' is the pod's IP, never an allowed host.
+    "core.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -1,20 +1,201 @@
-"""The rendered overlays as the cluster runs them: no overlay allows every host, and the migrate Job
-is named for its release."""
+"""The probes as the cluster sends them, on the rendered overlays: the kubelet's Host is the pod's IP,
+readiness waits for the migrations, and the migrate Job is named for its release."""
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import uuid
 
+import psycopg2
 import pytest
 import yaml
+from django.db import connection
 
 from tests.deploy.test_manifests import MANIFESTS, OVERLAYS, render
+from tests.system import ROOT
+
+POD_HOST = "10.1.2.3:8000"
+SETTINGS = {"command-api": "command_api.settings", "query-api": "query_api.settings"}
+
+# Calls the process's real WSGI application (as gunicorn does) with the Host the kubelet sends.
+WSGI_CALL = """
+import io, json, sys
+from wsgiref.util import setup_testing_defaults
+from importlib import import_module
+application = import_module(sys.argv[1]).application
+answers = {}
+for path in json.loads(sys.argv[3]):
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "HTTP_HOST": sys.argv[2], "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    started = []
+    body = b"".join(application(environ, lambda status, headers, exc_info=None: started.append(status)))
+    answers[path] = [int(started[0].split()[0]), body.decode()]
+print(json.dumps(answers))
+"""
+
+# Runs a worker's probe server as core.bootstrap.run_worker does, and reads its /readyz.
+WORKER_READYZ = """
+import argparse, json, socket, urllib.error, urllib.request
+import django
+django.setup()
+from core import bootstrap
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+
+class Probe:
+    def __init__(self, health):
+        health.set("broker", True)  # its connections are up: only the schema decides
+    def install_signal_handlers(self):
+        pass
+    def run(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+                print(json.dumps([answer.status, json.load(answer)]))
+        except urllib.error.HTTPError as answer:
+            print(json.dumps([answer.code, json.load(answer)]))
+        return 0
+
+bootstrap.run_worker(argparse.Namespace(http_host="127.0.0.1", http_port=port), Probe)
+"""
+
+
+@pytest.fixture
+def fresh_database():
+    """A database of this test's own, dropped afterwards. Copied from template0, which takes no
+    connections: template1's copy fails while anyone else on the server is connected to it."""
+    settings = connection.settings_dict
+    name = f"emails_probes_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        dbname="postgres",
+    )
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def overlay_config(objects) -> dict:
     return next(obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "emails-config")[
         "data"
     ]
+
+
+def probe_paths(objects, deployment: str) -> set[str]:
+    obj = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == deployment)
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    return {container[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")}
+
+
+def process_env(database: str, **extra: str) -> dict:
+    return os.environ | {
+        "POSTGRES_DB": database,
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "probe-test-only",
+        "LOG_LEVEL": "ERROR",
+        **extra,
+    }
+
+
+def migrate(database: str, *target: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0", *target],
+        cwd=ROOT,
+        env=process_env(database, DJANGO_SETTINGS_MODULE="deployment.settings"),
+        check=True,
+        timeout=300,
+    )
+
+
+def call_api(database: str, service: str, paths, *, allowed_hosts: str) -> dict[str, list]:
+    module = SETTINGS[service]
+    answer = subprocess.run(
+        [sys.executable, "-c", WSGI_CALL, module.replace(".settings", ".wsgi"), POD_HOST, json.dumps(sorted(paths))],
+        cwd=ROOT,
+        env=process_env(database, DJANGO_SETTINGS_MODULE=module, DJANGO_ALLOWED_HOSTS=allowed_hosts),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    return json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def worker_readyz(database: str, settings_module: str) -> list:
+    answer = subprocess.run(
+        [sys.executable, "-c", WORKER_READYZ],
+        cwd=ROOT,
+        env=process_env(database, DJANGO_SETTINGS_MODULE=settings_module),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    return json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def test_probes_answer_the_pod_ip_under_the_production_allowed_hosts(fresh_database):
+    objects = render("overlays/production")
+    allowed_hosts = overlay_config(objects)["DJANGO_ALLOWED_HOSTS"]
+    assert POD_HOST.split(":")[0] not in allowed_hosts
+    migrate(fresh_database)
+    for service in SETTINGS:
+        paths = probe_paths(objects, service)
+        assert paths == {"/healthz", "/readyz"}
+        answers = call_api(fresh_database, service, [*paths, "/api/v1/emails/sent-email/"], allowed_hosts=allowed_hosts)
+        assert answers["/healthz"] == [200, '{"status": "ok"}'], service
+        assert answers["/readyz"][0] == 200, (service, answers["/readyz"])
+        assert json.loads(answers["/readyz"][1]) == {"status": "ok", "database": "ok", "migrations": "ok"}
+        # Everything else is still held to ALLOWED_HOSTS.
+        assert answers["/api/v1/emails/sent-email/"][0] == 400, service
+
+
+def test_readiness_waits_for_the_migrations_of_the_process_apps(fresh_database):
+    migrate(fresh_database)
+    migrate(fresh_database, "query_api", "0003")  # the read side's last migration unapplied
+    allowed = "emails.example.com"
+
+    # The query API and the projector install query_api: not ready, and they say why.
+    readyz = call_api(fresh_database, "query-api", ["/readyz", "/healthz"], allowed_hosts=allowed)
+    assert readyz["/readyz"][0] == 503
+    assert json.loads(readyz["/readyz"][1]) == {"status": "unavailable", "database": "ok", "migrations": "pending"}
+    assert readyz["/healthz"][0] == 200  # alive all the same: no restart while the Job runs
+    assert worker_readyz(fresh_database, "query_api.settings") == [
+        503,
+        {"ready": False, "broker": True, "migrations": False},
+    ]
+    # The command API and the relay do not read the read model: their apps are all migrated.
+    assert call_api(fresh_database, "command-api", ["/readyz"], allowed_hosts=allowed)["/readyz"][0] == 200
+    assert worker_readyz(fresh_database, "outbox_relay.settings")[0] == 200
+
+    migrate(fresh_database)
+    assert call_api(fresh_database, "query-api", ["/readyz"], allowed_hosts=allowed)["/readyz"][0] == 200
+    assert worker_readyz(fresh_database, "query_api.settings") == [
+        200,
+        {"ready": True, "broker": True, "migrations": True},
+    ]
+
+
+def test_a_ready_process_does_not_check_again(db, django_assert_num_queries):
+    from core import schema
+
+    assert schema.migrations_pending() == []
+    with django_assert_num_queries(0):
+        assert schema.migrations_pending() == []
+        assert schema.migrations_applied()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
