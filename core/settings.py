@@ -251,6 +251,9 @@ Q_CLUSTER = {
     "retry": env_int("Q_RETRY_SECONDS", 900),
     "catch_up": False,
 }
+# The scheduler's liveness probe (`manage.py scheduler_alive`) fails once the cluster's last
+# heartbeat (one every half second while it runs) is older than this.
+SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS = env_int("SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS", 30)
 
 LOG_JSON = env_bool("LOG_JSON", not DEBUG)
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

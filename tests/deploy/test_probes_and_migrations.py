@@ -1,12 +1,15 @@
 """The probes as the cluster sends them, on the rendered overlays: the kubelet's Host is the pod's IP,
-readiness waits for the migrations, and the migrate Job is named for its release."""
+readiness waits for the migrations, the migrate Job is named for its release, and the scheduler's
+liveness probe reads the django-q2 cluster's heartbeat."""
 
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import psycopg2
@@ -227,3 +230,74 @@ def test_the_migrate_job_is_named_for_its_release(overlay, release, tmp_path):
         ["kubectl", "kustomize", str(copy / "overlays" / overlay)], capture_output=True, text=True, check=True
     ).stdout
     assert migrate_job_name([doc for doc in yaml.safe_load_all(rendered) if doc]) == "migrate-2.3.4"
+
+
+def test_the_scheduler_liveness_probe_is_the_heartbeat_check():
+    objects = render("overlays/production")
+    obj = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "scheduler")
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["exec"]["command"] == ["python", "manage.py", "scheduler_alive"]
+
+
+def scheduler_alive(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "scheduler_alive"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def wait_for(predicate, *, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"timed out: {message}")
+
+
+def test_the_scheduler_check_follows_a_real_cluster(fresh_database):
+    migrate(fresh_database)
+    env = process_env(fresh_database, DJANGO_SETTINGS_MODULE="deployment.settings", Q_WORKERS="1")
+    window = 5
+    check_env = env | {"SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS": str(window)}
+    assert scheduler_alive(check_env).returncode == 1  # no cluster yet
+
+    cluster = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill below reaches its workers too
+    )
+    try:
+        wait_for(lambda: scheduler_alive(check_env).returncode == 0, timeout=60, message="the cluster's heartbeat")
+        # The window is what the check compares with: no heartbeat is 0 seconds old.
+        assert scheduler_alive(check_env | {"SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS": "0"}).returncode == 1
+        os.killpg(cluster.pid, signal.SIGKILL)
+        cluster.wait(timeout=10)
+        killed = time.monotonic()
+        failed = wait_for(
+            lambda: (answer := scheduler_alive(check_env)).returncode != 0 and answer,
+            timeout=window + 30,
+            message="the check to fail once the heartbeat is stale",
+        )
+        assert time.monotonic() - killed <= window + 30
+        assert "cluster" in failed.stderr
+    finally:
+        if cluster.poll() is None:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait(timeout=10)
+
+
+def test_the_heartbeat_window_defaults_to_30_seconds(monkeypatch):
+    monkeypatch.delenv("SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS", raising=False)
+    answer = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS)"],
+        cwd=ROOT,
+        env=os.environ | {"DJANGO_SETTINGS_MODULE": "deployment.settings", "DJANGO_SECRET_KEY": "test-only"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert answer.stdout.strip() == "30"
