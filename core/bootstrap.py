@@ -42,10 +42,12 @@ def main(parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None, 
 
 def run_worker(args: argparse.Namespace, worker: Callable) -> int:
     """Serve the probes and /metrics on the options of `add_http_options`, build the worker with
-    `worker(health)`, stop it on SIGTERM/SIGINT and run it. Returns its exit code (0 once stopped)."""
+    `worker(health)`, stop it on SIGTERM/SIGINT and run it. /readyz answers 503 while a migration
+    of the process's apps is unapplied. Returns its exit code (0 once stopped)."""
+    from core.schema import migrations_applied
     from core.worker_http import Health, serve
 
-    health = Health()
+    health = Health(checks={"migrations": migrations_applied})
     if args.http_port:
         serve(health, host=args.http_host, port=args.http_port)
     running = worker(health)

@@ -1,8 +1,14 @@
-"""Probe endpoints: /healthz says the process answers, /readyz that it can reach its database."""
+"""Probe endpoints: /healthz says the process answers, /readyz that it can reach its database and
+that the database has every migration of the process's apps (core.schema).
+
+core.middleware.ProbeMiddleware answers both paths before any other middleware, so they work
+whatever Host the kubelet sends."""
 
 import structlog
 from django.db import connection
 from django.http import JsonResponse
+
+from core.schema import migrations_pending
 
 log = structlog.get_logger(__name__)
 
@@ -17,10 +23,14 @@ def readyz(request):
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
+        pending = migrations_pending()
     except Exception as exc:  # any failure means "not ready", and the probe must get an answer
         log.warning("readiness_check_failed", dependency="database", error=str(exc))
         return JsonResponse({"status": "unavailable", "database": "unavailable"}, status=503)
-    return JsonResponse({"status": "ok", "database": "ok"})
+    if pending:
+        log.warning("readiness_check_failed", dependency="migrations", pending=pending)
+        return JsonResponse({"status": "unavailable", "database": "ok", "migrations": "pending"}, status=503)
+    return JsonResponse({"status": "ok", "database": "ok", "migrations": "ok"})
 
 
 def not_found(request, exception=None):

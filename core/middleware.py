@@ -8,12 +8,15 @@ import uuid
 import structlog
 from django.conf import settings
 
+from core import health
+
 CORRELATION_HEADER = "X-Correlation-ID"
 _META_KEYS = ("HTTP_X_CORRELATION_ID", "HTTP_X_REQUEST_ID")
 # Accept a caller's id only when it is short and harmless to put in logs and headers.
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 log = structlog.get_logger("request")
+_PROBES = {"/healthz": health.healthz, "/readyz": health.readyz}
 
 
 def correlation_id_from(meta: dict) -> str:
@@ -42,6 +45,25 @@ def client_address(request) -> str:
         return str(ipaddress.ip_address(forwarded[-hops]))
     except ValueError:
         return remote
+
+
+class ProbeMiddleware:
+    """Answers the kubelet's probes (GET or HEAD of /healthz and /readyz) before anything reads the Host.
+
+    The kubelet sends `Host: <pod IP>:<port>`, which ALLOWED_HOSTS rightly refuses: CommonMiddleware,
+    CSRF and others call request.get_host(), which raises DisallowedHost (a 400), and the pod would
+    never become Ready. This middleware comes before all of them (after CorrelationIdMiddleware,
+    which does not read the Host) and never reads it; every other path still goes through host
+    validation."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        probe = _PROBES.get(request.path_info) if request.method in ("GET", "HEAD") else None
+        if probe is not None:
+            return probe(request)
+        return self.get_response(request)
 
 
 class CorrelationIdMiddleware:

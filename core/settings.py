@@ -33,6 +33,8 @@ INSTALLED_APPS = ["django_q"]
 MIDDLEWARE = [
     "core.http_metrics.RequestMetricsMiddleware",  # first: it counts every answer, refusals included
     "core.middleware.CorrelationIdMiddleware",
+    # Before anything reads the Host: the probes' is the pod's IP, never an allowed host.
+    "core.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -250,6 +252,9 @@ Q_CLUSTER = {
     "retry": env_int("Q_RETRY_SECONDS", 900),
     "catch_up": False,
 }
+# The scheduler's liveness probe (`manage.py scheduler_alive`) fails once the cluster's last
+# heartbeat (one every half second while it runs) is older than this.
+SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS = env_int("SCHEDULER_HEARTBEAT_MAX_AGE_SECONDS", 30)
 
 LOG_JSON = env_bool("LOG_JSON", not DEBUG)
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

@@ -8,18 +8,23 @@
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 
 class Health:
-    """Thread-safe enough: the worker writes plain attributes, the server thread reads them."""
+    """Thread-safe enough: the worker writes plain attributes, the server thread reads them.
 
-    def __init__(self, *, stall_seconds: float = 60.0):
+    `checks` are asked on each readiness probe, by the server's thread (e.g. core.schema's
+    migrations_applied: a worker is not ready while its tables are not all there)."""
+
+    def __init__(self, *, stall_seconds: float = 60.0, checks: dict[str, Callable[[], bool]] | None = None):
         self.stall_seconds = stall_seconds
         self.last_tick = time.monotonic()
         self.dependencies: dict[str, bool] = {}
+        self.checks = checks or {}
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()
@@ -31,7 +36,12 @@ class Health:
         return time.monotonic() - self.last_tick < self.stall_seconds
 
     def ready(self) -> bool:
-        return bool(self.dependencies) and all(self.dependencies.values())
+        return self.readiness()[0]
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Whether the worker is ready, and each dependency's and check's state."""
+        states = {**self.dependencies, **{name: check() for name, check in self.checks.items()}}
+        return bool(self.dependencies) and all(states.values()), states
 
 
 def serve(health: Health, *, host: str, port: int) -> ThreadingHTTPServer:
@@ -42,7 +52,8 @@ def serve(health: Health, *, host: str, port: int) -> ThreadingHTTPServer:
             if self.path == "/healthz":
                 self._json(200 if health.alive() else 503, {"alive": health.alive()})
             elif self.path == "/readyz":
-                self._json(200 if health.ready() else 503, {"ready": health.ready(), **health.dependencies})
+                ready, states = health.readiness()
+                self._json(200 if ready else 503, {"ready": ready, **states})
             elif self.path == "/metrics":
                 body = generate_latest(REGISTRY)
                 self.send_response(200)

@@ -14,3 +14,5 @@ from sender.settings import INSTALLED_APPS as sender_apps
 
 # Every app of any process, once each, in the order the processes list them.
 INSTALLED_APPS = list(dict.fromkeys(command_api_apps + query_api_apps + outbox_relay_apps + sender_apps))
+# The scheduler's own liveness command (manage.py scheduler_alive); it has no models.
+INSTALLED_APPS.append("core.scheduler")

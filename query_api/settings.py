@@ -20,6 +20,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.http_metrics.RequestMetricsMiddleware",  # first: it counts every answer, refusals included
     "core.middleware.CorrelationIdMiddleware",
+    # Before anything reads the Host: the probes' is the pod's IP, never an allowed host.
+    "core.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",

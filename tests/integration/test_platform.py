@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_health_and_readiness(api_client):
     assert api_client.get("/healthz").json() == {"status": "ok"}
-    assert api_client.get("/readyz").json() == {"status": "ok", "database": "ok"}
+    assert api_client.get("/readyz").json() == {"status": "ok", "database": "ok", "migrations": "ok"}
 
 
 @pytest.mark.parametrize("settings_module", ["command_api.settings", "query_api.settings"])

@@ -160,7 +160,7 @@ def test_the_relay_process_serves_probes_and_metrics_and_exits_0_on_sigterm(topo
     broker.wait_for(lambda: broker.published_count(ids) == 3, timeout=10, message="3 published")
     assert relay.get("/healthz")[0] == 200
     status, body = relay.get("/readyz")
-    assert status == 200 and json.loads(body) == {"ready": True, "postgres": True, "rabbitmq": True}
+    assert status == 200 and json.loads(body) == {"ready": True, "postgres": True, "rabbitmq": True, "migrations": True}
 
     def published_metric():
         metrics = relay.get("/metrics")[1]
