@@ -192,7 +192,8 @@ def connection_budget(overlay: str) -> tuple[dict[str, int], dict[str, int], dic
     pgbouncer = pgbouncer_settings(objects)
     direct, pooled = {}, {}
     for obj, container in containers(objects):
-        name = obj["metadata"]["name"]
+        # A Job is named after its release (migrate-<tag>): count it by its container's name.
+        name = container["name"] if obj["kind"] == "Job" else obj["metadata"]["name"]
         if name in NOT_POSTGRES_CLIENTS:
             continue
         env = env_of(container, config)

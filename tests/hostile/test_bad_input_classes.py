@@ -296,10 +296,9 @@ def loop_template(db):
 
 def test_loops_that_multiply_with_the_context_are_refused_naming_the_limit(user_client, loop_template):
     body = refused(send(user_client, loop_template, context={"items": list(range(1000))}), "context")
-    assert (
-        "RENDER_MAX_BYTES" in body["errors"]["context"][0]
-        or "RENDER_MAX_LOOP_ITERATIONS" in body["errors"]["context"][0]
-    )
+    # Whichever limit a render meets first names itself: on a loaded machine, the clock may.
+    message = body["errors"]["context"][0]
+    assert any(limit in message for limit in ("RENDER_MAX_BYTES", "RENDER_MAX_LOOP_ITERATIONS", "RENDER_TIMEOUT_MS"))
     assert nothing_sent()
 
 
