@@ -1,6 +1,7 @@
 """Benchmark: one sender process against the fake SendGrid with added latency.
 
     .venv/bin/python bench/sender.py [--latency-ms 100] [--single 6000] [--bulk 200] [--concurrency 64]
+    .venv/bin/python bench/sender.py --cpu 1 --latency-ms 250     # one sender held to one CPU
 
 Two runs, each with the sender queue filled first and one sender process started on it:
   1. --single emails with one recipient each: emails/s;
@@ -94,8 +95,13 @@ def run(topology, *, emails: int, recipients: int, fake_url: str, args) -> tuple
         "LOG_LEVEL": "WARNING",
         "LOG_JSON": "true",
     }
+    if not args.prepared_statements:
+        env["POSTGRES_PREPARED_STATEMENTS"] = "false"  # as behind PgBouncer
+    pinned = ["taskset", "-c", str(args.cpu)] if args.cpu is not None else []
     sender = subprocess.Popen(
-        [sys.executable, "-m", "sender", "run", "--http-host", "127.0.0.1", "--http-port", "9312"], cwd=ROOT, env=env
+        [*pinned, sys.executable, "-m", "sender", "run", "--http-host", "127.0.0.1", "--http-port", "9312"],
+        cwd=ROOT,
+        env=env,
     )
     wait_http("http://127.0.0.1:9312/readyz")
     started, cpu_before = time.perf_counter(), cpu_seconds(sender.pid)
@@ -122,7 +128,14 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=200, help="100-recipient emails")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--prefetch", type=int, default=200)
-    parser.add_argument("--pool", type=int, default=16)
+    parser.add_argument("--pool", type=int, default=4, help="SENDER_DB_POOL_SIZE (the manifests' 4)")
+    parser.add_argument("--cpu", type=int, default=None, help="pin the sender to this one CPU (taskset): a 1-CPU limit")
+    parser.add_argument(
+        "--prepared-statements",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="off by default, as behind PgBouncer in the manifests",
+    )
     parser.add_argument("--database", default="emails_bench_sender")
     args = parser.parse_args()
     setup_django(database=args.database, settings_module="deployment.settings", prefix=PREFIX)

@@ -274,3 +274,14 @@ def test_the_pgbouncer_password_comes_from_the_secret():
     assert {"secretRef": {"name": "emails-secrets"}} in init["envFrom"]
     assert "POSTGRES_PASSWORD" in secret_keys() and "$POSTGRES_PASSWORD" in init["command"][-1]
     assert "password" not in named(objects, "ConfigMap", "pgbouncer-config")["data"]["pgbouncer.ini"].lower()
+
+
+@pytest.mark.parametrize("overlay", ["overlays/minikube", "overlays/minikube-keda", "overlays/production"])
+def test_an_autoscaled_deployment_leaves_its_count_to_the_autoscaler(overlay):
+    objects = render(overlay)
+    scaled = {
+        o["spec"]["scaleTargetRef"]["name"] for o in objects if o["kind"] in {"HorizontalPodAutoscaler", "ScaledObject"}
+    }
+    assert "sender" in scaled
+    for name in scaled:
+        assert "replicas" not in named(objects, "Deployment", name)["spec"], f"{name}: an apply would reset the scale"
