@@ -133,3 +133,32 @@ def fake_sendgrid():
     yield fake, f"http://127.0.0.1:{port}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def fresh_database():
+    """A database of the test's own, dropped afterwards. Copied from template0, which takes no
+    connections: template1's copy fails while anyone else on the server is connected to it."""
+    import uuid
+
+    import psycopg2
+    from django.db import connection
+
+    settings = connection.settings_dict
+    name = f"emails_fresh_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        dbname="postgres",
+    )
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -10,12 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
-import psycopg2
 import pytest
 import yaml
-from django.db import connection
 
 from tests.deploy.test_manifests import MANIFESTS, OVERLAYS, render
 from tests.system import ROOT
@@ -65,30 +62,6 @@ class Probe:
 
 bootstrap.run_worker(argparse.Namespace(http_host="127.0.0.1", http_port=port), Probe)
 """
-
-
-@pytest.fixture
-def fresh_database():
-    """A database of this test's own, dropped afterwards. Copied from template0, which takes no
-    connections: template1's copy fails while anyone else on the server is connected to it."""
-    settings = connection.settings_dict
-    name = f"emails_probes_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        password=settings["PASSWORD"],
-        dbname="postgres",
-    )
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    try:
-        yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def overlay_config(objects) -> dict:

@@ -5,11 +5,6 @@ needs, the throttles' included."""
 import os
 import subprocess
 import sys
-import uuid
-
-import psycopg2
-import pytest
-from django.db import connection
 
 from tests.system import ROOT
 
@@ -23,28 +18,6 @@ print([client.post("/api/v1/users/login/", body, content_type="application/json"
 print([client.post("/api/v1/users/register/", json.dumps({"email": f"u{n}@example.com", "username": f"u{n}",
        "password": "quiet-meadow-Lantern-42"}), content_type="application/json").status_code for n in range(3)])
 """
-
-
-@pytest.fixture
-def fresh_database():
-    settings = connection.settings_dict
-    name = f"emails_fresh_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        password=settings["PASSWORD"],
-        dbname="postgres",
-    )
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_migrate_alone_makes_the_login_and_registration_throttles_work(fresh_database):

@@ -345,6 +345,24 @@ def send_event(topology, event: EmailRequested, times: int = 1) -> None:
         broker.publish(topology, event.to_dict(), message_id=event.event_id)
 
 
+def processed_report(event, provider_message_id: str) -> EmailDeliveryStatus:
+    """SendGrid's `processed` for ann@example.com of `event`, as the webhook relays it."""
+    return EmailDeliveryStatus(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at="2026-11-30T10:00:01+00:00",
+        email_id=1,
+        request_event_id=event.event_id,
+        recipient="ann@example.com",
+        status="processed",
+        provider="sendgrid",
+        provider_event_id="sg-1",
+        provider_message_id=provider_message_id,
+        reason="",
+        reported_at="2026-11-30T10:00:00+00:00",
+    )
+
+
 def delivered(event) -> bool:
     now = states(event)  # read once: a claim's rows may appear between two reads
     return len(now) == len(event.recipients) and all(state == "sent" for state, _ in now.values())
@@ -543,20 +561,7 @@ def test_a_report_on_its_last_delivery_is_refreshed_not_dead_lettered(topology, 
     sender.wait_ready()
     event = request(["ann@example.com"])
     store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
-    report = EmailDeliveryStatus(
-        event_id=str(uuid.uuid4()),
-        correlation_id="c",
-        occurred_at="2026-11-30T10:00:01+00:00",
-        email_id=1,
-        request_event_id=event.event_id,
-        recipient="ann@example.com",
-        status="processed",
-        provider="sendgrid",
-        provider_event_id="sg-1",
-        provider_message_id="m9.filter0001.1.0",
-        reason="",
-        reported_at="2026-11-30T10:00:00+00:00",
-    )
+    report = processed_report(event, "m9.filter0001.1.0")
     limit = topology.consumer("sender-receipts").delivery_limit
     broker.publish(
         topology,
@@ -579,22 +584,7 @@ def test_the_providers_reports_reach_the_deliveries(topology, senders, fake_send
     sender.wait_ready()
     event = request(["ann@example.com", "bob@example.org"])
     store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
-    items = [
-        EmailDeliveryStatus(
-            event_id=str(uuid.uuid4()),
-            correlation_id="c",
-            occurred_at="2026-11-30T10:00:01+00:00",
-            email_id=1,
-            request_event_id=event.event_id,
-            recipient="ann@example.com",
-            status="processed",
-            provider="sendgrid",
-            provider_event_id="sg-1",
-            provider_message_id="m123.filter0001.1.0",
-            reason="",
-            reported_at="2026-11-30T10:00:00+00:00",
-        ).to_dict()
-    ]
+    items = [processed_report(event, "m123.filter0001.1.0").to_dict()]
     batch = EmailDeliveryStatuses(
         event_id=str(uuid.uuid4()), correlation_id="c", occurred_at="2026-11-30T10:00:01+00:00", statuses=tuple(items)
     )
