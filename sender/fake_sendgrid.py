@@ -37,7 +37,8 @@ through the webhook, or refused at once with 400), verified_senders (empty: any)
 Keys: FAKE_SENDGRID_API_KEYS, comma-separated `key:scope scope`; default `SG.fake-key:mail.send`.
 Event Webhook: with FAKE_SENDGRID_WEBHOOK_URL set it posts processed, then delivered or bounce
 events for every accepted recipient, in batches, signed with ECDSA (P-256, SHA-256) as SendGrid
-does; the private key comes from FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY (PEM) or is made at start.
+does; the private key comes from FAKE_SENDGRID_WEBHOOK_KEY_FILE (a PEM file, made there the first
+time), FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY (PEM) or is made at start.
 A failed post is retried with the next batch until it succeeds.
 
 It keeps the latest FAKE_SENDGRID_STORE_LIMIT messages (default 100,000) with their webhook events.
@@ -60,6 +61,7 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
@@ -848,6 +850,22 @@ def make_handler(fake: FakeSendGrid):
     return Handler
 
 
+def webhook_key_file(path: Path) -> str:
+    """The PEM in `path`, made there (readable by its owner only) when the file is missing, so
+    that the key, and the public key the command API was given, survive the fake's restarts."""
+    if not path.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            file.write(pem)
+    return path.read_text()
+
+
 def serve(fake: FakeSendGrid, *, host: str, port: int) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer((host, port), make_handler(fake))
     server.daemon_threads = True
@@ -861,14 +879,32 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--host", default=os.environ.get("FAKE_SENDGRID_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("FAKE_SENDGRID_PORT", "8025")))
+    parser.add_argument(
+        "--webhook-key-file",
+        default=os.environ.get("FAKE_SENDGRID_WEBHOOK_KEY_FILE", ""),
+        help="the Event Webhook's signing key (PEM), made there the first time: it outlives restarts",
+    )
+    parser.add_argument(
+        "--print-webhook-public-key",
+        action="store_true",
+        help="print the public key of --webhook-key-file (SendGrid's format) and exit",
+    )
     args = parser.parse_args(argv)
+    private_key_pem = os.environ.get("FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY", "")
+    if args.webhook_key_file:
+        private_key_pem = webhook_key_file(Path(args.webhook_key_file))
+    elif args.print_webhook_public_key:
+        parser.error("--print-webhook-public-key needs --webhook-key-file")
     fake = FakeSendGrid(
         keys=parse_keys(os.environ.get("FAKE_SENDGRID_API_KEYS", "SG.fake-key:mail.send")),
         faults=Faults.from_env(),
         store_limit=int(os.environ.get("FAKE_SENDGRID_STORE_LIMIT", "100000")),
         webhook_url=os.environ.get("FAKE_SENDGRID_WEBHOOK_URL", ""),
-        webhook_private_key_pem=os.environ.get("FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY", ""),
+        webhook_private_key_pem=private_key_pem,
     )
+    if args.print_webhook_public_key:
+        print(fake.public_key())
+        return
     server = serve(fake, host=args.host, port=args.port)
     print(
         json.dumps(

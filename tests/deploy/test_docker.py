@@ -56,14 +56,20 @@ RUNTIME_ENV = {"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "check-only", "LOG_
 INHERITED_ENV = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
 
 
-@pytest.mark.parametrize("target", [t for t, s in stages().items() if s["cmd"]])
-def test_each_target_command_resolves_in_what_its_image_holds(target, tmp_path):
+def copy_image(target: str, dest: Path) -> Path:
+    """What the target's image holds of the repository, copied into `dest` (its /app)."""
     for source in image_sources(target):
         if (ROOT / source).is_dir():
-            shutil.copytree(ROOT / source, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(ROOT / source, dest / source, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / source, tmp_path / source)
+            (dest / source).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, dest / source)
+    return dest
+
+
+@pytest.mark.parametrize("target", [t for t, s in stages().items() if s["cmd"]])
+def test_each_target_command_resolves_in_what_its_image_holds(target, tmp_path):
+    copy_image(target, tmp_path)
     command = stages()[target]["cmd"]
     if command[0] == "gunicorn":  # imports the WSGI app with the config, serves nothing
         args = [sys.executable, "-m", "gunicorn", *command[1:], "--check-config"]
