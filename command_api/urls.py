@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/v1/emails/", include("command_api.emails.urls")),
     path("api/v1/ops/", include("command_api.ops.urls")),
     path("api/v1/webhooks/", include("command_api.webhooks.urls")),
+    path("api/v1/webhook-endpoints/", include("command_api.client_webhooks.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -240,6 +240,29 @@ RECONCILE_GRACE_SECONDS = env_int("RECONCILE_GRACE_SECONDS", 300)
 # many legitimately so for hours while their retries run.
 EMAIL_STUCK_AFTER_SECONDS = env_int("EMAIL_STUCK_AFTER_SECONDS", 900)
 
+# Status webhooks to clients (core.client_webhooks; the notifier delivers them). The waits between
+# a message's attempts after failures: one more attempt than there are tiers, then the message has
+# failed. The default is Svix's: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h later.
+CLIENT_WEBHOOKS_RETRY_SCHEDULE = env_durations("CLIENT_WEBHOOKS_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h")
+# An endpoint whose every attempt has failed for this long is disabled, with the reason.
+CLIENT_WEBHOOKS_DISABLE_AFTER = env_durations("CLIENT_WEBHOOKS_DISABLE_AFTER", "5d")[0]
+# Development only: endpoints on loopback, private and link-local addresses, and plain http.
+CLIENT_WEBHOOKS_ALLOW_PRIVATE = env_bool("CLIENT_WEBHOOKS_ALLOW_PRIVATE", False)
+CLIENT_WEBHOOKS_ALLOW_HTTP = env_bool("CLIENT_WEBHOOKS_ALLOW_HTTP", False)
+CLIENT_WEBHOOKS_TIMEOUT_SECONDS = env_int("CLIENT_WEBHOOKS_TIMEOUT_SECONDS", 15)
+# Delivery threads of one notifier, and at most this many of them on one endpoint at a time (a
+# hanging endpoint holds no more, whatever its backlog).
+CLIENT_WEBHOOKS_CONCURRENCY = env_int("CLIENT_WEBHOOKS_CONCURRENCY", 32)
+CLIENT_WEBHOOKS_PER_ENDPOINT = env_int("CLIENT_WEBHOOKS_PER_ENDPOINT", 4)
+CLIENT_WEBHOOKS_POLL_INTERVAL_MS = env_int("CLIENT_WEBHOOKS_POLL_INTERVAL_MS", 1000)
+# The projector NOTIFYs this channel when a batch queued messages; off leaves it to polling.
+CLIENT_WEBHOOKS_NOTIFY = env_bool("CLIENT_WEBHOOKS_NOTIFY", True)
+CLIENT_WEBHOOKS_NOTIFY_CHANNEL = env_str("CLIENT_WEBHOOKS_NOTIFY_CHANNEL", "client_webhooks")
+# After rotating a secret, deliveries are signed with the old one too for this long.
+CLIENT_WEBHOOKS_SECRET_OVERLAP_SECONDS = env_int("CLIENT_WEBHOOKS_SECRET_OVERLAP_SECONDS", 24 * 3600)
+CLIENT_WEBHOOKS_RETENTION_DAYS = env_int("CLIENT_WEBHOOKS_RETENTION_DAYS", 30)
+NOTIFIER_HTTP_PORT = env_int("NOTIFIER_HTTP_PORT", 9104)
+
 # SendGrid Event Webhook: SendGrid's verification key (base64, as its settings page shows it).
 SENDGRID_WEBHOOK_PUBLIC_KEY = env_str("SENDGRID_WEBHOOK_PUBLIC_KEY", "")
 SENDGRID_WEBHOOK_MAX_AGE_SECONDS = env_int("SENDGRID_WEBHOOK_MAX_AGE_SECONDS", 600)

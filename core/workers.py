@@ -111,6 +111,7 @@ class ReconnectingWorker(StoppableWorker):
     """
 
     name: str
+    uses_broker = True  # False: a worker of Postgres alone (no broker step, no rabbitmq readiness)
     broker_outage: tuple[type[BaseException], ...] = BROKER_OUTAGE
 
     def __init__(self, health, failures=None):
@@ -129,8 +130,9 @@ class ReconnectingWorker(StoppableWorker):
             try:
                 self.open_postgres()
                 self.outages.up("postgres")
-                self.open_broker()
-                self.outages.up("rabbitmq")
+                if self.uses_broker:
+                    self.open_broker()
+                    self.outages.up("rabbitmq")
                 backoff.reset()
                 self.work()
             except POSTGRES_OUTAGE as exc:

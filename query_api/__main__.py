@@ -31,6 +31,7 @@ def command_project(args) -> int:
             batch_size=settings.PROJECTOR_BATCH_SIZE,
             batch_wait=settings.PROJECTOR_BATCH_WAIT_MS / 1000,
             stuck_after=settings.EMAIL_STUCK_AFTER_SECONDS,
+            webhooks_channel=settings.CLIENT_WEBHOOKS_NOTIFY_CHANNEL if settings.CLIENT_WEBHOOKS_NOTIFY else None,
         ),
     )
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import structlog
 from prometheus_client import Counter
 
+from core.client_webhooks.queueing import StatusChange, messages_queue
 from core.contracts import (
     ContractError,
     EmailDeliveryStatus,
@@ -44,6 +45,7 @@ COLUMNS = (
     "recipient_status",
     "status",
     "last_event_at",
+    "status_seq",
 )
 
 MARK_PROCESSED_SQL = """
@@ -104,6 +106,20 @@ def write_history(cursor, history: list[dict], *, table: str = "read_sent_email_
         )
 
 
+def status_change(owner_id: int, email_id: int, change: Change) -> StatusChange:
+    """`change` as the client webhooks take it (core.client_webhooks knows no projection)."""
+    return StatusChange(
+        owner_id=owner_id,
+        email_id=email_id,
+        sequence=change.sequence,
+        status=change.status,
+        recipient=change.recipient,
+        at=change.at,
+        detail=change.detail[:1000],
+        event_id=change.event_id,
+    )
+
+
 def _row_from_db(values) -> Row:
     data = dict(zip(COLUMNS, values, strict=True))
     for key in ("created", "last_event_at"):
@@ -112,10 +128,12 @@ def _row_from_db(values) -> Row:
     return Row(**data)
 
 
-def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
+def apply_batch(conn, events: list[Event], *, webhooks_channel: str | None = None) -> tuple[int, int]:
     """Apply `events` in one transaction of `conn`; returns (applied, skipped as duplicates),
-    counting the items of an `email.delivery_statuses` one by one. Raises on any database error,
-    after rolling back: nothing of the batch is kept."""
+    counting the items of an `email.delivery_statuses` one by one. The same transaction queues
+    the status changes for the owners' webhook endpoints (core.client_webhooks), with a NOTIFY on
+    `webhooks_channel` when it queued any. Raises on any database error, after rolling back:
+    nothing of the batch is kept."""
     items = [item for event in events for item in unbatched(event)]
     try:
         with conn.cursor() as cursor:
@@ -132,13 +150,16 @@ def apply_batch(conn, events: list[Event]) -> tuple[int, int]:
                 cursor.execute(ENSURE_ROWS_SQL, [email_ids])
                 cursor.execute(LOCK_ROWS_SQL, [email_ids])
                 rows = {values[0]: _row_from_db(values) for values in cursor.fetchall()}
-                history = [
-                    history_entry(event.email_id, change)
-                    for event in fresh
-                    for change in apply(rows[event.email_id], event)
-                ]
+                history, changes = [], []
+                for event in fresh:
+                    row = rows[event.email_id]
+                    for change in apply(row, event):
+                        history.append(history_entry(event.email_id, change))
+                        if row.owner_id is not None:
+                            changes.append(status_change(row.owner_id, event.email_id, change))
                 cursor.execute(WRITE_ROWS_SQL, [json.dumps([vars(r) for r in rows.values()])])
                 write_history(cursor, history)
+                messages_queue(cursor, changes, notify_channel=webhooks_channel)
         conn.commit()
     except BaseException:
         if not conn.closed:

@@ -22,6 +22,9 @@ class SentEmailLog(models.Model):
     recipient_status = models.JSONField(default=dict, help_text="address -> {status, at, provider_message_id, reason}")
     status = models.CharField(max_length=24, default="queued")
     last_event_at = models.DateTimeField(null=True)
+    status_seq = models.IntegerField(
+        default=0, db_default=0, help_text="Status changes applied so far: the sequence number clients' webhooks carry."
+    )
 
     class Meta:
         db_table = "read_sent_email"

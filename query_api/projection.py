@@ -60,6 +60,9 @@ class Row:
     recipient_status: dict[str, dict] = field(default_factory=dict)
     status: str = "queued"
     last_event_at: str | None = None
+    # One more for every status change applied to the email: a later change has a higher number,
+    # which clients' webhooks carry so that a stale delivery can be told apart.
+    status_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Change:
     status: str
     at: str
     detail: str = ""
+    sequence: int = 0  # the row's status_seq once this change was applied
 
 
 # The sender's own outcomes: between two of them the later one stands, whatever their ranks, so
@@ -97,7 +101,8 @@ def apply(row: Row, event: Event) -> list[Change]:
     changes: list[Change] = []
 
     def record(recipient, status, at, detail=""):
-        changes.append(Change(event.event_id, event.TYPE, recipient, status, at, detail))
+        row.status_seq += 1
+        changes.append(Change(event.event_id, event.TYPE, recipient, status, at, detail, row.status_seq))
 
     if isinstance(event, EmailRequested):
         row.owner_id = event.owner_id

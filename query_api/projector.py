@@ -67,11 +67,13 @@ class ProjectorWorker(ReconnectingWorker):
         batch_wait: float = 0.05,
         stuck_after: float = 900,
         stats_interval: float = 5.0,
+        webhooks_channel: str | None = None,
     ):
         super().__init__(health)
         self.broker_url, self.topology, self.database = broker_url, topology, database
         self.batch_size, self.batch_wait = batch_size, batch_wait
         self.stuck_after, self.stats_interval = stuck_after, stats_interval
+        self.webhooks_channel = webhooks_channel  # NOTIFYed when a batch queued client webhooks
         self._next_stats = 0.0
         self._conn: PgConnection | None = None
         self._amqp: pika.BlockingConnection | None = None
@@ -197,7 +199,7 @@ class ProjectorWorker(ReconnectingWorker):
     def _flush(self, channel, pending) -> None:
         started = time.perf_counter()
         try:
-            apply_batch(self._db, [event for _, event in pending])
+            apply_batch(self._db, [event for _, event in pending], webhooks_channel=self.webhooks_channel)
             channel.basic_ack(pending[-1][0], multiple=True)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             raise  # an outage: the unacked messages return when the connection closes
@@ -205,7 +207,7 @@ class ProjectorWorker(ReconnectingWorker):
             log.warning("projector_batch_failed_retrying_singly", events=len(pending), error=str(exc)[:300])
             for tag, event in pending:
                 try:
-                    apply_batch(self._db, [event])
+                    apply_batch(self._db, [event], webhooks_channel=self.webhooks_channel)
                     channel.basic_ack(tag)
                 except (psycopg2.OperationalError, psycopg2.InterfaceError):
                     raise

@@ -154,7 +154,12 @@ def _write(
     """Write `rows` and replace their history; a row of `only_new` is written only if no row of its
     id exists by then (another writer made it meanwhile: it stands). Returns the rows written."""
     if rows:
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id")
+        # A status sequence never goes down: clients' webhooks have carried the higher numbers.
+        updates = ", ".join(
+            f"{c} = GREATEST({table}.{c}, EXCLUDED.{c})" if c == "status_seq" else f"{c} = EXCLUDED.{c}"
+            for c in COLUMNS
+            if c != "id"
+        )
         cursor.execute(
             f"""INSERT INTO {table} ({", ".join(COLUMNS)})
                 SELECT {", ".join(COLUMNS)} FROM json_populate_recordset(NULL::read_sent_email, %s)
@@ -209,6 +214,12 @@ def read_model_rebuild(*, progress: Callable[[int, int], object] | None = None) 
         for start in range(0, len(changed), CHUNK):
             rows, history = build_rows(cursor, changed[start : start + CHUNK])
             _write(cursor, "read_sent_email_new", "read_sent_email_event_new", rows, history)
+        # Sequence numbers the live rows reached stand: webhooks have told clients of them, and a
+        # change after the rebuild must still carry a higher one.
+        cursor.execute(
+            """UPDATE read_sent_email_new n SET status_seq = o.status_seq
+                 FROM read_sent_email o WHERE o.id = n.id AND o.status_seq > n.status_seq"""
+        )
         # Keep the live names of indexes and constraints, so migrations still find them.
         names = {}
         for table in ("read_sent_email", "read_sent_email_event"):

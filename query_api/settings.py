@@ -15,6 +15,7 @@ INSTALLED_APPS = [
     *INSTALLED_APPS,  # noqa: F405
     "core.accounts",
     "query_api",
+    "core.client_webhooks",
 ]
 # No sessions, no admin, no logins: a token on every request (DRF authenticates it).
 MIDDLEWARE = [

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("command_api", "query_api", "outbox_relay", "sender")
+SERVICES = ("command_api", "query_api", "outbox_relay", "sender", "notifier")
 # The repository's own top-level packages; any other import is the standard library's or a
 # third-party package's.
 PROJECT = {path.name for path in ROOT.iterdir() if (path / "__init__.py").is_file()}

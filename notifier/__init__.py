@@ -1,0 +1,1 @@
+"""The notifier: delivers the client webhooks' messages (core.client_webhooks) to users' endpoints."""

@@ -1,0 +1,16 @@
+"""Settings of the notifier worker.
+
+It reaches Postgres through its own connection (core/db.py), never through the ORM; it installs
+the client webhooks' app (and the accounts app its endpoints belong to) so that its readiness
+waits for their migrations.
+"""
+
+from core.settings import *  # noqa: F401,F403
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    *INSTALLED_APPS,  # noqa: F405
+    "core.accounts",
+    "core.client_webhooks",
+]
