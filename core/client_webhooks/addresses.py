@@ -24,11 +24,8 @@ class AddressRefused(ValueError):
     """The URL or an address it resolves to may not be posted to; the message says why."""
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+def _tunnelled_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a 6to4 or Teredo address carries."""
     if ip.sixtofour is not None:
         return ip.sixtofour
     if ip.teredo is not None:
@@ -38,9 +35,15 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 def address_problem(ip: IPAddress) -> str | None:
     """Why `ip` is no place to post a webhook to, or None if it is a public address."""
-    inner = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
-    if inner is not None and (problem := address_problem(inner)):
-        return f"{problem} (inside {ip})"
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4-mapped or NAT64 address reaches the IPv4 address inside: that one decides.
+        inner = ip.ipv4_mapped or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None)
+        if inner is not None:
+            problem = address_problem(inner)
+            return f"{problem} (inside {ip})" if problem else None
+        tunnelled = _tunnelled_ipv4(ip)
+        if tunnelled is not None and (problem := address_problem(tunnelled)):
+            return f"{problem} (inside {ip})"
     for attribute, name in (
         ("is_unspecified", "an unspecified address"),
         ("is_loopback", "a loopback address"),
