@@ -87,6 +87,7 @@ SERVICE_PACKAGES = {
     "outbox-relay": "outbox_relay",
     "sender": "sender",
     "projector": "query_api",
+    "notifier": "notifier",
 }
 
 
@@ -107,6 +108,7 @@ def test_compose_parses_and_names_only_existing_targets():
         "outbox-relay",
         "sender",
         "projector",
+        "notifier",
         "scheduler",
         "fake-sendgrid",
     }

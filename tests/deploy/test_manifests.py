@@ -115,7 +115,7 @@ def test_keda_validation_really_rejects_a_bad_scaled_object(spec_changes, trigge
 def env_names_read_by_the_code() -> set[str]:
     names = set()
     pattern = re.compile(r"""(?:env_(?:str|int|bool|list)|os\.environ\.get)\(\s*["']([A-Z][A-Z0-9_]+)["']""")
-    for folder in ("core", "command_api", "query_api", "outbox_relay", "sender", "docker"):
+    for folder in ("core", "command_api", "query_api", "outbox_relay", "sender", "notifier", "docker"):
         for path in (ROOT / folder).rglob("*.py"):
             if path.name == "fake_sendgrid.py":  # the fake is configured by its own FAKE_SENDGRID_* variables
                 continue
@@ -132,6 +132,7 @@ LOCAL_ONLY = {
     "OUTBOX_RELAY_HTTP_HOST",
     "SENDER_HTTP_HOST",
     "PROJECTOR_HTTP_HOST",
+    "NOTIFIER_HTTP_HOST",
     "OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM",
     "DEMO_ADMIN_EMAIL",
     "DEMO_ADMIN_PASSWORD",
@@ -182,6 +183,7 @@ def test_images_and_ports_agree_with_docker(overlay):
         "outbox-relay": int(config["OUTBOX_RELAY_HTTP_PORT"]),
         "sender": int(config["SENDER_HTTP_PORT"]),
         "projector": int(config["PROJECTOR_HTTP_PORT"]),
+        "notifier": int(config["NOTIFIER_HTTP_PORT"]),
         "fake-sendgrid": 8025,
     }
     for obj, container in containers(objects):

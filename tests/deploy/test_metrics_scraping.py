@@ -4,7 +4,7 @@ Service or route leads to them."""
 
 from tests.deploy.test_manifests import containers, render
 
-SCRAPED = {"command-api", "query-api", "outbox-relay", "sender", "projector"}
+SCRAPED = {"command-api", "query-api", "outbox-relay", "sender", "projector", "notifier"}
 
 
 def test_every_service_is_scraped_on_a_port_only_monitoring_reaches():

@@ -134,6 +134,8 @@ def connections_per_pod(name: str, env: dict, pgbouncer: dict) -> int:
         return 1 + (env["OUTBOX_NOTIFY"] == "true")  # its work connection, and one that LISTENs
     if name == "projector":
         return 1
+    if name == "notifier":
+        return 1 + (env["CLIENT_WEBHOOKS_NOTIFY"] == "true")  # its work connection, and one that LISTENs
     if name == "scheduler":
         # django-q2: each worker, the pusher (ORM broker), the monitor (results), the sentinel's
         # scheduler, and the liveness probe's qmonitor.
@@ -223,6 +225,7 @@ def test_the_budget_is_the_readme_arithmetic():
         "command-api": 6,
         "query-api": 6,
         "outbox-relay": 6,
+        "notifier": 4,
         "scheduler": 12,
         "pgbouncer": 45,
     }
@@ -247,7 +250,7 @@ def test_what_cannot_cross_a_transaction_pool_goes_direct(overlay):
         env = env_of(container, config)
         if env["POSTGRES_HOST"] == "pgbouncer":
             assert env["POSTGRES_PREPARED_STATEMENTS"] == "false", name
-            assert name != "outbox-relay", "the relay LISTENs: a transaction pool would drop it"
+            assert name not in {"outbox-relay", "notifier"}, f"{name} LISTENs: a transaction pool would drop it"
         else:
             assert env["POSTGRES_HOST"] == config["POSTGRES_HOST"], name
     deployment = named(objects, "Deployment", "pgbouncer")
