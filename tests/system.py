@@ -64,7 +64,9 @@ class Http:
 
 class System:
     COMPONENTS = ("command_api", "query_api", "outbox_relay", "sender", "projector", "fake_sendgrid")
-    OPTIONAL = ("gateway",)  # started only when asked for: the fault tests call the APIs directly
+    # Started only when asked for: the fault tests call the APIs directly, and only the client
+    # webhooks' benchmark needs the notifier (start("notifier")).
+    OPTIONAL = ("gateway", "notifier")
 
     def __init__(
         self,
@@ -151,6 +153,7 @@ class System:
             "outbox_relay": ([sys.executable, "-m", "outbox_relay", "run", *worker], {}),
             "sender": ([sys.executable, "-m", "sender", "run", *worker], {}),
             "projector": ([sys.executable, "-m", "query_api", "project", *worker], {}),
+            "notifier": ([sys.executable, "-m", "notifier", "run", *worker], {}),
             "fake_sendgrid": ([sys.executable, "-m", "sender.fake_sendgrid", "--port", port], {}),
             # Caddy's data directory (an instance id, its storage locks) stays with the logs.
             "gateway": (
