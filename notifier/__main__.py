@@ -32,7 +32,8 @@ def command_run(args) -> int:
                 # message comes back to another notifier only if this one died with it.
                 lease_seconds=2 * timeout + 30,
             ),
-            poster=Poster(timeout=timeout, connections_per_host=settings.CLIENT_WEBHOOKS_PER_ENDPOINT),
+            # Endpoints on one host share its pool: as many connections as threads.
+            poster=Poster(timeout=timeout, connections_per_host=settings.CLIENT_WEBHOOKS_CONCURRENCY),
             concurrency=settings.CLIENT_WEBHOOKS_CONCURRENCY,
             per_endpoint=settings.CLIENT_WEBHOOKS_PER_ENDPOINT,
             poll_interval=settings.CLIENT_WEBHOOKS_POLL_INTERVAL_MS / 1000,

@@ -16,6 +16,7 @@ Postgres. It wakes on the projector's NOTIFY, on a finished delivery, or every p
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import select
@@ -105,46 +106,54 @@ def deliver(message: Claimed, *, poster: Poster, policy: Policy) -> Answer:
 
 
 def record(conn: PgConnection, results: list[tuple[Claimed, Answer, datetime]], *, policy: Policy) -> list[int]:
-    """Record each attempt and its consequences in one transaction; returns the endpoints it
-    disabled. Raises on a database error (rolled back: the leases bring the messages back)."""
-    disabled = []
+    """Record a batch of attempts and their consequences in one transaction (a few statements,
+    whatever the batch's size): the log, each message's next state on the retry schedule, each
+    endpoint's failing streak (the last outcome of the batch for it decides) and the endpoints
+    whose streak has lasted the whole window, disabled. Returns those. Raises on a database error
+    (rolled back: the leases bring the messages back)."""
+    attempts, outcomes = [], []
+    last_error: dict[int, str | None] = {}  # endpoint -> its last outcome's error (None: it answered)
+    for message, answer, attempted_at in results:
+        error = (answer.error or ("" if answer.ok else f"HTTP {answer.status_code}"))[:500]
+        attempts.append(
+            {
+                "id": message.id,
+                "attempted_at": attempted_at.isoformat(),
+                "status_code": answer.status_code,
+                "duration_ms": answer.duration_ms,
+                "response": answer.response[:500],
+                "error": error,
+            }
+        )
+        done = message.attempts + 1
+        if answer.ok:
+            outcome, wait = "delivered", 0.0
+        elif done <= len(policy.schedule):
+            outcome, wait = "retry", policy.schedule[done - 1]
+        else:
+            outcome, wait = "failed", 0.0
+        outcomes.append({"id": message.id, "outcome": outcome, "error": error, "wait": wait})
+        last_error[message.endpoint_id] = None if answer.ok else error
+    answered = sorted(e for e, error in last_error.items() if error is None)
+    failed = {e: error for e, error in last_error.items() if error is not None}
     try:
         with conn.cursor() as cursor:
-            for message, answer, attempted_at in results:
-                error = answer.error or ("" if answer.ok else f"HTTP {answer.status_code}")
-                cursor.execute(
-                    sql.ATTEMPT_SQL,
-                    {
-                        "id": message.id,
-                        "attempted_at": attempted_at,
-                        "status_code": answer.status_code,
-                        "duration_ms": answer.duration_ms,
-                        "response": answer.response[:500],
-                        "error": error[:500],
-                    },
-                )
-                if answer.ok:
-                    cursor.execute(sql.DELIVERED_SQL, {"id": message.id})
-                    cursor.execute(sql.ENDPOINT_ANSWERED_SQL, [message.endpoint_id])
-                    continue
-                done = message.attempts + 1
-                if done <= len(policy.schedule):
-                    cursor.execute(
-                        sql.RETRY_SQL, {"id": message.id, "error": error[:1000], "wait": policy.schedule[done - 1]}
-                    )
-                else:
-                    cursor.execute(sql.FAILED_SQL, {"id": message.id, "error": error[:1000]})
-                cursor.execute(sql.ENDPOINT_FAILED_SQL, [message.endpoint_id])
+            cursor.execute(sql.ATTEMPTS_SQL, [json.dumps(attempts)])
+            cursor.execute(sql.OUTCOMES_SQL, [json.dumps(outcomes)])
+            disabled: list[int] = []
+            if answered:
+                cursor.execute(sql.ENDPOINTS_ANSWERED_SQL, [answered])
+            if failed:
+                cursor.execute(sql.ENDPOINTS_FAILED_SQL, [sorted(failed)])
                 cursor.execute(
                     sql.DISABLE_SQL,
                     {
-                        "id": message.endpoint_id,
+                        "failed": json.dumps([{"id": e, "error": error[:300]} for e, error in failed.items()]),
                         "seconds": policy.disable_after,
                         "window": _duration(policy.disable_after),
-                        "error": error[:300],
                     },
                 )
-                disabled += [row[0] for row in cursor.fetchall()]
+                disabled = [row[0] for row in cursor.fetchall()]
         conn.commit()
     except BaseException:
         if not conn.closed:

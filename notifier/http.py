@@ -48,17 +48,20 @@ class Poster:
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                common = {"port": target.port, "maxsize": self.connections_per_host, "timeout": self.timeout}
                 if target.scheme == "https":
                     pool = urllib3.HTTPSConnectionPool(
                         target.address,
+                        port=target.port,
+                        maxsize=self.connections_per_host,
+                        timeout=self.timeout,
                         server_hostname=target.host,
                         assert_hostname=target.host,
                         cert_reqs="CERT_REQUIRED",
-                        **common,
                     )
                 else:
-                    pool = urllib3.HTTPConnectionPool(target.address, **common)
+                    pool = urllib3.HTTPConnectionPool(
+                        target.address, port=target.port, maxsize=self.connections_per_host, timeout=self.timeout
+                    )
                 self._pools[key] = pool
             return pool
 

@@ -16,6 +16,7 @@ import structlog
 from prometheus_client import Counter
 
 from core.client_webhooks.queueing import StatusChange, messages_queue
+from core.client_webhooks.sql import owner_has_endpoint
 from core.contracts import (
     ContractError,
     EmailDeliveryStatus,
@@ -62,11 +63,14 @@ ENSURE_ROWS_SQL = """
 LOCK_ROWS_SQL = f"""
     SELECT {", ".join(COLUMNS)} FROM read_sent_email WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
 """
+# Returns the owners of the rows written that have an enabled webhook endpoint: client webhooks
+# cost the batch no statement of their own while nobody has one.
 WRITE_ROWS_SQL = f"""
     UPDATE read_sent_email AS t
        SET {", ".join(f"{c} = s.{c}" for c in COLUMNS if c != "id")}
       FROM json_populate_recordset(NULL::read_sent_email, %s) AS s
      WHERE t.id = s.id
+    RETURNING t.owner_id, {owner_has_endpoint("t.owner_id")}
 """
 HISTORY_COLUMNS = ("email_id", "event_id", "type", "recipient", "status", "at", "detail")
 
@@ -158,8 +162,9 @@ def apply_batch(conn, events: list[Event], *, webhooks_channel: str | None = Non
                         if row.owner_id is not None:
                             changes.append(status_change(row.owner_id, event.email_id, change))
                 cursor.execute(WRITE_ROWS_SQL, [json.dumps([vars(r) for r in rows.values()])])
+                owners = {owner for owner, has_endpoint in cursor.fetchall() if has_endpoint}
                 write_history(cursor, history)
-                messages_queue(cursor, changes, notify_channel=webhooks_channel)
+                messages_queue(cursor, changes, owners=owners, notify_channel=webhooks_channel)
         conn.commit()
     except BaseException:
         if not conn.closed:

@@ -3,8 +3,8 @@
 Called by the projector inside the transaction that applies the batch, so a change and its
 messages commit together or not at all (the feature's outbox: nothing is lost between the read
 model and the notifier, and a batch applied twice queues nothing twice because the projector
-skips events it has processed). With no enabled endpoint among the batch's owners it costs one
-index lookup and nothing else.
+skips events it has processed). With no enabled endpoint among the batch's owners it costs no
+statement: the projector learns it from the statement that writes its rows.
 """
 
 from __future__ import annotations
@@ -50,11 +50,15 @@ def payload(change: StatusChange, event_type: str) -> dict:
     }
 
 
-def messages_queue(cursor, changes: list[StatusChange], *, notify_channel: str | None) -> int:
+def messages_queue(cursor, changes: list[StatusChange], *, owners: set[int], notify_channel: str | None) -> int:
     """Insert one message per change per enabled endpoint of its owner that wants its event type,
-    in the caller's transaction; NOTIFY `notify_channel` (if any) when there is one. Returns how
-    many were queued. Raises on a database error (the caller rolls back)."""
-    typed = [(change, kind) for change in changes if (kind := event_type_for(change.status))]
+    in the caller's transaction; NOTIFY `notify_channel` (if any) when there is one. `owners` are
+    those of the changes' owners the caller knows to have an enabled endpoint (`owner_has_endpoint`);
+    with none, this runs no statement. Returns how many were queued. Raises on a database error
+    (the caller rolls back)."""
+    typed = [
+        (change, kind) for change in changes if change.owner_id in owners and (kind := event_type_for(change.status))
+    ]
     if not typed:
         return 0
     cursor.execute(ENDPOINTS_FOR_OWNERS_SQL, [sorted({change.owner_id for change, _ in typed})])

@@ -11,8 +11,16 @@ ATTEMPT = "client_webhook_attempt"
 
 # The projector -------------------------------------------------------------------------------
 
-# The enabled endpoints of a batch's owners: one index scan of client_webhook_enabled_idx, which
-# holds only enabled endpoints (none at all on a platform where nobody registered one).
+
+def owner_has_endpoint(owner: str) -> str:
+    """An SQL expression: whether the owner in column `owner` has an enabled endpoint. The
+    projector returns it from the statement that writes its rows, so a batch whose owners have no
+    endpoint (every batch, on a platform where nobody registered one) costs no statement more."""
+    return f"EXISTS (SELECT 1 FROM {ENDPOINT} e WHERE e.enabled AND e.owner_id = {owner})"
+
+
+# The enabled endpoints of the batch's owners that have one: an index scan of
+# client_webhook_enabled_idx, which holds only enabled endpoints.
 ENDPOINTS_FOR_OWNERS_SQL = f"""
     SELECT id, owner_id, event_types FROM {ENDPOINT} WHERE enabled AND owner_id = ANY(%s::bigint[])
 """
@@ -46,38 +54,42 @@ CLAIM_SQL = f"""
 LEASE_SQL = f"""
     UPDATE {MESSAGE} SET next_attempt_at = now() + %(lease)s * interval '1 second' WHERE id = ANY(%(ids)s::uuid[])
 """
-ATTEMPT_SQL = f"""
+# A batch of attempts, recorded in a few statements whatever its size: the log rows, then each
+# message's outcome ("delivered", "failed", or "retry" after `wait` seconds). A message replayed
+# meanwhile (pending again, attempts reset) still counts the attempt.
+ATTEMPTS_SQL = f"""
     INSERT INTO {ATTEMPT} (message_id, attempted_at, status_code, duration_ms, response, error)
-    VALUES (%(id)s, %(attempted_at)s, %(status_code)s, %(duration_ms)s, %(response)s, %(error)s)
+    SELECT id, attempted_at, status_code, duration_ms, response, error
+      FROM jsonb_to_recordset(%s::jsonb) AS given(id uuid, attempted_at timestamptz, status_code integer,
+                                                  duration_ms integer, response text, error text)
 """
-# Each outcome counts the attempt; a replay meanwhile (state pending, attempts reset) is kept.
-DELIVERED_SQL = f"""
-    UPDATE {MESSAGE} SET state = 'delivered', attempts = attempts + 1, last_error = '', finished_at = now()
-     WHERE id = %(id)s AND state = 'pending'
+OUTCOMES_SQL = f"""
+    UPDATE {MESSAGE} m
+       SET state = CASE WHEN g.outcome = 'retry' THEN m.state ELSE g.outcome END,
+           attempts = m.attempts + 1,
+           last_error = g.error,
+           next_attempt_at = CASE WHEN g.outcome = 'retry' THEN now() + g.wait * interval '1 second'
+                                  ELSE m.next_attempt_at END,
+           finished_at = CASE WHEN g.outcome = 'retry' THEN NULL ELSE now() END
+      FROM jsonb_to_recordset(%s::jsonb) AS g(id uuid, outcome text, error text, wait float8)
+     WHERE m.id = g.id AND m.state = 'pending'
 """
-RETRY_SQL = f"""
-    UPDATE {MESSAGE}
-       SET attempts = attempts + 1, last_error = %(error)s,
-           next_attempt_at = now() + %(wait)s * interval '1 second'
-     WHERE id = %(id)s AND state = 'pending'
+ENDPOINTS_ANSWERED_SQL = f"""
+    UPDATE {ENDPOINT} SET failing_since = NULL WHERE id = ANY(%s::bigint[]) AND failing_since IS NOT NULL
 """
-FAILED_SQL = f"""
-    UPDATE {MESSAGE} SET state = 'failed', attempts = attempts + 1, last_error = %(error)s, finished_at = now()
-     WHERE id = %(id)s AND state = 'pending'
-"""
-ENDPOINT_ANSWERED_SQL = f"UPDATE {ENDPOINT} SET failing_since = NULL WHERE id = %s AND failing_since IS NOT NULL"
-# A failure starts (or continues) the endpoint's failing streak; one that has lasted the whole
+# A failure starts (or continues) an endpoint's failing streak; one that has lasted the whole
 # window disables the endpoint, with the reason its owner reads in the API.
-ENDPOINT_FAILED_SQL = f"""
-    UPDATE {ENDPOINT} SET failing_since = COALESCE(failing_since, now()) WHERE id = %s AND failing_since IS NULL
+ENDPOINTS_FAILED_SQL = f"""
+    UPDATE {ENDPOINT} SET failing_since = now() WHERE id = ANY(%s::bigint[]) AND failing_since IS NULL
 """
 DISABLE_SQL = f"""
-    UPDATE {ENDPOINT}
+    UPDATE {ENDPOINT} e
        SET enabled = false, disabled_at = now(),
-           disabled_reason = 'Every delivery failed since ' || to_char(failing_since AT TIME ZONE 'UTC',
-                             'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ' (' || %(window)s || '); the last: ' || %(error)s
-     WHERE id = %(id)s AND enabled AND failing_since <= now() - %(seconds)s * interval '1 second'
-    RETURNING id
+           disabled_reason = 'Every delivery failed since ' || to_char(e.failing_since AT TIME ZONE 'UTC',
+                             'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ' (' || %(window)s || '); the last: ' || g.error
+      FROM jsonb_to_recordset(%(failed)s::jsonb) AS g(id bigint, error text)
+     WHERE e.id = g.id AND e.enabled AND e.failing_since <= now() - %(seconds)s * interval '1 second'
+    RETURNING e.id
 """
 BACKLOG_SQL = f"""
     SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)
