@@ -252,8 +252,8 @@ CLIENT_WEBHOOKS_ALLOW_HTTP = env_bool("CLIENT_WEBHOOKS_ALLOW_HTTP", False)
 CLIENT_WEBHOOKS_TIMEOUT_SECONDS = env_int("CLIENT_WEBHOOKS_TIMEOUT_SECONDS", 15)
 # Delivery threads of one notifier, and at most this many of them on one endpoint at a time (a
 # hanging endpoint holds no more, whatever its backlog).
-CLIENT_WEBHOOKS_CONCURRENCY = env_int("CLIENT_WEBHOOKS_CONCURRENCY", 32)
-CLIENT_WEBHOOKS_PER_ENDPOINT = env_int("CLIENT_WEBHOOKS_PER_ENDPOINT", 4)
+CLIENT_WEBHOOKS_CONCURRENCY = env_int("CLIENT_WEBHOOKS_CONCURRENCY", 64)
+CLIENT_WEBHOOKS_PER_ENDPOINT = env_int("CLIENT_WEBHOOKS_PER_ENDPOINT", 8)
 CLIENT_WEBHOOKS_POLL_INTERVAL_MS = env_int("CLIENT_WEBHOOKS_POLL_INTERVAL_MS", 1000)
 # The projector NOTIFYs this channel when a batch queued messages; off leaves it to polling.
 CLIENT_WEBHOOKS_NOTIFY = env_bool("CLIENT_WEBHOOKS_NOTIFY", True)

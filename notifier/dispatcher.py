@@ -191,6 +191,7 @@ class NotifierWorker(ReconnectingWorker):
         poll_interval: float = 1.0,
         notify_channel: str | None = None,
         stats_interval: float = 5.0,
+        gather: float = 0.005,
     ):
         super().__init__(health)
         self.database, self.policy, self.poster = database, policy, poster
@@ -206,6 +207,9 @@ class NotifierWorker(ReconnectingWorker):
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._next_stats = 0.0
+        # After a delivery finishes, wait this long for others before recording and claiming: under
+        # load one round of statements then serves many deliveries instead of one.
+        self.gather = gather
 
     def started_fields(self) -> dict:
         return {"concurrency": self.concurrency, "per_endpoint": self.per_endpoint, "notify": bool(self.notify_channel)}
@@ -304,7 +308,9 @@ class NotifierWorker(ReconnectingWorker):
 
     def _wait(self) -> None:
         fds = [self._stop.fd, self._wake_read] + ([self._listen.fileno()] if self._listen is not None else [])
-        select.select(fds, [], [], self.poll_interval)
+        ready, _, _ = select.select(fds, [], [], self.poll_interval)
+        if self._wake_read in ready and self.gather > 0 and sum(self._in_flight.values()) > 1:
+            self._stop.sleep(self.gather)
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_read, 4096)
         if self._listen is not None:

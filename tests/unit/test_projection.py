@@ -83,8 +83,10 @@ def test_any_order_and_duplicates_give_the_same_row():
         changes = [change for event in order for change in apply(row, event)]
         # The status sequence counts the changes this order made (a sent after its delivered makes
         # none), always 1, 2, 3 … in the order they were made; everything else is the same row.
-        assert [change.sequence for change in changes] == list(range(1, len(changes) + 1)) == list(
-            range(1, row.status_seq + 1)
+        assert (
+            [change.sequence for change in changes]
+            == list(range(1, len(changes) + 1))
+            == list(range(1, row.status_seq + 1))
         )
         assert dataclasses.replace(row, status_seq=expected.status_seq) == expected
     assert expected.status == "partially_failed"
