@@ -106,7 +106,16 @@ def make_fixture():
         recipient_status={"ann@example.com": {"status": "sent"}},
     )
     _, token = AuthToken.objects.create(user=user)
-    return Fixture(token=token, template_id=template.pk, email_id=email.pk)
+    from tests.hostile.conftest import webhook_endpoint_with_message
+
+    endpoint, message = webhook_endpoint_with_message(user, email.pk)
+    return Fixture(
+        token=token,
+        template_id=template.pk,
+        email_id=email.pk,
+        webhook_endpoint_id=endpoint.pk,
+        webhook_message_id=str(message.pk),
+    )
 
 
 class Exceptions:

@@ -1,4 +1,5 @@
 import base64
+import uuid
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -9,6 +10,7 @@ from knox.models import AuthToken
 from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
 from command_api.webhooks.models import ProviderEvent
 from core.accounts.models import User
+from core.client_webhooks.models import WebhookEndpoint, WebhookMessage
 from core.deliveries.models import Delivery, Redrive
 from core.outbox.models import DeadLetter, OutboxEvent, OutboxReplay
 from query_api.models import SentEmailLog
@@ -26,6 +28,8 @@ WRITE_TABLES = (
     Delivery,
     Redrive,
     DeadLetter,
+    WebhookEndpoint,
+    WebhookMessage,
 )
 
 
@@ -59,4 +63,28 @@ def hostile_fixture(db, settings) -> Fixture:
         recipient_status={"ann@example.com": {"status": "sent"}},
     )
     _, token = AuthToken.objects.create(user=user)
-    return Fixture(token=token, template_id=template.pk, email_id=email.pk)
+    endpoint, message = webhook_endpoint_with_message(user, email.pk)
+    return Fixture(
+        token=token,
+        template_id=template.pk,
+        email_id=email.pk,
+        webhook_endpoint_id=endpoint.pk,
+        webhook_message_id=str(message.pk),
+    )
+
+
+def webhook_endpoint_with_message(user, email_id: int):
+    """An endpoint of `user` with one delivered message, for the endpoint API's baselines."""
+    endpoint = WebhookEndpoint.objects.create(owner=user, url="https://93.184.216.34/h", secret="whsec_" + "A" * 32)
+    message = WebhookMessage.objects.create(
+        id=uuid.uuid4(),
+        endpoint=endpoint,
+        email_id=email_id,
+        sequence=1,
+        event_type="email.sent",
+        payload={"type": "email.sent", "data": {}},
+        state="delivered",
+        next_attempt_at=timezone.now(),
+        created_at=timezone.now(),
+    )
+    return endpoint, message

@@ -189,6 +189,8 @@ class Fixture:
     token: str
     template_id: int
     email_id: int
+    webhook_endpoint_id: int = 1
+    webhook_message_id: str = "00000000-0000-4000-8000-000000000001"
 
 
 def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
@@ -302,6 +304,41 @@ def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
             },
         ),
         ("GET", "/api/v1/emails/sent-email/{email_id}/"): Request("GET", f"/api/v1/emails/sent-email/{fx.email_id}/"),
+        **webhook_endpoint_baselines(fx, since),
+    }
+
+
+def webhook_endpoint_baselines(fx: Fixture, since: str) -> dict[tuple[str, str], Request]:
+    """The client webhooks' endpoint API (an IP literal for the URL: no DNS lookup in the tests)."""
+    base = "/api/v1/webhook-endpoints/"
+    endpoint = f"{base}{fx.webhook_endpoint_id}/"
+    return {
+        ("GET", base): Request("GET", base, {"page": "1"}),
+        ("POST", base): Request(
+            "POST",
+            base,
+            body={
+                "url": "https://93.184.216.34/hooks?x=1",
+                "description": "mine",
+                "event_types": ["email.sent", "email.delivered"],
+                "enabled": True,
+            },
+        ),
+        ("GET", f"{base}{{endpoint_id}}/"): Request("GET", endpoint),
+        ("PATCH", f"{base}{{endpoint_id}}/"): Request(
+            "PATCH", endpoint, body={"description": "changed", "event_types": ["email.bounced"], "enabled": True}
+        ),
+        ("DELETE", f"{base}{{endpoint_id}}/"): Request("DELETE", endpoint),
+        ("POST", f"{base}{{endpoint_id}}/rotate-secret/"): Request("POST", f"{endpoint}rotate-secret/"),
+        ("GET", f"{base}{{endpoint_id}}/messages/"): Request(
+            "GET", f"{endpoint}messages/", {"state": "pending", "email_id": str(fx.email_id), "since": since}
+        ),
+        ("POST", f"{base}{{endpoint_id}}/messages/{{message_id}}/replay/"): Request(
+            "POST", f"{endpoint}messages/{fx.webhook_message_id}/replay/"
+        ),
+        ("POST", f"{base}{{endpoint_id}}/replay/"): Request(
+            "POST", f"{endpoint}replay/", body={"since": since, "state": "failed"}
+        ),
     }
 
 
