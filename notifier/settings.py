@@ -14,3 +14,7 @@ INSTALLED_APPS = [
     "core.accounts",
     "core.client_webhooks",
 ]
+# It serves no Django request (its probes are core.worker_http's): no middleware, and no login
+# throttling backend (axes, which the command API installs).
+MIDDLEWARE: list[str] = []
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
