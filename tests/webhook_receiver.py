@@ -1,11 +1,13 @@
 """A local HTTP receiver for client webhooks (tests and bench/client_webhooks.py): each path
 behaves as its name says. /fast/… answers 204 at once, /fail/… answers 500, /hang/… holds the
-request until `release` is set (or `hang_seconds` pass) then answers 200. Every request is kept
+request until `release` is set (or `hang_seconds` pass, or the client gives up) then answers 200. Every request is kept
 with its headers, body and arrival time; `most_at_once[path prefix]` is the peak of requests
 under way together."""
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -43,7 +45,7 @@ class Receiver:
                     receiver.most_at_once[kind] = max(receiver.most_at_once[kind], receiver.under_way[kind])
                 try:
                     if kind == "hang":
-                        receiver.release.wait(receiver.hang_seconds)
+                        self._hang()
                     status = {"fail": 500, "hang": 200}.get(kind, 204)
                     self.send_response(status)
                     self.send_header("Content-Length", "2" if status != 204 else "0")
@@ -55,6 +57,15 @@ class Receiver:
                 finally:
                     with receiver._lock:
                         receiver.under_way[kind] -= 1
+
+            def _hang(self):
+                """Hold the request until released, the time is up, or the client gave up (its
+                timeout): `under_way` then counts only requests a client still waits on."""
+                deadline = time.monotonic() + receiver.hang_seconds
+                while not receiver.release.wait(0.1) and time.monotonic() < deadline:
+                    readable, _, _ = select.select([self.connection], [], [], 0)
+                    if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                        raise ConnectionAbortedError("the client gave up")
 
             def log_message(self, format, *args):
                 pass
