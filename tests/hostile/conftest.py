@@ -8,7 +8,8 @@ from knox.models import AuthToken
 
 from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
 from command_api.webhooks.models import ProviderEvent
-from core.accounts.models import User
+from core.accounts.models import ApiKey, User
+from core.accounts.services import api_key_create
 from core.deliveries.models import Delivery, Redrive
 from core.outbox.models import DeadLetter, OutboxEvent, OutboxReplay
 from query_api.models import SentEmailLog
@@ -17,6 +18,7 @@ from tests.hostile.hostile import Fixture
 
 WRITE_TABLES = (
     User,
+    ApiKey,
     EmailTemplate,
     SentEmail,
     SentEmailRecipient,
@@ -59,4 +61,5 @@ def hostile_fixture(db, settings) -> Fixture:
         recipient_status={"ann@example.com": {"status": "sent"}},
     )
     _, token = AuthToken.objects.create(user=user)
-    return Fixture(token=token, template_id=template.pk, email_id=email.pk)
+    api_key = api_key_create(user=user, name="hostile", scopes=["send"]).api_key
+    return Fixture(token=token, template_id=template.pk, email_id=email.pk, api_key_id=api_key.pk)
