@@ -33,7 +33,7 @@ class ApiKeyRateThrottle(BaseThrottle):
     """429 with Retry-After (the seconds left in the window) once a key has made its
     `rate_limit_per_minute` requests in the current minute."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.retry_after: float | None = None
 
     def allow_request(self, request, view) -> bool:

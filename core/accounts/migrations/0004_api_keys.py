@@ -7,44 +7,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0003_login_throttle_cache_table'),
+        ("accounts", "0003_login_throttle_cache_table"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('prefix', models.CharField(editable=False, max_length=16, unique=True)),
-                ('digest', models.CharField(editable=False, max_length=64)),
-                ('scopes', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(choices=[('send', 'send emails (POST sent-email, cancel)'), ('read', 'read the sent-email log'), ('templates', "list, read and (with the user's rights) write templates")], max_length=16), size=None)),
-                ('rate_limit_per_minute', models.PositiveIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                ("prefix", models.CharField(editable=False, max_length=16, unique=True)),
+                ("digest", models.CharField(editable=False, max_length=64)),
+                (
+                    "scopes",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(
+                            choices=[
+                                ("send", "send emails (POST sent-email, cancel)"),
+                                ("read", "read the sent-email log"),
+                                ("templates", "list, read and (with the user's rights) write templates"),
+                            ],
+                            max_length=16,
+                        ),
+                        size=None,
+                    ),
+                ),
+                ("rate_limit_per_minute", models.PositiveIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
+                "verbose_name": "API key",
             },
         ),
         migrations.CreateModel(
-            name='ApiKeyWindow',
+            name="ApiKeyWindow",
             fields=[
-                ('key', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='accounts.apikey')),
-                ('window_start', models.DateTimeField()),
-                ('count', models.PositiveIntegerField()),
+                (
+                    "key",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="+",
+                        serialize=False,
+                        to="accounts.apikey",
+                    ),
+                ),
+                ("window_start", models.DateTimeField()),
+                ("count", models.PositiveIntegerField()),
             ],
             options={
-                'verbose_name': 'API key rate window',
+                "verbose_name": "API key rate window",
             },
         ),
         migrations.AddIndex(
-            model_name='apikey',
-            index=models.Index(fields=['user', '-created_at'], name='accounts_apikey_user_created'),
+            model_name="apikey",
+            index=models.Index(fields=["user", "-created_at"], name="accounts_apikey_user_created"),
         ),
         # The throttle's counters are rewritten on every request with a key and worth nothing after
         # a crash: no WAL for them (a crash empties the table: at most a minute's counts forgotten).
