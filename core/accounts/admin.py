@@ -16,7 +16,7 @@ class UserAdmin(DjangoUserAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     """Ops see every user's keys and revoke any; they cannot make one (a key is shown once, to
-    the user who makes it through the API) or read one (only its digest is stored)."""
+    the user who makes it through the API), read one (only its digest is stored) or widen one."""
 
     list_display = (
         "id",
@@ -34,7 +34,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_select_related = ("user",)
     date_hierarchy = "created_at"
     fields = ("user", "name", "prefix", "scopes", "rate_limit_per_minute", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("user", "prefix", "created_at", "last_used_at", "revoked_at")
+    # Shown, not changed: a key's owner decides its name, scopes and limit when making it (a new
+    # key is the way to change them); ops revoke.
+    readonly_fields = fields
     actions = ["revoke"]
 
     def has_add_permission(self, request):

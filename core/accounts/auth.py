@@ -5,6 +5,7 @@ from datetime import timedelta
 from functools import cache
 from hmac import compare_digest
 
+import structlog
 from django.conf import settings
 from django.db import connection
 from django.db.models import Field
@@ -175,6 +176,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         if len(parts) != 2 or parts[0].lower() not in API_KEY_SCHEMES or not parts[1].startswith(b"ek_"):
             return None
         key = self._authenticate_key(parts[1])
+        structlog.contextvars.bind_contextvars(api_key_id=key.pk)  # on every log line of the request
         context = request.parser_context or {}
         scope = required_scope(context.get("view"), request.method)
         if scope is None:
