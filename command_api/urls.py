@@ -3,12 +3,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import health
+from core.accounts.urls import api_key_urlpatterns
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/v1/users/", include("core.accounts.urls")),
+    path("api/v1/api-keys/", include(api_key_urlpatterns)),
     path("api/v1/emails/", include("command_api.emails.urls")),
     path("api/v1/ops/", include("command_api.ops.urls")),
     path("api/v1/webhooks/", include("command_api.webhooks.urls")),

@@ -105,7 +105,14 @@ STATIC_ROOT = env_str("STATIC_ROOT", str(BASE_DIR / "var" / "static"))
 WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["core.accounts.auth.TokenAuthentication"],
+    # A service client's API key first: it tells a key by its shape, without a query, and leaves
+    # everything else to the user tokens' class.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "core.accounts.auth.ApiKeyAuthentication",
+        "core.accounts.auth.TokenAuthentication",
+    ],
+    # Each API key's own limit; a user token passes it without a query.
+    "DEFAULT_THROTTLE_CLASSES": ["core.accounts.throttling.ApiKeyRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
@@ -161,6 +168,15 @@ REGISTRATION_RATE_LIMIT = env_str("REGISTRATION_RATE_LIMIT", "20/hour")
 # header: the client is REMOTE_ADDR. Set it to what is really in front, or clients can pose as
 # others (too high) or all share one throttle (too low).
 TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)
+
+# API keys for service clients: each key's requests per minute (the default when a key is made
+# without one, and the most a key may be given), the most keys a user may hold (revoked ones
+# aside), and how close to the truth a key's last-used time is kept (it is written at most once
+# per this period per key, not on every request).
+API_KEY_DEFAULT_RATE_PER_MINUTE = env_int("API_KEY_DEFAULT_RATE_PER_MINUTE", 60)
+API_KEY_MAX_RATE_PER_MINUTE = env_int("API_KEY_MAX_RATE_PER_MINUTE", 6000)
+API_KEY_MAX_PER_USER = env_int("API_KEY_MAX_PER_USER", 50)
+API_KEY_LAST_USED_PRECISION_SECONDS = env_int("API_KEY_LAST_USED_PRECISION_SECONDS", 60)
 
 # The local demo (bin/run, DEBUG only): an admin and a template to try the API with.
 DEMO_ADMIN_EMAIL = env_str("DEMO_ADMIN_EMAIL", "admin@example.com")

@@ -10,6 +10,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.accounts.models import ApiKeyScope
 from core.errors import field_error
 from core.pagination import page_of
 from core.text import parse_id, text_problem
@@ -107,6 +108,8 @@ def _bound(raw: str, *, end: bool) -> datetime | None:
 
 
 class SentEmailListApi(APIView):
+    api_key_scope = ApiKeyScope.READ
+
     @extend_schema(
         parameters=[
             OpenApiParameter("recipient", str, many=True, description="Repeatable: emails to any of these."),
@@ -153,6 +156,8 @@ class SentEmailListApi(APIView):
 
 
 class SentEmailDetailApi(APIView):
+    api_key_scope = ApiKeyScope.READ
+
     class OutputSerializer(SentEmailLogSerializer):
         class Meta:
             ref_name = "SentEmailLogDetail"

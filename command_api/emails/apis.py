@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from command_api.emails import selectors, services
+from core.accounts.models import ApiKeyScope
 from core.errors import field_error
 from core.pagination import page_of
 from core.text import MAX_ID
@@ -21,9 +22,10 @@ class IsStaffOrReadOnly(BasePermission):
         return bool(request.user and request.user.is_authenticated and request.user.is_staff)
 
 
-# OpenAPI security requirements: a token, or none. drf-spectacular's `auth` takes these as they
-# are, though its annotation says a list of names (hence the ignores below).
-READ_WITH_OR_WITHOUT_TOKEN: list[dict[str, list[str]]] = [{"tokenAuth": []}, {}]
+# OpenAPI security requirements: a token, an API key with the `templates` scope, or none.
+# drf-spectacular's `auth` takes these as they are, though its annotation says a list of names
+# (hence the ignores below).
+READ_WITH_OR_WITHOUT_TOKEN: list[dict[str, list[str]]] = [{"tokenAuth": []}, {"apiKeyAuth": []}, {}]
 
 
 class EmailTemplateOutputSerializer(serializers.Serializer):
@@ -43,6 +45,7 @@ class EmailTemplateInputSerializer(serializers.Serializer):
 
 class EmailTemplateListCreateApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
+    api_key_scope = ApiKeyScope.TEMPLATES  # reading too: a key is refused where it has no scope
 
     @extend_schema(
         responses=page_of(EmailTemplateOutputSerializer, name="EmailTemplatePage"),
@@ -64,6 +67,7 @@ class EmailTemplateListCreateApi(APIView):
 
 class EmailTemplateDetailApi(APIView):
     permission_classes = [IsStaffOrReadOnly]
+    api_key_scope = ApiKeyScope.TEMPLATES
 
     @extend_schema(responses=EmailTemplateOutputSerializer, auth=READ_WITH_OR_WITHOUT_TOKEN)  # type: ignore[arg-type]
     def get(self, request, template_id: int):
@@ -104,6 +108,8 @@ def idempotency_key_from(request) -> str | None:
 
 
 class SentEmailCreateApi(APIView):
+    api_key_scope = ApiKeyScope.SEND
+
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "SentEmailInput"

@@ -1,5 +1,6 @@
-"""Account writes: register, log in (issue a token), log out (revoke it)."""
+"""Account writes: register, log in (issue a token), log out (revoke it); API keys (create, revoke)."""
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,7 +14,8 @@ from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework import status
 
-from core.accounts.models import User
+from core.accounts.auth import API_KEY_PREFIX, api_key_digest
+from core.accounts.models import ApiKey, User
 from core.errors import ApplicationError, field_error
 
 log = structlog.get_logger(__name__)
@@ -118,3 +120,53 @@ def token_purge_expired() -> int:
     """Delete expired tokens (scheduled); returns how many were deleted."""
     deleted, _ = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()
     return deleted
+
+
+@dataclass(frozen=True)
+class IssuedApiKey:
+    api_key: ApiKey
+    key: str  # the whole key: shown to its owner once, never stored
+
+
+def api_key_create(
+    *, user: User, name: str, scopes: list[str], rate_limit_per_minute: int | None = None
+) -> IssuedApiKey:
+    """Make a key for `user` with these scopes (already validated) and its own rate limit
+    (API_KEY_DEFAULT_RATE_PER_MINUTE if None). Only the prefix and a SHA-256 digest of the key
+    are stored; the key itself is returned once. Raises ApplicationError once the user holds
+    API_KEY_MAX_PER_USER keys that are not revoked (a 400; counted under a lock on the user's row, so
+    concurrent creations cannot pass it together)."""
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        held = ApiKey.objects.filter(user=user, revoked_at__isnull=True).count()
+        if held >= settings.API_KEY_MAX_PER_USER:
+            raise ApplicationError(
+                f"You hold {held} API keys, the most allowed: revoke one first.",
+                errors={"non_field_errors": [f"At most {settings.API_KEY_MAX_PER_USER} API keys per user."]},
+            )
+        while True:
+            prefix, secret = secrets.token_hex(6), secrets.token_hex(32)
+            # 48 random bits: a taken prefix is all but impossible, and simply drawn again.
+            if not ApiKey.objects.filter(prefix=prefix).exists():
+                break
+        key = f"{API_KEY_PREFIX}{prefix}_{secret}"
+        api_key = ApiKey.objects.create(
+            user=user,
+            name=name,
+            prefix=prefix,
+            digest=api_key_digest(key),
+            scopes=sorted(set(scopes)),
+            rate_limit_per_minute=rate_limit_per_minute or settings.API_KEY_DEFAULT_RATE_PER_MINUTE,
+        )
+    log.info("api_key_created", user_id=user.pk, api_key_id=api_key.pk, scopes=api_key.scopes)
+    return IssuedApiKey(api_key=api_key, key=key)
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke the key: every later request with it is a 401. Idempotent: a revoked key keeps the
+    time it was first revoked. The row stays, for the record."""
+    now = timezone.now()
+    if ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=now):
+        log.info("api_key_revoked", user_id=api_key.user_id, api_key_id=api_key.pk)
+    api_key.refresh_from_db(fields=["revoked_at"])
+    return api_key

@@ -151,3 +151,46 @@ def test_the_gateway_keeps_the_clients_host_for_allowed_hosts(system):
     for path in ("/api/v1/emails/email-template/", "/api/v1/emails/sent-email/"):
         assert get_page(f"{system.gateway_url}{path}", {"Host": "elsewhere.example"})[0] == 400, path
         assert get_page(f"{system.gateway_url}{path}", {"Host": "localhost"})[0] in (200, 401), path
+
+
+def test_an_api_key_sends_and_reads_through_both_apis_at_the_one_url(system):
+    from tests.factories import EmailTemplateFactory
+
+    api = Http(system.gateway_url)
+    tag = uuid.uuid4().hex[:8]
+    email, password = f"svc-{tag}@example.com", "quiet-meadow-Lantern-42"
+    assert (
+        api.call("POST", "/api/v1/users/register/", {"email": email, "username": f"svc-{tag}", "password": password})[0]
+        == 201
+    )
+    token = api.call("POST", "/api/v1/users/login/", {"username": email, "password": password})[1]["token"]
+    user = Http(system.gateway_url, token)
+    status, made = user.call("POST", "/api/v1/api-keys/", {"name": "billing", "scopes": ["send", "read"]})
+    assert status == 201, made
+    status, send_only = user.call("POST", "/api/v1/api-keys/", {"name": "sender", "scopes": ["send"]})
+    assert status == 201, send_only
+    key = Http(system.gateway_url)
+    bearer = {"Authorization": f"Bearer {made['key']}"}
+
+    template = EmailTemplateFactory()
+    body = {"recipients": [f"k-{tag}@example.com"], "template": template.pk, "context": {"name": "Key"}}
+    status, sent = key.call("POST", "/api/v1/emails/sent-email/", body, headers=bearer)
+    assert status == 202, sent
+
+    def in_the_log():
+        status, page = key.call("GET", "/api/v1/emails/sent-email/", headers=bearer)  # the query API
+        assert status == 200, page
+        return next((e for e in page["results"] if e["id"] == sent["id"]), None)
+
+    wait_for(in_the_log, timeout=30, message="the key's email in the log through the gateway")
+    # The query API names the scope a key lacks; neither API takes a revoked key.
+    status, refused = key.call(
+        "GET", "/api/v1/emails/sent-email/", headers={"Authorization": f"Token {send_only['key']}"}
+    )
+    assert (status, refused["message"]) == (403, "This API key lacks the 'read' scope.")
+    assert user.call("POST", f"/api/v1/api-keys/{made['id']}/revoke/")[0] == 200
+    assert key.call("GET", "/api/v1/emails/sent-email/", headers=bearer)[0] == 401
+    assert key.call("POST", "/api/v1/emails/sent-email/", body, headers=bearer)[0] == 401
+    listed = user.call("GET", "/api/v1/api-keys/")[1]["results"]
+    assert {k["name"]: k["revoked_at"] is not None for k in listed} == {"billing": True, "sender": False}
+    assert next(k for k in listed if k["name"] == "billing")["last_used_at"] is not None

@@ -9,7 +9,8 @@ from knox.models import AuthToken
 
 from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
 from command_api.webhooks.models import ProviderEvent
-from core.accounts.models import User
+from core.accounts.models import ApiKey, User
+from core.accounts.services import api_key_create
 from core.client_webhooks.models import WebhookEndpoint, WebhookMessage
 from core.deliveries.models import Delivery, Redrive
 from core.outbox.models import DeadLetter, OutboxEvent, OutboxReplay
@@ -19,6 +20,7 @@ from tests.hostile.hostile import Fixture
 
 WRITE_TABLES = (
     User,
+    ApiKey,
     EmailTemplate,
     SentEmail,
     SentEmailRecipient,
@@ -63,11 +65,13 @@ def hostile_fixture(db, settings) -> Fixture:
         recipient_status={"ann@example.com": {"status": "sent"}},
     )
     _, token = AuthToken.objects.create(user=user)
+    api_key = api_key_create(user=user, name="hostile", scopes=["send"]).api_key
     endpoint, message = webhook_endpoint_with_message(user, email.pk)
     return Fixture(
         token=token,
         template_id=template.pk,
         email_id=email.pk,
+        api_key_id=api_key.pk,
         webhook_endpoint_id=endpoint.pk,
         webhook_message_id=str(message.pk),
     )

@@ -189,6 +189,7 @@ class Fixture:
     token: str
     template_id: int
     email_id: int
+    api_key_id: int = 1
     webhook_endpoint_id: int = 1
     webhook_message_id: str = "00000000-0000-4000-8000-000000000001"
 
@@ -281,6 +282,13 @@ def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
         ("POST", "/api/v1/ops/dead-letters/dismiss/"): Request(
             "POST", "/api/v1/ops/dead-letters/dismiss/", body={"ids": [1], "dry_run": True, "reason": "check"}
         ),
+        ("GET", "/api/v1/api-keys/"): Request("GET", "/api/v1/api-keys/", {"page": "1"}),
+        ("POST", "/api/v1/api-keys/"): Request(
+            "POST",
+            "/api/v1/api-keys/",
+            body={"name": f"key-{unique}", "scopes": ["send", "read"], "rate_limit_per_minute": 120},
+        ),
+        ("POST", "/api/v1/api-keys/{api_key_id}/revoke/"): Request("POST", f"/api/v1/api-keys/{fx.api_key_id}/revoke/"),
         ("POST", "/api/v1/users/login/"): Request(
             "POST", "/api/v1/users/login/", body={"username": f"nobody-{unique}@example.com", "password": "x"}
         ),
@@ -483,6 +491,13 @@ HOSTILE_AUTHORIZATION = [
     "Digest username=x",
     "\x00",
     "Token %00",
+    # Shaped like an API key (ek_…), but not one.
+    "Token ek_",
+    "Bearer ek_",
+    "Bearer ek_0123456789ab_" + "0" * 64,
+    "Token ek_0123456789ab_" + "0" * 63 + "\x00",
+    "Token ek_" + "f" * 10_000,
+    "Bearer ek_\xff\xfe",
 ]
 
 
@@ -499,6 +514,9 @@ def hostile_for(target: str) -> st.SearchStrategy:
             st.sampled_from(HOSTILE_AUTHORIZATION),
             st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=40).map(
                 lambda t: "Token " + t
+            ),
+            st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=80).map(
+                lambda t: "Bearer ek_" + t
             ),
         )
     if target == "header.CONTENT_TYPE":

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.django_db
 SEND = "/api/v1/emails/sent-email/"
 TEMPLATES = "/api/v1/emails/email-template/"
 LOG = "/api/v1/emails/sent-email/"
+KEYS = "/api/v1/api-keys/"
 
 
 def nothing_sent():
@@ -137,6 +138,18 @@ def test_registration_with_control_characters_is_refused(api_client, field, valu
 
 
 @pytest.mark.parametrize(
+    "field, value",
+    [("name", "billing\x00"), ("name", "bil\nling"), ("name", "\u2028"), ("name", "\x9f"), ("scopes", ["send\x1b"])],
+)
+def test_api_key_fields_with_control_characters_are_refused(user_client, field, value):
+    from core.accounts.models import ApiKey
+
+    body = {"name": "billing", "scopes": ["send"]} | {field: value}
+    refused(user_client.post(KEYS, body, format="json"), field)
+    assert not ApiKey.objects.exists()
+
+
+@pytest.mark.parametrize(
     "query, field",
     [
         ({"aggregate_id": "1\x00"}, "aggregate_id"),
@@ -173,6 +186,22 @@ def test_an_address_longer_than_its_column_is_refused(user_client, template, add
 def test_template_fields_longer_than_their_column_are_refused(staff_client, field, length):
     body = {"name": "t", "subject": "Hi", "body": "<p>Hi</p>"} | {field: "x" * length}
     refused(staff_client.post(TEMPLATES, body, format="json"), field)
+
+
+def test_an_api_key_name_longer_than_its_column_is_refused(user_client):
+    from core.accounts.models import ApiKey
+
+    refused(user_client.post(KEYS, {"name": "k" * 101, "scopes": ["send"]}, format="json"), "name")
+    assert not ApiKey.objects.exists()
+
+
+@pytest.mark.parametrize("rate", [0, -1, 6001, 2**63, 1.5, "60/minute", None, True])
+def test_an_api_key_rate_limit_out_of_range_is_refused(user_client, rate):
+    from core.accounts.models import ApiKey
+
+    body = {"name": "k", "scopes": ["send"], "rate_limit_per_minute": rate}
+    refused(user_client.post(KEYS, body, format="json"), "rate_limit_per_minute")
+    assert not ApiKey.objects.exists()
 
 
 def test_a_username_longer_than_its_column_is_refused(api_client):
@@ -266,6 +295,15 @@ def test_invalid_utf8_bodies_are_400(user_client, template, raw):
 def test_undecodable_or_oversized_credentials_are_401(template, authorization):
     response = Client().get(TEMPLATES, HTTP_AUTHORIZATION=authorization)  # reading needs no token: a bad one is 401
     assert response.status_code == 401 and response.json()["message"] == "Invalid token."
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Token ek_", "Bearer ek_\xff", "Token ek_" + "0" * 12 + "_" + "0" * 64 + "\x00", "Bearer ek_" + "a" * 10_000],
+)
+def test_credentials_shaped_like_an_api_key_but_not_one_are_401(template, authorization):
+    response = Client().get(TEMPLATES, HTTP_AUTHORIZATION=authorization)
+    assert response.status_code == 401 and response.json()["message"] == "Invalid API key."
 
 
 @pytest.mark.parametrize("authorization", ["Bearer abc", "Basic Zm9vOmJhcg==", "Digest username=x", "\x00"])
