@@ -16,5 +16,5 @@ INSTALLED_APPS = [
 ]
 # It serves no Django request (its probes are core.worker_http's): no middleware, and no login
 # throttling backend (axes, which the command API installs).
-MIDDLEWARE: list[str] = []
+MIDDLEWARE = []
 AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
