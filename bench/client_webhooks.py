@@ -14,6 +14,8 @@ failing and one fast endpoint. Each run measures, as bench/load.py does: the POS
 sent, then POST-to-sent latency (p50, p99) of emails posted at a fixed rate; the projector's mean
 batch time; with endpoints, a fast endpoint's delivery lag (arrival at the receiver less the
 status change's own time) and what each endpoint got. Every figure is the median of its rounds.
+At the end, the notifier alone (the pipeline stopped) drains messages queued for one fast
+endpoint: its deliveries per second.
 
 Needs wrk. Run it by hand.
 """
@@ -127,6 +129,42 @@ def projector_batches(system) -> tuple[float, float]:
     return count, total
 
 
+def notifier_throughput(system, ask, client, owner, count: int) -> float:
+    """Deliveries per second of the notifier alone (the pipeline stopped), draining `count`
+    messages queued at once for one fast endpoint."""
+    import uuid
+
+    from core.client_webhooks.sql import INSERT_MESSAGES_SQL
+
+    for process in PIPELINE:
+        system.processes[process].terminate()
+        system.processes[process].wait(timeout=60)
+    sql(f"TRUNCATE {TABLES} CASCADE")
+    for endpoint_id in owner.webhook_endpoints.values_list("id", flat=True):
+        client.call("DELETE", f"/api/v1/webhook-endpoints/{endpoint_id}/")
+    ask("reset")
+    status, endpoint = client.call("POST", "/api/v1/webhook-endpoints/", {"url": ask("url", "fast/alone")})
+    assert status == 201, endpoint
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "endpoint_id": endpoint["id"],
+            "email_id": n,
+            "sequence": 1,
+            "event_type": "email.sent",
+            "payload": {"type": "email.sent", "timestamp": "2026-11-30T00:00:00+00:00", "data": {"email_id": n}},
+        }
+        for n in range(count)
+    ]
+    sql(INSERT_MESSAGES_SQL, [json.dumps(rows)])
+    system.start("notifier")
+    system.wait_ready("notifier")
+    started = time.monotonic()
+    while sql("SELECT count(*) FROM client_webhook_message WHERE state = 'pending'")[0][0]:
+        time.sleep(0.05)
+    return count / (time.monotonic() - started)
+
+
 CONFIGURATIONS = {
     "without endpoints": (),
     "three fast endpoints": ("fast/a", "fast/b", "fast/c"),
@@ -141,6 +179,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database", default="emails_bench_hooks")
+    parser.add_argument(
+        "--throughput", type=int, default=5000, help="messages the notifier alone drains at the end (0: skip)"
+    )
     parser.add_argument(
         "--receiver-nice", type=int, default=19, help="the receiver's niceness (0: it competes with the platform)"
     )
@@ -245,6 +286,7 @@ def main() -> None:
                     f"projector batch {run['batch_ms']:.2f} ms" + line,
                     flush=True,
                 )
+        throughput = notifier_throughput(system, ask, client, owner, args.throughput) if args.throughput else 0.0
     finally:
         ask("close")
         system.stop_all()
@@ -265,6 +307,11 @@ def main() -> None:
         if paths:
             line += f"  fast endpoint lag p50 {median(name, 'lag_p50'):.0f} ms p99 {median(name, 'lag_p99'):.0f} ms"
         print(line)
+    if throughput:
+        print(
+            f"  the notifier alone, {args.throughput} messages queued for one fast endpoint: "
+            f"{throughput:.0f} deliveries/s"
+        )
 
 
 if __name__ == "__main__":

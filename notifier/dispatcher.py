@@ -154,6 +154,8 @@ def record(conn: PgConnection, results: list[tuple[Claimed, Answer, datetime]], 
                     },
                 )
                 disabled = [row[0] for row in cursor.fetchall()]
+                if disabled:
+                    cursor.execute(sql.PARK_SQL, [disabled])
         conn.commit()
     except BaseException:
         if not conn.closed:
@@ -300,7 +302,14 @@ class NotifierWorker(ReconnectingWorker):
             if self._in_flight[message.endpoint_id] <= 0:
                 del self._in_flight[message.endpoint_id]
         try:
-            record(self._db, results, policy=self.policy)
+            try:
+                record(self._db, results, policy=self.policy)
+            except psycopg2.IntegrityError:
+                # An endpoint deleted in the instant between the check and the insert: record the
+                # batch one by one and drop what no longer has a message to belong to.
+                for result in results:
+                    with contextlib.suppress(psycopg2.IntegrityError):
+                        record(self._db, [result], policy=self.policy)
         except psycopg2.Error:
             self._unrecorded = results  # recorded once Postgres is back (their slots are free already)
             raise

@@ -19,7 +19,7 @@ from core.client_webhooks.addresses import AddressRefused, resolve_deliverable
 from core.client_webhooks.events import EVENT_TYPES
 from core.client_webhooks.models import WebhookEndpoint, WebhookMessage
 from core.client_webhooks.signing import new_secret
-from core.client_webhooks.sql import NOTIFY_SQL
+from core.client_webhooks.sql import NOTIFY_SQL, PARK_SQL, PARKED_UNTIL, UNPARK_SQL
 from core.errors import field_error
 
 log = structlog.get_logger(__name__)
@@ -70,14 +70,24 @@ def webhook_endpoint_update(*, endpoint: WebhookEndpoint, data: dict) -> Webhook
         endpoint.url = data["url"]
     if "description" in data:
         endpoint.description = data["description"]
-    if "enabled" in data and data["enabled"] != endpoint.enabled:
-        endpoint.enabled = data["enabled"]
-        if endpoint.enabled:
-            endpoint.disabled_reason, endpoint.disabled_at, endpoint.failing_since = "", None, None
-        else:
-            endpoint.disabled_reason, endpoint.disabled_at = "Disabled by its owner.", timezone.now()
-    endpoint.save()
+    with transaction.atomic():
+        if "enabled" in data and data["enabled"] != endpoint.enabled:
+            endpoint.enabled = data["enabled"]
+            with connection.cursor() as cursor:
+                if endpoint.enabled:
+                    endpoint.disabled_reason, endpoint.disabled_at, endpoint.failing_since = "", None, None
+                    cursor.execute(UNPARK_SQL, [endpoint.pk])
+                    _wake_notifier(cursor)
+                else:
+                    endpoint.disabled_reason, endpoint.disabled_at = "Disabled by its owner.", timezone.now()
+                    cursor.execute(PARK_SQL, [[endpoint.pk]])
+        endpoint.save()
     return endpoint
+
+
+def _wake_notifier(cursor) -> None:
+    if settings.CLIENT_WEBHOOKS_NOTIFY:
+        cursor.execute(NOTIFY_SQL, [settings.CLIENT_WEBHOOKS_NOTIFY_CHANNEL])
 
 
 def webhook_endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
@@ -109,12 +119,12 @@ def webhook_messages_replay(
         messages = messages.filter(created_at__gte=since)
     if state:
         messages = messages.filter(state=state)
+    # A disabled endpoint's replayed messages wait with its others until it is enabled.
+    due = timezone.now() if endpoint.enabled else datetime.fromisoformat(PARKED_UNTIL)
     with transaction.atomic():
-        count = messages.update(
-            state=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), finished_at=None
-        )
-        if count and settings.CLIENT_WEBHOOKS_NOTIFY:
+        count = messages.update(state=WebhookMessage.PENDING, attempts=0, next_attempt_at=due, finished_at=None)
+        if count:
             with connection.cursor() as cursor:
-                cursor.execute(NOTIFY_SQL, [settings.CLIENT_WEBHOOKS_NOTIFY_CHANNEL])
+                _wake_notifier(cursor)
     log.info("client_webhook_messages_replayed", endpoint_id=endpoint.pk, messages=count)
     return count

@@ -62,6 +62,7 @@ ATTEMPTS_SQL = f"""
     SELECT id, attempted_at, status_code, duration_ms, response, error
       FROM jsonb_to_recordset(%s::jsonb) AS given(id uuid, attempted_at timestamptz, status_code integer,
                                                   duration_ms integer, response text, error text)
+     WHERE EXISTS (SELECT 1 FROM {MESSAGE} m WHERE m.id = given.id)  -- its endpoint may be deleted meanwhile
 """
 OUTCOMES_SQL = f"""
     UPDATE {MESSAGE} m
@@ -90,6 +91,16 @@ DISABLE_SQL = f"""
       FROM jsonb_to_recordset(%(failed)s::jsonb) AS g(id bigint, error text)
      WHERE e.id = g.id AND e.enabled AND e.failing_since <= now() - %(seconds)s * interval '1 second'
     RETURNING e.id
+"""
+# A disabled endpoint's pending messages wait, out of the claim's way (its partial index would
+# otherwise lead every claim through them), until it is enabled again.
+PARKED_UNTIL = "9999-12-31T00:00:00+00:00"
+PARK_SQL = f"""
+    UPDATE {MESSAGE} SET next_attempt_at = '{PARKED_UNTIL}' WHERE endpoint_id = ANY(%s::bigint[]) AND state = 'pending'
+"""
+UNPARK_SQL = f"""
+    UPDATE {MESSAGE} SET next_attempt_at = now()
+     WHERE endpoint_id = %s AND state = 'pending' AND next_attempt_at >= '{PARKED_UNTIL}'
 """
 BACKLOG_SQL = f"""
     SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)

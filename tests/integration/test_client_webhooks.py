@@ -199,6 +199,8 @@ def test_an_endpoint_failing_for_the_whole_window_is_disabled_and_its_owner_sees
     time.sleep(1.2)
     assert len(receiver.at("fail")) == tried  # a disabled endpoint gets nothing, new or pending
     assert not WebhookMessage.objects.filter(email_id=32).exists()
+    # Its pending message waits out of the claim's way until it is enabled again.
+    assert WebhookMessage.objects.get(endpoint=endpoint, email_id=31).next_attempt_at.year == 9999
     # Enabling it again clears the reason; its pending message goes out again.
     answer = client_for(user).patch(
         f"{API}{endpoint.pk}/", {"enabled": True, "url": receiver.url("fast/y")}, format="json"
@@ -341,3 +343,20 @@ def test_a_rebuild_never_lowers_a_status_sequence(conn, user, user_client):
     assert SentEmailLog.objects.get(pk=email_id).status_seq == 50
     apply_batch(conn, [sent(email_id=email_id, recipients=("a@example.com",))])
     assert SentEmailLog.objects.get(pk=email_id).status_seq == 51
+
+
+def test_an_endpoint_deleted_while_its_delivery_hangs_leaves_the_notifier_working(
+    dev_settings, receiver, conn, notifier
+):
+    user, other = UserFactory(), UserFactory()
+    hanging = endpoint_for(user, receiver.url("hang/deleted"), ["email.queued"])
+    endpoint_for(other, receiver.url("fast/after"), ["email.queued"])
+    worker = notifier(timeout=2)
+    apply_batch(conn, [requested(email_id=51, owner_id=user.pk)], webhooks_channel="client_webhooks_test")
+    wait_for(lambda: receiver.most_at_once["hang"] == 1, what="the delivery to hang")
+    assert client_for(user).delete(f"{API}{hanging.pk}/").status_code == 204
+    receiver.release.set()  # it answers now; its message is gone
+    time.sleep(0.5)
+    apply_batch(conn, [requested(email_id=52, owner_id=other.pk)], webhooks_channel="client_webhooks_test")
+    wait_for(lambda: len(receiver.at("fast")) == 1, what="the other endpoint's delivery")
+    assert worker.health.alive() and not WebhookMessage.objects.filter(email_id=51).exists()
