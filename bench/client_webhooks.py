@@ -31,7 +31,7 @@ from datetime import datetime
 
 from load import max_email_id, sql, wait_all_sent  # noqa: E402
 
-from common import ROOT, percentile, setup_django, wrk_post  # noqa: E402
+from common import ROOT, cpu_by_group, cpu_delta, percentile, setup_django, wrk_post  # noqa: E402
 
 PREFIX = "bench-hooks"
 PIPELINE = ("outbox_relay", "sender", "projector", "notifier")
@@ -165,6 +165,11 @@ def notifier_throughput(system, ask, client, owner, count: int) -> float:
     return count / (time.monotonic() - started)
 
 
+SHARED = ("other", "wrk", "rabbitmq", "postgres")
+BACKENDS_SQL = (
+    "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() AND application_name <> ''"
+)
+
 CONFIGURATIONS = {
     "without endpoints": (),
     "three fast endpoints": ("fast/a", "fast/b", "fast/c"),
@@ -246,11 +251,24 @@ def main() -> None:
                     system.wait_ready(process)
                 batches_before = projector_batches(system)
                 first_id = max_email_id()
+                roots = {process: system.processes[process].pid for process in system.processes}
+                backends = dict(sql(BACKENDS_SQL))
+                cpu_before = cpu_by_group(roots, backends)
                 started = time.time()
                 figures, _ = wrk_post(url, body, token=token, connections=args.connections, duration=args.duration)
                 accepted = sql("SELECT count(*) FROM emails_sentemail WHERE id > %s", [first_id])[0][0]
                 last_sent = wait_all_sent(first_id, accepted, timeout=600)
                 emails_per_second = accepted / (last_sent - started)
+                backends |= dict(sql(BACKENDS_SQL))
+                used = cpu_delta(cpu_before, cpu_by_group(roots, backends))
+                # CPU per email (ms) of the sending pipeline and of the notifier (each with its
+                # Postgres backends), from the first POST until the last email shows as sent.
+                notifier_ms = sum(v for k, v in used.items() if "notifier" in k) * 1000 / accepted
+                # Only this run's processes and their backends: RabbitMQ, the rest of Postgres and
+                # the rest of the machine are shared with whatever else runs.
+                pipeline_ms = (
+                    sum(v for k, v in used.items() if k not in SHARED and "notifier" not in k) * 1000 / accepted
+                )
                 rate = figures["rps"] / 2
                 latencies = latency_run(client, body, rate=rate, duration=args.duration)
                 count, total = (b - a for a, b in zip(batches_before, projector_batches(system), strict=True))
@@ -261,6 +279,8 @@ def main() -> None:
                     "p99": percentile(latencies, 99),
                     "rate": rate,
                     "batch_ms": total / count * 1000 if count else 0.0,
+                    "pipeline_cpu_ms": pipeline_ms,
+                    "notifier_cpu_ms": notifier_ms,
                 }
                 line = ""
                 if paths:
@@ -283,7 +303,8 @@ def main() -> None:
                 print(
                     f"round {number}, {name}: {figures['rps']:.0f} POST/s, {emails_per_second:.0f} emails/s sent, "
                     f"POST to sent at {rate:.0f}/s p50 {run['p50']:.0f} ms p99 {run['p99']:.0f} ms, "
-                    f"projector batch {run['batch_ms']:.2f} ms" + line,
+                    f"projector batch {run['batch_ms']:.2f} ms, CPU per email: pipeline {pipeline_ms:.2f} ms, "
+                    f"notifier {notifier_ms:.2f} ms" + line,
                     flush=True,
                 )
         throughput = notifier_throughput(system, ask, client, owner, args.throughput) if args.throughput else 0.0
@@ -302,7 +323,8 @@ def main() -> None:
         line = (
             f"  {name:32} {median(name, 'rps'):5.0f} POST/s  {median(name, 'emails_per_second'):5.0f} emails/s sent  "
             f"POST to sent p50 {median(name, 'p50'):4.0f} ms p99 {median(name, 'p99'):5.0f} ms  "
-            f"projector batch {median(name, 'batch_ms'):.2f} ms"
+            f"projector batch {median(name, 'batch_ms'):.2f} ms  CPU per email: pipeline "
+            f"{median(name, 'pipeline_cpu_ms'):.2f} ms, notifier {median(name, 'notifier_cpu_ms'):.2f} ms"
         )
         if paths:
             line += f"  fast endpoint lag p50 {median(name, 'lag_p50'):.0f} ms p99 {median(name, 'lag_p99'):.0f} ms"
