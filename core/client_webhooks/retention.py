@@ -17,7 +17,7 @@ def client_webhook_messages_prune(
     *, older_than_days: int | None = None, dry_run: bool = False, progress: Callable[[int], object] | None = None
 ) -> int:
     """Delete finished messages older than CLIENT_WEBHOOKS_RETENTION_DAYS (their attempts go with
-    them, ON DELETE CASCADE). Returns how many."""
+    them: the database cascades, migration 0003). Returns how many."""
     days = settings.CLIENT_WEBHOOKS_RETENTION_DAYS if older_than_days is None else older_than_days
     return prune(
         name="client_webhook_messages",

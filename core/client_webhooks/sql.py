@@ -102,6 +102,8 @@ UNPARK_SQL = f"""
     UPDATE {MESSAGE} SET next_attempt_at = now()
      WHERE endpoint_id = %s AND state = 'pending' AND next_attempt_at >= '{PARKED_UNTIL}'
 """
+# The database cascades to the messages and their attempts (migration 0003).
+DELETE_ENDPOINT_SQL = f"DELETE FROM {ENDPOINT} WHERE id = %s"
 BACKLOG_SQL = f"""
     SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)
       FROM {MESSAGE} WHERE state = 'pending' AND next_attempt_at <= now()

@@ -360,3 +360,29 @@ def test_an_endpoint_deleted_while_its_delivery_hangs_leaves_the_notifier_workin
     apply_batch(conn, [requested(email_id=52, owner_id=other.pk)], webhooks_channel="client_webhooks_test")
     wait_for(lambda: len(receiver.at("fast")) == 1, what="the other endpoint's delivery")
     assert worker.health.alive() and not WebhookMessage.objects.filter(email_id=51).exists()
+
+
+def test_retention_prunes_finished_messages_with_their_attempts(dev_settings, receiver, conn, notifier):
+    from core.client_webhooks.models import WebhookAttempt
+    from core.client_webhooks.retention import client_webhook_messages_prune
+
+    user = UserFactory()
+    endpoint = endpoint_for(user, receiver.url("fast/old"), ["email.queued"])
+    notifier()
+    apply_batch(conn, [requested(email_id=61, owner_id=user.pk)], webhooks_channel="client_webhooks_test")
+    wait_for(lambda: WebhookAttempt.objects.filter(message__endpoint=endpoint).exists(), what="an attempt")
+    wait_for(lambda: WebhookMessage.objects.filter(endpoint=endpoint, state="delivered").exists(), what="delivered")
+    WebhookMessage.objects.create(  # pending, however old: kept
+        id=uuid.uuid4(),
+        endpoint=endpoint,
+        email_id=62,
+        sequence=1,
+        event_type="email.queued",
+        payload={},
+        next_attempt_at=timezone.now() + timedelta(days=1),
+        created_at=timezone.now() - timedelta(days=90),
+    )
+    WebhookMessage.objects.filter(email_id=61).update(created_at=timezone.now() - timedelta(days=31))
+    assert client_webhook_messages_prune() == 1
+    assert list(WebhookMessage.objects.values_list("email_id", flat=True)) == [62]
+    assert not WebhookAttempt.objects.exists()
