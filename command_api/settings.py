@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "command_api.emails",
     "command_api.webhooks",
     "core.deliveries",
+    "core.suppressions",
 ]
 
 ROOT_URLCONF = "command_api.urls"
