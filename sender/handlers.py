@@ -15,6 +15,9 @@ taken the mail) is resolved from the provider's own events: the Event Webhook's 
 any later status) for it marks it sent, and it is never resent. Only after
 SENDER_IN_DOUBT_GRACE_SECONDS with no such event is it sent again (or held for ops, by
 SENDER_UNKNOWN_OUTCOME=hold).
+
+Suppressed recipients (on the owner's list at the claim) are settled by the claim itself,
+terminal and with their event: the handler only counts them, and sends the others as usual.
 """
 
 from __future__ import annotations

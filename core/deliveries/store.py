@@ -15,6 +15,12 @@ delivery in doubt (the sender died, or the call timed out, after the provider ma
 it) is resolved from the provider's own events (`record_receipts` notes them): seen, it is
 sent, never resent; not seen within the grace period, it is sent again (or held, by policy).
 
+The suppression check is part of the claim: a recipient on its owner's list (core.suppressions)
+is never claimed, so never sent; it is written `suppressed`, terminal, with the reason and
+`email.suppressed`. The claim is the moment the send is decided, and the list is read in the
+claim's own snapshot, so a suppression committed before it always counts (one committed after
+it comes after the decision), however long the email waited for its turn or its retry.
+
 Connections come from a small pool; the provider call never holds one.
 """
 
@@ -38,7 +44,7 @@ from core.outbox.services import new_event_id
 from core.outbox.sql import TABLE as OUTBOX
 from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
-from core.suppressions.sql import suppressed_recipients
+from core.suppressions.sql import not_suppressed, suppressed_recipients
 
 # Who may take a delivery that exists: a retry that is due, or (with `resend`) one in doubt whose
 # lease and grace ran out with no word from the provider.
@@ -51,12 +57,34 @@ _SUPPRESSED_EVENT = insert_select(
                    'recipients', (SELECT jsonb_agg(recipient ORDER BY recipient) FROM suppressed),
                    'reasons', (SELECT jsonb_agg(last_error ORDER BY recipient) FROM suppressed))"""
 )
-# The claim, and the suppression check with it, in one statement: recipients on the owner's list
-# (`barred`) are not claimed but written `suppressed` with the reason, with `email.suppressed`
-# in the outbox (only when any were); the others are claimed. Rows come back as (recipient,
-# attempts, last_error, suppressed); a row of NULLs says the relay was woken.
+# The claim: new recipients and those due again, none on the owner's suppression list (the list
+# is read in the claim's own snapshot: a suppression committed before it stops the recipient).
+# Every email runs it; the check adds one index probe per recipient.
 CLAIM = Prepared(
     "sender_claim",
+    f"""
+    INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until, claim_token,
+                                      provider_message_id, last_error, created_at, updated_at)
+    SELECT %(event_id)s::uuid, r, %(email_id)s::bigint, 'sending', 1, now() + %(lease)s::float8 * interval '1 second',
+           %(token)s::uuid, '', '', now(), now()
+      FROM unnest(%(recipients)s::text[]) AS r
+     WHERE {not_suppressed(owner="%(owner_id)s::bigint", recipient="r")}
+    ON CONFLICT (event_id, recipient) DO UPDATE
+       SET state = 'sending', attempts = d.attempts + 1, lease_until = EXCLUDED.lease_until,
+           claim_token = EXCLUDED.claim_token, next_attempt_at = NULL, updated_at = now()
+     WHERE {_CLAIMABLE}
+    RETURNING recipient, attempts, last_error
+""",
+)
+# The rest of a claim, for the recipients the first statement did not take (rare: suppressed,
+# duplicates, retries not due): in one statement, those on the owner's list (`barred`) are not
+# claimed but written `suppressed` with the reason, with `email.suppressed` in the outbox (only
+# when any were), and the others are claimed. It reads the list again, in its own snapshot:
+# whatever it finds is the decision, claim or suppress, so a change of the list between the two
+# statements leaves no recipient undecided. Rows come back as (recipient, attempts, last_error,
+# suppressed); a row of NULLs says the relay was woken.
+CLAIM_SUPPRESSING = Prepared(
+    "sender_claim_suppressing",
     f"""
     WITH barred AS MATERIALIZED (
         {suppressed_recipients(owner="%(owner_id)s::bigint", recipients="%(recipients)s")}
@@ -300,22 +328,14 @@ class DeliveryStore:
     ) -> Claim:
         """Take the recipients of `event` that are due: new ones, retries whose time has come, and
         (with `resend_in_doubt`) ones in doubt whose grace passed with no word from the provider.
-        Recipients on the owner's suppression list are not taken: in the same statement they
-        become `suppressed`, with the reason, and `email.suppressed` goes into the outbox.
-        Idempotent: a second claim of a finished delivery takes nothing. Says why the others
-        were not taken; holds, by policy, the ones in doubt past the grace."""
+        Recipients on the owner's suppression list are not taken: they become `suppressed`, with
+        the reason, and `email.suppressed` goes into the outbox, in one statement (run only when
+        the first took fewer than all: an email with nobody suppressed pays one index probe per
+        recipient, inside the claim, and nothing else). Idempotent: a second claim of a
+        finished delivery takes nothing. Says why the others were not taken; holds, by policy,
+        the ones in doubt past the grace."""
         token = str(uuid.uuid4())
-        # The event the check writes if it suppresses any: the statement fills in who and why.
-        suppressed = EmailSuppressed(
-            event_id=new_event_id(),
-            correlation_id=event.correlation_id,
-            occurred_at=_now(),
-            email_id=event.email_id,
-            request_event_id=event.event_id,
-            recipients=(),
-            reasons=(),
-        )
-        params = _outbox_parameters(suppressed, event) | {
+        params = {
             "event_id": event.event_id,
             "email_id": event.email_id,
             "owner_id": event.owner_id,
@@ -324,15 +344,20 @@ class DeliveryStore:
             "resend": resend_in_doubt,
             "grace": in_doubt_grace,
             "token": token,
-            "notify": self._notify_channel is not None,
-            "channel": self._notify_channel or "",
         }
         claim = Claim(token=token)
         with self._cursor() as cursor:
             CLAIM.execute(cursor, params)
+            for recipient, attempts, last_error in cursor.fetchall():
+                claim.claimed[recipient] = attempts
+                claim.last_errors[recipient] = last_error
+            if len(claim.claimed) == len(event.recipients):
+                return claim
+            rest = [r for r in event.recipients if r not in claim.claimed]
+            CLAIM_SUPPRESSING.execute(cursor, self._suppressing_parameters(event, params | {"recipients": rest}))
             for recipient, attempts, last_error, barred in cursor.fetchall():
                 if recipient is None:
-                    continue  # the relay was woken for email.suppressed
+                    continue  # the row that says the relay was woken
                 if barred:
                     claim.suppressed[recipient] = last_error
                 else:
@@ -365,6 +390,24 @@ class DeliveryStore:
             else:
                 claim.done.append(recipient)
         return claim
+
+    def _suppressing_parameters(self, request: EmailRequested, params: dict) -> dict:
+        """`params` of the claim, with the `email.suppressed` event CLAIM_SUPPRESSING writes if it
+        suppresses any (the statement fills in who and why) and the relay's channel."""
+        event = EmailSuppressed(
+            event_id=new_event_id(),
+            correlation_id=request.correlation_id,
+            occurred_at=_now(),
+            email_id=request.email_id,
+            request_event_id=request.event_id,
+            recipients=(),
+            reasons=(),
+        )
+        return (
+            params
+            | _outbox_parameters(event, request)
+            | {"notify": self._notify_channel is not None, "channel": self._notify_channel or ""}
+        )
 
     # Outcomes --------------------------------------------------------------------------------
 

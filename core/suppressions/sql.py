@@ -18,10 +18,17 @@ UPSERT_SQL = f"""
 """
 
 
-# The sender's check, for the claim: `owner` and `recipients` name its parameters. The recipients
-# of the email on the owner's list, with the reason. One index probe per recipient on the unique
-# (owner_id, address): an empty list costs a probe of an empty index.
+# The sender's check, inside its claim (core.deliveries.store): `owner` and `recipients` are the
+# claim's SQL for the email's owner and its recipients' array, `recipient` for one of them.
+# One probe of the unique (owner_id, address) index per recipient: with an empty list, a probe of
+# an empty index.
+def not_suppressed(*, owner: str, recipient: str) -> str:
+    """A condition: `recipient` is not on the list of `owner`."""
+    return f"NOT EXISTS (SELECT 1 FROM {TABLE} s WHERE s.owner_id = {owner} AND s.address = lower({recipient}))"
+
+
 def suppressed_recipients(*, owner: str, recipients: str) -> str:
+    """A query: the recipients of `recipients` on the list of `owner`, with the reason."""
     return f"""
         SELECT r.recipient, s.reason
           FROM unnest({recipients}::text[]) AS r(recipient)

@@ -214,6 +214,33 @@ def test_a_recipient_suppressed_while_it_waits_for_its_retry_is_not_retried(stor
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_rest_of_a_claim_decides_every_recipient_it_is_given(store):
+    # The claim's first statement left both out (say both were suppressed then); by its second,
+    # ann's suppression was removed: ann is claimed now, bob suppressed, nobody left undecided.
+    from core.deliveries.store import CLAIM_SUPPRESSING
+
+    owner = UserFactory()
+    suppression_add(owner_id=owner.pk, address="bob@example.org", reason="manual")
+    event = request(owner.pk)
+    params = {
+        "event_id": event.event_id,
+        "email_id": event.email_id,
+        "owner_id": owner.pk,
+        "lease": 30.0,
+        "recipients": list(event.recipients),
+        "resend": True,
+        "grace": 300.0,
+        "token": str(uuid.uuid4()),
+    }
+    with store._cursor() as cursor:
+        CLAIM_SUPPRESSING.execute(cursor, store._suppressing_parameters(event, params))
+        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    assert rows.pop(None) == (None, None, None)  # the relay was woken for email.suppressed
+    assert rows == {"ann@example.com": (1, "", False), "Bob@Example.org": (0, "manual", True)}
+    assert states(event) == {"ann@example.com": ("sending", ""), "Bob@Example.org": ("suppressed", "manual")}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_dead_request_leaves_suppressed_recipients_suppressed(store):
     owner = UserFactory()
     suppression_add(owner_id=owner.pk, address="bob@example.org", reason="manual")
