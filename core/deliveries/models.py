@@ -52,10 +52,10 @@ class Delivery(models.Model):
                 name="sender_delivery_state_idx",
                 condition=models.Q(state__in=["unknown", "held", "sending"]),
             ),
-            # Deliveries not finished: reconcile looks at their emails.
+            # Deliveries not finished (suppressed ones are): reconcile looks at their emails.
             models.Index(
                 fields=["email_id"],
-                name="sender_delivery_unfinished_idx",
+                name="sender_delivery_open_idx",
                 condition=~models.Q(state__in=list(TERMINAL)),
             ),
         ]

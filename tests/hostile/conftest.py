@@ -12,6 +12,7 @@ from core.accounts.models import ApiKey, User
 from core.accounts.services import api_key_create
 from core.deliveries.models import Delivery, Redrive
 from core.outbox.models import DeadLetter, OutboxEvent, OutboxReplay
+from core.suppressions.models import Suppression
 from query_api.models import SentEmailLog
 from tests.factories import EmailTemplateFactory, UserFactory
 from tests.hostile.hostile import Fixture
@@ -28,6 +29,7 @@ WRITE_TABLES = (
     Delivery,
     Redrive,
     DeadLetter,
+    Suppression,
 )
 
 
@@ -60,6 +62,7 @@ def hostile_fixture(db, settings) -> Fixture:
         template_id=template.pk,
         recipient_status={"ann@example.com": {"status": "sent"}},
     )
+    Suppression.objects.create(owner=user, address="kept@example.com", reason="manual", source="api")
     _, token = AuthToken.objects.create(user=user)
     api_key = api_key_create(user=user, name="hostile", scopes=["send"]).api_key
     return Fixture(token=token, template_id=template.pk, email_id=email.pk, api_key_id=api_key.pk)
