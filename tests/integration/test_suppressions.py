@@ -373,6 +373,20 @@ def test_anonymous_is_refused(api_client):
 
 
 @pytest.mark.django_db
+def test_an_api_key_of_any_scope_is_refused(user):
+    from rest_framework.test import APIClient
+
+    from core.accounts.services import api_key_create
+
+    client = APIClient()
+    key = api_key_create(user=user, name="service", scopes=["send", "read", "templates"], rate_limit_per_minute=None)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key.key}")
+    assert client.get(URL).status_code == 403
+    assert client.post(URL, {"address": "a@example.com"}, format="json").status_code == 403
+    assert not Suppression.objects.exists()
+
+
+@pytest.mark.django_db
 def test_ops_add_one_in_the_admin_lower_cased(client, django_user_model):
     admin = django_user_model.objects.create_superuser(username="root", email="root@example.com", password="x-Pass-9z")
     client.force_login(admin)
