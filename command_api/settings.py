@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "command_api.webhooks",
     "core.deliveries",
     "core.client_webhooks",
+    "core.suppressions",
 ]
 
 ROOT_URLCONF = "command_api.urls"

@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/v1/users/", include("core.accounts.urls")),
     path("api/v1/api-keys/", include(api_key_urlpatterns)),
     path("api/v1/emails/", include("command_api.emails.urls")),
+    path("api/v1/suppressions/", include("command_api.suppressions.urls")),
     path("api/v1/ops/", include("command_api.ops.urls")),
     path("api/v1/webhooks/", include("command_api.webhooks.urls")),
     path("api/v1/webhook-endpoints/", include("command_api.client_webhooks.urls")),

@@ -123,6 +123,28 @@ class EmailFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmailSuppressed(Event):
+    """These recipients are on the owner's suppression list: the sender's claim recorded them as
+    suppressed and never called the provider for them. `reasons` pairs with `recipients`, one
+    each (bounce, spam_report, unsubscribe, manual)."""
+
+    TYPE: ClassVar[str] = "email.suppressed"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "sent_email"
+
+    email_id: int
+    request_event_id: str
+    recipients: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+    def reason_of(self) -> dict[str, str]:
+        """recipient -> reason; raises ContractError unless there is one reason per recipient."""
+        if len(self.reasons) != len(self.recipients):
+            raise ContractError(f"{self.TYPE}: {len(self.recipients)} recipients but {len(self.reasons)} reasons")
+        return dict(zip(self.recipients, self.reasons, strict=True))
+
+
+@dataclass(frozen=True, kw_only=True)
 class EmailDeliveryStatus(Event):
     """What the provider reported about one recipient (SendGrid's Event Webhook): processed,
     deferred, delivered, bounced, dropped, opened, clicked, spam_reported, unsubscribed."""
@@ -164,10 +186,18 @@ class EmailDeliveryStatuses(Event):
 
 
 # The events about one email, each naming it: every type but the batch of statuses.
-EmailEvent: TypeAlias = EmailRequested | EmailSent | EmailFailed | EmailDeliveryStatus
+EmailEvent: TypeAlias = EmailRequested | EmailSent | EmailFailed | EmailSuppressed | EmailDeliveryStatus
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (EmailRequested, EmailSent, EmailFailed, EmailDeliveryStatus, EmailDeliveryStatuses)
+    cls.TYPE: cls
+    for cls in (
+        EmailRequested,
+        EmailSent,
+        EmailFailed,
+        EmailSuppressed,
+        EmailDeliveryStatus,
+        EmailDeliveryStatuses,
+    )
 }
 
 

@@ -25,6 +25,7 @@ from core.contracts import (
     EmailFailed,
     EmailRequested,
     EmailSent,
+    EmailSuppressed,
     Event,
 )
 from query_api.projection import Change, Row, apply
@@ -80,7 +81,9 @@ def unbatched(event: Event) -> Sequence[EmailEvent]:
     ContractError for an item that breaks the contract, or an event that names no email."""
     if isinstance(event, EmailDeliveryStatuses):
         return event.items()
-    if isinstance(event, EmailRequested | EmailSent | EmailFailed | EmailDeliveryStatus):
+    if isinstance(event, EmailSuppressed):
+        event.reason_of()  # a reason for each recipient, or poison
+    if isinstance(event, EmailRequested | EmailSent | EmailFailed | EmailSuppressed | EmailDeliveryStatus):
         return [event]
     raise ContractError(f"{event.TYPE}: not an event about an email")
 

@@ -5,13 +5,18 @@ twice or out of order can never lower a recipient's status, so applying the same
 order gives the same row. A `delivered` that overtakes its `sent` still ends as delivered.
 Between the sender's own two outcomes, `sent` and `failed`, the later one stands (a re-drive sends
 a failed recipient again), which is as independent of the order of arrival.
+
+`suppressed` (the recipient was on the owner's suppression list when the sender claimed it: the
+provider never had it) is terminal for the recipient and counts as a failure in the overall
+status: an email with some recipients suppressed and the others sent is `partially_failed`, one
+with all of them suppressed is `suppressed`, one with the rest failed is `failed`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent, Event
+from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
 
 RANK = {
     "queued": 0,
@@ -19,6 +24,7 @@ RANK = {
     "deferred": 20,
     "sent": 30,
     "failed": 40,  # our failure; a later delivered (an unknown outcome resolved) overrides it
+    "suppressed": 45,  # never sent: nothing of the provider's can follow it
     "delivered": 50,
     "bounced": 60,
     "dropped": 60,
@@ -28,9 +34,9 @@ RANK = {
     "unsubscribed": 90,
 }
 PENDING = {"queued", "processed", "deferred"}
-FAILED = {"failed", "bounced", "dropped"}
+FAILED = {"failed", "bounced", "dropped", "suppressed"}
 DELIVERED = {"delivered", "opened", "clicked", "spam_reported", "unsubscribed"}
-OVERALL = ("queued", "sending", "sent", "delivered", "partially_failed", "failed")
+OVERALL = ("queued", "sending", "sent", "delivered", "partially_failed", "failed", "suppressed")
 
 
 def overall_status(statuses: list[str]) -> str:
@@ -38,6 +44,8 @@ def overall_status(statuses: list[str]) -> str:
         return "queued"
     if any(s in PENDING for s in statuses):
         return "sending"
+    if all(s == "suppressed" for s in statuses):
+        return "suppressed"
     if all(s in FAILED for s in statuses):
         return "failed"
     if any(s in FAILED for s in statuses):
@@ -131,6 +139,10 @@ def apply(row: Row, event: Event) -> list[Change]:
         for recipient in (r.lower() for r in event.recipients):
             if _advance(row, recipient, "failed", event.occurred_at, reason=event.reason):
                 record(recipient, "failed", event.occurred_at, event.reason)
+    elif isinstance(event, EmailSuppressed):
+        for recipient, reason in event.reason_of().items():
+            if _advance(row, recipient.lower(), "suppressed", event.occurred_at, reason=reason):
+                record(recipient.lower(), "suppressed", event.occurred_at, reason)
     elif isinstance(event, EmailDeliveryStatus):
         recipient = event.recipient.lower()
         if event.status in RANK and _advance(

@@ -1,9 +1,10 @@
 """Rebuild and reconcile the read table from the write side's own records.
 
 The broker keeps nothing, so the write side is the source: each email's events are synthesized
-from its row and recipients (email.requested), the sender's delivery records (email.sent /
-email.failed) and the stored provider webhook events (email.delivery_status), then applied with
-the projector's own rules (query_api.projection), so a rebuilt row is what projection gives.
+from its row and recipients (email.requested), the sender's delivery records (email.sent,
+email.failed, email.suppressed) and the stored provider webhook events (email.delivery_status),
+then applied with the projector's own rules (query_api.projection), so a rebuilt row is what
+projection gives.
 
 `read_model_rebuild` fills new tables inside one REPEATABLE READ snapshot, then, holding an
 exclusive lock on the live table (the projector waits, readers wait a moment), catches up the
@@ -24,7 +25,8 @@ import structlog
 from django.conf import settings
 from django.db import connection, transaction
 
-from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
+from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent, EmailSuppressed
+from core.deliveries.states import TERMINAL_SQL
 from core.outbox.sql import REARM_PUBLISHED_REQUESTS_SQL
 from query_api.apply import COLUMNS, history_entry, write_history
 from query_api.projection import RANK, Row, apply
@@ -35,7 +37,7 @@ from query_api.write_side import SENT_EMAIL as E
 
 log = structlog.get_logger(__name__)
 CHUNK = 2000
-PHASE = {EmailRequested: 0, EmailSent: 1, EmailFailed: 1, EmailDeliveryStatus: 2}
+PHASE = {EmailRequested: 0, EmailSent: 1, EmailFailed: 1, EmailSuppressed: 1, EmailDeliveryStatus: 2}
 SLACK = "interval '60 seconds'"  # longer than any write transaction: a commit may carry an older now()
 
 # The write side's tables and columns are named in query_api.write_side (E, R, D, P, O here).
@@ -50,7 +52,7 @@ DELIVERIES_SQL = f"""
     SELECT {D.email_id}, {D.event_id}::text, {D.state}, {D.recipient}, {D.provider_message_id}, {D.last_error},
            {D.attempts}, {D.updated_at}
       FROM {D}
-     WHERE {D.email_id} = ANY(%s::bigint[]) AND {D.state} IN ('sent', 'failed')
+     WHERE {D.email_id} = ANY(%s::bigint[]) AND {D.state} IN {TERMINAL_SQL}
 """
 PROVIDER_EVENTS_SQL = f"""
     SELECT {P.email_id}, {P.provider_event_id}, {P.request_event_id}::text, {P.recipient}, {P.status},
@@ -112,6 +114,9 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
         )
         if state == "sent":
             events[email_id].append(EmailSent(provider_message_id=message_id, **common))
+        elif state == "suppressed":  # the claim kept the reason as the delivery's error
+            del common["provider"], common["attempt"]
+            events[email_id].append(EmailSuppressed(reasons=(error,) * len(recipients), **common))
         else:
             events[email_id].append(EmailFailed(reason=error, permanent=True, **common))
     cursor.execute(PROVIDER_EVENTS_SQL, [email_ids])
@@ -260,7 +265,7 @@ CANDIDATES_SQL = f"""
      WHERE status IN ('queued', 'sending') AND created < now() - %(grace)s * interval '1 second'
     UNION
     SELECT DISTINCT {D.email_id} FROM {D}
-     WHERE {D.state} NOT IN ('sent', 'failed') AND {D.created_at} < now() - %(grace)s * interval '1 second'
+     WHERE {D.state} NOT IN {TERMINAL_SQL} AND {D.created_at} < now() - %(grace)s * interval '1 second'
 """
 # Of `ids`, those accepted longer than the stuck threshold ago with a recipient that is not
 # finished on the write side; and whether any of their recipients ever reached a sender.
@@ -272,7 +277,7 @@ STUCK_SQL = f"""
                     WHERE r.{R.email_id} = e.{E.id}
                       AND NOT EXISTS (SELECT 1 FROM {D} d
                                        WHERE d.{D.email_id} = e.{E.id} AND d.{D.recipient} = r.{R.address}
-                                         AND d.{D.state} IN ('sent', 'failed')))
+                                         AND d.{D.state} IN {TERMINAL_SQL}))
 """
 
 

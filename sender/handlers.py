@@ -15,6 +15,9 @@ taken the mail) is resolved from the provider's own events: the Event Webhook's 
 any later status) for it marks it sent, and it is never resent. Only after
 SENDER_IN_DOUBT_GRACE_SECONDS with no such event is it sent again (or held for ops, by
 SENDER_UNKNOWN_OUTCOME=hold).
+
+Suppressed recipients (on the owner's list at the claim) are settled by the claim itself,
+terminal and with their event: the handler only counts them, and sends the others as usual.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ SENT_TOTAL = Counter("sender_sent_recipients_total", "Recipients the provider ac
 FAILED_TOTAL = Counter("sender_failed_recipients_total", "Recipients failed", ["permanent"])
 RETRIED_TOTAL = Counter("sender_retried_total", "Recipients or messages scheduled for later", ["reason"])
 RESOLVED_TOTAL = Counter("sender_in_doubt_resolved_total", "Deliveries in doubt, resolved", ["outcome"])
+SUPPRESSED_TOTAL = Counter(
+    "sender_suppressed_recipients_total", "Recipients not sent: on their owner's suppression list", ["reason"]
+)
 FENCED_TOTAL = Counter("sender_outcome_fenced_total", "Outcome writes refused: the claim no longer held the row")
 PROVIDER_SECONDS = Histogram(
     "sender_provider_call_seconds",
@@ -100,6 +106,11 @@ def handle_email_requested(
         resolved = store.resolve_seen(event, claim.seen, provider=provider.name)
         RESOLVED_TOTAL.labels(outcome="provider_has_it").inc(resolved)
         bound.info("in_doubt_resolved_as_sent", recipients=resolved)
+    if claim.suppressed:
+        # Recorded by the claim itself, with email.suppressed: nothing to call, nothing to retry.
+        for reason in claim.suppressed.values():
+            SUPPRESSED_TOTAL.labels(reason=reason).inc()
+        bound.info("email_recipients_suppressed", recipients=len(claim.suppressed))
     if claim.held:
         RESOLVED_TOTAL.labels(outcome="held").inc(len(claim.held))
         bound.warning("delivery_held_for_ops", recipients=len(claim.held))
@@ -167,7 +178,7 @@ def handle_email_requested(
             busy=len(claim.busy),
             waiting=len(claim.waiting),
         )
-    elif not claim.claimed and not claim.seen:
+    elif not claim.claimed and not claim.seen and not claim.suppressed:
         bound.info("email_already_handled")
     return Decision(ACK)
 

@@ -29,7 +29,7 @@ from django.db import connection
 from tests import services
 from tests.system import Http, System
 
-TERMINAL = ("delivered", "failed", "partially_failed")  # the read model's
+TERMINAL = ("delivered", "failed", "partially_failed", "suppressed")  # the read model's
 BROKER_DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ 3.10's
 
 

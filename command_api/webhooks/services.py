@@ -16,10 +16,12 @@ from prometheus_client import Counter
 from rest_framework import status
 from sendgrid.helpers.eventwebhook import EventWebhook
 
+from command_api.emails.models import SentEmail
 from command_api.webhooks.models import ProviderEvent
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses
 from core.errors import ApplicationError
 from core.outbox.services import new_event_id, outbox_events_add
+from core.suppressions.services import SuppressionItem, suppressions_add_many
 from core.text import OutOfRange, array_items, first_problem, parse_id, text_problem
 
 log = structlog.get_logger(__name__)
@@ -44,6 +46,46 @@ STATUS_OF = {
     "unsubscribe": "unsubscribed",
     "group_unsubscribe": "unsubscribed",
 }
+
+
+# SendGrid's events that put the recipient on the email owner's suppression list, with the reason.
+# Only hard bounces: SendGrid's `bounce` of type `bounce`, not `blocked` (the receiving server
+# refused this message, say for its content or our IP's reputation, not the address). A group
+# unsubscribe counts as an unsubscribe: the account is the finest grain the list has.
+SUPPRESSION_REASON_OF = {"spamreport": "spam_report", "unsubscribe": "unsubscribe", "group_unsubscribe": "unsubscribe"}
+
+
+def suppression_reason(item: dict) -> str | None:
+    """The suppression reason of a SendGrid event, or None when it suppresses nothing."""
+    event = item.get("event")
+    if event == "bounce":
+        return "bounce" if item.get("type", "bounce") == "bounce" else None
+    return SUPPRESSION_REASON_OF.get(event) if isinstance(event, str) else None
+
+
+def _suppressions_add(rows: list[ProviderEvent]) -> int:
+    """Put the recipients of these new events that suppress (hard bounces, spam reports,
+    unsubscribes) on their email owner's list, in the caller's transaction. Events of emails we
+    do not know (a forged custom_arg) add nothing."""
+    wanted = [(row, reason) for row in rows if (reason := suppression_reason(row.payload))]
+    if not wanted:
+        return 0
+    owners = dict(SentEmail.objects.filter(pk__in={row.email_id for row, _ in wanted}).values_list("pk", "sender_id"))
+    return suppressions_add_many(
+        items=[
+            SuppressionItem(
+                owner_id=owners[row.email_id],
+                address=row.recipient,
+                reason=reason,
+                detail=row.reason,
+                email_id=row.email_id,
+                at=row.reported_at.isoformat(),
+            )
+            for row, reason in wanted
+            if row.email_id in owners
+        ],
+        source="webhook",
+    )
 
 
 # SendGrid posts up to a few thousand events at once; messages stay well under 1 MB.
@@ -221,7 +263,8 @@ def sendgrid_events_receive(
     """Verify SendGrid's signature, then in one transaction store each new event (SendGrid's
     repeated posts are dropped by sg_event_id) and write the new ones to the outbox as
     `email.delivery_statuses` events, one per email (of at most STATUSES_PER_EVENT statuses), the
-    email's id their aggregate id. Events without our custom_args,
+    email's id their aggregate id. Hard bounces, spam reports and unsubscribes also put the
+    recipient on the email owner's suppression list, in the same transaction. Events without our custom_args,
     or of kinds we do not track, are ignored; malformed ones (a bad id, an oversized field, a
     control character) are counted as rejected and logged, and the others are still stored.
     Raises ApplicationError: 403 (signature), 400 (not a JSON list)."""
@@ -257,6 +300,8 @@ def sendgrid_events_receive(
         # RETURNING names exactly the rows this transaction inserted: events stored before, by an
         # earlier or a concurrent post of SendGrid's, write no second outbox event.
         inserted = _insert_new(rows)
+        # In the same transaction: the events and the suppressions they cause commit together.
+        _suppressions_add([row for row in rows if row.provider_event_id in inserted])
         received_at = datetime.now(UTC).isoformat()
         statuses = [
             EmailDeliveryStatus(

@@ -4,6 +4,8 @@ for migrations, the admin, the ops tools and tests."""
 from django.db import models
 from django.db.models.functions import Now
 
+from core.deliveries.states import TERMINAL
+
 
 class Delivery(models.Model):
     """One recipient of one email.requested event: the claim (with a lease) a sender takes
@@ -16,6 +18,7 @@ class Delivery(models.Model):
         RETRY = "retry", "waiting for a retry"
         UNKNOWN = "unknown", "in doubt (a timeout): waiting for the provider's word"
         HELD = "held", "held for ops (outcome unknown)"
+        SUPPRESSED = "suppressed", "suppressed (on the owner's list; never sent)"
 
     event_id = models.UUIDField()
     recipient = models.CharField(max_length=254)
@@ -49,11 +52,11 @@ class Delivery(models.Model):
                 name="sender_delivery_state_idx",
                 condition=models.Q(state__in=["unknown", "held", "sending"]),
             ),
-            # Deliveries not finished: reconcile looks at their emails.
+            # Deliveries not finished (suppressed ones are): reconcile looks at their emails.
             models.Index(
                 fields=["email_id"],
-                name="sender_delivery_unfinished_idx",
-                condition=~models.Q(state__in=["sent", "failed"]),
+                name="sender_delivery_open_idx",
+                condition=~models.Q(state__in=list(TERMINAL)),
             ),
         ]
 

@@ -21,6 +21,7 @@ from django.db.models import Q
 
 from core.contracts import EmailRequested, EmailSent
 from core.deliveries.models import Delivery, Redrive
+from core.deliveries.states import TERMINAL_SQL
 from core.errors import ApplicationError
 from core.outbox.models import DeadLetter, OutboxEvent
 from core.outbox.services import new_event_id, notify_relay, outbox_events_add
@@ -196,9 +197,9 @@ def deliveries_redrive(
 # outbox row is gone (the purge takes it only when every recipient is finished, after
 # OUTBOX_RETENTION_DAYS) and no dead letter holds a copy ops could re-drive. A replay of the
 # request would otherwise find no record of what was sent, and send it again.
-_PRUNABLE_DELIVERIES = """
+_PRUNABLE_DELIVERIES = f"""
     SELECT d.id FROM sender_delivery d
-     WHERE d.state IN ('sent', 'failed') AND d.updated_at < now() - %(days)s * interval '1 day'
+     WHERE d.state IN {TERMINAL_SQL} AND d.updated_at < now() - %(days)s * interval '1 day'
        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = d.event_id)
        AND NOT EXISTS (SELECT 1 FROM outbox_dead_letter l
                         WHERE l.message_id = d.event_id::text AND l.resolution IN ('parked', 'failed'))

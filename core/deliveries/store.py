@@ -15,6 +15,12 @@ delivery in doubt (the sender died, or the call timed out, after the provider ma
 it) is resolved from the provider's own events (`record_receipts` notes them): seen, it is
 sent, never resent; not seen within the grace period, it is sent again (or held, by policy).
 
+The suppression check is part of the claim: a recipient on its owner's list (core.suppressions)
+is never claimed, so never sent; it is written `suppressed`, terminal, with the reason and
+`email.suppressed`. The claim is the moment the send is decided, and the list is read in the
+claim's own snapshot, so a suppression committed before it always counts (one committed after
+it comes after the decision), however long the email waited for its turn or its retry.
+
 Connections come from a small pool; the provider call never holds one.
 """
 
@@ -31,30 +37,90 @@ from datetime import UTC, datetime
 import psycopg2
 from psycopg2.pool import ThreadedConnectionPool
 
-from core.contracts import EmailFailed, EmailRequested, EmailSent, Event
+from core.contracts import EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
 from core.db import connect_kwargs
+from core.deliveries.states import TERMINAL_SQL
 from core.outbox.services import new_event_id
 from core.outbox.sql import TABLE as OUTBOX
 from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
+from core.suppressions.sql import not_suppressed, suppressed_recipients
 
-TERMINAL = ("sent", "failed")
-
+# Who may take a delivery that exists: a retry that is due, or (with `resend`) one in doubt whose
+# lease and grace ran out with no word from the provider.
+_CLAIMABLE = """(d.state = 'retry' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
+        OR (%(resend)s::bool AND d.state IN ('sending', 'unknown') AND d.lease_until < now()
+            AND d.provider_seen_at IS NULL AND d.updated_at <= now() - %(grace)s::float8 * interval '1 second')"""
+# The suppression check's `email.suppressed`: the recipients and their reasons, in one order.
+_SUPPRESSED_EVENT = insert_select(
+    payload="""%(payload)s::jsonb || jsonb_build_object(
+                   'recipients', (SELECT jsonb_agg(recipient ORDER BY recipient) FROM suppressed),
+                   'reasons', (SELECT jsonb_agg(last_error ORDER BY recipient) FROM suppressed))"""
+)
+# The claim: new recipients and those due again, none on the owner's suppression list (the list
+# is read in the claim's own snapshot: a suppression committed before it stops the recipient).
+# Every email runs it; the check adds one index probe per recipient.
 CLAIM = Prepared(
     "sender_claim",
-    """
+    f"""
     INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until, claim_token,
                                       provider_message_id, last_error, created_at, updated_at)
     SELECT %(event_id)s::uuid, r, %(email_id)s::bigint, 'sending', 1, now() + %(lease)s::float8 * interval '1 second',
            %(token)s::uuid, '', '', now(), now()
       FROM unnest(%(recipients)s::text[]) AS r
+     WHERE {not_suppressed(owner="%(owner_id)s::bigint", recipient="r")}
     ON CONFLICT (event_id, recipient) DO UPDATE
        SET state = 'sending', attempts = d.attempts + 1, lease_until = EXCLUDED.lease_until,
            claim_token = EXCLUDED.claim_token, next_attempt_at = NULL, updated_at = now()
-     WHERE (d.state = 'retry' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
-        OR (%(resend)s::bool AND d.state IN ('sending', 'unknown') AND d.lease_until < now()
-            AND d.provider_seen_at IS NULL AND d.updated_at <= now() - %(grace)s::float8 * interval '1 second')
+     WHERE {_CLAIMABLE}
     RETURNING recipient, attempts, last_error
+""",
+)
+# The rest of a claim, for the recipients the first statement did not take (rare: suppressed,
+# duplicates, retries not due): in one statement, those on the owner's list (`barred`) are not
+# claimed but written `suppressed` with the reason, with `email.suppressed` in the outbox (only
+# when any were), and the others are claimed. It reads the list again, in its own snapshot:
+# whatever it finds is the decision, claim or suppress, so a change of the list between the two
+# statements leaves no recipient undecided. Rows come back as (recipient, attempts, last_error,
+# suppressed); a row of NULLs says the relay was woken.
+CLAIM_SUPPRESSING = Prepared(
+    "sender_claim_suppressing",
+    f"""
+    WITH barred AS MATERIALIZED (
+        {suppressed_recipients(owner="%(owner_id)s::bigint", recipients="%(recipients)s")}
+    ), suppressed AS (
+        INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, provider_message_id,
+                                          last_error, created_at, updated_at)
+        SELECT %(event_id)s::uuid, b.recipient, %(email_id)s::bigint, 'suppressed', 0, '', b.reason, now(), now()
+          FROM barred b
+        ON CONFLICT (event_id, recipient) DO UPDATE
+           SET state = 'suppressed', last_error = EXCLUDED.last_error, lease_until = NULL, claim_token = NULL,
+               next_attempt_at = NULL, updated_at = now()
+         WHERE {_CLAIMABLE}
+        RETURNING recipient, last_error
+    ), event AS (
+        {_SUPPRESSED_EVENT}
+         WHERE EXISTS (SELECT 1 FROM suppressed)
+        RETURNING 1
+    ), claimed AS (
+        INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until, claim_token,
+                                          provider_message_id, last_error, created_at, updated_at)
+        SELECT %(event_id)s::uuid, r, %(email_id)s::bigint, 'sending', 1,
+               now() + %(lease)s::float8 * interval '1 second', %(token)s::uuid, '', '', now(), now()
+          FROM unnest(%(recipients)s::text[]) AS r
+         WHERE NOT EXISTS (SELECT 1 FROM barred b WHERE b.recipient = r)
+        ON CONFLICT (event_id, recipient) DO UPDATE
+           SET state = 'sending', attempts = d.attempts + 1, lease_until = EXCLUDED.lease_until,
+               claim_token = EXCLUDED.claim_token, next_attempt_at = NULL, updated_at = now()
+         WHERE {_CLAIMABLE}
+        RETURNING recipient, attempts, last_error
+    )
+    SELECT recipient, attempts, last_error, false FROM claimed
+    UNION ALL
+    SELECT recipient, 0, last_error, true FROM suppressed
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL
+      FROM (SELECT pg_notify(%(channel)s, '') FROM event WHERE %(notify)s::bool) AS woken
 """,
 )
 # What the claim did not take, and why.
@@ -179,7 +245,7 @@ FAIL_DEAD_SQL = f"""
         ON CONFLICT (event_id, recipient) DO UPDATE
            SET state = 'failed', last_error = EXCLUDED.last_error, lease_until = NULL, claim_token = NULL,
                next_attempt_at = NULL, updated_at = now()
-         WHERE d.state NOT IN ('sent', 'failed') AND NOT (d.state = 'sending' AND d.lease_until > now())
+         WHERE d.state NOT IN {TERMINAL_SQL} AND NOT (d.state = 'sending' AND d.lease_until > now())
         RETURNING recipient
 {_and_event(_FAILED_EVENT)}
 """
@@ -203,7 +269,8 @@ class Claim:
     seen: list[str] = field(default_factory=list)  # in doubt, and the provider reported on them: sent
     waiting: list[str] = field(default_factory=list)  # in doubt, within the grace for the provider's word
     held: list[str] = field(default_factory=list)  # in doubt past the grace, held for ops by policy
-    done: list[str] = field(default_factory=list)  # sent, failed or held before
+    done: list[str] = field(default_factory=list)  # sent, failed, suppressed or held before
+    suppressed: dict[str, str] = field(default_factory=dict)  # on the owner's list now: recipient -> reason
 
 
 class DeliveryStore:
@@ -261,12 +328,17 @@ class DeliveryStore:
     ) -> Claim:
         """Take the recipients of `event` that are due: new ones, retries whose time has come, and
         (with `resend_in_doubt`) ones in doubt whose grace passed with no word from the provider.
-        Idempotent: a second claim of a finished delivery takes nothing. Says why the others
-        were not taken; holds, by policy, the ones in doubt past the grace."""
+        Recipients on the owner's suppression list are not taken: they become `suppressed`, with
+        the reason, and `email.suppressed` goes into the outbox, in one statement (run only when
+        the first took fewer than all: an email with nobody suppressed pays one index probe per
+        recipient, inside the claim, and nothing else). Idempotent: a second claim of a
+        finished delivery takes nothing. Says why the others were not taken; holds, by policy,
+        the ones in doubt past the grace."""
         token = str(uuid.uuid4())
         params = {
             "event_id": event.event_id,
             "email_id": event.email_id,
+            "owner_id": event.owner_id,
             "lease": lease_seconds,
             "recipients": list(event.recipients),
             "resend": resend_in_doubt,
@@ -281,8 +353,20 @@ class DeliveryStore:
                 claim.last_errors[recipient] = last_error
             if len(claim.claimed) == len(event.recipients):
                 return claim
+            rest = [r for r in event.recipients if r not in claim.claimed]
+            CLAIM_SUPPRESSING.execute(cursor, self._suppressing_parameters(event, params | {"recipients": rest}))
+            for recipient, attempts, last_error, barred in cursor.fetchall():
+                if recipient is None:
+                    continue  # the row that says the relay was woken
+                if barred:
+                    claim.suppressed[recipient] = last_error
+                else:
+                    claim.claimed[recipient] = attempts
+                    claim.last_errors[recipient] = last_error
+            if len(claim.claimed) + len(claim.suppressed) == len(event.recipients):
+                return claim
             cursor.execute(UNCLAIMED_SQL, params)
-            rows = [row for row in cursor.fetchall() if row[0] not in claim.claimed]
+            rows = [row for row in cursor.fetchall() if row[0] not in claim.claimed and row[0] not in claim.suppressed]
             past_grace = [
                 recipient
                 for recipient, state, live, seen, in_grace in rows
@@ -306,6 +390,24 @@ class DeliveryStore:
             else:
                 claim.done.append(recipient)
         return claim
+
+    def _suppressing_parameters(self, request: EmailRequested, params: dict) -> dict:
+        """`params` of the claim, with the `email.suppressed` event CLAIM_SUPPRESSING writes if it
+        suppresses any (the statement fills in who and why) and the relay's channel."""
+        event = EmailSuppressed(
+            event_id=new_event_id(),
+            correlation_id=request.correlation_id,
+            occurred_at=_now(),
+            email_id=request.email_id,
+            request_event_id=request.event_id,
+            recipients=(),
+            reasons=(),
+        )
+        return (
+            params
+            | _outbox_parameters(event, request)
+            | {"notify": self._notify_channel is not None, "channel": self._notify_channel or ""}
+        )
 
     # Outcomes --------------------------------------------------------------------------------
 

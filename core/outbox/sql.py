@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from core.contracts import Event
+from core.deliveries.states import TERMINAL_SQL
 
 TABLE = "outbox"
 
@@ -141,11 +142,11 @@ def outbox_backlog(cursor) -> Backlog:
 # Retention -------------------------------------------------------------------------------------
 
 # Published rows past the retention, but never an email's request while one of its recipients is
-# not finished (sent or failed): the request is the only way to send them again (re-drive).
+# not finished (sent, failed or suppressed): the request is the only way to send them again (re-drive).
 PURGEABLE_SQL = f"""
     SELECT o.id FROM {TABLE} o
      WHERE o.published_at < %(cutoff)s
        AND (o.type <> 'email.requested'
-            OR (SELECT count(*) FROM sender_delivery d WHERE d.event_id = o.id AND d.state IN ('sent', 'failed'))
+            OR (SELECT count(*) FROM sender_delivery d WHERE d.event_id = o.id AND d.state IN {TERMINAL_SQL})
                >= jsonb_array_length(o.payload -> 'recipients'))
 """

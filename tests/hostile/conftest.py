@@ -14,6 +14,7 @@ from core.accounts.services import api_key_create
 from core.client_webhooks.models import WebhookEndpoint, WebhookMessage
 from core.deliveries.models import Delivery, Redrive
 from core.outbox.models import DeadLetter, OutboxEvent, OutboxReplay
+from core.suppressions.models import Suppression
 from query_api.models import SentEmailLog
 from tests.factories import EmailTemplateFactory, UserFactory
 from tests.hostile.hostile import Fixture
@@ -32,6 +33,7 @@ WRITE_TABLES = (
     DeadLetter,
     WebhookEndpoint,
     WebhookMessage,
+    Suppression,
 )
 
 
@@ -64,6 +66,7 @@ def hostile_fixture(db, settings) -> Fixture:
         template_id=template.pk,
         recipient_status={"ann@example.com": {"status": "sent"}},
     )
+    Suppression.objects.create(owner=user, address="kept@example.com", reason="manual", source="api")
     _, token = AuthToken.objects.create(user=user)
     api_key = api_key_create(user=user, name="hostile", scopes=["send"]).api_key
     endpoint, message = webhook_endpoint_with_message(user, email.pk)

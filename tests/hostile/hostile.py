@@ -257,6 +257,16 @@ def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
             },
         ),
         ("GET", "/api/v1/ops/outbox/status/"): Request("GET", "/api/v1/ops/outbox/status/"),
+        ("GET", "/api/v1/suppressions/"): Request(
+            "GET", "/api/v1/suppressions/", {"address": "kept@example.com", "reason": "manual", "page": "1"}
+        ),
+        ("POST", "/api/v1/suppressions/"): Request(
+            "POST",
+            "/api/v1/suppressions/",
+            body={"address": f"s-{unique}@example.com", "reason": "manual", "detail": "check"},
+        ),
+        # The fixture's staff user has kept@example.com on its list.
+        ("DELETE", "/api/v1/suppressions/{address}/"): Request("DELETE", "/api/v1/suppressions/kept@example.com/"),
         ("GET", "/api/v1/ops/deliveries/"): Request(
             "GET", "/api/v1/ops/deliveries/", {"state": "failed", "email_id": str(fx.email_id), "page": "1"}
         ),

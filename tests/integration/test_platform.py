@@ -52,6 +52,8 @@ def test_openapi_schema_lists_the_public_api(api_client):
         "/api/v1/emails/email-template/",
         "/api/v1/emails/email-template/{template_id}/",
         "/api/v1/emails/sent-email/",
+        "/api/v1/suppressions/",
+        "/api/v1/suppressions/{address}/",
     ]:
         assert path in paths
     assert api_client.get("/api/docs/").status_code == 200
@@ -71,6 +73,8 @@ def test_correlation_id_is_generated_when_absent_and_refused_when_unsafe(api_cli
         "/admin/emails/emailtemplate/",
         "/admin/emails/sentemail/",
         "/admin/outbox/outboxevent/",
+        "/admin/suppressions/suppression/",
+        "/admin/suppressions/suppression/add/",
     ],
 )
 def test_admin_pages_open_for_staff(client, page, django_user_model):

@@ -2,12 +2,27 @@ import dataclasses
 
 import pytest
 
-from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
+from core.contracts import (
+    ContractError,
+    EmailDeliveryStatus,
+    EmailDeliveryStatuses,
+    EmailRequested,
+    EmailSuppressed,
+    event_from_dict,
+)
 from tests.conftest import golden
 
 
 @pytest.mark.parametrize(
-    "event_type", ["email.requested", "email.sent", "email.failed", "email.delivery_status", "email.delivery_statuses"]
+    "event_type",
+    [
+        "email.requested",
+        "email.sent",
+        "email.failed",
+        "email.suppressed",
+        "email.delivery_status",
+        "email.delivery_statuses",
+    ],
 )
 def test_every_golden_sample_round_trips(event_type):
     sample = golden(event_type, 1)
@@ -90,3 +105,22 @@ def test_a_failure_written_before_the_request_fields_were_added_still_reads():
     older = {k: v for k, v in golden("email.failed", 1).items() if k not in added}
     event = EmailFailed.from_dict(older)
     assert event.owner_id is None and event.subject == "" and event.reason.startswith("400")
+
+
+def test_a_suppression_pairs_each_recipient_with_its_reason():
+    event = EmailSuppressed.from_dict(golden("email.suppressed", 1))
+    assert event.reason_of() == {"bob@example.org": "bounce"}
+
+
+def test_a_suppression_without_a_reason_for_each_recipient_is_refused():
+    event = EmailSuppressed.from_dict(golden("email.suppressed", 1) | {"reasons": []})
+    with pytest.raises(ContractError, match="1 recipients but 0 reasons"):
+        event.reason_of()
+
+
+def test_the_projector_takes_a_suppression_without_a_reason_each_as_poison():
+    from query_api.apply import unbatched
+
+    event = EmailSuppressed.from_dict(golden("email.suppressed", 1) | {"recipients": ["a@x.org", "b@x.org"]})
+    with pytest.raises(ContractError, match="2 recipients but 1 reasons"):
+        unbatched(event)

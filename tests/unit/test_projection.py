@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent
+from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent, EmailSuppressed
 from query_api.projection import Row, apply, overall_status
 
 T = "2026-11-27T10:00:0{}+00:00"
@@ -133,6 +133,11 @@ def test_a_failure_is_overridden_by_a_later_delivery():
         (["delivered", "opened"], "delivered"),
         (["failed", "bounced"], "failed"),
         (["failed", "delivered"], "partially_failed"),
+        (["suppressed", "suppressed"], "suppressed"),
+        (["suppressed", "sent"], "partially_failed"),
+        (["suppressed", "delivered"], "partially_failed"),
+        (["suppressed", "failed"], "failed"),
+        (["suppressed", "queued"], "sending"),
     ],
 )
 def test_overall_status(statuses, expected):
@@ -196,3 +201,48 @@ def test_a_request_the_broker_refused_is_known_from_its_failure_alone():
     assert row.recipients == ["ann@example.com", "bob@example.org"] and row.status == "failed"
     plain = EmailFailed(**{**vars(failed), "event_id": "f2", "owner_id": None})
     assert run([plain]).owner_id is None  # an ordinary failure waits for its request
+
+
+def suppressed(recipients=("bob@example.org",), reasons=("bounce",), n=1):
+    return EmailSuppressed(
+        event_id=f"x{n}",
+        correlation_id="c",
+        occurred_at=T.format(n),
+        email_id=1,
+        request_event_id="r",
+        recipients=recipients,
+        reasons=reasons,
+    )
+
+
+def test_a_suppressed_recipient_shows_its_reason_in_the_row_and_the_history():
+    row = run([requested(), sent(recipients=("Ann@example.com",))])
+    changes = apply(row, suppressed(recipients=("Bob@Example.org",)))
+    assert row.recipient_status["bob@example.org"] == {"status": "suppressed", "at": T.format(1), "reason": "bounce"}
+    assert [(c.type, c.recipient, c.status, c.detail) for c in changes] == [
+        ("email.suppressed", "bob@example.org", "suppressed", "bounce")
+    ]
+    assert row.status == "partially_failed"
+
+
+def test_suppressed_in_any_order_and_twice_gives_the_same_row():
+    events = [requested(), sent(recipients=("Ann@example.com",)), suppressed(), status("ann@example.com", "delivered")]
+    expected = run(events)
+    for order in itertools.permutations([*events, events[2]]):
+        assert run(order) == expected
+    assert expected.recipient_status["bob@example.org"]["status"] == "suppressed"
+
+
+def test_an_email_whose_recipients_are_all_suppressed_is_suppressed():
+    both = suppressed(recipients=("Ann@example.com", "bob@example.org"), reasons=("unsubscribe", "spam_report"))
+    row = run([both, requested()])
+    assert row.status == "suppressed"
+    assert {r: s["reason"] for r, s in row.recipient_status.items()} == {
+        "ann@example.com": "unsubscribe",
+        "bob@example.org": "spam_report",
+    }
+
+
+def test_a_suppressed_recipient_is_never_lowered_by_a_queued_request_applied_late():
+    row = run([suppressed(), requested()])
+    assert row.recipient_status["bob@example.org"]["status"] == "suppressed"
