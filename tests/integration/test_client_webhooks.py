@@ -386,3 +386,25 @@ def test_retention_prunes_finished_messages_with_their_attempts(dev_settings, re
     assert client_webhook_messages_prune() == 1
     assert list(WebhookMessage.objects.values_list("email_id", flat=True)) == [62]
     assert not WebhookAttempt.objects.exists()
+
+
+def test_a_suppressed_recipient_is_posted_as_email_suppressed(dev_settings, receiver, conn, notifier):
+    from core.contracts import EmailSuppressed
+
+    user = UserFactory()
+    endpoint = endpoint_for(user, receiver.url("fast/suppressed"), ["email.suppressed"])
+    notifier()
+    suppressed = EmailSuppressed(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at="2026-11-27T12:00:01+00:00",
+        email_id=71,
+        request_event_id="r",
+        recipients=("bob@example.org",),
+        reasons=("bounce",),
+    )
+    apply_batch(conn, [requested(email_id=71, owner_id=user.pk), suppressed], webhooks_channel="client_webhooks_test")
+    wait_for(lambda: receiver.at("fast"), what="the suppressed webhook")
+    (body,) = [Webhook(endpoint.secret).verify(r.body, r.headers) for r in receiver.at("fast")]
+    assert body["type"] == "email.suppressed" and body["data"]["recipient"] == "bob@example.org"
+    assert body["data"]["sequence"] == 2  # after the email's queued
