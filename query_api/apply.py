@@ -16,7 +16,7 @@ import structlog
 from prometheus_client import Counter
 
 from core.client_webhooks.queueing import StatusChange, messages_queue
-from core.client_webhooks.sql import owner_has_endpoint
+from core.client_webhooks.sql import owners_with_endpoints
 from core.contracts import (
     ContractError,
     EmailDeliveryStatus,
@@ -64,14 +64,17 @@ ENSURE_ROWS_SQL = """
 LOCK_ROWS_SQL = f"""
     SELECT {", ".join(COLUMNS)} FROM read_sent_email WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
 """
-# Returns the owners of the rows written that have an enabled webhook endpoint: client webhooks
-# cost the batch no statement of their own while nobody has one.
+# Returns the owners of the rows written that have an enabled webhook endpoint (none, while
+# nobody has one): client webhooks cost the batch no statement of their own.
 WRITE_ROWS_SQL = f"""
-    UPDATE read_sent_email AS t
-       SET {", ".join(f"{c} = s.{c}" for c in COLUMNS if c != "id")}
-      FROM json_populate_recordset(NULL::read_sent_email, %s) AS s
-     WHERE t.id = s.id
-    RETURNING t.owner_id, {owner_has_endpoint("t.owner_id")}
+    WITH written AS (
+        UPDATE read_sent_email AS t
+           SET {", ".join(f"{c} = s.{c}" for c in COLUMNS if c != "id")}
+          FROM json_populate_recordset(NULL::read_sent_email, %s) AS s
+         WHERE t.id = s.id
+        RETURNING t.owner_id
+    )
+    {owners_with_endpoints("written")}
 """
 HISTORY_COLUMNS = ("email_id", "event_id", "type", "recipient", "status", "at", "detail")
 
@@ -157,17 +160,22 @@ def apply_batch(conn, events: list[Event], *, webhooks_channel: str | None = Non
                 cursor.execute(ENSURE_ROWS_SQL, [email_ids])
                 cursor.execute(LOCK_ROWS_SQL, [email_ids])
                 rows = {values[0]: _row_from_db(values) for values in cursor.fetchall()}
-                history, changes = [], []
+                history, made = [], []
                 for event in fresh:
                     row = rows[event.email_id]
                     for change in apply(row, event):
                         history.append(history_entry(event.email_id, change))
-                        if row.owner_id is not None:
-                            changes.append(status_change(row.owner_id, event.email_id, change))
+                        made.append((row, change))
                 cursor.execute(WRITE_ROWS_SQL, [json.dumps([vars(r) for r in rows.values()])])
-                owners = {owner for owner, has_endpoint in cursor.fetchall() if has_endpoint}
+                owners = {owner for (owner,) in cursor.fetchall()}
                 write_history(cursor, history)
-                messages_queue(cursor, changes, owners=owners, notify_channel=webhooks_channel)
+                if owners:
+                    changes = [
+                        status_change(row.owner_id, row.id, change)
+                        for row, change in made
+                        if row.owner_id is not None and row.owner_id in owners
+                    ]
+                    messages_queue(cursor, changes, owners=owners, notify_channel=webhooks_channel)
         conn.commit()
     except BaseException:
         if not conn.closed:

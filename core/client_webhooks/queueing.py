@@ -53,7 +53,7 @@ def payload(change: StatusChange, event_type: str) -> dict:
 def messages_queue(cursor, changes: list[StatusChange], *, owners: set[int], notify_channel: str | None) -> int:
     """Insert one message per change per enabled endpoint of its owner that wants its event type,
     in the caller's transaction; NOTIFY `notify_channel` (if any) when there is one. `owners` are
-    those of the changes' owners the caller knows to have an enabled endpoint (`owner_has_endpoint`);
+    those of the changes' owners the caller knows to have an enabled endpoint (`owners_with_endpoints`);
     with none, this runs no statement. Returns how many were queued. Raises on a database error
     (the caller rolls back)."""
     typed = [

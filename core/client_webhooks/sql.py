@@ -12,11 +12,15 @@ ATTEMPT = "client_webhook_attempt"
 # The projector -------------------------------------------------------------------------------
 
 
-def owner_has_endpoint(owner: str) -> str:
-    """An SQL expression: whether the owner in column `owner` has an enabled endpoint. The
-    projector returns it from the statement that writes its rows, so a batch whose owners have no
-    endpoint (every batch, on a platform where nobody registered one) costs no statement more."""
-    return f"EXISTS (SELECT 1 FROM {ENDPOINT} e WHERE e.enabled AND e.owner_id = {owner})"
+def owners_with_endpoints(written: str) -> str:
+    """The end of a statement whose CTE `written` returns `owner_id`s: those of them with an enabled
+    endpoint. The projector ends the statement that writes its rows with it, so a batch whose
+    owners have no endpoint (every batch, on a platform where nobody registered one) costs no
+    statement more and returns no row."""
+    return (
+        f"SELECT DISTINCT w.owner_id FROM {written} w "
+        f"WHERE EXISTS (SELECT 1 FROM {ENDPOINT} e WHERE e.enabled AND e.owner_id = w.owner_id)"
+    )
 
 
 # The enabled endpoints of the batch's owners that have one: an index scan of
