@@ -60,6 +60,9 @@ class SentEmailLogSerializer(serializers.Serializer):
     created = serializers.DateTimeField()
     status = serializers.ChoiceField(choices=OVERALL)
     last_event_at = serializers.DateTimeField(allow_null=True)
+    status_seq = serializers.IntegerField(
+        help_text="The email's status changes so far: the highest sequence number its status webhooks carry."
+    )
     recipients = serializers.ListField(child=serializers.CharField())
     recipient_status = serializers.SerializerMethodField()
 

@@ -408,3 +408,13 @@ def test_a_suppressed_recipient_is_posted_as_email_suppressed(dev_settings, rece
     (body,) = [Webhook(endpoint.secret).verify(r.body, r.headers) for r in receiver.at("fast")]
     assert body["type"] == "email.suppressed" and body["data"]["recipient"] == "bob@example.org"
     assert body["data"]["sequence"] == 2  # after the email's queued
+
+
+def test_the_sent_email_log_shows_the_status_sequence(conn, user, settings):
+    from tests.conftest import client_for as token_client
+
+    apply_batch(conn, [requested(email_id=81, owner_id=user.pk), sent(email_id=81)])
+    settings.ROOT_URLCONF = "query_api.urls"
+    answer = token_client(user).get("/api/v1/emails/sent-email/81/")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["status_seq"] == 3  # queued, then sent to each of the two recipients
