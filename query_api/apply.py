@@ -17,11 +17,13 @@ from prometheus_client import Counter
 
 from core.contracts import (
     ContractError,
+    EmailCancelled,
     EmailDeliveryStatus,
     EmailDeliveryStatuses,
     EmailEvent,
     EmailFailed,
     EmailRequested,
+    EmailScheduled,
     EmailSent,
     Event,
 )
@@ -44,6 +46,7 @@ COLUMNS = (
     "recipient_status",
     "status",
     "last_event_at",
+    "send_at",
 )
 
 MARK_PROCESSED_SQL = """
@@ -74,7 +77,9 @@ def unbatched(event: Event) -> Sequence[EmailEvent]:
     ContractError for an item that breaks the contract, or an event that names no email."""
     if isinstance(event, EmailDeliveryStatuses):
         return event.items()
-    if isinstance(event, EmailRequested | EmailSent | EmailFailed | EmailDeliveryStatus):
+    if isinstance(
+        event, EmailRequested | EmailScheduled | EmailCancelled | EmailSent | EmailFailed | EmailDeliveryStatus
+    ):
         return [event]
     raise ContractError(f"{event.TYPE}: not an event about an email")
 
@@ -106,7 +111,7 @@ def write_history(cursor, history: list[dict], *, table: str = "read_sent_email_
 
 def _row_from_db(values) -> Row:
     data = dict(zip(COLUMNS, values, strict=True))
-    for key in ("created", "last_event_at"):
+    for key in ("created", "last_event_at", "send_at"):
         if data[key] is not None:
             data[key] = data[key].isoformat()
     return Row(**data)

@@ -209,7 +209,7 @@ class DeliveryListApi(APIView):
             ref_name = "DeliveryListFilter"
 
         state = serializers.ChoiceField(
-            choices=["sending", "sent", "failed", "retry", "unknown", "held"], required=False
+            choices=["sending", "sent", "failed", "retry", "unknown", "held", "cancelled"], required=False
         )
         email_id = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
 

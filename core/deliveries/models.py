@@ -16,6 +16,7 @@ class Delivery(models.Model):
         RETRY = "retry", "waiting for a retry"
         UNKNOWN = "unknown", "in doubt (a timeout): waiting for the provider's word"
         HELD = "held", "held for ops (outcome unknown)"
+        CANCELLED = "cancelled", "cancelled by its owner before any sender claimed it"
 
     event_id = models.UUIDField()
     recipient = models.CharField(max_length=254)

@@ -198,7 +198,7 @@ def deliveries_redrive(
 # request would otherwise find no record of what was sent, and send it again.
 _PRUNABLE_DELIVERIES = """
     SELECT d.id FROM sender_delivery d
-     WHERE d.state IN ('sent', 'failed') AND d.updated_at < now() - %(days)s * interval '1 day'
+     WHERE d.state IN ('sent', 'failed', 'cancelled') AND d.updated_at < now() - %(days)s * interval '1 day'
        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = d.event_id)
        AND NOT EXISTS (SELECT 1 FROM outbox_dead_letter l
                         WHERE l.message_id = d.event_id::text AND l.resolution IN ('parked', 'failed'))

@@ -7,7 +7,16 @@ from tests.conftest import golden
 
 
 @pytest.mark.parametrize(
-    "event_type", ["email.requested", "email.sent", "email.failed", "email.delivery_status", "email.delivery_statuses"]
+    "event_type",
+    [
+        "email.requested",
+        "email.scheduled",
+        "email.cancelled",
+        "email.sent",
+        "email.failed",
+        "email.delivery_status",
+        "email.delivery_statuses",
+    ],
 )
 def test_every_golden_sample_round_trips(event_type):
     sample = golden(event_type, 1)
@@ -90,3 +99,25 @@ def test_a_failure_written_before_the_request_fields_were_added_still_reads():
     older = {k: v for k, v in golden("email.failed", 1).items() if k not in added}
     event = EmailFailed.from_dict(older)
     assert event.owner_id is None and event.subject == "" and event.reason.startswith("400")
+
+
+def test_a_request_written_before_send_at_was_added_reads_as_sent_at_once():
+    older = golden("email.requested", 1)
+    del older["send_at"]
+    assert EmailRequested.from_dict(older).send_at == ""
+
+
+def test_a_scheduled_email_names_its_time_and_its_request():
+    from core.contracts import EmailScheduled
+
+    event = EmailScheduled.from_dict(golden("email.scheduled", 1))
+    assert event.send_at == "2026-11-28T09:00:00+00:00"
+    assert event.request_event_id == golden("email.requested", 1)["event_id"]
+    assert "body_html" not in event.to_dict()  # the read model needs no body
+
+
+def test_a_cancel_names_every_recipient_and_who_cancelled():
+    from core.contracts import EmailCancelled
+
+    event = EmailCancelled.from_dict(golden("email.cancelled", 1))
+    assert event.recipients == ("ann@example.com", "bob@example.org") and event.cancelled_by == 7
