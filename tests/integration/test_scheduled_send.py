@@ -21,7 +21,7 @@ from sender.handlers import ACK, Policy, handle_email_requested
 from sender.provider import SendGridProvider
 from tests.broker import wait_for
 from tests.conftest import client_for, golden
-from tests.factories import UserFactory
+from tests.factories import EmailTemplateFactory, UserFactory
 
 URL = "/api/v1/emails/sent-email/"
 POLICY = Policy(schedule=(0.05,), lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0.5, jitter=0)
@@ -343,3 +343,35 @@ def test_the_admin_shows_send_at_and_cancelled(user_client, template):
     assert browser.get(f"/admin/emails/sentemail/{email_id}/change/").status_code == 200
     deliveries = browser.get("/admin/sender/delivery/?state__exact=cancelled")
     assert deliveries.status_code == 200 and "cancelled" in deliveries.content.decode()
+
+
+# The relay -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_publishes_each_request_at_its_time_not_before_and_not_on_its_poll(topology, relays, user):
+    from tests import broker
+
+    # A 30 s poll interval: only the wake-up at the due time can explain a publish on time.
+    relay = relays(topology, OUTBOX_POLL_INTERVAL_MS=30000)
+    relay.wait_ready()
+    client, template = client_for(user), EmailTemplateFactory()
+    start = timezone.now()
+    ids = [
+        send(client, template, send_at=iso(start + timedelta(seconds=delay))).json()["id"]
+        for delay in (2.0, 3.0)  # the second is due after the relay woke for the first
+    ]
+    requests = [OutboxEvent.objects.get(type="email.requested", aggregateid=str(i)) for i in ids]
+    scheduled = {str(r.id) for r in OutboxEvent.objects.filter(type="email.scheduled")}
+    # email.scheduled goes at once, to the projector only (the sender binds email.requested).
+    got = broker.collect(topology.queue("projector"), expect_ids=scheduled, timeout=5, settle=0.05)
+    assert {p.message_id for p, _ in got.messages} == scheduled
+    assert all(r.published_at is None for r in OutboxEvent.objects.filter(type="email.requested"))  # not yet
+
+    got = broker.collect(topology.queue("sender"), expect_ids={str(r.id) for r in requests}, timeout=10, settle=0.05)
+    assert sorted(p.message_id for p, _ in got.messages) == sorted(str(r.id) for r in requests)  # nothing else
+    for request in requests:
+        request.refresh_from_db()
+        late = (request.published_at - request.not_before).total_seconds()
+        assert 0 <= late < 0.5, late  # at its time, not before, and not on the next poll
+    assert relay.terminate() == 0
