@@ -151,9 +151,8 @@ SEND_AT_MAX_AHEAD = timedelta(hours=72)
 SEND_AT_PAST_TOLERANCE = timedelta(seconds=5)
 
 
-def clean_send_at(raw: str | None, *, now: datetime) -> datetime | None:
-    """The time a send is scheduled for, in UTC: an ISO 8601 date-time with a UTC offset (or Z),
-    at most SEND_AT_MAX_AHEAD after `now`, and not before `now` less SEND_AT_PAST_TOLERANCE.
+def parse_send_at(raw: str | None) -> datetime | None:
+    """The time a send is scheduled for, in UTC: an ISO 8601 date-time with a UTC offset (or Z).
     None is None (send at once). Raises a 400 ApplicationError naming `send_at`."""
     if raw is None:
         return None
@@ -167,14 +166,21 @@ def clean_send_at(raw: str | None, *, now: datetime) -> datetime | None:
         raise field_error("send_at", f"{raw!r} is not an ISO 8601 date-time, such as 2026-12-01T09:00:00Z.")
     if moment.tzinfo is None:
         raise field_error("send_at", f"{raw!r} has no UTC offset: add one, such as Z or +01:00.")
-    if moment < now - SEND_AT_PAST_TOLERANCE:
-        raise field_error("send_at", f"{raw!r} is in the past.")
-    if moment > now + SEND_AT_MAX_AHEAD:
+    return moment
+
+
+def check_send_at(send_at: datetime, *, now: datetime) -> None:
+    """Raises a 400 ApplicationError naming `send_at` unless it is at most SEND_AT_MAX_AHEAD after
+    `now` and not before `now` less SEND_AT_PAST_TOLERANCE."""
+    if send_at < now - SEND_AT_PAST_TOLERANCE:
+        raise field_error("send_at", f"{send_at.isoformat()!r} is in the past.")
+    if send_at > now + SEND_AT_MAX_AHEAD:
         hours = int(SEND_AT_MAX_AHEAD.total_seconds() // 3600)
         raise field_error(
-            "send_at", f"{raw!r} is more than {hours} hours ahead; a send may be scheduled at most {hours} hours ahead."
+            "send_at",
+            f"{send_at.isoformat()!r} is more than {hours} hours ahead; "
+            f"a send may be scheduled at most {hours} hours ahead.",
         )
-    return moment
 
 
 def _fingerprint(*, template_id: int, recipients: list[str], context: dict, send_at: datetime | None = None) -> str:
@@ -276,12 +282,14 @@ def sent_email_create(
     (`sent_email_cancel`).
     """
     recipients = clean_recipients(recipients)
-    when = clean_send_at(send_at, now=timezone.now())
+    when = parse_send_at(send_at)
     fingerprint = _fingerprint(template_id=template_id, recipients=recipients, context=context, send_at=when)
     if idempotency_key is not None and (
         replay := _idempotent_replay(sender=sender, key=idempotency_key, fingerprint=fingerprint)
     ):
-        return replay
+        return replay  # the first answer, even once its send_at has passed
+    if when is not None:
+        check_send_at(when, now=timezone.now())
     template = template_cached(template_id)
     subject, body = _render(template, context)
     _check_rate_limit(sender=sender)

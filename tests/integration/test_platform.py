@@ -52,6 +52,7 @@ def test_openapi_schema_lists_the_public_api(api_client):
         "/api/v1/emails/email-template/",
         "/api/v1/emails/email-template/{template_id}/",
         "/api/v1/emails/sent-email/",
+        "/api/v1/emails/sent-email/{email_id}/cancel/",
     ]:
         assert path in paths
     assert api_client.get("/api/docs/").status_code == 200

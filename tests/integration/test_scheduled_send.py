@@ -161,6 +161,26 @@ def test_a_retry_with_the_same_key_and_time_is_the_same_email_and_another_time_i
     assert SentEmail.objects.count() == 1 and OutboxEvent.objects.count() == 2
 
 
+@pytest.mark.django_db
+def test_a_retry_after_send_at_passed_still_answers_the_first_email(user_client, template):
+    from command_api.emails import services
+
+    first = send(user_client, template, send_at=iso(timezone.now() + timedelta(hours=1)), HTTP_IDEMPOTENCY_KEY="k2")
+    email = SentEmail.objects.get(pk=first.json()["id"])
+    # As if it had been sent for an hour ago: the key's first request named that time.
+    past = (timezone.now() - timedelta(hours=1)).replace(microsecond=0)
+    email.request_fingerprint = services._fingerprint(
+        template_id=template.pk,
+        recipients=["ann@example.com", "bob@example.org"],
+        context={"name": "Ann"},
+        send_at=past,
+    )
+    email.save(update_fields=["request_fingerprint"])
+    again = send(user_client, template, send_at=iso(past), HTTP_IDEMPOTENCY_KEY="k2")
+    assert again.status_code == 202 and again.json()["id"] == email.pk
+    assert send(user_client, template, send_at=iso(past)).status_code == 400  # without the key: in the past
+
+
 # Cancel ----------------------------------------------------------------------------------------
 
 
@@ -320,6 +340,22 @@ def test_the_query_api_shows_send_at_and_filters_by_the_new_statuses(settings, u
     assert reader.get(URL, {"status": "sent"}).json()["results"][0]["send_at"] is None
     refused = reader.get(URL, {"status": "postponed"})
     assert refused.status_code == 400 and "status" in refused.json()["errors"]
+
+
+# The schema ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_schema_documents_send_at_and_the_cancel(api_client):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    send_at = schema["components"]["schemas"]["SentEmailInputRequest"]["properties"]["send_at"]
+    assert (send_at["type"], send_at["format"], send_at.get("nullable")) == ("string", "date-time", True)
+    assert "send_at" not in schema["components"]["schemas"]["SentEmailInputRequest"].get("required", [])
+    operation = schema["paths"]["/api/v1/emails/sent-email/{email_id}/cancel/"]["post"]
+    assert {"200", "202", "404", "409"} <= set(operation["responses"])
+    assert "requestBody" not in operation
+    cancelled = operation["responses"]["202"]["content"]["application/json"]["schema"]["$ref"]
+    assert cancelled.endswith("/SentEmailCancelled")
 
 
 # The admin -------------------------------------------------------------------------------------
