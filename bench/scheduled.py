@@ -49,6 +49,11 @@ def main() -> None:
     parser.add_argument("--posters", type=int, default=8, help="concurrent HTTP clients posting")
     parser.add_argument("--relays", type=int, default=1, help="relay processes")
     parser.add_argument("--relay-batch", type=int, default=None, help="OUTBOX_BATCH_SIZE (default: the setting's)")
+    parser.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="stop the sender and the projector before T: (a) alone, without the consumers' CPU; no (b)",
+    )
     parser.add_argument("--database", default="emails_bench_scheduled")
     args = parser.parse_args()
     setup_django(database=args.database, settings_module="deployment.settings", prefix=PREFIX)
@@ -102,6 +107,15 @@ def main() -> None:
             raise SystemExit(f"refused: {refused[:3]}")
         if left <= 0:
             raise SystemExit("posting ran past T: give a longer --lead")
+        if args.relay_only:
+            for name in ("sender", "projector"):
+                system.processes[name].terminate()
+                system.processes[name].wait(timeout=60)
+            while (
+                datetime.now(UTC) < send_at + timedelta(seconds=20)
+                and sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0]
+            ):
+                time.sleep(0.5)
         (published_early,) = sql(
             "SELECT count(*) FROM outbox WHERE type = 'email.requested' AND published_at < %s", [send_at]
         )[0]
@@ -109,7 +123,7 @@ def main() -> None:
         # Wait until every message reached the fake SendGrid, or nothing more came for 20 s (a
         # delivery in doubt waits SENDER_IN_DOUBT_GRACE_SECONDS for the provider's word).
         fake = Http(system.fake_url)
-        deadline = time.monotonic() + left + 600
+        deadline = time.monotonic() + (0 if args.relay_only else left + 600)
         count, progressed = -1, time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - progressed < 20 + max(0.0, left):
             status, stats = fake.call("GET", "/_stats")
@@ -132,14 +146,17 @@ def main() -> None:
     finally:
         system.stop_all()
 
-    last = max(accepted)
+    last = max(accepted, default=float("nan"))
     print(
         f"\n{args.emails} emails (1 recipient each) scheduled for the same second, {args.relays} relay(s) (batch "
         f"{batch}), one sender (concurrency {settings.SENDER_CONCURRENCY}, prefetch "
         f"{settings.SENDER_PREFETCH}), fake SendGrid at {args.latency_ms} ms; lateness after send_at:"
     )
     print(figures("(a) published by the relay", published))
-    print(figures("(b) accepted by the fake SendGrid", accepted))
+    if accepted:
+        print(figures("(b) accepted by the fake SendGrid", accepted))
+    else:
+        accepted = [float("nan")]
     print(
         f"  throughput from T: published {len(published) / max(published):.0f}/s, "
         f"sent {len(accepted) / last:.0f}/s; published before T: {published_early}, sent before T: {before_t}; "
