@@ -217,6 +217,7 @@ class RelayWorker(ReconnectingWorker):
         # ends then, not on the next poll, so a scheduled send leaves on time.
         self._next_due: float | None = None
         self._woke_for_due = False
+        self._woke_by_notify = False
 
     # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
@@ -299,9 +300,10 @@ class RelayWorker(ReconnectingWorker):
                     raise PublisherUnavailable(outcome.error or "connection lost")
             if outcome.claimed == self.config.batch_size:
                 continue  # a full batch: there is probably more, go on at once
-            if outcome.claimed == 0 or self._woke_for_due:
-                # Idle, or woken for a due row: learn when the next scheduled row is due (one
-                # indexed read, never on the busy path; a scheduled send's NOTIFY says it too).
+            if (outcome.claimed == 0 and not self._woke_by_notify) or self._woke_for_due:
+                # Idle (a poll found nothing), or woken for a due row: learn when the next row not
+                # due yet is due. One indexed read, never on the busy path, where every wake-up
+                # is a NOTIFY; a scheduled send's NOTIFY carries its time itself.
                 self._woke_for_due = False
                 due_in = next_due_in(self._db)
                 self._next_due = None if due_in is None else time.monotonic() + due_in
@@ -318,7 +320,7 @@ class RelayWorker(ReconnectingWorker):
         self.publisher.wait(fds, timeout)
         if self._listen is not None:
             self._listen.poll()  # raises OperationalError when Postgres went away
-            woken = bool(self._listen.notifies)
+            woken = self._woke_by_notify = bool(self._listen.notifies)
             self._note_scheduled(self._listen.notifies)
             self._listen.notifies.clear()
             if woken and self.config.gather > 0:
