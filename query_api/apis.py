@@ -60,6 +60,7 @@ class SentEmailLogSerializer(serializers.Serializer):
     created = serializers.DateTimeField()
     status = serializers.ChoiceField(choices=OVERALL)
     last_event_at = serializers.DateTimeField(allow_null=True)
+    send_at = serializers.DateTimeField(allow_null=True, help_text="A scheduled send's time; null: sent at once.")
     recipients = serializers.ListField(child=serializers.CharField())
     recipient_status = serializers.SerializerMethodField()
 

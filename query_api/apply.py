@@ -17,16 +17,21 @@ from prometheus_client import Counter
 
 from core.contracts import (
     ContractError,
+    EmailCancelled,
     EmailDeliveryStatus,
     EmailDeliveryStatuses,
     EmailEvent,
     EmailFailed,
     EmailRequested,
+    EmailScheduled,
     EmailSent,
     EmailSuppressed,
     Event,
 )
 from query_api.projection import Change, Row, apply
+
+# The events about one email that the read model applies (each names its email).
+EMAIL_EVENTS = (EmailRequested, EmailScheduled, EmailCancelled, EmailSent, EmailFailed, EmailSuppressed, EmailDeliveryStatus)
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +50,7 @@ COLUMNS = (
     "recipient_status",
     "status",
     "last_event_at",
+    "send_at",
 )
 
 MARK_PROCESSED_SQL = """
@@ -77,7 +83,7 @@ def unbatched(event: Event) -> Sequence[EmailEvent]:
         return event.items()
     if isinstance(event, EmailSuppressed):
         event.reason_of()  # a reason for each recipient, or poison
-    if isinstance(event, EmailRequested | EmailSent | EmailFailed | EmailSuppressed | EmailDeliveryStatus):
+    if isinstance(event, EMAIL_EVENTS):
         return [event]
     raise ContractError(f"{event.TYPE}: not an event about an email")
 
@@ -109,7 +115,7 @@ def write_history(cursor, history: list[dict], *, table: str = "read_sent_email_
 
 def _row_from_db(values) -> Row:
     data = dict(zip(COLUMNS, values, strict=True))
-    for key in ("created", "last_event_at"):
+    for key in ("created", "last_event_at", "send_at"):
         if data[key] is not None:
             data[key] = data[key].isoformat()
     return Row(**data)

@@ -22,6 +22,7 @@ class SentEmailLog(models.Model):
     recipient_status = models.JSONField(default=dict, help_text="address -> {status, at, provider_message_id, reason}")
     status = models.CharField(max_length=24, default="queued")
     last_event_at = models.DateTimeField(null=True)
+    send_at = models.DateTimeField(null=True, help_text="A scheduled send's time; null: sent at once.")
 
     class Meta:
         db_table = "read_sent_email"
