@@ -77,6 +77,46 @@ class EmailRequested(Event):
     subject: str
     body_html: str
     template_name: str = ""  # added within version 1
+    # Added within version 1: the time it was scheduled for (ISO 8601, UTC), "" when sent at once.
+    # The relay publishes the event at that time, not before.
+    send_at: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailScheduled(Event):
+    """An email accepted for a later time: what the read model shows about it (not its body)
+    until its `email.requested` is published at `send_at`. Written with the request, in the
+    same statement, and published at once. No sender consumes it."""
+
+    TYPE: ClassVar[str] = "email.scheduled"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "sent_email"
+
+    email_id: int
+    request_event_id: str  # the email.requested event that goes out at send_at
+    owner_id: int
+    from_email: str
+    template_id: int | None
+    template_name: str
+    subject: str
+    recipients: tuple[str, ...]
+    requested_at: str  # when it was accepted, ISO 8601
+    send_at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailCancelled(Event):
+    """The owner cancelled the email before any sender claimed it: none of its recipients will
+    get it. Terminal."""
+
+    TYPE: ClassVar[str] = "email.cancelled"
+    VERSION: ClassVar[int] = 1
+    AGGREGATE: ClassVar[str] = "sent_email"
+
+    email_id: int
+    request_event_id: str
+    recipients: tuple[str, ...]
+    cancelled_by: int  # the user id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,12 +226,16 @@ class EmailDeliveryStatuses(Event):
 
 
 # The events about one email, each naming it: every type but the batch of statuses.
-EmailEvent: TypeAlias = EmailRequested | EmailSent | EmailFailed | EmailSuppressed | EmailDeliveryStatus
+EmailEvent: TypeAlias = (
+    EmailRequested | EmailScheduled | EmailCancelled | EmailSent | EmailFailed | EmailSuppressed | EmailDeliveryStatus
+)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         EmailRequested,
+        EmailScheduled,
+        EmailCancelled,
         EmailSent,
         EmailFailed,
         EmailSuppressed,

@@ -34,7 +34,14 @@ from core.contracts import ContractError, EmailRequested
 from core.db import connect_postgres
 from core.deliveries.store import fail_request
 from core.outbox.deadletters import PARKED, PARKED_SQL
-from core.outbox.sql import CLAIM_SQL, MARK_DEAD_SQL, MARK_PUBLISHED_SQL, MARK_RETRY_SQL, outbox_backlog
+from core.outbox.sql import (
+    CLAIM_SQL,
+    MARK_DEAD_SQL,
+    MARK_PUBLISHED_SQL,
+    MARK_RETRY_SQL,
+    NEXT_DUE_SQL,
+    outbox_backlog,
+)
 from core.workers import ReconnectingWorker
 from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
 
@@ -146,6 +153,19 @@ def relay_batch(
     )
 
 
+def next_due_in(conn) -> float | None:
+    """Seconds until the next row that is not due yet becomes due (None: there is none), by the
+    database's clock, in a transaction of its own on `conn`."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(NEXT_DUE_SQL)
+            row = cursor.fetchone()
+    finally:
+        if not conn.closed:
+            conn.rollback()
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+
 def _fail_requests(cursor, rows, dead: dict[str, str], notify_channel: str | None) -> int:
     """The recipients of every email whose request the broker refused fail with the reason.
     Returns the statements run."""
@@ -193,6 +213,11 @@ class RelayWorker(ReconnectingWorker):
         self._listen: PgConnection | None = None
         self._suspects: set[str] = set()
         self._next_stats = 0.0
+        # When the earliest row not due yet is due (time.monotonic()), if known: the wait for work
+        # ends then, not on the next poll, so a scheduled send leaves on time.
+        self._next_due: float | None = None
+        self._woke_for_due = False
+        self._woke_by_notify = False
 
     # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
@@ -275,14 +300,28 @@ class RelayWorker(ReconnectingWorker):
                     raise PublisherUnavailable(outcome.error or "connection lost")
             if outcome.claimed == self.config.batch_size:
                 continue  # a full batch: there is probably more, go on at once
+            if (outcome.claimed == 0 and not self._woke_by_notify) or self._woke_for_due:
+                # Idle (a poll found nothing), or woken for a due row: learn when the next row not
+                # due yet is due. One indexed read, never on the busy path, where every wake-up
+                # is a NOTIFY; a scheduled send's NOTIFY carries its time itself.
+                self._woke_for_due = False
+                due_in = next_due_in(self._db)
+                self._next_due = None if due_in is None else time.monotonic() + due_in
             self._wait_for_work()
 
     def _wait_for_work(self) -> None:
         fds = [self._stop.fd] + ([self._listen.fileno()] if self._listen is not None else [])
-        self.publisher.wait(fds, self.config.poll_interval)
+        timeout = self.config.poll_interval
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
+            if timeout < self.config.poll_interval:
+                # This wait ends at it; the claim after it learns the next one.
+                self._next_due, self._woke_for_due = None, True
+        self.publisher.wait(fds, timeout)
         if self._listen is not None:
             self._listen.poll()  # raises OperationalError when Postgres went away
-            woken = bool(self._listen.notifies)
+            woken = self._woke_by_notify = bool(self._listen.notifies)
+            self._note_scheduled(self._listen.notifies)
             self._listen.notifies.clear()
             if woken and self.config.gather > 0:
                 # Under load every request commits and notifies on its own; gathering them for a
@@ -290,6 +329,18 @@ class RelayWorker(ReconnectingWorker):
                 self.publisher.wait([self._stop.fd], self.config.gather)
         if not self.publisher.is_open:
             raise PublisherUnavailable("connection lost while idle")
+
+    def _note_scheduled(self, notifies) -> None:
+        """A scheduled send's NOTIFY carries its send_at (epoch seconds; others carry nothing):
+        keep the earliest as the time to wake up."""
+        for notify in notifies:
+            try:
+                at = float(notify.payload)
+            except ValueError:
+                continue
+            due = time.monotonic() + max(0.0, at - time.time())
+            if self._next_due is None or due < self._next_due:
+                self._next_due = due
 
     def _refresh_stats(self) -> None:
         now = time.monotonic()

@@ -63,6 +63,7 @@ class SentEmailLogSerializer(serializers.Serializer):
     status_seq = serializers.IntegerField(
         help_text="The email's status changes so far: the highest sequence number its status webhooks carry."
     )
+    send_at = serializers.DateTimeField(allow_null=True, help_text="A scheduled send's time; null: sent at once.")
     recipients = serializers.ListField(child=serializers.CharField())
     recipient_status = serializers.SerializerMethodField()
 

@@ -19,16 +19,29 @@ from core.client_webhooks.queueing import StatusChange, messages_queue
 from core.client_webhooks.sql import owners_with_endpoints
 from core.contracts import (
     ContractError,
+    EmailCancelled,
     EmailDeliveryStatus,
     EmailDeliveryStatuses,
     EmailEvent,
     EmailFailed,
     EmailRequested,
+    EmailScheduled,
     EmailSent,
     EmailSuppressed,
     Event,
 )
 from query_api.projection import Change, Row, apply
+
+# The events about one email that the read model applies (each names its email).
+EMAIL_EVENTS = (
+    EmailRequested,
+    EmailScheduled,
+    EmailCancelled,
+    EmailSent,
+    EmailFailed,
+    EmailSuppressed,
+    EmailDeliveryStatus,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +61,7 @@ COLUMNS = (
     "status",
     "last_event_at",
     "status_seq",
+    "send_at",
 )
 
 MARK_PROCESSED_SQL = """
@@ -86,7 +100,7 @@ def unbatched(event: Event) -> Sequence[EmailEvent]:
         return event.items()
     if isinstance(event, EmailSuppressed):
         event.reason_of()  # a reason for each recipient, or poison
-    if isinstance(event, EmailRequested | EmailSent | EmailFailed | EmailSuppressed | EmailDeliveryStatus):
+    if isinstance(event, EMAIL_EVENTS):
         return [event]
     raise ContractError(f"{event.TYPE}: not an event about an email")
 
@@ -132,7 +146,7 @@ def status_change(owner_id: int, email_id: int, change: Change) -> StatusChange:
 
 def _row_from_db(values) -> Row:
     data = dict(zip(COLUMNS, values, strict=True))
-    for key in ("created", "last_event_at"):
+    for key in ("created", "last_event_at", "send_at"):
         if data[key] is not None:
             data[key] = data[key].isoformat()
     return Row(**data)

@@ -25,6 +25,7 @@ class SentEmailLog(models.Model):
     status_seq = models.IntegerField(
         default=0, db_default=0, help_text="Status changes applied so far: the sequence number clients' webhooks carry."
     )
+    send_at = models.DateTimeField(null=True, help_text="A scheduled send's time; null: sent at once.")
 
     class Meta:
         db_table = "read_sent_email"

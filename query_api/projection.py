@@ -16,9 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
+from core.contracts import (
+    EmailCancelled,
+    EmailDeliveryStatus,
+    EmailFailed,
+    EmailRequested,
+    EmailScheduled,
+    EmailSent,
+    EmailSuppressed,
+    Event,
+)
 
 RANK = {
+    "scheduled": -10,  # waiting for its send_at; its request, published then, makes it queued
     "queued": 0,
     "processed": 10,
     "deferred": 20,
@@ -32,15 +42,30 @@ RANK = {
     "clicked": 80,
     "spam_reported": 90,
     "unsubscribed": 90,
+    "cancelled": 100,  # terminal: taken only before any sender claimed the email, so nothing follows
 }
 PENDING = {"queued", "processed", "deferred"}
 FAILED = {"failed", "bounced", "dropped", "suppressed"}
 DELIVERED = {"delivered", "opened", "clicked", "spam_reported", "unsubscribed"}
-OVERALL = ("queued", "sending", "sent", "delivered", "partially_failed", "failed", "suppressed")
+OVERALL = (
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "partially_failed",
+    "failed",
+    "suppressed",
+    "cancelled",
+)
 
 
 def overall_status(statuses: list[str]) -> str:
-    if not statuses or all(s == "queued" for s in statuses):
+    if statuses and all(s == "scheduled" for s in statuses):
+        return "scheduled"
+    if statuses and all(s == "cancelled" for s in statuses):
+        return "cancelled"
+    if not statuses or all(s in ("queued", "scheduled") for s in statuses):
         return "queued"
     if any(s in PENDING for s in statuses):
         return "sending"
@@ -71,6 +96,7 @@ class Row:
     # One more for every status change applied to the email: a later change has a higher number,
     # which clients' webhooks carry so that a stale delivery can be told apart.
     status_seq: int = 0
+    send_at: str | None = None  # a scheduled send's time
 
 
 @dataclass(frozen=True)
@@ -112,18 +138,32 @@ def apply(row: Row, event: Event) -> list[Change]:
         row.status_seq += 1
         changes.append(Change(event.event_id, event.TYPE, recipient, status, at, detail, row.status_seq))
 
-    if isinstance(event, EmailRequested):
+    if isinstance(event, EmailRequested | EmailScheduled):
         row.owner_id = event.owner_id
         row.from_email = event.from_email
         row.template_id = event.template_id
         row.template_name = event.template_name
         row.subject = event.subject
-        row.created = event.occurred_at
         row.recipients = [r.lower() for r in event.recipients]
+        row.send_at = event.send_at or row.send_at
+        row.created = event.requested_at if isinstance(event, EmailScheduled) else event.occurred_at
+        if isinstance(event, EmailScheduled):
+            status, at, detail = (
+                "scheduled",
+                event.occurred_at,
+                f"{len(row.recipients)} recipients, for {event.send_at}",
+            )
+        else:
+            # A scheduled request is published at its send_at: it queues the email then.
+            status, at, detail = "queued", event.send_at or event.occurred_at, f"{len(row.recipients)} recipients"
         for recipient in row.recipients:
-            if recipient not in row.recipient_status:
-                row.recipient_status[recipient] = {"status": "queued", "at": event.occurred_at}
-        record("", "queued", event.occurred_at, f"{len(row.recipients)} recipients")
+            # The request moves a scheduled recipient on; the schedule never moves one back.
+            _advance(row, recipient, status, at)
+        record("", status, at, detail)
+    elif isinstance(event, EmailCancelled):
+        for recipient in (r.lower() for r in event.recipients):
+            if _advance(row, recipient, "cancelled", event.occurred_at):
+                record(recipient, "cancelled", event.occurred_at, "cancelled by its owner")
     elif isinstance(event, EmailSent):
         for recipient in (r.lower() for r in event.recipients):
             if _advance(row, recipient, "sent", event.occurred_at, provider_message_id=event.provider_message_id):

@@ -40,7 +40,7 @@ REFRESHED = Counter(
 UNFINISHED = Gauge(
     "emails_unfinished",
     "Emails not finished (a recipient neither sent nor failed) "
-    "EMAIL_STUCK_AFTER_SECONDS after they were accepted, as the read model sees them",
+    "EMAIL_STUCK_AFTER_SECONDS after they were accepted (or were due, when scheduled), as the read model sees them",
 )
 LAG = Gauge(
     "projector_lag_seconds",
@@ -49,7 +49,7 @@ LAG = Gauge(
 )
 UNFINISHED_SQL = """
     SELECT count(*) FROM read_sent_email
-     WHERE status IN ('queued', 'sending') AND created < now() - %s * interval '1 second'
+     WHERE status IN ('queued', 'sending') AND coalesce(send_at, created) < now() - %s * interval '1 second'
 """
 
 

@@ -25,7 +25,15 @@ import structlog
 from django.conf import settings
 from django.db import connection, transaction
 
-from core.contracts import EmailDeliveryStatus, EmailFailed, EmailRequested, EmailSent, EmailSuppressed
+from core.contracts import (
+    EmailCancelled,
+    EmailDeliveryStatus,
+    EmailFailed,
+    EmailRequested,
+    EmailScheduled,
+    EmailSent,
+    EmailSuppressed,
+)
 from core.deliveries.states import TERMINAL_SQL
 from core.outbox.sql import REARM_PUBLISHED_REQUESTS_SQL
 from query_api.apply import COLUMNS, history_entry, write_history
@@ -37,13 +45,22 @@ from query_api.write_side import SENT_EMAIL as E
 
 log = structlog.get_logger(__name__)
 CHUNK = 2000
-PHASE = {EmailRequested: 0, EmailSent: 1, EmailFailed: 1, EmailSuppressed: 1, EmailDeliveryStatus: 2}
+PHASE = {
+    EmailScheduled: 0,
+    EmailRequested: 0,
+    EmailCancelled: 1,
+    EmailSent: 1,
+    EmailFailed: 1,
+    EmailSuppressed: 1,
+    EmailDeliveryStatus: 2,
+}
 SLACK = "interval '60 seconds'"  # longer than any write transaction: a commit may carry an older now()
 
 # The write side's tables and columns are named in query_api.write_side (E, R, D, P, O here).
 EMAILS_SQL = f"""
     SELECT e.{E.id}, e.{E.owner}, e.{E.from_email}, e.{E.template_id}, e.{E.template_name}, e.{E.subject},
-           e.{E.created}, array_agg(r.{R.address} ORDER BY r.{R.id})
+           e.{E.created}, array_agg(r.{R.address} ORDER BY r.{R.id}), e.{E.send_at},
+           e.{E.send_at} IS NULL OR e.{E.send_at} <= now()
       FROM {E} e JOIN {R} r ON r.{R.email_id} = e.{E.id}
      WHERE e.{E.id} = ANY(%s::bigint[])
      GROUP BY e.{E.id}
@@ -77,7 +94,28 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
     """Rows and history for `email_ids`, from the write side as `cursor` sees it."""
     events: dict[int, list] = defaultdict(list)
     cursor.execute(EMAILS_SQL, [email_ids])
-    for email_id, owner, from_email, template_id, template_name, subject, created, recipients in cursor.fetchall():
+    for row in cursor.fetchall():
+        email_id, owner, from_email, template_id, template_name, subject, created, recipients, send_at, due = row
+        if send_at is not None:
+            events[email_id].append(
+                EmailScheduled(
+                    event_id=f"rebuild-scheduled-{email_id}",
+                    correlation_id="rebuild",
+                    occurred_at=_iso(created),
+                    email_id=email_id,
+                    request_event_id="",
+                    owner_id=owner,
+                    from_email=from_email,
+                    template_id=template_id,
+                    template_name=template_name,
+                    subject=subject,
+                    recipients=tuple(recipients),
+                    requested_at=_iso(created),
+                    send_at=_iso(send_at),
+                )
+            )
+        if not due:
+            continue  # its request is published at send_at: until then the email is scheduled
         events[email_id].append(
             EmailRequested(
                 event_id=f"rebuild-requested-{email_id}",
@@ -92,6 +130,7 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
                 subject=subject,
                 body_html="",
                 template_name=template_name,
+                send_at=_iso(send_at) if send_at is not None else "",
             )
         )
     cursor.execute(DELIVERIES_SQL, [email_ids])
@@ -112,7 +151,19 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
             provider="sendgrid",
             attempt=attempt,
         )
-        if state == "sent":
+        if state == "cancelled":
+            events[email_id].append(
+                EmailCancelled(
+                    event_id=f"rebuild-cancelled-{email_id}",
+                    correlation_id="rebuild",
+                    occurred_at=at,
+                    email_id=email_id,
+                    request_event_id=request_id,
+                    recipients=recipients,
+                    cancelled_by=0,  # only the owner cancels; the projection does not show who
+                )
+            )
+        elif state == "sent":
             events[email_id].append(EmailSent(provider_message_id=message_id, **common))
         elif state == "suppressed":  # the claim kept the reason as the delivery's error
             del common["provider"], common["attempt"]
@@ -267,12 +318,14 @@ CANDIDATES_SQL = f"""
     SELECT DISTINCT {D.email_id} FROM {D}
      WHERE {D.state} NOT IN {TERMINAL_SQL} AND {D.created_at} < now() - %(grace)s * interval '1 second'
 """
-# Of `ids`, those accepted longer than the stuck threshold ago with a recipient that is not
-# finished on the write side; and whether any of their recipients ever reached a sender.
+# Of `ids`, those accepted (or, scheduled, due) longer than the stuck threshold ago with a
+# recipient that is not finished on the write side; and whether any of their recipients ever
+# reached a sender.
 STUCK_SQL = f"""
     SELECT e.{E.id}, EXISTS (SELECT 1 FROM {D} d WHERE d.{D.email_id} = e.{E.id})
       FROM {E} e
-     WHERE e.{E.id} = ANY(%(ids)s::bigint[]) AND e.{E.created} < now() - %(stuck)s * interval '1 second'
+     WHERE e.{E.id} = ANY(%(ids)s::bigint[])
+       AND coalesce(e.{E.send_at}, e.{E.created}) < now() - %(stuck)s * interval '1 second'
        AND EXISTS (SELECT 1 FROM {R} r
                     WHERE r.{R.email_id} = e.{E.id}
                       AND NOT EXISTS (SELECT 1 FROM {D} d

@@ -27,6 +27,7 @@ class _SentEmail(Table):
     template_name = "template_name"
     subject = "subject"
     created = "created"
+    send_at = "send_at"
 
 
 class _Recipient(Table):

@@ -866,11 +866,16 @@ def webhook_key_file(path: Path) -> str:
     return path.read_text()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The listen backlog: a class attribute, because the constructor already listens. A burst of
+    # new connections (a sender's 64 threads at once) overflowed the default of 5 and had some
+    # reset, which a sender must treat as a delivery in doubt.
+    request_queue_size = 1024
+
+
 def serve(fake: FakeSendGrid, *, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(fake))
-    server.daemon_threads = True
-    server.request_queue_size = 1024
-    return server
+    return _Server((host, port), make_handler(fake))
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,5 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -107,6 +108,11 @@ def idempotency_key_from(request) -> str | None:
     return key
 
 
+@extend_schema_field(OpenApiTypes.DATETIME)
+class SendAtField(LineField):
+    """A date-time as given (the service parses it, so every refusal names `send_at` alike)."""
+
+
 class SentEmailCreateApi(APIView):
     api_key_scope = ApiKeyScope.SEND
 
@@ -118,6 +124,13 @@ class SentEmailCreateApi(APIView):
         template = serializers.IntegerField(min_value=1, max_value=MAX_ID)
         # DRF's metaclass takes declared fields off the class, so Serializer.context stays as it is.
         context = JSONObjectField(required=False, default=dict)  # type: ignore[assignment]
+        send_at = SendAtField(
+            required=False,
+            allow_null=True,
+            max_length=64,
+            help_text="Send at this time (ISO 8601 with a UTC offset or Z), at most 72 hours ahead; "
+            "absent or null: at once. Until a sender takes it, the email can be cancelled.",
+        )
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -148,7 +161,42 @@ class SentEmailCreateApi(APIView):
             context=data.validated_data["context"],
             correlation_id=request.correlation_id,
             idempotency_key=idempotency_key_from(request),
+            send_at=data.validated_data.get("send_at"),
         )
         body = {"message": services.SEND_ACCEPTED_MESSAGE, "id": result.email.pk}
         headers = {} if result.created else {"Idempotent-Replayed": "true"}
         return Response(self.OutputSerializer(body).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+class SentEmailCancelApi(APIView):
+    api_key_scope = ApiKeyScope.SEND  # cancelling is part of sending
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SentEmailCancelled"
+
+        id = serializers.IntegerField()
+        status = serializers.ChoiceField(choices=["cancelled"])
+        message = serializers.CharField()
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: OpenApiResponse(OutputSerializer, description="Cancelled now: no recipient will get it."),
+            200: OpenApiResponse(OutputSerializer, description="It was cancelled already; nothing changed."),
+            404: OpenApiResponse(description="No such email of yours."),
+            409: OpenApiResponse(description="A sender has already taken it (sending, sent or failed)."),
+        },
+    )
+    def post(self, request, email_id: int):
+        email = selectors.sent_email_get_owned(email_id=email_id, user=request.user)
+        result = services.sent_email_cancel(email=email, user=request.user, correlation_id=request.correlation_id)
+        body = {
+            "id": email.pk,
+            "status": "cancelled",
+            "message": "Email cancelled." if result.cancelled_now else "Email was already cancelled.",
+        }
+        return Response(
+            self.OutputSerializer(body).data,
+            status=status.HTTP_202_ACCEPTED if result.cancelled_now else status.HTTP_200_OK,
+        )

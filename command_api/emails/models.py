@@ -35,6 +35,9 @@ class SentEmail(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     created = models.DateTimeField(db_default=Now(), db_index=True)
+    # A scheduled send: its email.requested outbox row is not published before this time. NULL:
+    # sent at once. Cancelling is recorded by the sender's delivery rows (state `cancelled`).
+    send_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created", "-id"]

@@ -4,21 +4,24 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework import status
 
 from command_api.emails import rendering
 from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
 from command_api.emails.writes import EmailWrite, sent_email_write, template_cached, template_fresh
 from core.accounts.models import User
+from core.deliveries.store import cancel_request
 from core.errors import ApplicationError, field_error
+from core.outbox import sql as outbox_sql
 from core.outbox.services import new_event_id
 from core.text import text_problem
 
@@ -142,9 +145,50 @@ def clean_recipients(raw: list[str]) -> list[str]:
     return cleaned
 
 
-def _fingerprint(*, template_id: int, recipients: list[str], context: dict) -> str:
+# SendGrid's own limit for a scheduled send (`send_at` in mail/send): 72 hours ahead.
+SEND_AT_MAX_AHEAD = timedelta(hours=72)
+# A `send_at` this little in the past is a clock a little behind ours, or "now": sent at once.
+SEND_AT_PAST_TOLERANCE = timedelta(seconds=5)
+
+
+def parse_send_at(raw: str | None) -> datetime | None:
+    """The time a send is scheduled for, in UTC: an ISO 8601 date-time with a UTC offset (or Z).
+    None is None (send at once). Raises a 400 ApplicationError naming `send_at`."""
+    if raw is None:
+        return None
+    try:
+        moment = parse_datetime(raw)
+        if moment is not None and moment.tzinfo is not None:
+            moment = moment.astimezone(UTC)  # an offset that takes it past the calendar raises here
+    except (ValueError, OverflowError):
+        moment = None
+    if moment is None:
+        raise field_error("send_at", f"{raw!r} is not an ISO 8601 date-time, such as 2026-12-01T09:00:00Z.")
+    if moment.tzinfo is None:
+        raise field_error("send_at", f"{raw!r} has no UTC offset: add one, such as Z or +01:00.")
+    return moment
+
+
+def check_send_at(send_at: datetime, *, now: datetime) -> None:
+    """Raises a 400 ApplicationError naming `send_at` unless it is at most SEND_AT_MAX_AHEAD after
+    `now` and not before `now` less SEND_AT_PAST_TOLERANCE."""
+    if send_at < now - SEND_AT_PAST_TOLERANCE:
+        raise field_error("send_at", f"{send_at.isoformat()!r} is in the past.")
+    if send_at > now + SEND_AT_MAX_AHEAD:
+        hours = int(SEND_AT_MAX_AHEAD.total_seconds() // 3600)
+        raise field_error(
+            "send_at",
+            f"{send_at.isoformat()!r} is more than {hours} hours ahead; "
+            f"a send may be scheduled at most {hours} hours ahead.",
+        )
+
+
+def _fingerprint(*, template_id: int, recipients: list[str], context: dict, send_at: datetime | None = None) -> str:
+    request = {"template": template_id, "recipients": recipients, "context": context}
+    if send_at is not None:  # absent for a send at once, so the fingerprints stored before stay valid
+        request["send_at"] = send_at.isoformat()
     canonical = json.dumps(
-        {"template": template_id, "recipients": recipients, "context": context},
+        request,
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -221,6 +265,7 @@ def sent_email_create(
     context: dict,
     correlation_id: str,
     idempotency_key: str | None = None,
+    send_at: str | None = None,
 ) -> SendAccepted:
     """Accept an email for delivery.
 
@@ -230,13 +275,21 @@ def sent_email_create(
     sender for the same request, returns the earlier email and writes nothing (a different
     request under the same key is a 422). Raises ApplicationError (400 naming the field, 429 over
     the per-user rate limit).
+
+    With `send_at` (ISO 8601 with an offset, at most 72 hours ahead), the email is scheduled: its
+    `email.requested` event is not published before that time, and an `email.scheduled` event
+    tells the read model about it at once. It can be cancelled until a sender claims it
+    (`sent_email_cancel`).
     """
     recipients = clean_recipients(recipients)
-    fingerprint = _fingerprint(template_id=template_id, recipients=recipients, context=context)
+    when = parse_send_at(send_at)
+    fingerprint = _fingerprint(template_id=template_id, recipients=recipients, context=context, send_at=when)
     if idempotency_key is not None and (
         replay := _idempotent_replay(sender=sender, key=idempotency_key, fingerprint=fingerprint)
     ):
-        return replay
+        return replay  # the first answer, even once its send_at has passed
+    if when is not None:
+        check_send_at(when, now=timezone.now())
     template = template_cached(template_id)
     subject, body = _render(template, context)
     _check_rate_limit(sender=sender)
@@ -253,6 +306,8 @@ def sent_email_create(
         fingerprint=fingerprint,
         created=timezone.now(),
         event_id=new_event_id(),
+        send_at=when,
+        scheduled_event_id=new_event_id() if when is not None else "",
     )
     for _attempt in range(3):
         try:
@@ -266,14 +321,71 @@ def sent_email_create(
                 return replay
             raise
         if email_id is not None:
-            log.info("sent_email_accepted", email_id=email_id, recipients=len(recipients), event_id=write.event_id)
+            log.info(
+                "sent_email_accepted",
+                email_id=email_id,
+                recipients=len(recipients),
+                event_id=write.event_id,
+                send_at=when.isoformat() if when else None,
+            )
             return SendAccepted(email=write.email(email_id), created=True)
         # The template changed (or went) since this process read it: render the current one.
         template = template_fresh(template_id)
         subject, body = _render(template, context)
         write = replace(write, template=template, subject=subject, body=body, event_id=new_event_id())
+        if write.send_at is not None:
+            write = replace(write, scheduled_event_id=new_event_id())
     raise ApplicationError(
         "The template kept changing while the email was written; send it again.",
         errors={"template": [f"Template {template_id} changed during the request."]},
+        status_code=status.HTTP_409_CONFLICT,
+    )
+
+
+# Cancelling ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    email: SentEmail
+    cancelled_now: bool  # False: it was cancelled already (the call changed nothing)
+
+
+def sent_email_cancel(*, email: SentEmail, user: User, correlation_id: str) -> CancelResult:
+    """Cancel `email` (the caller checked that `user` owns it) unless a sender claimed it.
+
+    In one transaction: a `cancelled` delivery for every recipient and an `email.cancelled`
+    outbox event, or nothing. Race-safe against the sender's claim (core.deliveries.store,
+    CANCEL_SQL): exactly one of them wins. Idempotent: cancelling a cancelled email changes
+    nothing (`cancelled_now` False). Raises a 409 ApplicationError once a sender claimed the
+    email (sending, sent, failed or waiting for a retry)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(outbox_sql.REQUEST_OF_EMAIL_SQL, [str(email.pk)])
+        request = cursor.fetchone()
+        if request is not None:
+            event_id, recipients = request
+            outcome = cancel_request(
+                cursor,
+                email_id=email.pk,
+                request_event_id=event_id,
+                recipients=recipients,
+                cancelled_by=user.pk,
+                correlation_id=correlation_id,
+                notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
+            )
+            if outcome.cancelled:
+                log.info("sent_email_cancelled", email_id=email.pk, event_id=event_id, recipients=len(recipients))
+                return CancelResult(email=email, cancelled_now=True)
+            transaction.set_rollback(True)  # never a partial cancel: the rows it made go
+    if request is not None and set(outcome.states) == {"cancelled"}:
+        return CancelResult(email=email, cancelled_now=False)
+    if request is not None and outcome.states.get("cancelled"):
+        # Impossible by construction (the claim and the cancel insert in the same order); said
+        # loudly if it ever happens, and nothing of this cancel was kept.
+        log.error("sent_email_cancel_mixed", email_id=email.pk, states=outcome.states)
+    states = ", ".join(sorted(outcome.states)) if request is not None else "finished"
+    raise ApplicationError(
+        "The email can no longer be cancelled: a sender has already taken it.",
+        errors={"id": [f"Email {email.pk} is past cancelling ({states})."]},
         status_code=status.HTTP_409_CONFLICT,
     )

@@ -1,5 +1,9 @@
 """The send's write: the email, its recipients and its `email.requested` outbox event in one
-prepared statement, and the templates a send renders with, as this process last read them."""
+prepared statement, and the templates a send renders with, as this process last read them.
+
+A scheduled send (`send_at`) has a statement of its own, so the send-now statement stays as it
+was: its request row waits in the outbox until `send_at` (`not_before`), and a second row,
+`email.scheduled`, due at once, tells the read model about the email meanwhile."""
 
 import json
 from dataclasses import dataclass
@@ -10,7 +14,7 @@ from django.db import connection, transaction
 
 from command_api.emails.models import EmailTemplate, SentEmail, SentEmailRecipient
 from core.accounts.models import User
-from core.contracts import EmailRequested
+from core.contracts import EmailRequested, EmailScheduled
 from core.errors import field_error
 from core.outbox import sql as outbox_sql
 from core.prepared import Prepared
@@ -63,6 +67,8 @@ class EmailWrite:
     fingerprint: str
     created: datetime
     event_id: str
+    send_at: datetime | None = None  # None: at once
+    scheduled_event_id: str = ""  # the id of its email.scheduled event, for a scheduled send
 
     def event(self) -> EmailRequested:
         return EmailRequested(
@@ -78,6 +84,26 @@ class EmailWrite:
             subject=self.subject,
             body_html=self.body,
             template_name=self.template.name,
+            send_at=self.send_at.isoformat() if self.send_at else "",
+        )
+
+    def scheduled_event(self) -> EmailScheduled:
+        """What the read model learns of a scheduled send at once (its request waits)."""
+        assert self.send_at is not None and self.scheduled_event_id, "only a scheduled send has one"
+        return EmailScheduled(
+            event_id=self.scheduled_event_id,
+            correlation_id=self.correlation_id,
+            occurred_at=self.created.isoformat(),
+            email_id=0,  # replaced by the id the write gives the email
+            request_event_id=self.event_id,
+            owner_id=self.sender.pk,
+            from_email=self.from_email,
+            template_id=self.template.pk,
+            template_name=self.template.name,
+            subject=self.subject,
+            recipients=tuple(self.recipients),
+            requested_at=self.created.isoformat(),
+            send_at=self.send_at.isoformat(),
         )
 
     def email(self, email_id: int) -> SentEmail:
@@ -95,6 +121,7 @@ class EmailWrite:
             idempotency_key=self.idempotency_key,
             request_fingerprint=self.fingerprint,
             created=self.created,
+            send_at=self.send_at,
         )
 
 
@@ -102,11 +129,12 @@ class EmailWrite:
 # transaction and one round trip; on commit, the NOTIFY wakes the relay. The event's payload and
 # headers come from the contract with the new email's id merged in. Nothing is written unless the
 # template row still has the `modified` time the email was rendered from.
-_EVENT = outbox_sql.insert_select(
-    aggregateid="email.id::text",
-    payload="%(payload)s::jsonb || jsonb_build_object('email_id', email.id)",
-    headers="%(headers)s::jsonb || jsonb_build_object('aggregateid', email.id::text)",
-)
+_EVENT_EXPRESSIONS = {
+    "aggregateid": "email.id::text",
+    "payload": "%(payload)s::jsonb || jsonb_build_object('email_id', email.id)",
+    "headers": "%(headers)s::jsonb || jsonb_build_object('aggregateid', email.id::text)",
+}
+_EVENT = outbox_sql.insert_select(**_EVENT_EXPRESSIONS)
 _EMAIL_WRITE = f"""
 WITH template AS (
     SELECT id FROM {EmailTemplate._meta.db_table} WHERE id = %(template_id)s AND modified = %(template_modified)s
@@ -132,6 +160,48 @@ _EMAIL_WRITE_RETURNING = {
     False: Prepared("sent_email_write", _EMAIL_WRITE + "SELECT email.id FROM email"),  # OUTBOX_NOTIFY off: polling
 }
 
+# A scheduled send: the same write with the email's `send_at`, its request not published before
+# then, and an `email.scheduled` row published at once. The NOTIFY carries `send_at` (epoch
+# seconds), so the relay wakes again exactly when the request is due instead of on its next poll.
+_SCHEDULED_EVENT = outbox_sql.insert_select(
+    id="%(scheduled_id)s",
+    type="%(scheduled_type)s",
+    aggregateid="email.id::text",
+    payload="%(scheduled_payload)s::jsonb || jsonb_build_object('email_id', email.id)",
+    headers="%(scheduled_headers)s::jsonb || jsonb_build_object('aggregateid', email.id::text)",
+)
+
+
+def _derived(statement: str, *changes: tuple[str, str]) -> str:
+    """`statement` with each (old, new) replaced once; fails at import if one no longer matches."""
+    for old, new in changes:
+        assert statement.count(old) == 1, f"the scheduled write no longer matches the send-now one: {old!r}"
+        statement = statement.replace(old, new)
+    return statement
+
+
+_SCHEDULED_WRITE = (
+    _derived(
+        _EMAIL_WRITE,
+        ("request_fingerprint, created)", "request_fingerprint, created, send_at)"),
+        ("%(fingerprint)s, %(created)s", "%(fingerprint)s, %(created)s, %(send_at)s::timestamptz"),
+        (_EVENT, outbox_sql.insert_select(**_EVENT_EXPRESSIONS, not_before="%(send_at)s::timestamptz")),
+    )
+    + f"""    , scheduled AS (
+    {_SCHEDULED_EVENT}
+    FROM email
+)
+"""
+)
+_SCHEDULED_WRITE_RETURNING = {
+    True: Prepared(
+        "sent_email_write_scheduled_notify",
+        _SCHEDULED_WRITE
+        + "SELECT email.id, pg_notify(%(channel)s, extract(epoch FROM %(send_at)s::timestamptz)::text) FROM email",
+    ),
+    False: Prepared("sent_email_write_scheduled", _SCHEDULED_WRITE + "SELECT email.id FROM email"),
+}
+
 
 def sent_email_write(write: EmailWrite) -> int | None:
     """Write the email, its recipients and its event in one statement: atomic, in a savepoint of
@@ -155,7 +225,20 @@ def sent_email_write(write: EmailWrite) -> int | None:
         "recipients": write.recipients,
         "channel": settings.OUTBOX_NOTIFY_CHANNEL,
     }
-    statement = _EMAIL_WRITE_RETURNING[bool(settings.OUTBOX_NOTIFY)]
+    if write.send_at is None:
+        statement = _EMAIL_WRITE_RETURNING[bool(settings.OUTBOX_NOTIFY)]
+    else:
+        scheduled = outbox_sql.outbox_parameters(
+            write.scheduled_event(), aggregatetype=EmailScheduled.AGGREGATE, aggregateid=""
+        )
+        params |= {
+            "send_at": write.send_at,
+            "scheduled_id": scheduled["id"],
+            "scheduled_type": scheduled["type"],
+            "scheduled_payload": scheduled["payload"],
+            "scheduled_headers": scheduled["headers"],
+        }
+        statement = _SCHEDULED_WRITE_RETURNING[bool(settings.OUTBOX_NOTIFY)]
     with connection.cursor() as cursor:
         if connection.in_atomic_block:
             with transaction.atomic():  # a savepoint: a refused write leaves the caller's transaction usable

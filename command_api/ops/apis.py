@@ -209,7 +209,7 @@ class DeliveryListApi(APIView):
             ref_name = "DeliveryListFilter"
 
         state = serializers.ChoiceField(
-            choices=["sending", "sent", "failed", "suppressed", "retry", "unknown", "held"], required=False
+            choices=["sending", "sent", "failed", "suppressed", "cancelled", "retry", "unknown", "held"], required=False
         )
         email_id = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False)
 

@@ -19,6 +19,7 @@ class Delivery(models.Model):
         UNKNOWN = "unknown", "in doubt (a timeout): waiting for the provider's word"
         HELD = "held", "held for ops (outcome unknown)"
         SUPPRESSED = "suppressed", "suppressed (on the owner's list; never sent)"
+        CANCELLED = "cancelled", "cancelled by its owner before any sender claimed it"
 
     event_id = models.UUIDField()
     recipient = models.CharField(max_length=254)

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 import psycopg2
 from psycopg2.pool import ThreadedConnectionPool
 
-from core.contracts import EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
+from core.contracts import EmailCancelled, EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
 from core.db import connect_kwargs
 from core.deliveries.states import TERMINAL_SQL
 from core.outbox.services import new_event_id
@@ -249,6 +249,30 @@ FAIL_DEAD_SQL = f"""
         RETURNING recipient
 {_and_event(_FAILED_EVENT)}
 """
+# The owner's cancel: a `cancelled` row for every recipient of the request, in the order the claim
+# inserts them (the request's own order), none where a row exists; and `email.cancelled` in the
+# outbox only if it made all of them. The claim (CLAIM) inserts the same keys in the same order,
+# so the unique index serializes the two: whoever inserts the first recipient's row first makes
+# every row, and the other waits on that row, then finds them all taken (the claim does not
+# update a `cancelled` row). The caller rolls back a cancel that made fewer than all.
+CANCEL_SQL = f"""
+    WITH done AS (
+        INSERT INTO sender_delivery (event_id, recipient, email_id, state, attempts, provider_message_id,
+                                     last_error, created_at, updated_at)
+        SELECT %(event_id)s::uuid, given.r, %(email_id)s::bigint, 'cancelled', 0, '', %(error)s, now(), now()
+          FROM unnest(%(recipients)s::text[]) WITH ORDINALITY AS given(r, position)
+         ORDER BY given.position
+        ON CONFLICT (event_id, recipient) DO NOTHING
+        RETURNING recipient
+    ), event AS (
+        {insert_select()}
+         WHERE (SELECT count(*) FROM done) = %(all)s
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM done),
+           CASE WHEN %(notify)s AND EXISTS (SELECT 1 FROM event) THEN pg_notify(%(channel)s, '') END
+"""
+STATES_SQL = "SELECT state, count(*) FROM sender_delivery WHERE event_id = %s GROUP BY state"
 PAUSE_GET_SQL = "SELECT extract(epoch FROM paused_until) FROM sender_provider_pause WHERE provider = %s"
 PAUSE_SET_SQL = """
     INSERT INTO sender_provider_pause (provider, paused_until, reason)
@@ -655,6 +679,56 @@ def fail_request(
     )
     failed, _ = cursor.fetchone()
     return failed
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    cancelled: bool  # True: this call cancelled every recipient (its email.cancelled is written)
+    states: dict[str, int]  # otherwise: the request's deliveries by state, as they are
+
+
+def cancel_request(
+    cursor,
+    *,
+    email_id: int,
+    request_event_id: str,
+    recipients: list[str],
+    cancelled_by: int,
+    correlation_id: str,
+    notify_channel: str | None,
+) -> CancelOutcome:
+    """Cancel the request `request_event_id` of email `email_id` for all its `recipients` (in the
+    request's order), in one statement on `cursor`, inside the caller's transaction: either every
+    recipient gets a `cancelled` delivery and `email.cancelled` is written, or the caller must roll
+    back (`cancelled` False: some sender claimed it first, or it was cancelled already; `states`
+    says which). Race-safe against the sender's claim (see CANCEL_SQL)."""
+    event = EmailCancelled(
+        event_id=new_event_id(),
+        correlation_id=correlation_id,
+        occurred_at=_now(),
+        email_id=email_id,
+        request_event_id=request_event_id,
+        recipients=tuple(recipients),
+        cancelled_by=cancelled_by,
+    )
+    cursor.execute(
+        CANCEL_SQL,
+        outbox_parameters(event, aggregatetype=EmailCancelled.AGGREGATE, aggregateid=str(email_id))
+        | {
+            "event_id": request_event_id,
+            "email_id": email_id,
+            "error": f"cancelled by user {cancelled_by}",
+            "recipients": recipients,
+            "all": len(recipients),
+            "notify": notify_channel is not None,
+            "channel": notify_channel or "",
+        },
+    )
+    made, _ = cursor.fetchone()
+    if made == len(recipients):
+        return CancelOutcome(cancelled=True, states={"cancelled": made})
+    cursor.execute(STATES_SQL, [request_event_id])
+    return CancelOutcome(cancelled=False, states=dict(cursor.fetchall()))
 
 
 def _outbox_parameters(event: Event, request: EmailRequested) -> dict:

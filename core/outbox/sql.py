@@ -108,6 +108,21 @@ REARM_PUBLISHED_REQUESTS_SQL = f"""
     RETURNING aggregateid
 """
 
+# An email's request (its event id and recipients, in the order the sender claims them): for the
+# owner's cancel. A scan of outbox_aggregate_idx.
+REQUEST_OF_EMAIL_SQL = f"""
+    SELECT id::text, ARRAY(SELECT jsonb_array_elements_text(payload -> 'recipients'))
+      FROM {TABLE}
+     WHERE aggregatetype = 'sent_email' AND aggregateid = %s AND type = 'email.requested'
+"""
+# When the next row not due yet is due, in seconds from now (NULL: none): the relay sleeps until
+# then rather than a whole poll interval. A scan of the partial index outbox_pending_due_idx.
+NEXT_DUE_SQL = f"""
+    SELECT extract(epoch FROM min(not_before) - now())
+      FROM {TABLE}
+     WHERE published_at IS NULL AND failed_at IS NULL AND not_before > now()
+"""
+
 # The backlog: for the relay's gauges and the ops status ------------------------------------------
 
 BACKLOG_SQL = f"""
@@ -142,7 +157,7 @@ def outbox_backlog(cursor) -> Backlog:
 # Retention -------------------------------------------------------------------------------------
 
 # Published rows past the retention, but never an email's request while one of its recipients is
-# not finished (sent, failed or suppressed): the request is the only way to send them again (re-drive).
+# not finished (sent, failed, suppressed or cancelled): the request is the only way to send them again (re-drive).
 PURGEABLE_SQL = f"""
     SELECT o.id FROM {TABLE} o
      WHERE o.published_at < %(cutoff)s

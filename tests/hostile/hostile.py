@@ -229,6 +229,9 @@ def baselines(fx: Fixture) -> dict[tuple[str, str], Request]:
                 "context": {"name": "Ann", "items": [1, 2]},
             },
         ),
+        ("POST", "/api/v1/emails/sent-email/{email_id}/cancel/"): Request(
+            "POST", f"/api/v1/emails/sent-email/{fx.email_id}/cancel/"
+        ),
         ("GET", "/api/v1/ops/outbox/"): Request(
             "GET",
             "/api/v1/ops/outbox/",

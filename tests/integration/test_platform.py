@@ -54,6 +54,7 @@ def test_openapi_schema_lists_the_public_api(api_client):
         "/api/v1/emails/sent-email/",
         "/api/v1/suppressions/",
         "/api/v1/suppressions/{address}/",
+        "/api/v1/emails/sent-email/{email_id}/cancel/",
     ]:
         assert path in paths
     assert api_client.get("/api/docs/").status_code == 200

@@ -13,6 +13,7 @@ OPEN_TO_KEYS = {
     ("command_api.urls", "EmailTemplateListCreateApi"): ApiKeyScope.TEMPLATES,
     ("command_api.urls", "EmailTemplateDetailApi"): ApiKeyScope.TEMPLATES,
     ("command_api.urls", "SentEmailCreateApi"): ApiKeyScope.SEND,
+    ("command_api.urls", "SentEmailCancelApi"): ApiKeyScope.SEND,
     ("query_api.urls", "SentEmailListApi"): ApiKeyScope.READ,
     ("query_api.urls", "SentEmailDetailApi"): ApiKeyScope.READ,
 }

@@ -17,6 +17,8 @@ from tests.conftest import golden
     "event_type",
     [
         "email.requested",
+        "email.scheduled",
+        "email.cancelled",
         "email.sent",
         "email.failed",
         "email.suppressed",
@@ -124,3 +126,25 @@ def test_the_projector_takes_a_suppression_without_a_reason_each_as_poison():
     event = EmailSuppressed.from_dict(golden("email.suppressed", 1) | {"recipients": ["a@x.org", "b@x.org"]})
     with pytest.raises(ContractError, match="2 recipients but 1 reasons"):
         unbatched(event)
+
+
+def test_a_request_written_before_send_at_was_added_reads_as_sent_at_once():
+    older = golden("email.requested", 1)
+    del older["send_at"]
+    assert EmailRequested.from_dict(older).send_at == ""
+
+
+def test_a_scheduled_email_names_its_time_and_its_request():
+    from core.contracts import EmailScheduled
+
+    event = EmailScheduled.from_dict(golden("email.scheduled", 1))
+    assert event.send_at == "2026-11-28T09:00:00+00:00"
+    assert event.request_event_id == golden("email.requested", 1)["event_id"]
+    assert "body_html" not in event.to_dict()  # the read model needs no body
+
+
+def test_a_cancel_names_every_recipient_and_who_cancelled():
+    from core.contracts import EmailCancelled
+
+    event = EmailCancelled.from_dict(golden("email.cancelled", 1))
+    assert event.recipients == ("ann@example.com", "bob@example.org") and event.cancelled_by == 7

@@ -247,3 +247,107 @@ def test_an_email_whose_recipients_are_all_suppressed_is_suppressed():
 def test_a_suppressed_recipient_is_never_lowered_by_a_queued_request_applied_late():
     row = run([suppressed(), requested()])
     assert row.recipient_status["bob@example.org"]["status"] == "suppressed"
+
+
+# Scheduled sends and cancelling ----------------------------------------------------------------
+
+SEND_AT = "2026-11-27T10:00:05+00:00"
+
+
+def scheduled():
+    from core.contracts import EmailScheduled
+
+    return EmailScheduled(
+        event_id="sc",
+        correlation_id="c",
+        occurred_at=T.format(0),
+        email_id=1,
+        request_event_id="r",
+        owner_id=7,
+        from_email="f@example.com",
+        template_id=3,
+        template_name="welcome",
+        subject="Hi",
+        recipients=("Ann@example.com", "bob@example.org"),
+        requested_at=T.format(0),
+        send_at=SEND_AT,
+    )
+
+
+def scheduled_request():
+    import dataclasses
+
+    return dataclasses.replace(requested(), send_at=SEND_AT)
+
+
+def cancelled():
+    from core.contracts import EmailCancelled
+
+    return EmailCancelled(
+        event_id="x",
+        correlation_id="c",
+        occurred_at=T.format(3),
+        email_id=1,
+        request_event_id="r",
+        recipients=("Ann@example.com", "bob@example.org"),
+        cancelled_by=7,
+    )
+
+
+def test_a_scheduled_email_shows_scheduled_with_its_time_until_its_request_arrives():
+    row = run([scheduled()])
+    assert (row.status, row.owner_id, row.send_at, row.created) == ("scheduled", 7, SEND_AT, T.format(0))
+    assert {r: s["status"] for r, s in row.recipient_status.items()} == {
+        "ann@example.com": "scheduled",
+        "bob@example.org": "scheduled",
+    }
+
+
+def test_the_request_at_send_at_moves_scheduled_to_queued_then_sent():
+    row = Row(id=1)
+    apply(row, scheduled())
+    changes = apply(row, scheduled_request())
+    assert row.status == "queued" and [c.status for c in changes] == ["queued"]
+    assert row.recipient_status["ann@example.com"] == {"status": "queued", "at": SEND_AT}
+    apply(row, sent())
+    assert row.status == "sent" and row.send_at == SEND_AT
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_scheduled_request_and_sent_in_any_order_end_the_same(order):
+    events = [scheduled(), scheduled_request(), sent()]
+    row = run([events[i] for i in order])
+    assert row.status == "sent" and row.send_at == SEND_AT and row.created == T.format(0)
+    assert {s["status"] for s in row.recipient_status.values()} == {"sent"}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_a_cancelled_email_stays_cancelled_whatever_arrives_when(order):
+    # The request of a cancelled scheduled email is still published at send_at (the sender
+    # acks it and sends nothing): it must not bring the email back.
+    events = [scheduled(), cancelled(), scheduled_request()]
+    row = run([events[i] for i in order])
+    assert row.status == "cancelled"
+    assert {s["status"] for s in row.recipient_status.values()} == {"cancelled"}
+
+
+def test_cancelling_records_one_change_per_recipient():
+    row = run([scheduled()])
+    changes = apply(row, cancelled())
+    assert [(c.recipient, c.status) for c in changes] == [
+        ("ann@example.com", "cancelled"),
+        ("bob@example.org", "cancelled"),
+    ]
+    assert apply(row, cancelled()) == []  # twice: nothing more
+
+
+@pytest.mark.parametrize(
+    "statuses, overall",
+    [
+        (["scheduled", "scheduled"], "scheduled"),
+        (["cancelled", "cancelled"], "cancelled"),
+        (["scheduled", "queued"], "queued"),
+    ],
+)
+def test_overall_status_of_scheduled_and_cancelled(statuses, overall):
+    assert overall_status(statuses) == overall

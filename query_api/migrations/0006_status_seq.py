@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("query_api", "0004_schedule_prune"),
+        ("query_api", "0005_read_sent_email_send_at"),
     ]
 
     operations = [

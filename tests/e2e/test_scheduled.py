@@ -1,0 +1,72 @@
+"""End to end: a scheduled send and a cancelled one, every process a real OS process, every call
+over HTTP, the fake SendGrid recording what it accepted and when."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+
+from tests.broker import wait_for
+from tests.system import ROOT, Http, System
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def system(topology):
+    running = System(
+        database=connection.settings_dict["NAME"],
+        prefix=topology.prefix,
+        log_dir=ROOT / "var" / "test-logs" / f"e2e-scheduled-{topology.prefix}",
+    )
+    try:
+        yield running.start_all()
+    finally:
+        running.stop_all()
+
+
+def test_scheduled_leaves_at_its_time_and_a_cancelled_one_never_does(system):
+    token, template = system.staff_with_template("scheduler")
+    writer, reader = Http(system.command_url, token), Http(system.query_url, token)
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+    ids = {}
+    for name in ("kept", "cancelled"):
+        status, answer = writer.call(
+            "POST",
+            "/api/v1/emails/sent-email/",
+            {"recipients": [f"{name}@example.com"], "template": template, "send_at": send_at.isoformat()},
+        )
+        assert status == 202, answer
+        ids[name] = answer["id"]
+
+    def status_of(name):
+        status, detail = reader.call("GET", f"/api/v1/emails/sent-email/{ids[name]}/")
+        return detail["status"] if status == 200 else None
+
+    wait_for(lambda: status_of("kept") == "scheduled", timeout=10, message="scheduled in the log")
+    status, answer = writer.call("POST", f"/api/v1/emails/sent-email/{ids['cancelled']}/cancel/")
+    assert (status, answer["status"]) == (202, "cancelled"), answer
+    wait_for(lambda: status_of("cancelled") == "cancelled", timeout=10, message="cancelled in the log")
+    assert system.accepted_calls() == []  # nothing before its time
+
+    wait_for(lambda: status_of("kept") in ("sent", "delivered"), timeout=20, message="sent after send_at")
+    (call,) = system.accepted_calls()  # the kept one only, once
+    assert [r["email"] for r in call["recipients"]] == ["kept@example.com"]
+    assert call["received_at"] >= send_at.timestamp()  # not before its time
+    status, answer = writer.call("POST", f"/api/v1/emails/sent-email/{ids['kept']}/cancel/")
+    assert status == 409, answer  # too late: a sender took it
+    status, detail = reader.call("GET", f"/api/v1/emails/sent-email/{ids['kept']}/")
+    history = [h["status"] for h in detail["history"]]
+    assert history[:2] == ["scheduled", "queued"] and "sent" in history
+    assert detail["send_at"].startswith(send_at.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    # The cancelled email's request was published at send_at too: the sender took nothing of it.
+    def sender_passed_it_by():
+        log = (system.log_dir / "sender.log").read_text()
+        return any(
+            '"email_already_handled"' in line and f'"email_id": {ids["cancelled"]},' in line
+            for line in log.splitlines()
+        )
+
+    wait_for(sender_passed_it_by, timeout=10, message="the sender acked the cancelled request")
+    assert len(system.accepted_calls()) == 1 and status_of("cancelled") == "cancelled"
