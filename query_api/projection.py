@@ -156,10 +156,12 @@ def apply(row: Row, event: Event) -> list[Change]:
         else:
             # A scheduled request is published at its send_at: it queues the email then.
             status, at, detail = "queued", event.send_at or event.occurred_at, f"{len(row.recipients)} recipients"
-        for recipient in row.recipients:
-            # The request moves a scheduled recipient on; the schedule never moves one back.
-            _advance(row, recipient, status, at)
-        record("", status, at, detail)
+        # The request moves a scheduled recipient on; the schedule never moves one back. Only a
+        # move is a change: a request published after its email was cancelled (or after the
+        # sender's outcome overtook it) records nothing, so no later sequence number says queued.
+        moved = [_advance(row, recipient, status, at) for recipient in row.recipients]
+        if any(moved):
+            record("", status, at, detail)
     elif isinstance(event, EmailCancelled):
         for recipient in (r.lower() for r in event.recipients):
             if _advance(row, recipient, "cancelled", event.occurred_at):

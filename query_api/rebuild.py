@@ -25,6 +25,7 @@ import structlog
 from django.conf import settings
 from django.db import connection, transaction
 
+from core.client_webhooks.queueing import StatusChange, messages_queue
 from core.contracts import (
     EmailCancelled,
     EmailDeliveryStatus,
@@ -350,12 +351,13 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             cursor.execute(
-                "SELECT id, recipient_status, owner_id FROM read_sent_email WHERE id = ANY(%s::bigint[]) "
+                "SELECT id, recipient_status, owner_id, status_seq FROM read_sent_email WHERE id = ANY(%s::bigint[]) "
                 "ORDER BY id FOR UPDATE",
                 [chunk],
             )
             actual = {
-                row[0]: (json.loads(row[1]) if isinstance(row[1], str) else row[1], row[2]) for row in cursor.fetchall()
+                row[0]: (json.loads(row[1]) if isinstance(row[1], str) else row[1], row[2], row[3])
+                for row in cursor.fetchall()
             }
             expected, _ = build_rows(cursor, chunk)
             missing, behind = [], []
@@ -376,9 +378,11 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
             report.stuck += [email_id for email_id, _ in stuck]
             if repair and (missing or behind):
                 rows, history = build_rows(cursor, missing + behind)
+                changes = _repaired_changes(rows, actual)
                 report.repaired += _write(
                     cursor, "read_sent_email", "read_sent_email_event", rows, history, only_new=set(missing)
                 )
+                _queue_webhooks(cursor, [c for c in changes if c.email_id in rows])
             never_claimed = [str(email_id) for email_id, claimed in stuck if not claimed]
             if repair and never_claimed:
                 cursor.execute(
@@ -396,6 +400,44 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
         rearmed=len(report.rearmed),
     )
     return report
+
+
+def _repaired_changes(rows: dict[int, Row], actual: dict[int, tuple]) -> list[StatusChange]:
+    """What a repair moves forward, as status changes for the clients' webhooks: the projector,
+    when the events behind it arrive, finds the row there already and records nothing, so the
+    repair is what tells the clients. Each change takes the next sequence number after the live
+    row's, and the row keeps the highest (written with GREATEST)."""
+    changes = []
+    for email_id, row in rows.items():
+        have, _, seq = actual.get(email_id, ({}, None, 0))
+        seq = max(seq or 0, 0)
+        if row.owner_id is None:
+            continue
+        for recipient, state in sorted(row.recipient_status.items()):
+            before = (have or {}).get(recipient, {}).get("status")
+            if before is not None and RANK[state["status"]] <= RANK[before]:
+                continue
+            seq += 1
+            changes.append(
+                StatusChange(
+                    owner_id=row.owner_id,
+                    email_id=email_id,
+                    sequence=seq,
+                    status=state["status"],
+                    recipient=recipient,
+                    at=state.get("at") or "",
+                    detail=(state.get("reason") or state.get("provider_message_id") or "")[:1000],
+                    event_id=f"reconcile-{email_id}-{recipient}-{state['status']}",
+                )
+            )
+        row.status_seq = max(row.status_seq, seq)
+    return changes
+
+
+def _queue_webhooks(cursor, changes: list[StatusChange]) -> None:
+    if changes:
+        channel = settings.CLIENT_WEBHOOKS_NOTIFY_CHANNEL if settings.CLIENT_WEBHOOKS_NOTIFY else None
+        messages_queue(cursor, changes, owners={c.owner_id for c in changes}, notify_channel=channel)
 
 
 def read_model_reconcile_scheduled() -> dict:

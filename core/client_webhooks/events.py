@@ -2,8 +2,7 @@
 
 A status of the read model (query_api.projection.RANK) that is not here sends nothing (the
 provider's processed, deferred, opened, clicked …). A status added to the read model becomes a
-webhook event by one line here; scheduled, cancelled and suppressed are listed already, so an
-endpoint may subscribe to them before the read model produces them.
+webhook event by one line here.
 """
 
 from __future__ import annotations

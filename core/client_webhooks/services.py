@@ -62,17 +62,25 @@ def webhook_endpoint_create(*, owner, url: str, description: str = "", event_typ
 
 def webhook_endpoint_update(*, endpoint: WebhookEndpoint, data: dict) -> WebhookEndpoint:
     """Change what `data` names (url, description, event_types, enabled). Enabling an endpoint
-    clears why it was disabled and its failing streak: its pending messages are delivered again."""
-    if "event_types" in data:
-        endpoint.event_types = _event_types_check(data["event_types"])
+    clears why it was disabled and its failing streak: its pending messages are delivered again.
+
+    The row is read again under a lock and only the changed columns are written, so a change the
+    notifier made meanwhile (it disables an endpoint that keeps failing) is never written over."""
+    event_types = _event_types_check(data["event_types"]) if "event_types" in data else None
     if "url" in data:
         webhook_url_check(data["url"])
-        endpoint.url = data["url"]
-    if "description" in data:
-        endpoint.description = data["description"]
     with transaction.atomic():
+        endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+        changed: list[str] = []
+        if event_types is not None:
+            endpoint.event_types, changed = event_types, [*changed, "event_types"]
+        for name in ("url", "description"):
+            if name in data:
+                setattr(endpoint, name, data[name])
+                changed.append(name)
         if "enabled" in data and data["enabled"] != endpoint.enabled:
             endpoint.enabled = data["enabled"]
+            changed += ["enabled", "disabled_reason", "disabled_at", "failing_since"]
             with connection.cursor() as cursor:
                 if endpoint.enabled:
                     endpoint.disabled_reason, endpoint.disabled_at, endpoint.failing_since = "", None, None
@@ -81,7 +89,8 @@ def webhook_endpoint_update(*, endpoint: WebhookEndpoint, data: dict) -> Webhook
                 else:
                     endpoint.disabled_reason, endpoint.disabled_at = "Disabled by its owner.", timezone.now()
                     cursor.execute(PARK_SQL, [[endpoint.pk]])
-        endpoint.save()
+        if changed:
+            endpoint.save(update_fields=[*changed, "modified_at"])
     return endpoint
 
 
@@ -104,7 +113,7 @@ def webhook_endpoint_rotate_secret(*, endpoint: WebhookEndpoint) -> WebhookEndpo
         seconds=settings.CLIENT_WEBHOOKS_SECRET_OVERLAP_SECONDS
     )
     endpoint.secret = new_secret()
-    endpoint.save()
+    endpoint.save(update_fields=["previous_secret", "previous_secret_expires_at", "secret", "modified_at"])
     return endpoint
 
 

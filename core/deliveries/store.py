@@ -93,6 +93,7 @@ CLAIM_SUPPRESSING = Prepared(
                                           last_error, created_at, updated_at)
         SELECT %(event_id)s::uuid, b.recipient, %(email_id)s::bigint, 'suppressed', 0, '', b.reason, now(), now()
           FROM barred b
+         ORDER BY b.position
         ON CONFLICT (event_id, recipient) DO UPDATE
            SET state = 'suppressed', last_error = EXCLUDED.last_error, lease_until = NULL, claim_token = NULL,
                next_attempt_at = NULL, updated_at = now()
@@ -728,7 +729,10 @@ def cancel_request(
     if made == len(recipients):
         return CancelOutcome(cancelled=True, states={"cancelled": made})
     cursor.execute(STATES_SQL, [request_event_id])
-    return CancelOutcome(cancelled=False, states=dict(cursor.fetchall()))
+    states = dict(cursor.fetchall())
+    # Not the rows this statement made (the caller rolls them back): what the others hold.
+    states["cancelled"] = states.get("cancelled", 0) - made
+    return CancelOutcome(cancelled=False, states={state: n for state, n in states.items() if n})
 
 
 def _outbox_parameters(event: Event, request: EmailRequested) -> dict:

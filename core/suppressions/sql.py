@@ -28,9 +28,11 @@ def not_suppressed(*, owner: str, recipient: str) -> str:
 
 
 def suppressed_recipients(*, owner: str, recipients: str) -> str:
-    """A query: the recipients of `recipients` on the list of `owner`, with the reason."""
+    """A query: the recipients of `recipients` on the list of `owner`, with the reason and their
+    position in `recipients`. Writers insert in that order, as the claim and the cancel do, so two
+    of them inserting the same keys take the rows' locks in one order and never deadlock."""
     return f"""
-        SELECT r.recipient, s.reason
-          FROM unnest({recipients}::text[]) AS r(recipient)
+        SELECT r.recipient, s.reason, r.position
+          FROM unnest({recipients}::text[]) WITH ORDINALITY AS r(recipient, position)
           JOIN {TABLE} s ON s.owner_id = {owner} AND s.address = lower(r.recipient)
     """

@@ -418,3 +418,92 @@ def test_the_sent_email_log_shows_the_status_sequence(conn, user, settings):
     answer = token_client(user).get("/api/v1/emails/sent-email/81/")
     assert answer.status_code == 200, answer.content
     assert answer.json()["status_seq"] == 3  # queued, then sent to each of the two recipients
+
+
+def test_a_scheduled_then_cancelled_email_is_posted_as_email_scheduled_then_email_cancelled(
+    dev_settings, receiver, conn, notifier
+):
+    from core.contracts import EmailCancelled, EmailScheduled
+
+    user = UserFactory()
+    endpoint = endpoint_for(user, receiver.url("fast/scheduled"), ["email.scheduled", "email.cancelled"])
+    notifier()
+    recipients = ("ann@example.com", "bob@example.org")
+    scheduled = EmailScheduled(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at="2026-11-27T12:00:00+00:00",
+        email_id=72,
+        request_event_id="r",
+        owner_id=user.pk,
+        from_email="f@example.com",
+        template_id=None,
+        template_name="welcome",
+        subject="Hi",
+        recipients=recipients,
+        requested_at="2026-11-27T12:00:00+00:00",
+        send_at="2026-11-28T09:00:00+00:00",
+    )
+    cancelled = EmailCancelled(
+        event_id=str(uuid.uuid4()),
+        correlation_id="c",
+        occurred_at="2026-11-27T12:05:00+00:00",
+        email_id=72,
+        request_event_id="r",
+        recipients=recipients,
+        cancelled_by=user.pk,
+    )
+    apply_batch(conn, [scheduled], webhooks_channel="client_webhooks_test")
+    apply_batch(conn, [cancelled], webhooks_channel="client_webhooks_test")
+    wait_for(lambda: len(receiver.at("fast")) >= 3, what="the scheduled and cancelled webhooks")
+    bodies = [Webhook(endpoint.secret).verify(r.body, r.headers) for r in receiver.at("fast")]
+    by_type: dict[str, list[dict]] = {}
+    for body in bodies:
+        by_type.setdefault(body["type"], []).append(body["data"])
+    assert set(by_type) == {"email.scheduled", "email.cancelled"}
+    assert sorted(d["recipient"] for d in by_type["email.cancelled"]) == list(recipients)
+    # Every cancelled delivery carries a later sequence than the scheduled ones before it.
+    last_scheduled = max(d["sequence"] for d in by_type["email.scheduled"])
+    assert last_scheduled < min(d["sequence"] for d in by_type["email.cancelled"])
+
+
+def test_a_reconcile_repair_posts_what_it_moved_forward_once(dev_settings, receiver, conn, user, user_client):
+    """The projector was behind: reconcile writes the sender's outcome into the row from the write
+    side. The event, applied later, moves nothing; the repair is what tells the clients, once."""
+    from django.db import connection as django_connection
+
+    from core.contracts import EmailRequested, event_from_dict
+    from core.deliveries.store import DeliveryStore
+    from core.outbox.models import OutboxEvent
+    from query_api.models import SentEmailLog
+    from query_api.rebuild import read_model_reconcile
+    from tests.factories import EmailTemplateFactory
+
+    dev_settings.RECONCILE_GRACE_SECONDS = 0
+    endpoint_for(user, receiver.url("fast/sent"), ["email.sent"])
+    answer = user_client.post(
+        "/api/v1/emails/sent-email/",
+        {"recipients": ["a@example.com"], "template": EmailTemplateFactory().pk},
+        format="json",
+    )
+    email_id = answer.json()["id"]
+    request = event_from_dict(OutboxEvent.objects.get(type="email.requested").payload)
+    assert isinstance(request, EmailRequested)
+    apply_batch(conn, [request])
+    store = DeliveryStore(django_connection.settings_dict, pool_size=1, notify_channel=None)
+    try:
+        claim = store.claim(request, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
+        store.record_sent(request, list(claim.claimed), token=claim.token, message_id="m1", attempt=1, provider="t")
+    finally:
+        store.close()
+
+    report = read_model_reconcile(repair=True)
+    assert email_id in report.behind and report.repaired >= 1
+    posted = list(WebhookMessage.objects.filter(email_id=email_id, event_type="email.sent"))
+    assert [(m.payload["data"]["recipient"], m.sequence) for m in posted] == [("a@example.com", 2)]
+    assert SentEmailLog.objects.get(pk=email_id).status_seq == 2
+
+    # The sender's own event arrives late: nothing moves, nothing is posted twice.
+    late = event_from_dict(OutboxEvent.objects.get(type="email.sent").payload)
+    apply_batch(conn, [late])
+    assert WebhookMessage.objects.filter(email_id=email_id, event_type="email.sent").count() == 1

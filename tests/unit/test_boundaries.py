@@ -132,3 +132,9 @@ def test_the_migrations_and_scheduler_settings_install_every_app(apps_by_process
     for service, apps in apps_by_process.items():
         assert set(apps) <= every, service
     assert {"command_api.emails", "command_api.webhooks", "query_api"} <= every
+
+
+def test_the_sender_installs_every_app_whose_table_its_claim_touches(apps_by_process):
+    # Its readiness waits for the migrations of its installed apps: the claim reads the
+    # suppression list, so the sender must not go ready before that table exists.
+    assert {"core.deliveries", "core.outbox", "core.suppressions"} <= set(apps_by_process["sender"])

@@ -351,3 +351,19 @@ def test_cancelling_records_one_change_per_recipient():
 )
 def test_overall_status_of_scheduled_and_cancelled(statuses, overall):
     assert overall_status(statuses) == overall
+
+
+def test_the_request_of_a_cancelled_email_changes_nothing_and_takes_no_sequence_number():
+    # Published at send_at all the same (the sender acks it): no `queued` after `cancelled`, for
+    # the history or for the clients' webhooks, whose sequence numbers must only go forward.
+    row = run([scheduled(), cancelled()])
+    seq = row.status_seq
+    assert apply(row, scheduled_request()) == []
+    assert row.status_seq == seq and row.status == "cancelled"
+
+
+def test_a_request_after_the_senders_outcome_records_no_queued():
+    row = run([sent(), status("ann@example.com", "delivered")])
+    seq = row.status_seq
+    assert [c.status for c in apply(row, requested())] == []
+    assert row.status_seq == seq
