@@ -47,3 +47,13 @@ def connect_postgres(
         **connect_kwargs(database, application_name=application_name),
         options=f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms}",
     )
+
+
+def listen_postgres(database: dict, *, application_name: str, channel: str) -> psycopg2.extensions.connection:
+    """A connection of its own (autocommit, never idle in a transaction) LISTENing on `channel`:
+    a worker waits on its fileno() for NOTIFYs. May raise psycopg2.OperationalError."""
+    conn = connect_postgres(database, application_name=application_name, idle_in_transaction_ms=0)
+    conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+    with conn.cursor() as cursor:
+        cursor.execute(f'LISTEN "{channel}"')
+    return conn

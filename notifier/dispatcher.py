@@ -36,7 +36,7 @@ from psycopg2.extensions import connection as PgConnection
 from core.client_webhooks import sql
 from core.client_webhooks.addresses import AddressRefused, resolve_deliverable
 from core.client_webhooks.signing import signature_headers
-from core.db import connect_postgres
+from core.db import connect_postgres, listen_postgres
 from core.workers import ReconnectingWorker
 from notifier.http import Answer, Poster
 
@@ -220,12 +220,9 @@ class NotifierWorker(ReconnectingWorker):
         if self._conn is None or self._conn.closed:
             self._conn = connect_postgres(self.database, application_name="notifier", idle_in_transaction_ms=60_000)
             if self.notify_channel:
-                self._listen = listen = connect_postgres(
-                    self.database, application_name="notifier-listen", idle_in_transaction_ms=0
+                self._listen = listen_postgres(
+                    self.database, application_name="notifier-listen", channel=self.notify_channel
                 )
-                listen.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-                with listen.cursor() as cursor:
-                    cursor.execute(f'LISTEN "{self.notify_channel}"')
 
     def disconnect(self, lost: str | None) -> None:
         if lost == "postgres":

@@ -24,14 +24,12 @@ import os
 import time
 from dataclasses import dataclass
 
-import psycopg2
-import psycopg2.extensions
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg2.extensions import connection as PgConnection
 
 from core.contracts import ContractError, EmailRequested
-from core.db import connect_postgres
+from core.db import connect_postgres, listen_postgres
 from core.deliveries.store import fail_request
 from core.outbox.deadletters import PARKED, PARKED_SQL
 from core.outbox.sql import (
@@ -232,12 +230,9 @@ class RelayWorker(ReconnectingWorker):
                 idle_in_transaction_ms=int(max(60.0, 3 * self.config.confirm_timeout) * 1000),
             )
             if self.config.notify_channel:
-                self._listen = listen = connect_postgres(
-                    self.config.database, application_name="outbox-relay-listen", idle_in_transaction_ms=0
+                self._listen = listen_postgres(
+                    self.config.database, application_name="outbox-relay-listen", channel=self.config.notify_channel
                 )
-                listen.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-                with listen.cursor() as cursor:
-                    cursor.execute(f'LISTEN "{self.config.notify_channel}"')
 
     def open_broker(self) -> None:
         if not self.publisher.is_open:

@@ -19,29 +19,12 @@ from core.client_webhooks.queueing import StatusChange, messages_queue
 from core.client_webhooks.sql import owners_with_endpoints
 from core.contracts import (
     ContractError,
-    EmailCancelled,
-    EmailDeliveryStatus,
     EmailDeliveryStatuses,
     EmailEvent,
-    EmailFailed,
-    EmailRequested,
-    EmailScheduled,
-    EmailSent,
     EmailSuppressed,
     Event,
 )
 from query_api.projection import Change, Row, apply
-
-# The events about one email that the read model applies (each names its email).
-EMAIL_EVENTS = (
-    EmailRequested,
-    EmailScheduled,
-    EmailCancelled,
-    EmailSent,
-    EmailFailed,
-    EmailSuppressed,
-    EmailDeliveryStatus,
-)
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +83,7 @@ def unbatched(event: Event) -> Sequence[EmailEvent]:
         return event.items()
     if isinstance(event, EmailSuppressed):
         event.reason_of()  # a reason for each recipient, or poison
-    if isinstance(event, EMAIL_EVENTS):
+    if isinstance(event, EmailEvent):  # every event that names its email
         return [event]
     raise ContractError(f"{event.TYPE}: not an event about an email")
 

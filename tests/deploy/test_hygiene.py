@@ -23,7 +23,7 @@ from django.urls import resolve
 from sender.fake_sendgrid import FakeSendGrid, Faults, serve, webhook_key_file
 from tests.deploy import compose
 from tests.deploy.test_docker import copy_image, image_sources, stages
-from tests.deploy.test_manifests import OVERLAYS, render
+from tests.deploy.test_manifests import OVERLAYS, containers, render
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -116,13 +116,8 @@ def split_image(image: str) -> tuple[str, str | None, str | None]:
 
 
 def pod_images(objects):
-    for obj in objects:
-        spec = obj.get("spec", {})
-        template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
-        if template:
-            pod = template["spec"]
-            for container in pod.get("initContainers", []) + pod["containers"]:
-                yield obj, container["image"]
+    for obj, container in containers(objects, init=True):
+        yield obj, container["image"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -29,12 +29,15 @@ def render(overlay: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def containers(objects):
+def containers(objects, *, init: bool = False):
+    """(object, container) for every pod template's containers, and its init containers too with
+    `init`."""
     for obj in objects:
         spec = obj.get("spec", {})
         template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
         if template:
-            for container in template["spec"]["containers"]:
+            pod = template["spec"]
+            for container in (pod.get("initContainers", []) if init else []) + pod["containers"]:
                 yield obj, container
 
 
