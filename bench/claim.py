@@ -93,6 +93,7 @@ def main() -> int:
                     "recipients": list(event.recipients),
                     "resend": True,
                     "grace": 300.0,
+                    "grace_from": None,
                     "token": str(uuid.uuid4()),
                 },
             )

@@ -85,15 +85,15 @@ class EmailRequested(Event):
 @dataclass(frozen=True, kw_only=True)
 class EmailScheduled(Event):
     """An email accepted for a later time: what the read model shows about it (not its body)
-    until its `email.requested` is published at `send_at`. Written with the request, in the
-    same statement, and published at once. No sender consumes it."""
+    until its `email.requested` is published (for its hand-off, before `send_at`). Written with
+    the request, in the same statement, and published at once. No sender consumes it."""
 
     TYPE: ClassVar[str] = "email.scheduled"
     VERSION: ClassVar[int] = 1
     AGGREGATE: ClassVar[str] = "sent_email"
 
     email_id: int
-    request_event_id: str  # the email.requested event that goes out at send_at
+    request_event_id: str  # the email.requested event that goes out for its hand-off
     owner_id: int
     from_email: str
     template_id: int | None

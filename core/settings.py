@@ -192,6 +192,15 @@ RENDER_MAX_LOOP_ITERATIONS = env_int("RENDER_MAX_LOOP_ITERATIONS", 10_000)
 RENDER_TIMEOUT_MS = env_int("RENDER_TIMEOUT_MS", 1000)
 # "<count>/<second|minute|hour|day>" per user; empty or "off" disables the limit (None).
 SEND_RATE_LIMIT = env_rate("SEND_RATE_LIMIT", "10/day")
+# A scheduled send's request is published this long before its `send_at`: the sender hands it to
+# SendGrid then, with `send_at`, and SendGrid holds it until that second. So a burst due at the
+# same second has this long to reach the provider, and still leaves on time; a cancel is taken
+# until the hand-off (SendGrid cancels scheduled sends only by batch, ten batches at a time, and
+# no later than ten minutes before their time). 0: published at `send_at`, sent when a sender
+# gets to it.
+SCHEDULED_HANDOFF_SECONDS = env_int("SCHEDULED_HANDOFF_SECONDS", 120)
+if not 0 <= SCHEDULED_HANDOFF_SECONDS <= 3600:
+    raise ImproperlyConfigured(f"SCHEDULED_HANDOFF_SECONDS must be 0 to 3600, got {SCHEDULED_HANDOFF_SECONDS}.")
 # One NOTIFY per committing transaction wakes the relay; off leaves it to polling.
 OUTBOX_NOTIFY = env_bool("OUTBOX_NOTIFY", True)
 OUTBOX_NOTIFY_CHANNEL = env_str("OUTBOX_NOTIFY_CHANNEL", "outbox")

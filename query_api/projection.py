@@ -28,7 +28,7 @@ from core.contracts import (
 )
 
 RANK = {
-    "scheduled": -10,  # waiting for its send_at; its request, published then, makes it queued
+    "scheduled": -10,  # waiting for its hand-off; its request, published then, makes it queued
     "queued": 0,
     "processed": 10,
     "deferred": 20,
@@ -154,7 +154,7 @@ def apply(row: Row, event: Event) -> list[Change]:
                 f"{len(row.recipients)} recipients, for {event.send_at}",
             )
         else:
-            # A scheduled request is published at its send_at: it queues the email then.
+            # A scheduled request is published for its hand-off: it queues the email then.
             status, at, detail = "queued", event.send_at or event.occurred_at, f"{len(row.recipients)} recipients"
         # The request moves a scheduled recipient on; the schedule never moves one back. Only a
         # move is a change: a request published after its email was cancelled (or after the

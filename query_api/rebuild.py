@@ -61,7 +61,7 @@ SLACK = "interval '60 seconds'"  # longer than any write transaction: a commit m
 EMAILS_SQL = f"""
     SELECT e.{E.id}, e.{E.owner}, e.{E.from_email}, e.{E.template_id}, e.{E.template_name}, e.{E.subject},
            e.{E.created}, array_agg(r.{R.address} ORDER BY r.{R.id}), e.{E.send_at},
-           e.{E.send_at} IS NULL OR e.{E.send_at} <= now()
+           e.{E.send_at} IS NULL OR e.{E.send_at} <= now() + %s * interval '1 second'
       FROM {E} e JOIN {R} r ON r.{R.email_id} = e.{E.id}
      WHERE e.{E.id} = ANY(%s::bigint[])
      GROUP BY e.{E.id}
@@ -94,7 +94,7 @@ def _iso(value) -> str:
 def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]]:
     """Rows and history for `email_ids`, from the write side as `cursor` sees it."""
     events: dict[int, list] = defaultdict(list)
-    cursor.execute(EMAILS_SQL, [email_ids])
+    cursor.execute(EMAILS_SQL, [settings.SCHEDULED_HANDOFF_SECONDS, email_ids])
     for row in cursor.fetchall():
         email_id, owner, from_email, template_id, template_name, subject, created, recipients, send_at, due = row
         if send_at is not None:
@@ -116,7 +116,7 @@ def build_rows(cursor, email_ids: list[int]) -> tuple[dict[int, Row], list[dict]
                 )
             )
         if not due:
-            continue  # its request is published at send_at: until then the email is scheduled
+            continue  # its request is published for the hand-off: until then the email is scheduled
         events[email_id].append(
             EmailRequested(
                 event_id=f"rebuild-requested-{email_id}",

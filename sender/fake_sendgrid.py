@@ -35,8 +35,10 @@ bounce_pattern and reject_pattern (regular expressions on recipient addresses: b
 through the webhook, or refused at once with 400), verified_senders (empty: any).
 
 Keys: FAKE_SENDGRID_API_KEYS, comma-separated `key:scope scope`; default `SG.fake-key:mail.send`.
+A message with `send_at` (on the request or a personalization) is held until then, as SendGrid
+holds it: its record says when it leaves (`sends_at` on each recipient) and its events wait.
 Event Webhook: with FAKE_SENDGRID_WEBHOOK_URL set it posts processed, then delivered or bounce
-events for every accepted recipient, in batches, signed with ECDSA (P-256, SHA-256) as SendGrid
+events for every accepted recipient (when it leaves), in batches, signed with ECDSA (P-256, SHA-256) as SendGrid
 does; the private key comes from FAKE_SENDGRID_WEBHOOK_KEY_FILE (a PEM file, made there the first
 time), FAKE_SENDGRID_WEBHOOK_PRIVATE_KEY (PEM) or is made at start.
 A failed post is retried with the next batch until it succeeds.
@@ -73,6 +75,7 @@ MAX_RECIPIENTS = 1000
 MAX_BODY_BYTES = 30 * 1024 * 1024
 MAX_CUSTOM_ARGS_BYTES = 10_000
 MAX_CATEGORIES = 10
+MAX_SEND_AT_AHEAD = 72 * 3600
 MAX_CATEGORY_LENGTH = 255
 INBOX_ROWS = 100
 MAX_INBOX_ROWS = 1000
@@ -193,6 +196,8 @@ def validate(body) -> list[dict]:
         check_custom_args(item.get("custom_args", {}), f"personalizations.{i}.custom_args")
         if "send_at" in item and not _is_timestamp(item["send_at"]):
             error("The send_at parameter must be a unix timestamp.", f"personalizations.{i}.send_at")
+        elif "send_at" in item and item["send_at"] > time.time() + MAX_SEND_AT_AHEAD:
+            error("A send cannot be scheduled more than 72 hours in advance.", f"personalizations.{i}.send_at")
     if total > MAX_RECIPIENTS:
         error(f"The total number of recipients must be no more than {MAX_RECIPIENTS}.", "personalizations")
     sender = body.get("from")
@@ -242,6 +247,8 @@ def validate(body) -> list[dict]:
         )
     if "send_at" in body and not _is_timestamp(body["send_at"]):
         error("The send_at parameter must be a unix timestamp.", "send_at")
+    elif "send_at" in body and body["send_at"] > time.time() + MAX_SEND_AT_AHEAD:
+        error("A send cannot be scheduled more than 72 hours in advance.", "send_at")
     return errors
 
 
@@ -278,6 +285,7 @@ class FakeSendGrid:
         self.lock = threading.RLock()
         self.webhook_url = webhook_url
         self._webhook_events: list[dict] = []
+        self._held_events: list[dict] = []  # a scheduled message's, until its send_at
         self._private_key: EllipticCurvePrivateKey | None = None
         if webhook_url or webhook_private_key_pem:
             from cryptography.hazmat.primitives import serialization
@@ -313,14 +321,22 @@ class FakeSendGrid:
 
     def accept(self, body: dict) -> str:
         message_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[:22]
+        received_at = time.time()
         recipients = [
-            {"email": entry["email"], "custom_args": {**body.get("custom_args", {}), **item.get("custom_args", {})}}
+            {
+                "email": entry["email"],
+                "custom_args": {**body.get("custom_args", {}), **item.get("custom_args", {})},
+                # A scheduled send is held until its `send_at` (a personalization's overrides the
+                # request's); then it leaves, and its events follow.
+                "sends_at": max(received_at, item.get("send_at", body.get("send_at", 0))),
+            }
             for item in body["personalizations"]
             for entry in item["to"]
         ]
         record = {
             "message_id": message_id,
-            "received_at": time.time(),
+            "received_at": received_at,
+            "send_at": body.get("send_at"),
             "from": body["from"],
             "reply_to": body.get("reply_to"),
             "subject": body.get("subject") or body["personalizations"][0].get("subject"),
@@ -386,12 +402,11 @@ class FakeSendGrid:
         """Queue the record's events (under the lock), each in an entry whose state the poster
         moves from pending to posted, or to failed while it retries."""
         bounce = re.compile(self.faults.bounce_pattern) if self.faults.bounce_pattern else None
-        now = int(time.time())
         events = []
         for n, recipient in enumerate(record["recipients"]):
             base = {
                 "email": recipient["email"],
-                "timestamp": now,
+                "timestamp": int(recipient["sends_at"]),
                 "sg_message_id": f"{record['message_id']}.filter0001.{n}.0",
                 "smtp-id": f"<{record['message_id']}@fake.sendgrid>",
                 **recipient["custom_args"],
@@ -414,7 +429,10 @@ class FakeSendGrid:
             {"event": event, "state": "pending", "attempts": 0, "last_attempt_at": None, "error": None}
             for event in events
         ]
-        self._webhook_events.extend(entries)
+        if any(event["timestamp"] > time.time() for event in events):
+            self._held_events.extend(entries)
+        else:
+            self._webhook_events.extend(entries)
         if record["message_id"] in self._by_id:
             self._events_by_id[record["message_id"]] = entries
 
@@ -445,6 +463,10 @@ class FakeSendGrid:
         while True:
             time.sleep(0.2)
             with self.lock:
+                if self._held_events:  # scheduled messages whose time came
+                    now = time.time()
+                    self._webhook_events.extend(e for e in self._held_events if e["event"]["timestamp"] <= now)
+                    self._held_events = [e for e in self._held_events if e["event"]["timestamp"] > now]
                 batch, self._webhook_events = self._webhook_events[:1000], self._webhook_events[1000:]
             if not batch:
                 continue
@@ -600,6 +622,7 @@ def message_page(message: dict, *, webhook_url: str = "") -> str:
             ("Reply-To", _address(message.get("reply_to")) or "—"),
             ("Subject", message["subject"] or "(no subject)"),
             ("Received", _when(message["received_at"])),
+            ("Held until", _when(message["send_at"]) if message.get("send_at") else "— (sent at once)"),
             ("Message id", message["message_id"]),
         )
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import select
 import socket
 import threading
@@ -21,10 +22,11 @@ import time
 import urllib.error
 import urllib.parse
 from dataclasses import dataclass
+from datetime import datetime
 
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import CustomArg, From, HtmlContent, Mail, Personalization, ReplyTo, Subject, To
+from sendgrid.helpers.mail import CustomArg, From, HtmlContent, Mail, Personalization, ReplyTo, SendAt, Subject, To
 
 from core.contracts import EmailRequested
 
@@ -44,9 +46,10 @@ class ProviderAnswer:
     retry_after: float | None = None  # seconds, from Retry-After or X-RateLimit-Reset
 
 
-def build_mail(event: EmailRequested, recipients: list[str]) -> Mail:
+def build_mail(event: EmailRequested, recipients: list[str], *, now: float | None = None) -> Mail:
     """One personalization per recipient, so no recipient sees another; our event id, email id
-    and the recipient ride along in custom_args for the Event Webhook."""
+    and the recipient ride along in custom_args for the Event Webhook. A scheduled send still
+    ahead (at `now`, epoch seconds) carries `send_at`: SendGrid holds it until then."""
     if not 1 <= len(recipients) <= MAX_RECIPIENTS_PER_CALL:
         raise ValueError(f"1 to {MAX_RECIPIENTS_PER_CALL} recipients per call, got {len(recipients)}")
     mail = Mail(
@@ -54,6 +57,9 @@ def build_mail(event: EmailRequested, recipients: list[str]) -> Mail:
     )
     if event.reply_to:
         mail.reply_to = ReplyTo(event.reply_to)
+    send_at = provider_send_at(event, time.time() if now is None else now)
+    if send_at is not None:
+        mail.send_at = SendAt(send_at)
     for recipient in recipients:
         personalization = Personalization()
         personalization.add_to(To(recipient))
@@ -62,6 +68,15 @@ def build_mail(event: EmailRequested, recipients: list[str]) -> Mail:
         personalization.add_custom_arg(CustomArg("recipient", recipient))
         mail.add_personalization(personalization)
     return mail
+
+
+def provider_send_at(event: EmailRequested, now: float) -> int | None:
+    """SendGrid's `send_at` for the event at `now`: its `send_at` in whole seconds, rounded up
+    (never early), while that is still ahead; None for a send at once or one whose time came."""
+    if not event.send_at:
+        return None
+    at = math.ceil(datetime.fromisoformat(event.send_at).timestamp())
+    return at if at > now else None
 
 
 def _messages(body) -> str:

@@ -2,12 +2,13 @@
 prepared statement, and the templates a send renders with, as this process last read them.
 
 A scheduled send (`send_at`) has a statement of its own, so the send-now statement stays as it
-was: its request row waits in the outbox until `send_at` (`not_before`), and a second row,
+was: its request row waits in the outbox (`not_before`) until SCHEDULED_HANDOFF_SECONDS before
+`send_at`, when the sender hands it to the provider to hold until `send_at`, and a second row,
 `email.scheduled`, due at once, tells the read model about the email meanwhile."""
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -161,8 +162,9 @@ _EMAIL_WRITE_RETURNING = {
 }
 
 # A scheduled send: the same write with the email's `send_at`, its request not published before
-# then, and an `email.scheduled` row published at once. The NOTIFY carries `send_at` (epoch
-# seconds), so the relay wakes again exactly when the request is due instead of on its next poll.
+# its hand-off (`release_at`: send_at less SCHEDULED_HANDOFF_SECONDS), and an `email.scheduled`
+# row published at once. The NOTIFY carries the hand-off (epoch seconds), so the relay wakes again
+# exactly when the request is due instead of on its next poll.
 _SCHEDULED_EVENT = outbox_sql.insert_select(
     id="%(scheduled_id)s",
     type="%(scheduled_type)s",
@@ -185,7 +187,7 @@ _SCHEDULED_WRITE = (
         _EMAIL_WRITE,
         ("request_fingerprint, created)", "request_fingerprint, created, send_at)"),
         ("%(fingerprint)s, %(created)s", "%(fingerprint)s, %(created)s, %(send_at)s::timestamptz"),
-        (_EVENT, outbox_sql.insert_select(**_EVENT_EXPRESSIONS, not_before="%(send_at)s::timestamptz")),
+        (_EVENT, outbox_sql.insert_select(**_EVENT_EXPRESSIONS, not_before="%(release_at)s::timestamptz")),
     )
     + f"""    , scheduled AS (
     {_SCHEDULED_EVENT}
@@ -197,7 +199,7 @@ _SCHEDULED_WRITE_RETURNING = {
     True: Prepared(
         "sent_email_write_scheduled_notify",
         _SCHEDULED_WRITE
-        + "SELECT email.id, pg_notify(%(channel)s, extract(epoch FROM %(send_at)s::timestamptz)::text) FROM email",
+        + "SELECT email.id, pg_notify(%(channel)s, extract(epoch FROM %(release_at)s::timestamptz)::text) FROM email",
     ),
     False: Prepared("sent_email_write_scheduled", _SCHEDULED_WRITE + "SELECT email.id FROM email"),
 }
@@ -233,6 +235,7 @@ def sent_email_write(write: EmailWrite) -> int | None:
         )
         params |= {
             "send_at": write.send_at,
+            "release_at": write.send_at - timedelta(seconds=settings.SCHEDULED_HANDOFF_SECONDS),
             "scheduled_id": scheduled["id"],
             "scheduled_type": scheduled["type"],
             "scheduled_payload": scheduled["payload"],

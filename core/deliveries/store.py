@@ -47,10 +47,13 @@ from core.prepared import Prepared
 from core.suppressions.sql import not_suppressed, suppressed_recipients
 
 # Who may take a delivery that exists: a retry that is due, or (with `resend`) one in doubt whose
-# lease and grace ran out with no word from the provider.
+# lease and grace ran out with no word from the provider (the grace counts from the later of its
+# last attempt and `grace_from`, a scheduled send's send_at).
 _CLAIMABLE = """(d.state = 'retry' AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now()))
         OR (%(resend)s::bool AND d.state IN ('sending', 'unknown') AND d.lease_until < now()
-            AND d.provider_seen_at IS NULL AND d.updated_at <= now() - %(grace)s::float8 * interval '1 second')"""
+            AND d.provider_seen_at IS NULL
+            AND greatest(d.updated_at, %(grace_from)s::timestamptz)
+                <= now() - %(grace)s::float8 * interval '1 second')"""
 # The suppression check's `email.suppressed`: the recipients and their reasons, in one order.
 _SUPPRESSED_EVENT = insert_select(
     payload="""%(payload)s::jsonb || jsonb_build_object(
@@ -127,7 +130,7 @@ CLAIM_SUPPRESSING = Prepared(
 # What the claim did not take, and why.
 UNCLAIMED_SQL = """
     SELECT recipient, state, coalesce(lease_until > now(), false), provider_seen_at IS NOT NULL,
-           updated_at > now() - %(grace)s::float8 * interval '1 second'
+           greatest(updated_at, %(grace_from)s::timestamptz) > now() - %(grace)s::float8 * interval '1 second'
       FROM sender_delivery
      WHERE event_id = %(event_id)s AND recipient = ANY(%(recipients)s::text[])
 """
@@ -209,7 +212,8 @@ REARM = Prepared(
                    WHEN state = 'sending' AND lease_until > now() THEN lease_until
                    WHEN state IN ('sending', 'unknown') AND provider_seen_at IS NOT NULL THEN now()
                    WHEN state IN ('sending', 'unknown')
-                       THEN greatest(updated_at + %(grace)s::float8 * interval '1 second', lease_until)
+                       THEN greatest(greatest(updated_at, %(grace_from)s::timestamptz)
+                                     + %(grace)s::float8 * interval '1 second', lease_until)
                END) AS at
           FROM sender_delivery WHERE event_id = %(id)s::uuid
     )
@@ -368,6 +372,7 @@ class DeliveryStore:
             "recipients": list(event.recipients),
             "resend": resend_in_doubt,
             "grace": in_doubt_grace,
+            "grace_from": _grace_from(event),
             "token": token,
         }
         claim = Claim(token=token)
@@ -587,7 +592,11 @@ class DeliveryStore:
     def rearm(self, request: EmailRequested, *, in_doubt_grace: float, reason: str) -> datetime | None:
         """Arm the request's outbox row for the earliest moment one of its recipients is due.
         Returns that moment, or None when nothing of it is due again."""
-        params = _outbox_parameters(request, request) | {"grace": in_doubt_grace, "reason": reason[:1000]}
+        params = _outbox_parameters(request, request) | {
+            "grace": in_doubt_grace,
+            "grace_from": _grace_from(request),
+            "reason": reason[:1000],
+        }
         with self._cursor() as cursor:
             REARM.execute(cursor, params)
             armed = cursor.fetchone()
@@ -738,6 +747,13 @@ def cancel_request(
 def _outbox_parameters(event: Event, request: EmailRequested) -> dict:
     """The outbox row of `event`, about the email of `request`."""
     return outbox_parameters(event, aggregatetype=EmailRequested.AGGREGATE, aggregateid=str(request.email_id))
+
+
+def _grace_from(request: EmailRequested) -> str | None:
+    """When the grace of a delivery in doubt starts, besides its last attempt: a scheduled send's
+    `send_at`. The provider holds a mail handed to it early until then, and may say nothing of it
+    (no `processed`) before, so the grace counts from then; None (no bound) for a send at once."""
+    return request.send_at or None
 
 
 def _in_doubt(state: str, live: bool) -> bool:

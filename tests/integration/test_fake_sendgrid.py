@@ -48,8 +48,8 @@ def are_custom_args(value) -> bool:
 
 def is_timestamp(value) -> bool:
     """SendGrid Mail Send documents send_at, on the request or a personalization, as a unix
-    timestamp: an integer."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    timestamp (an integer), and that a send cannot be scheduled more than 72 hours in advance."""
+    return isinstance(value, int) and not isinstance(value, bool) and value <= time.time() + 72 * 3600
 
 
 def documented_violations(body) -> set[str]:
@@ -254,6 +254,7 @@ def test_the_fake_refuses_what_sendgrid_documents_it_refuses(body, broken):
         (mail(reply_to={"name": "no address"}), "reply_to"),
         (mail(categories=[f"c{i}" for i in range(11)]), "categories"),
         (mail(send_at="tomorrow"), "send_at"),
+        (mail(send_at=int(time.time()) + 73 * 3600), "send_at"),  # more than 72 hours ahead
         (
             mail(personalizations=[to("ann@example.com", custom_args={"big": "x" * MAX_CUSTOM_ARGS_BYTES})]),
             "custom_args",

@@ -208,8 +208,14 @@ def test_one_message_as_json_beside_the_unchanged_list(fake_sendgrid):
     status, _, body = get(f"{url}/_messages/{second}")
     message = json.loads(body)
     assert status == 200 and message["message_id"] == second and message["subject"] == "Two"
-    assert message["recipients"] == [{"email": "bob@example.org", "custom_args": {"recipient": "bob@example.org"}}]
-    assert message["webhook_events"] == []
+    assert message["recipients"] == [
+        {
+            "email": "bob@example.org",
+            "custom_args": {"recipient": "bob@example.org"},
+            "sends_at": message["received_at"],  # no send_at: it leaves at once
+        }
+    ]
+    assert message["send_at"] is None and message["webhook_events"] == []
     listed = json.loads(get(f"{url}/_messages")[2])
     assert [m["message_id"] for m in listed] == [first, second] and "webhook_events" not in listed[0]
 

@@ -2,6 +2,7 @@
 `send_at` validation, the write (its request waits in the outbox, `email.scheduled` goes at
 once), the cancel API, the sender after a cancel, the read model and its rebuild, the admin."""
 
+import time
 from datetime import UTC, datetime, timedelta
 from datetime import timezone as timezone_of
 
@@ -134,7 +135,8 @@ def test_a_scheduled_send_waits_in_the_outbox_and_tells_the_read_model_at_once(u
     email = SentEmail.objects.get(pk=response.json()["id"])
     assert email.send_at == at
     request = OutboxEvent.objects.get(type="email.requested")
-    assert request.not_before == at and request.payload["send_at"] == at.isoformat()
+    # Published for the hand-off, SCHEDULED_HANDOFF_SECONDS (by default 2 minutes) before send_at.
+    assert request.not_before == at - timedelta(seconds=120) and request.payload["send_at"] == at.isoformat()
     scheduled = OutboxEvent.objects.get(type="email.scheduled")
     assert scheduled.not_before <= timezone.now() < at  # published at once
     assert (scheduled.aggregatetype, scheduled.aggregateid) == ("sent_email", str(email.pk))
@@ -227,6 +229,37 @@ def test_cancel_after_the_claim_is_a_409_and_changes_nothing(user_client, templa
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_send_due_within_the_hand_off_is_published_at_once(user_client, template):
+    at = timezone.now() + timedelta(seconds=30)  # inside the default 2 minutes
+    email_id = send(user_client, template, send_at=iso(at)).json()["id"]
+    row = OutboxEvent.objects.get(type="email.requested", aggregateid=str(email_id))
+    assert row.not_before <= timezone.now() and row.payload["send_at"] == at.isoformat()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scheduled_hand_off_in_doubt_waits_its_grace_from_send_at_not_from_the_call(user_client, template, store):
+    """SendGrid holds a scheduled mail until send_at and may say nothing of it (no `processed`)
+    before then: a hand-off whose outcome is in doubt is not sent again until the grace has
+    passed after send_at, while a send at once in doubt is after the grace from its call."""
+    scheduled = request_of(send(user_client, template, send_at=iso(timezone.now() + timedelta(minutes=3))).json()["id"])
+    at_once = request_of(send(user_client, template, recipients=("carl@example.net",)).json()["id"])
+    for request in (scheduled, at_once):
+        claim = store.claim(request, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0.5)
+        store.release(request, list(claim.claimed), token=claim.token, state="unknown", error="timeout")
+    time.sleep(1.0)  # past the grace from the calls
+
+    again = store.claim(scheduled, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0.5)
+    assert again.claimed == {} and sorted(again.waiting) == ["ann@example.com", "bob@example.org"]
+    OutboxEvent.objects.filter(id=scheduled.event_id).update(published_at=timezone.now())  # the relay did
+    armed = store.rearm(scheduled, in_doubt_grace=0.5, reason="next attempt")
+    send_at = datetime.fromisoformat(scheduled.send_at)
+    assert abs((armed - send_at).total_seconds() - 0.5) < 0.01  # its grace starts at send_at
+    assert store.claim(at_once, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0.5).claimed == {
+        "carl@example.net": 2
+    }
+
+
+@pytest.mark.django_db(transaction=True)
 def test_only_the_owner_can_cancel(user_client, template, api_client):
     email_id = send(user_client, template, send_at=iso(timezone.now() + timedelta(hours=1))).json()["id"]
     other = client_for(UserFactory())
@@ -296,8 +329,9 @@ def test_read_model_scheduled_then_queued_then_sent_and_cancelled_and_the_rebuil
     waiting = send(user_client, template, send_at=later).json()["id"]
     gone = send(user_client, template, send_at=later).json()["id"]
     due = send(user_client, template, send_at=iso(timezone.now() + timedelta(seconds=1))).json()["id"]
+    handed = send(user_client, template, send_at=iso(timezone.now() + timedelta(seconds=60))).json()["id"]
     project(conn, types={"email.scheduled"})
-    assert [s[1] for s in snapshot([waiting, gone, due])] == ["scheduled"] * 3
+    assert [s[1] for s in snapshot([waiting, gone, due, handed])] == ["scheduled"] * 4
     assert cancel(user_client, gone).status_code == 202
 
     wait_for(lambda: timezone.now() > SentEmail.objects.get(pk=due).send_at, timeout=5)
@@ -305,16 +339,17 @@ def test_read_model_scheduled_then_queued_then_sent_and_cancelled_and_the_rebuil
     claim = store.claim(request, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
     store.record_sent(request, list(request.recipients), token=claim.token, message_id="m", attempt=1, provider="x")
     project(conn)  # the rest: the requests (as if published), the cancel, the sent
-    live = snapshot([waiting, gone, due])
-    assert [s[1] for s in live] == ["scheduled", "cancelled", "sent"]
+    live = snapshot([waiting, gone, due, handed])
+    # `handed` is due within the hand-off: its request is published, a sender has yet to take it.
+    assert [s[1] for s in live] == ["scheduled", "cancelled", "sent", "queued"]
     assert live[0][2] == SentEmail.objects.get(pk=waiting).send_at
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE read_sent_email, read_sent_email_event")
     read_model_rebuild()
-    assert [s[1] for s in snapshot([waiting, gone, due])] == ["scheduled", "cancelled", "sent"]
+    assert [s[1] for s in snapshot([waiting, gone, due, handed])] == ["scheduled", "cancelled", "sent", "queued"]
     settings.RECONCILE_GRACE_SECONDS = 0
     report = read_model_reconcile()
-    assert not (set(report.behind) | set(report.missing) | set(report.stuck)) & {waiting, gone, due}
+    assert not (set(report.behind) | set(report.missing) | set(report.stuck)) & {waiting, gone, due, handed}
 
 
 @pytest.mark.django_db
@@ -385,9 +420,10 @@ def test_the_admin_shows_send_at_and_cancelled(user_client, template):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_relay_publishes_each_request_at_its_time_not_before_and_not_on_its_poll(topology, relays, user):
+def test_the_relay_publishes_each_request_at_its_time_not_before_and_not_on_its_poll(topology, relays, user, settings):
     from tests import broker
 
+    settings.SCHEDULED_HANDOFF_SECONDS = 0  # published at send_at: the relay's timing alone
     # A 30 s poll interval: only the wake-up at the due time can explain a publish on time.
     relay = relays(topology, OUTBOX_POLL_INTERVAL_MS=30000)
     relay.wait_ready()

@@ -230,6 +230,7 @@ def test_the_rest_of_a_claim_decides_every_recipient_it_is_given(store):
         "recipients": list(event.recipients),
         "resend": True,
         "grace": 300.0,
+        "grace_from": None,
         "token": str(uuid.uuid4()),
     }
     with store._cursor() as cursor:

@@ -45,3 +45,10 @@ def test_send_rate_limit_is_parsed_once_at_startup():
     assert parse_rate(" 10 / Day") == Rate(count=10, seconds=86400, text=" 10 / Day")
     assert str(parse_rate("2/hour")) == "2/hour"
     assert parse_rate("off") is parse_rate("") is None
+
+
+def test_a_scheduled_hand_off_out_of_range_is_refused_at_startup_with_its_name():
+    for value in ("-1", "3601"):
+        result = _import_settings(DJANGO_DEBUG="true", SCHEDULED_HANDOFF_SECONDS=value)
+        assert result.returncode != 0
+        assert "SCHEDULED_HANDOFF_SECONDS must be 0 to 3600" in result.stderr
