@@ -2,7 +2,11 @@
 from the fake's own checks, so that the two can disagree) and through the official client."""
 
 import base64
+import collections
 import json
+import socket
+import subprocess
+import threading
 import time
 import urllib.request
 
@@ -460,3 +464,43 @@ def test_signed_event_webhook_posts(fake_sendgrid):
     finally:
         server.shutdown()
         receiver.shutdown()
+
+
+BURST = 400  # new connections opened at once
+
+
+def test_a_burst_of_new_connections_is_queued_none_reset(fake_sendgrid):
+    """A client that opens a new connection per email (django-anymail's backend under Celery does,
+    hundreds a second) must never see a reset: every one of a burst of BURST connections, all
+    opened at once, gets its 202. The listen backlog is what holds them until they are accepted
+    (the default, 5, is set before the server can change it)."""
+    fake, url = fake_sendgrid
+    fake.faults.update({"latency_ms": 50})  # each answer takes a while, as SendGrid's would
+    host, port = url.removeprefix("http://").split(":")
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True)
+    assert int(listening.stdout.split()[2]) >= BURST  # Send-Q of a listening socket: its backlog
+
+    body = json.dumps(mail()).encode()
+    request = (
+        f"POST /v3/mail/send HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer SG.fake-key\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    start = threading.Barrier(BURST)
+    answers: list[str] = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            with socket.create_connection((host, int(port)), timeout=30) as conn:
+                conn.sendall(request)
+                answers.append(conn.recv(64).decode(errors="replace").split("\r\n")[0])
+        except OSError as error:  # a reset, a refusal, a timeout
+            answers.append(repr(error))
+
+    threads = [threading.Thread(target=one) for _ in range(BURST)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert collections.Counter(answers) == {"HTTP/1.1 202 Accepted": BURST}
+    assert fake.stats["messages"] == BURST
