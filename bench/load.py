@@ -1,8 +1,9 @@
 """End-to-end load benchmark on this machine, every process running (both APIs under gunicorn,
-relay, sender, projector, the fake SendGrid with added latency), plus two references in the same
-run:
+relay, sender, projector, the fake SendGrid with added latency), plus three references in the
+same run:
 
     .venv/bin/python bench/load.py [--duration 8] [--rounds 3] [--connections 4] [--latency-ms 50]
+                                   [--celery-pool gevent] [--celery-concurrency 100]
 
 Each round measures, back to back (this machine drifts by more than the differences measured, so
 every figure is the median of its rounds, and each round's end-to-end share is taken against the
@@ -14,9 +15,15 @@ API-only figure of the same round):
 2. API only: the real POST with the relay, sender and projector stopped;
 3. end to end: the real POST with everything running, from empty tables: accepted emails/s, and
    recipients/s delivered and shown as sent in the read model, from the first POST to the last
-   one sent; the outbox backlog when the load stops; the CPU each process used per email.
+   one sent; the outbox backlog when the load stops; the CPU each process used per email;
+4. the Celery reference end to end (bench/celery_reference.py), the pipeline stopped: the same
+   POST load against an endpoint (same authentication, validation and rendering) that queues the
+   email to Celery on the same RabbitMQ, a Celery worker delivering it through django-anymail's
+   SendGrid backend to a second fake SendGrid at the same latency (without the Event Webhook:
+   Celery tracks no status): emails/s from the first POST to the last one the fake accepted, the
+   CPU per email, and the project's end-to-end rate as a share of it, round by round.
 
-Then, once, 4. latency: emails posted at half the end-to-end rate, timed from the POST to "sent"
+Then, once, 5. latency: emails posted at half the end-to-end rate, timed from the POST to "sent"
 in the read model: p50, p99.
 
 Needs wrk. Run it by hand.
@@ -66,6 +73,24 @@ def wait_all_sent(since_id: int, count: int, timeout: float) -> float:
     raise SystemExit(f"only {done} of {count} emails sent within {timeout}s")
 
 
+def wait_fake(fake, done, *, timeout: float = 60, settle: float = 0.0) -> float:
+    """Poll a fake SendGrid's /_stats until `done(stats)` is true (or, with `settle`, until its
+    value stopped changing for that long); returns the time.time() it was first seen."""
+    deadline, last_value, since, stats = time.monotonic() + timeout, None, time.monotonic(), None
+    while time.monotonic() < deadline:
+        status, stats = fake.call("GET", "/_stats")
+        value = done(stats) if status == 200 else None
+        if settle:
+            if value != last_value:
+                last_value, since = value, time.monotonic()
+            elif time.monotonic() - since >= settle:
+                return time.time()
+        elif value:
+            return time.time()
+        time.sleep(0.05)
+    raise SystemExit(f"the fake SendGrid did not get there within {timeout}s: {stats}")
+
+
 def max_email_id() -> int:
     return sql("SELECT coalesce(max(id), 0) FROM emails_sentemail")[0][0]
 
@@ -89,6 +114,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database", default="emails_bench_load")
+    parser.add_argument("--celery-pool", default="gevent", help="the Celery worker's pool (gevent, threads, ...)")
+    parser.add_argument("--celery-concurrency", type=int, default=100)
     args = parser.parse_args()
     setup_django(database=args.database, settings_module="deployment.settings", prefix=PREFIX)
 
@@ -109,6 +136,9 @@ def main() -> None:
     )
     system.start_all()
     variants = None
+    celery: dict[str, subprocess.Popen] = {}
+    celery_rounds: list[dict] = []
+    celery_cpu_ms: dict[str, float] = {}
     rounds: dict[str, list[dict]] = {}
     e2e_rounds: list[dict] = []
     cpu_ms: dict[str, float] = {}
@@ -121,7 +151,47 @@ def main() -> None:
         }
         url = f"{system.command_url}/api/v1/emails/sent-email/"
 
-        # The references run on a gunicorn of their own, 2 workers like the command API.
+        # The references run on a gunicorn of their own, 2 workers like the command API; the Celery
+        # reference's worker and its fake SendGrid (the same fake, at the same latency, with no
+        # Event Webhook) beside it.
+        celery_fake = "http://127.0.0.1:8026"
+        reference_env = system.env | {
+            "DJANGO_SETTINGS_MODULE": "variants_settings",
+            "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}",
+            "CELERY_REFERENCE_SENDGRID_URL": celery_fake,
+        }
+        celery["fake"] = subprocess.Popen(
+            [sys.executable, "-m", "sender.fake_sendgrid", "--port", "8026"],
+            cwd=ROOT,
+            env={k: v for k, v in system.env.items() if k != "FAKE_SENDGRID_WEBHOOK_URL"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        celery["worker"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celery_reference",
+                "worker",
+                "--pool",
+                args.celery_pool,
+                "--concurrency",
+                str(args.celery_concurrency),
+                "--loglevel",
+                "WARNING",
+                # Worker heartbeats and gossip (events between workers, which one worker does
+                # not need): with both on, the gevent pool ran one task at a time here.
+                "--without-heartbeat",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=reference_env,
+            stdout=open(ROOT / "var" / "load" / "celery.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        fake2 = Http(celery_fake)
         variants = subprocess.Popen(
             [
                 sys.executable,
@@ -134,18 +204,21 @@ def main() -> None:
                 "127.0.0.1:8019",
             ],
             cwd=ROOT,
-            env=system.env | {"DJANGO_SETTINGS_MODULE": "variants_settings", "PYTHONPATH": f"{ROOT / 'bench'}:{ROOT}"},
+            env=reference_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         time.sleep(3)  # gunicorn boots; the endpoints answer only POST
+        for name, process in celery.items():
+            if process.poll() is not None:
+                raise SystemExit(f"the Celery reference's {name} exited (is port 8026 taken?)")
         targets = {
             "sync publish (original design)": ("http://127.0.0.1:8019/sync-publish/", token),
             "bare DRF inserts": ("http://127.0.0.1:8019/bare/", None),
             "API only (outbox, pipeline stopped)": (url, token),
         }
         rounds = {name: [] for name in targets}
-        accepted_total = 0
+        accepted_total = celery_total = 0
         for number in range(1, args.rounds + 1):
             # 1 and 2: the pipeline stopped.
             for name in PIPELINE:
@@ -205,15 +278,52 @@ def main() -> None:
                     "share": delivered_emails / api_only,
                 }
             )
+            # 4: the Celery reference, the pipeline stopped.
+            for name in PIPELINE:
+                system.processes[name].terminate()
+                system.processes[name].wait(timeout=60)
+            celery_url = "http://127.0.0.1:8019/celery/"
+            wrk_post(celery_url, body, token=token, connections=args.connections, duration=2)  # warm up
+            wait_fake(fake2, lambda stats: stats.get("recipients", 0), settle=1.0)
+            roots = {
+                "variants": variants.pid,
+                "celery worker": celery["worker"].pid,
+                "fake SendGrid": celery["fake"].pid,
+                "this script": os.getpid(),
+            }
+            cpu_before = cpu_by_group(roots)
+            before = fake2.call("GET", "/_stats")[1].get("recipients", 0)
+            started = time.time()
+            celery_figures, wrk_cpu = measured_wrk(
+                celery_url, body, token=token, connections=args.connections, duration=args.duration
+            )
+            queued = celery_figures["requests"] - celery_figures["non_2xx"]
+            target = before + 2 * queued
+            last = wait_fake(fake2, lambda stats, target=target: stats.get("recipients", 0) >= target, timeout=600)
+            for key, seconds in cpu_delta(cpu_before, cpu_by_group(roots)).items():
+                celery_cpu_ms[key] = celery_cpu_ms.get(key, 0.0) + seconds * 1000
+            celery_cpu_ms["wrk"] = celery_cpu_ms.get("wrk", 0.0) + wrk_cpu * 1000
+            celery_total += queued
+            celery_emails = queued / (last - started)
+            celery_rounds.append(
+                celery_figures | {"delivered_emails": celery_emails, "ratio": delivered_emails / celery_emails}
+            )
+            for name in PIPELINE:
+                system.start(name)
+            for name in PIPELINE:
+                system.wait_ready(name)
             print(
                 f"round {number}: API only {api_only:.0f}/s, end to end {figures['rps']:.0f}/s accepted, "
-                f"{delivered_emails:.0f} emails/s shown as sent ({delivered_emails / api_only:.0%})",
+                f"{delivered_emails:.0f} emails/s shown as sent ({delivered_emails / api_only:.0%}); "
+                f"Celery reference {celery_emails:.0f} emails/s sent: the project at "
+                f"{delivered_emails / celery_emails:.0%} of it",
                 flush=True,
             )
         variants.terminate()
         variants.wait(timeout=30)
         variants = None
         cpu_ms = {key: value / accepted_total for key, value in cpu_ms.items()}
+        celery_cpu_ms = {key: value / celery_total for key, value in celery_cpu_ms.items()}
 
         # 4. Latency at half the end-to-end rate.
         rate = statistics.median(r["rps"] for r in e2e_rounds) / 2
@@ -251,6 +361,9 @@ def main() -> None:
     finally:
         if variants is not None:
             variants.terminate()
+        for process in celery.values():
+            process.terminate()
+            process.wait(timeout=60)
         system.stop_all()
 
     def median(runs, key):
@@ -284,16 +397,26 @@ def main() -> None:
         )
     )
     print(
-        "  CPU per accepted email, end to end (ms): "
-        + ", ".join(
-            f"{key} {value:.2f}" for key, value in sorted(cpu_ms.items(), key=lambda item: -item[1]) if value >= 0.01
-        )
-        + f"; total {sum(cpu_ms.values()):.2f}"
-    )
-    print(
         f"  POST to sent at {rate:.0f} emails/s: p50 {statistics.median(latencies):.0f} ms, "
         f"p99 {percentile(latencies, 99):.0f} ms over {len(latencies)} of {len(posted)} emails"
     )
+
+    def cpu_line(cpu: dict[str, float]) -> str:
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda item: -item[1]) if v >= 0.01)
+        fake = sum(v for k, v in cpu.items() if k.startswith("fake"))
+        return f"{shown}; total {sum(cpu.values()):.2f}, without the fake SendGrid {sum(cpu.values()) - fake:.2f}"
+
+    print("  CPU per accepted email, end to end (ms): " + cpu_line(cpu_ms))
+    celery_rate = median(celery_rounds, "delivered_emails")
+    ratios = [r["ratio"] for r in celery_rounds]
+    print(
+        f"  Celery reference ({args.celery_pool} pool, concurrency {args.celery_concurrency}): "
+        f"{celery_rate:.0f} emails/s sent (per round: "
+        f"{', '.join(str(round(r['delivered_emails'])) for r in celery_rounds)}), "
+        f"{median(celery_rounds, 'rps'):.0f}/s accepted; the project end to end at "
+        f"{statistics.median(ratios):.0%} of it (per round: {', '.join(format(r, '.0%') for r in ratios)})"
+    )
+    print("  CPU per email, the Celery reference (ms): " + cpu_line(celery_cpu_ms))
     sync = median(rounds["sync publish (original design)"], "rps")
     bare = median(rounds["bare DRF inserts"], "rps")
     print(
@@ -301,7 +424,9 @@ def main() -> None:
         f"api_vs_sync={api_only / sync:.0%} api_vs_bare={api_only / bare:.0%} "
         f"e2e_accepted={median(e2e_rounds, 'rps'):.0f}/s e2e_sent_emails={delivered:.0f}/s e2e_share={share:.0%} "
         f"p50_ms={statistics.median(latencies):.0f} p99_ms={percentile(latencies, 99):.0f} "
-        f"backlog_at_stop={max(r['backlog'] for r in e2e_rounds)}"
+        f"backlog_at_stop={max(r['backlog'] for r in e2e_rounds)} celery_sent_emails={celery_rate:.0f}/s "
+        f"e2e_vs_celery={statistics.median(ratios):.0%} cpu_ms={sum(cpu_ms.values()):.2f} "
+        f"celery_cpu_ms={sum(celery_cpu_ms.values()):.2f}"
     )
 
 

@@ -4,7 +4,9 @@
   inserts as the real endpoint, but instead of an outbox row the request publishes the event to
   RabbitMQ itself, waiting for the broker's confirm, before answering;
 - POST bare/: the framework's ceiling: a DRF view that only does the same inserts (no
-  authentication, no validation, no rendering).
+  authentication, no validation, no rendering);
+- POST celery/: the Celery reference (bench/celery_reference.py): the same authentication,
+  validation and rendering, then the email queued to Celery; nothing stored.
 """
 
 import json
@@ -78,6 +80,25 @@ class SyncPublishApi(APIView):
         return Response({"message": services.SEND_ACCEPTED_MESSAGE, "id": email.pk}, status=status.HTTP_202_ACCEPTED)
 
 
+class CeleryApi(APIView):
+    def post(self, request):
+        from celery_reference import send_email
+
+        data = SentEmailCreateApi.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        recipients = services.clean_recipients(data.validated_data["recipients"])
+        template_id = data.validated_data["template"]
+        template = _templates.get(template_id)  # kept in memory, as the real endpoint keeps it
+        if template is None:
+            template = _templates[template_id] = EmailTemplate.objects.get(pk=template_id)
+        subject, body = services._render(template, data.validated_data["context"])
+        send_email.delay(recipients=recipients, subject=subject, html=body, from_email=settings.DEFAULT_FROM_EMAIL)
+        return Response({"message": services.SEND_ACCEPTED_MESSAGE}, status=status.HTTP_202_ACCEPTED)
+
+
+_templates: dict[int, EmailTemplate] = {}
+
+
 class BareInsertApi(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
@@ -105,4 +126,5 @@ class BareInsertApi(APIView):
 urlpatterns = [
     path("sync-publish/", SyncPublishApi.as_view()),
     path("bare/", BareInsertApi.as_view()),
+    path("celery/", CeleryApi.as_view()),
 ]
