@@ -326,7 +326,7 @@ class RelayWorker(ReconnectingWorker):
             raise PublisherUnavailable("connection lost while idle")
 
     def _note_scheduled(self, notifies) -> None:
-        """A scheduled send's NOTIFY carries its send_at (epoch seconds; others carry nothing):
+        """A scheduled send's NOTIFY carries its hand-off time (epoch seconds; others carry nothing):
         keep the earliest as the time to wake up."""
         for notify in notifies:
             try:

@@ -15,6 +15,7 @@ with all of them suppressed is `suppressed`, one with the rest failed is `failed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from core.contracts import (
     EmailCancelled,
@@ -116,6 +117,17 @@ class Change:
 OUTCOMES = {"sent", "failed"}
 
 
+def queued_at(event: EmailRequested) -> str:
+    """When the request queued its email: its publication, which for a scheduled send is its
+    hand-off, SCHEDULED_HANDOFF_SECONDS before `send_at` (never before the request itself)."""
+    if not event.send_at:
+        return event.occurred_at
+    from django.conf import settings
+
+    handoff = datetime.fromisoformat(event.send_at) - timedelta(seconds=settings.SCHEDULED_HANDOFF_SECONDS)
+    return max(handoff, datetime.fromisoformat(event.occurred_at)).isoformat()
+
+
 def _advance(row: Row, recipient: str, status: str, at: str, **extra) -> bool:
     """Move `recipient` of `row` to `status` if that is forward (or the later of the sender's
     two outcomes); returns whether it moved. Never raises: a step back is simply not taken."""
@@ -155,7 +167,7 @@ def apply(row: Row, event: Event) -> list[Change]:
             )
         else:
             # A scheduled request is published for its hand-off: it queues the email then.
-            status, at, detail = "queued", event.send_at or event.occurred_at, f"{len(row.recipients)} recipients"
+            status, at, detail = "queued", queued_at(event), f"{len(row.recipients)} recipients"
         # The request moves a scheduled recipient on; the schedule never moves one back. Only a
         # move is a change: a request published after its email was cancelled (or after the
         # sender's outcome overtook it) records nothing, so no later sequence number says queued.

@@ -336,7 +336,7 @@ class FakeSendGrid:
         record = {
             "message_id": message_id,
             "received_at": received_at,
-            "send_at": body.get("send_at"),
+            "send_at": body.get("send_at", body["personalizations"][0].get("send_at")),
             "from": body["from"],
             "reply_to": body.get("reply_to"),
             "subject": body.get("subject") or body["personalizations"][0].get("subject"),
@@ -366,9 +366,11 @@ class FakeSendGrid:
         self._by_id[record["message_id"]] = record
 
     def clear(self) -> None:
-        """Forget every message, its events' post state and the stats; queued posts still go out."""
+        """Forget every message, its events' post state and the stats; queued posts still go out,
+        held ones (a scheduled message's, before its send_at) do not."""
         with self.lock:
             self.messages.clear()
+            self._held_events.clear()
             self._by_id.clear()
             self._events_by_id.clear()
             self.stats.clear()

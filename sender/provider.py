@@ -75,8 +75,8 @@ def provider_send_at(event: EmailRequested, now: float) -> int | None:
     (never early), while that is still ahead; None for a send at once or one whose time came."""
     if not event.send_at:
         return None
-    at = math.ceil(datetime.fromisoformat(event.send_at).timestamp())
-    return at if at > now else None
+    at = datetime.fromisoformat(event.send_at).timestamp()
+    return math.ceil(at) if at > now else None
 
 
 def _messages(body) -> str:

@@ -129,7 +129,8 @@ class SentEmailCreateApi(APIView):
             allow_null=True,
             max_length=64,
             help_text="Send at this time (ISO 8601 with a UTC offset or Z), at most 72 hours ahead; "
-            "absent or null: at once. Until a sender takes it, the email can be cancelled.",
+            "absent or null: at once. It is handed to SendGrid, which holds it until then, "
+            "SCHEDULED_HANDOFF_SECONDS (by default 2 minutes) before; until then it can be cancelled.",
         )
 
     class OutputSerializer(serializers.Serializer):

@@ -277,9 +277,10 @@ def sent_email_create(
     the per-user rate limit).
 
     With `send_at` (ISO 8601 with an offset, at most 72 hours ahead), the email is scheduled: its
-    `email.requested` event is not published before that time, and an `email.scheduled` event
-    tells the read model about it at once. It can be cancelled until a sender claims it
-    (`sent_email_cancel`).
+    `email.requested` event is not published before its hand-off (SCHEDULED_HANDOFF_SECONDS
+    before `send_at`, when the sender gives it to SendGrid to hold until then), and an
+    `email.scheduled` event tells the read model about it at once. It can be cancelled until a
+    sender claims it (`sent_email_cancel`).
     """
     recipients = clean_recipients(recipients)
     when = parse_send_at(send_at)

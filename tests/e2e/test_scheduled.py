@@ -32,7 +32,7 @@ def system(topology):
 def test_scheduled_is_handed_off_early_leaves_at_its_time_and_a_cancelled_one_never_does(system):
     token, template = system.staff_with_template("scheduler")
     writer, reader = Http(system.command_url, token), Http(system.query_url, token)
-    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=HANDOFF + 5)
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=HANDOFF + 8)  # time to cancel one
     ids = {}
     for name in ("kept", "cancelled"):
         status, answer = writer.call(

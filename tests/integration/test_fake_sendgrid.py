@@ -504,3 +504,22 @@ def test_a_burst_of_new_connections_is_queued_none_reset(fake_sendgrid):
         thread.join()
     assert collections.Counter(answers) == {"HTTP/1.1 202 Accepted": BURST}
     assert fake.stats["messages"] == BURST
+
+
+def test_a_scheduled_message_is_held_with_its_events_until_send_at_and_clear_drops_them():
+    from sender.fake_sendgrid import FakeSendGrid, Faults, parse_keys
+
+    fake = FakeSendGrid(keys=parse_keys("SG.fake-key:mail.send"), faults=Faults())
+    fake.webhook_url = "http://127.0.0.1:9/"  # events are queued, and no poster thread runs to take them
+    later = int(time.time()) + 3600
+    fake.accept(mail(personalizations=[to("ann@example.com", send_at=later)]))  # a personalization's
+    fake.accept(mail(recipients=("bob@example.org",)))  # at once
+    held, now = list(fake.messages)
+    assert held["send_at"] == later and held["recipients"][0]["sends_at"] == later
+    assert now["send_at"] is None and now["recipients"][0]["sends_at"] == now["received_at"]
+    # Only the message sent at once has its events queued to post; the held one's wait for its time.
+    assert {e["event"]["email"] for e in fake._webhook_events} == {"bob@example.org"}
+    assert {e["event"]["email"] for e in fake._held_events} == {"ann@example.com"}
+    assert {e["event"]["timestamp"] for e in fake._held_events} == {later}
+    fake.clear()
+    assert fake._held_events == []  # a cleared fake posts nothing for what it forgot

@@ -303,12 +303,21 @@ def test_a_scheduled_email_shows_scheduled_with_its_time_until_its_request_arriv
     }
 
 
-def test_the_request_at_send_at_moves_scheduled_to_queued_then_sent():
+@pytest.mark.parametrize(
+    "handoff, queued",
+    [
+        (0, SEND_AT),  # published at send_at
+        (3, "2026-11-27T10:00:02+00:00"),  # published for its hand-off, 3 s before
+        (120, T.format(0)),  # a hand-off before the request itself: queued when requested
+    ],
+)
+def test_the_request_at_its_hand_off_moves_scheduled_to_queued_then_sent(settings, handoff, queued):
+    settings.SCHEDULED_HANDOFF_SECONDS = handoff
     row = Row(id=1)
     apply(row, scheduled())
     changes = apply(row, scheduled_request())
     assert row.status == "queued" and [c.status for c in changes] == ["queued"]
-    assert row.recipient_status["ann@example.com"] == {"status": "queued", "at": SEND_AT}
+    assert row.recipient_status["ann@example.com"] == {"status": "queued", "at": queued}
     apply(row, sent())
     assert row.status == "sent" and row.send_at == SEND_AT
 
@@ -323,7 +332,7 @@ def test_scheduled_request_and_sent_in_any_order_end_the_same(order):
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
 def test_a_cancelled_email_stays_cancelled_whatever_arrives_when(order):
-    # The request of a cancelled scheduled email is still published at send_at (the sender
+    # The request of a cancelled scheduled email is still published for its hand-off (the sender
     # acks it and sends nothing): it must not bring the email back.
     events = [scheduled(), cancelled(), scheduled_request()]
     row = run([events[i] for i in order])
@@ -354,7 +363,7 @@ def test_overall_status_of_scheduled_and_cancelled(statuses, overall):
 
 
 def test_the_request_of_a_cancelled_email_changes_nothing_and_takes_no_sequence_number():
-    # Published at send_at all the same (the sender acks it): no `queued` after `cancelled`, for
+    # Published for its hand-off all the same (the sender acks it): no `queued` after `cancelled`, for
     # the history or for the clients' webhooks, whose sequence numbers must only go forward.
     row = run([scheduled(), cancelled()])
     seq = row.status_seq

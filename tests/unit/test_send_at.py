@@ -92,6 +92,7 @@ def request(send_at: str) -> EmailRequested:
         ((NOW + timedelta(seconds=90, microseconds=1)).isoformat(), int(NOW.timestamp()) + 91),  # never early
         ((NOW + timedelta(milliseconds=400)).isoformat(), int(NOW.timestamp()) + 1),
         (NOW.isoformat(), None),  # its time came: at once
+        ((NOW - timedelta(milliseconds=200)).isoformat(), None),  # not held to the next second
         ((NOW - timedelta(minutes=5)).isoformat(), None),  # a late hand-off (a retry): at once
         ("", None),  # a send at once
     ],
