@@ -33,6 +33,12 @@ class SentEmailLog(models.Model):
             models.Index(fields=["owner_id", "-created", "-id"], name="read_owner_created_idx"),
             models.Index(fields=["owner_id", "status", "-created"], name="read_owner_status_idx"),
             models.Index(fields=["owner_id", "template_id", "-created"], name="read_owner_template_idx"),
+            # A template and a status together: without it, a pair that matches few or none of a
+            # large tenant's emails walks every email of the template (bench/query.py: 0.3 s at
+            # 10M emails, 0.2 ms with it).
+            models.Index(
+                fields=["owner_id", "template_id", "status", "-created"], name="read_owner_template_status_idx"
+            ),
             GinIndex(fields=["recipients"], name="read_recipients_gin"),
             # Emails not finished yet: few, and what reconcile and the stuck gauge look at.
             models.Index(
