@@ -16,12 +16,13 @@ API-only figure of the same round):
 3. end to end: the real POST with everything running, from empty tables: accepted emails/s, and
    recipients/s delivered and shown as sent in the read model, from the first POST to the last
    one sent; the outbox backlog when the load stops; the CPU each process used per email;
-4. the Celery reference end to end (bench/celery_reference.py), the pipeline stopped: the same
-   POST load against an endpoint (same authentication, validation and rendering) that queues the
-   email to Celery on the same RabbitMQ, a Celery worker delivering it through django-anymail's
-   SendGrid backend to a second fake SendGrid at the same latency (without the Event Webhook:
-   Celery tracks no status): emails/s from the first POST to the last one the fake accepted, the
-   CPU per email, and the project's end-to-end rate as a share of it, round by round.
+4. the Celery reference end to end (bench/celery_reference.py), run before 3 while the pipeline is
+   stopped: the same POST load against an endpoint (same authentication, validation and
+   rendering) that queues the email to Celery on the same RabbitMQ, a Celery worker delivering it
+   through django-anymail's SendGrid backend to a second fake SendGrid at the same latency
+   (without the Event Webhook: Celery tracks no status): emails/s from the first POST to the last
+   one the fake accepted, the CPU per email, and the project's end-to-end rate as a share of it,
+   round by round.
 
 Then, once, 5. latency: emails posted at half the end-to-end rate, timed from the POST to "sent"
 in the read model: p50, p99.
@@ -244,6 +245,31 @@ def main() -> None:
                         "rabbitmq_cpu_ms": per_request.get("rabbitmq", 0.0),
                     }
                 )
+            # 4 (before 3, while the pipeline is stopped): the Celery reference.
+            celery_url = "http://127.0.0.1:8019/celery/"
+            wrk_post(celery_url, body, token=token, connections=args.connections, duration=2)  # warm up
+            wait_fake(fake2, lambda stats: stats.get("recipients", 0), settle=1.0)
+            roots = {
+                "variants": variants.pid,
+                "celery worker": celery["worker"].pid,
+                "fake SendGrid": celery["fake"].pid,
+                "this script": os.getpid(),
+            }
+            cpu_before = cpu_by_group(roots)
+            before = fake2.call("GET", "/_stats")[1].get("recipients", 0)
+            started = time.time()
+            celery_figures, wrk_cpu = measured_wrk(
+                celery_url, body, token=token, connections=args.connections, duration=args.duration
+            )
+            queued = celery_figures["requests"] - celery_figures["non_2xx"]
+            target = before + 2 * queued
+            last = wait_fake(fake2, lambda stats, target=target: stats.get("recipients", 0) >= target, timeout=600)
+            for key, seconds in cpu_delta(cpu_before, cpu_by_group(roots)).items():
+                celery_cpu_ms[key] = celery_cpu_ms.get(key, 0.0) + seconds * 1000
+            celery_cpu_ms["wrk"] = celery_cpu_ms.get("wrk", 0.0) + wrk_cpu * 1000
+            celery_total += queued
+            celery_emails = queued / (last - started)
+            celery_rounds.append(celery_figures | {"delivered_emails": celery_emails})
             # 3: from empty tables and queues, everything running.
             purge(topology)
             sql(f"TRUNCATE {WRITE_AND_READ_TABLES} CASCADE")
@@ -278,40 +304,7 @@ def main() -> None:
                     "share": delivered_emails / api_only,
                 }
             )
-            # 4: the Celery reference, the pipeline stopped.
-            for name in PIPELINE:
-                system.processes[name].terminate()
-                system.processes[name].wait(timeout=60)
-            celery_url = "http://127.0.0.1:8019/celery/"
-            wrk_post(celery_url, body, token=token, connections=args.connections, duration=2)  # warm up
-            wait_fake(fake2, lambda stats: stats.get("recipients", 0), settle=1.0)
-            roots = {
-                "variants": variants.pid,
-                "celery worker": celery["worker"].pid,
-                "fake SendGrid": celery["fake"].pid,
-                "this script": os.getpid(),
-            }
-            cpu_before = cpu_by_group(roots)
-            before = fake2.call("GET", "/_stats")[1].get("recipients", 0)
-            started = time.time()
-            celery_figures, wrk_cpu = measured_wrk(
-                celery_url, body, token=token, connections=args.connections, duration=args.duration
-            )
-            queued = celery_figures["requests"] - celery_figures["non_2xx"]
-            target = before + 2 * queued
-            last = wait_fake(fake2, lambda stats, target=target: stats.get("recipients", 0) >= target, timeout=600)
-            for key, seconds in cpu_delta(cpu_before, cpu_by_group(roots)).items():
-                celery_cpu_ms[key] = celery_cpu_ms.get(key, 0.0) + seconds * 1000
-            celery_cpu_ms["wrk"] = celery_cpu_ms.get("wrk", 0.0) + wrk_cpu * 1000
-            celery_total += queued
-            celery_emails = queued / (last - started)
-            celery_rounds.append(
-                celery_figures | {"delivered_emails": celery_emails, "ratio": delivered_emails / celery_emails}
-            )
-            for name in PIPELINE:
-                system.start(name)
-            for name in PIPELINE:
-                system.wait_ready(name)
+            celery_rounds[-1]["ratio"] = delivered_emails / celery_emails
             print(
                 f"round {number}: API only {api_only:.0f}/s, end to end {figures['rps']:.0f}/s accepted, "
                 f"{delivered_emails:.0f} emails/s shown as sent ({delivered_emails / api_only:.0%}); "

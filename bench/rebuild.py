@@ -50,11 +50,9 @@ def fill(emails: int, owner: int) -> None:
                 """
                 INSERT INTO sender_delivery (event_id, recipient, email_id, state, attempts, provider_message_id,
                                              last_error, created_at, updated_at)
-                SELECT md5(g::text)::uuid, a, g, 'sent', 1, 'm' || g, '', now() - g * interval '3 seconds',
-                       now() - g * interval '3 seconds'
-                  FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g,
-                       LATERAL (VALUES ('c' || g %% 100000 || '@example.com'), ('x' || g || '@example.org'),
-                                       ('y' || g %% 7919 || '@example.net')) AS r(a)
+                SELECT md5(email_id::text)::uuid, address, email_id, 'sent', 1, 'm' || email_id, '',
+                       now() - email_id * interval '3 seconds', now() - email_id * interval '3 seconds'
+                  FROM emails_sentemailrecipient WHERE email_id BETWEEN %(lo)s AND %(hi)s
                 """,
                 params,
             )

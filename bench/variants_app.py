@@ -42,13 +42,26 @@ def _channel():
     return channel
 
 
+def _validated_and_rendered(request, *, templates: dict | None = None):
+    """What the real endpoint does before it writes: validate, clean the recipients, render.
+    Returns (validated data, recipients, template, subject, body). With `templates`, the
+    template is kept there, as the real endpoint keeps it in memory."""
+    data = SentEmailCreateApi.InputSerializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    recipients = services.clean_recipients(data.validated_data["recipients"])
+    template_id = data.validated_data["template"]
+    template = templates.get(template_id) if templates is not None else None
+    if template is None:
+        template = EmailTemplate.objects.get(pk=template_id)
+        if templates is not None:
+            templates[template_id] = template
+    subject, body = services._render(template, data.validated_data["context"])
+    return data.validated_data, recipients, template, subject, body
+
+
 class SyncPublishApi(APIView):
     def post(self, request):
-        data = SentEmailCreateApi.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        recipients = services.clean_recipients(data.validated_data["recipients"])
-        template = EmailTemplate.objects.get(pk=data.validated_data["template"])
-        subject, body = services._render(template, data.validated_data["context"])
+        validated, recipients, template, subject, body = _validated_and_rendered(request)
         with transaction.atomic():
             email = SentEmail.objects.create(
                 sender=request.user,
@@ -57,7 +70,7 @@ class SyncPublishApi(APIView):
                 from_email=settings.DEFAULT_FROM_EMAIL,
                 subject=subject,
                 body=body,
-                context=data.validated_data["context"],
+                context=validated["context"],
                 correlation_id=request.correlation_id,
                 created=timezone.now(),
             )
@@ -84,14 +97,7 @@ class CeleryApi(APIView):
     def post(self, request):
         from celery_reference import send_email
 
-        data = SentEmailCreateApi.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        recipients = services.clean_recipients(data.validated_data["recipients"])
-        template_id = data.validated_data["template"]
-        template = _templates.get(template_id)  # kept in memory, as the real endpoint keeps it
-        if template is None:
-            template = _templates[template_id] = EmailTemplate.objects.get(pk=template_id)
-        subject, body = services._render(template, data.validated_data["context"])
+        _, recipients, _, subject, body = _validated_and_rendered(request, templates=_templates)
         send_email.delay(recipients=recipients, subject=subject, html=body, from_email=settings.DEFAULT_FROM_EMAIL)
         return Response({"message": services.SEND_ACCEPTED_MESSAGE}, status=status.HTTP_202_ACCEPTED)
 

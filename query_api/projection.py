@@ -15,7 +15,7 @@ with all of them suppressed is `suppressed`, one with the rest failed is `failed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from core.contracts import (
     EmailCancelled,
@@ -27,6 +27,7 @@ from core.contracts import (
     EmailSuppressed,
     Event,
 )
+from core.scheduling import handoff_at
 
 RANK = {
     "scheduled": -10,  # waiting for its hand-off; its request, published then, makes it queued
@@ -122,10 +123,7 @@ def queued_at(event: EmailRequested) -> str:
     hand-off, SCHEDULED_HANDOFF_SECONDS before `send_at` (never before the request itself)."""
     if not event.send_at:
         return event.occurred_at
-    from django.conf import settings
-
-    handoff = datetime.fromisoformat(event.send_at) - timedelta(seconds=settings.SCHEDULED_HANDOFF_SECONDS)
-    return max(handoff, datetime.fromisoformat(event.occurred_at)).isoformat()
+    return max(handoff_at(datetime.fromisoformat(event.send_at)), datetime.fromisoformat(event.occurred_at)).isoformat()
 
 
 def _advance(row: Row, recipient: str, status: str, at: str, **extra) -> bool:

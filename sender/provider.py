@@ -57,7 +57,7 @@ def build_mail(event: EmailRequested, recipients: list[str], *, now: float | Non
     )
     if event.reply_to:
         mail.reply_to = ReplyTo(event.reply_to)
-    send_at = provider_send_at(event, time.time() if now is None else now)
+    send_at = provider_send_at(event, time.time() if now is None else now) if event.send_at else None
     if send_at is not None:
         mail.send_at = SendAt(send_at)
     for recipient in recipients:

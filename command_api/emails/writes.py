@@ -8,7 +8,7 @@ was: its request row waits in the outbox (`not_before`) until SCHEDULED_HANDOFF_
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -19,6 +19,7 @@ from core.contracts import EmailRequested, EmailScheduled
 from core.errors import field_error
 from core.outbox import sql as outbox_sql
 from core.prepared import Prepared
+from core.scheduling import handoff_at
 
 # Templates ------------------------------------------------------------------------------------
 
@@ -235,7 +236,7 @@ def sent_email_write(write: EmailWrite) -> int | None:
         )
         params |= {
             "send_at": write.send_at,
-            "release_at": write.send_at - timedelta(seconds=settings.SCHEDULED_HANDOFF_SECONDS),
+            "release_at": handoff_at(write.send_at),
             "scheduled_id": scheduled["id"],
             "scheduled_type": scheduled["type"],
             "scheduled_payload": scheduled["payload"],
