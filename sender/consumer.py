@@ -35,6 +35,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +105,12 @@ class SenderWorker(ReconnectingWorker):
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="send")
         self._work: dict[int, tuple[Future, object, pika.BasicProperties, bytes, str]] = {}
         self._work_lock = threading.Lock()
+        # Acks and retries the pool threads hand to the connection's thread (see _later).
+        self._later_lock = threading.Lock()
+        self._actions: list[tuple[BlockingChannel, int, Callable[[], object]]] = []
+        # The connection a wake-up is asked of: one asked of a lost connection never comes, and
+        # the next action asks the new connection for its own.
+        self._waking: pika.BlockingConnection | None = None
         self._next_probe = 0.0
         health.set("provider_key", True)
         PROVIDER_KEY_OK.set(1)
@@ -355,19 +362,29 @@ class SenderWorker(ReconnectingWorker):
 
     def _later(self, channel, tag: int, action) -> None:
         """Run `action` on the connection's thread, if the channel it came from is still open
-        (after a reconnect the broker has requeued the message anyway)."""
+        (after a reconnect the broker has requeued the message anyway). Actions queue up and one
+        wake-up of the connection's thread runs all that are waiting, not one wake-up each."""
+        with self._later_lock:
+            self._actions.append((channel, tag, action))
+            connection = self._connection
+            if connection is None or self._waking is connection:
+                return
+            self._waking = connection
+        try:
+            connection.add_callback_threadsafe(self._run_actions)
+        except AMQPError:
+            with self._later_lock:
+                self._waking = None
 
-        def run():
+    def _run_actions(self) -> None:
+        with self._later_lock:
+            self._waking = None
+            actions, self._actions = self._actions, []
+        for channel, tag, action in actions:
             with self._work_lock:
                 self._work.pop(tag, None)
             if channel.is_open and channel is self._channel:
                 action()
-
-        connection = self._connection
-        if connection is None:
-            return
-        with contextlib.suppress(AMQPError):
-            connection.add_callback_threadsafe(run)
 
     def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision, role: str = "sender") -> None:
         """On the connection thread: publish the message to its delay queue, confirmed, then ack."""

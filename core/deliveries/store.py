@@ -21,7 +21,10 @@ is never claimed, so never sent; it is written `suppressed`, terminal, with the 
 claim's own snapshot, so a suppression committed before it always counts (one committed after
 it comes after the decision), however long the email waited for its turn or its retry.
 
-Connections come from a small pool; the provider call never holds one.
+Connections come from a small pool; the provider call never holds one. Claims and outcomes of
+threads that arrive together run as one statement (core.deliveries.batching), each row with the
+same conditions and its own token, so a busy sender commits a handful of times per batch instead
+of twice per email.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ from psycopg2.pool import ThreadedConnectionPool
 
 from core.contracts import EmailCancelled, EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
 from core.db import connect_kwargs
+from core.deliveries.batching import Batch
 from core.deliveries.states import TERMINAL_SQL
 from core.outbox.services import new_event_id
+from core.outbox.sql import GIVEN as OUTBOX_GIVEN
 from core.outbox.sql import TABLE as OUTBOX
 from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
@@ -77,6 +82,35 @@ CLAIM = Prepared(
            claim_token = EXCLUDED.claim_token, next_attempt_at = NULL, updated_at = now()
      WHERE {_CLAIMABLE}
     RETURNING recipient, attempts, last_error
+""",
+)
+# CLAIM for many emails at once (core.deliveries.batching): the same rows, each email with its
+# own token and grace, in one statement. Emails go in event id order and each email's recipients
+# in the request's order, so two batches, or a batch and a cancel, take the rows' locks in one
+# order. Rows come back with their event id.
+_CLAIMABLE_EACH = _CLAIMABLE.replace(
+    "%(grace_from)s::timestamptz", "(SELECT g.grace_from FROM given g WHERE g.token = EXCLUDED.claim_token)"
+)
+CLAIM_MANY = Prepared(
+    "sender_claim_many",
+    f"""
+    WITH given AS (
+        SELECT * FROM jsonb_to_recordset(%(emails)s::jsonb)
+            AS g(event_id uuid, email_id bigint, owner_id bigint, recipients text[], grace_from timestamptz,
+                 token uuid)
+    )
+    INSERT INTO sender_delivery AS d (event_id, recipient, email_id, state, attempts, lease_until, claim_token,
+                                      provider_message_id, last_error, created_at, updated_at)
+    SELECT g.event_id, r.recipient, g.email_id, 'sending', 1, now() + %(lease)s::float8 * interval '1 second',
+           g.token, '', '', now(), now()
+      FROM given g CROSS JOIN LATERAL unnest(g.recipients) WITH ORDINALITY AS r(recipient, position)
+     WHERE {not_suppressed(owner="g.owner_id", recipient="r.recipient")}
+     ORDER BY g.event_id, r.position
+    ON CONFLICT (event_id, recipient) DO UPDATE
+       SET state = 'sending', attempts = d.attempts + 1, lease_until = EXCLUDED.lease_until,
+           claim_token = EXCLUDED.claim_token, next_attempt_at = NULL, updated_at = now()
+     WHERE {_CLAIMABLE_EACH}
+    RETURNING claim_token::text, recipient, attempts, last_error
 """,
 )
 # The rest of a claim, for the recipients the first statement did not take (rare: suppressed,
@@ -166,6 +200,36 @@ OUTCOME = Prepared(
            AND claim_token = %(token)s::uuid
         RETURNING 1
 {_and_event(insert_select(), counts="(SELECT count(*) FROM done), (SELECT count(*) FROM event)")}
+""",
+)
+# OUTCOME for many claims at once (core.deliveries.batching): each with its own rows, token and
+# event, and one wake-up of the relay. Returns, for each claim (`i`) that changed rows, how many.
+OUTCOME_MANY = Prepared(
+    "sender_outcome_many",
+    f"""
+    WITH given AS (
+        SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb)
+            AS g(i int, event_id uuid, recipients text[], token uuid, state text, message_id text, error text,
+                 uncount int, occurred_at timestamptz, id uuid, aggregatetype text, aggregateid text, type text,
+                 payload jsonb, headers jsonb)
+    ), done AS (
+        UPDATE sender_delivery d
+           SET state = g.state, provider_message_id = g.message_id, last_error = g.error,
+               lease_until = NULL, claim_token = NULL, updated_at = g.occurred_at, attempts = d.attempts - g.uncount
+          FROM given g
+         WHERE d.event_id = g.event_id AND d.recipient = ANY(g.recipients) AND d.state = 'sending'
+           AND d.claim_token = g.token
+        RETURNING g.i
+    ), counted AS (
+        SELECT i, count(*) AS n FROM done GROUP BY i
+    ), event AS (
+        {insert_select(**{column: f"g.{column}" for column in OUTBOX_GIVEN})}
+          FROM given g JOIN counted c ON c.i = g.i
+        RETURNING 1
+    )
+    SELECT i, n FROM counted
+    UNION ALL
+    SELECT NULL, NULL FROM (SELECT pg_notify(%(channel)s, '') WHERE %(notify)s AND EXISTS (SELECT 1 FROM event)) AS w
 """,
 )
 # Release claimed recipients: `retry` (due at next_attempt_at), `unknown` (in doubt from now).
@@ -315,6 +379,15 @@ class DeliveryStore:
         self._notify_channel = notify_channel
         self._provider = provider
         self._pause_cache: tuple[float, float] = (0.0, 0.0)  # (checked at, paused until)
+        # The claims' first statement and the outcomes, of threads that arrive together, run as
+        # one statement each (core.deliveries.batching), each kind on up to half the pool.
+        width = max(1, pool_size // 2)
+        self._claims: Batch[dict, list[tuple]] = Batch(
+            run_many=self._claim_many, run_one=self._claim_one, key=lambda p: p["event_id"], width=width
+        )
+        self._outcomes: Batch[dict, int] = Batch(
+            run_many=self._outcome_many, run_one=self._outcome_one, key=lambda p: p["event_id"], width=width
+        )
 
     def _connections(self) -> ThreadedConnectionPool:
         if self._pool is None:
@@ -376,13 +449,12 @@ class DeliveryStore:
             "token": token,
         }
         claim = Claim(token=token)
+        for recipient, attempts, last_error in self._claims.submit(params):
+            claim.claimed[recipient] = attempts
+            claim.last_errors[recipient] = last_error
+        if len(claim.claimed) == len(event.recipients):
+            return claim
         with self._cursor() as cursor:
-            CLAIM.execute(cursor, params)
-            for recipient, attempts, last_error in cursor.fetchall():
-                claim.claimed[recipient] = attempts
-                claim.last_errors[recipient] = last_error
-            if len(claim.claimed) == len(event.recipients):
-                return claim
             rest = [r for r in event.recipients if r not in claim.claimed]
             CLAIM_SUPPRESSING.execute(cursor, self._suppressing_parameters(event, params | {"recipients": rest}))
             for recipient, attempts, last_error, barred in cursor.fetchall():
@@ -420,6 +492,27 @@ class DeliveryStore:
             else:
                 claim.done.append(recipient)
         return claim
+
+    def _claim_one(self, params: dict) -> list[tuple]:
+        with self._cursor() as cursor:
+            CLAIM.execute(cursor, params)
+            return cursor.fetchall()
+
+    def _claim_many(self, items: list[dict]) -> list[list[tuple]]:
+        shared = {key: items[0][key] for key in ("lease", "resend", "grace")}
+        if any({key: p[key] for key in shared} != shared for p in items):
+            raise ValueError("claims of one statement share their lease and grace")
+        emails = [
+            {key: p[key] for key in ("event_id", "email_id", "owner_id", "recipients", "grace_from", "token")}
+            for p in items
+        ]
+        with self._cursor() as cursor:
+            CLAIM_MANY.execute(cursor, {"emails": json.dumps(emails), **shared})
+            rows = cursor.fetchall()
+        by_token: dict[str, list[tuple]] = {p["token"]: [] for p in items}
+        for token, recipient, attempts, last_error in rows:
+            by_token[token].append((recipient, attempts, last_error))
+        return [by_token[p["token"]] for p in items]
 
     def _suppressing_parameters(self, request: EmailRequested, params: dict) -> dict:
         """`params` of the claim, with the `email.suppressed` event CLAIM_SUPPRESSING writes if it
@@ -465,10 +558,31 @@ class DeliveryStore:
             "occurred_at": event.occurred_at,  # the row and its event carry the same time
             "channel": self._notify_channel or "",
         }
+        return self._outcomes.submit(params)
+
+    def _outcome_one(self, params: dict) -> int:
         with self._cursor() as cursor:
             OUTCOME.execute(cursor, params)
             updated, _, _ = cursor.fetchone()
         return updated
+
+    def _outcome_many(self, items: list[dict]) -> list[int]:
+        # The outbox rows' payload and headers are JSON text already: spliced in, not parsed again.
+        fields = ("event_id", "recipients", "token", "state", "message_id", "error", "uncount", "occurred_at")
+        outcomes = ",".join(
+            json.dumps({"i": i, **{key: p[key] for key in (*fields, "id", "aggregatetype", "aggregateid", "type")}})[
+                :-1
+            ]
+            + f', "payload": {p["payload"]}, "headers": {p["headers"]}}}'
+            for i, p in enumerate(items)
+        )
+        first = items[0]
+        with self._cursor() as cursor:
+            OUTCOME_MANY.execute(
+                cursor, {"outcomes": f"[{outcomes}]", "notify": first["notify"], "channel": first["channel"]}
+            )
+            counts = dict(cursor.fetchall())
+        return [counts.get(i, 0) for i in range(len(items))]
 
     def record_sent(
         self,

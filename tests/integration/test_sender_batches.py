@@ -1,0 +1,147 @@
+"""The sender's claims and outcomes of threads that arrive together run as one statement
+(core.deliveries.batching), against the real Postgres: each thread gets exactly what its own
+statement would have given it, fencing and suppression included, and one bad item fails only
+its own thread."""
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connection
+
+from core.contracts import EmailRequested, EmailSent, event_from_dict
+from core.deliveries.models import Delivery
+from core.deliveries.store import DeliveryStore
+from core.outbox.models import OutboxEvent
+from core.suppressions.services import suppression_add
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def store():
+    store = DeliveryStore(connection.settings_dict, pool_size=4, notify_channel="outbox")
+    yield store
+    store.close()
+
+
+def request(owner_id: int, recipients, email_id: int) -> EmailRequested:
+    return EmailRequested(
+        event_id=str(uuid.uuid4()),
+        correlation_id=f"corr-{email_id}",
+        occurred_at=datetime.now(UTC).isoformat(),
+        email_id=email_id,
+        owner_id=owner_id,
+        template_id=1,
+        from_email="no-reply@example.com",
+        reply_to=None,
+        recipients=tuple(recipients),
+        subject="Hello",
+        body_html="<p>Hi</p>",
+    )
+
+
+def together(batch, calls: list) -> list:
+    """Run each of `calls` on its own thread while `batch` is held, so that they all wait, then
+    let them go: the first thread through takes them all. Returns each call's result (or error)."""
+    results: list = [None] * len(calls)
+
+    def run(i, call):
+        try:
+            results[i] = call()
+        except Exception as error:  # the test looks at it
+            results[i] = error
+
+    with batch.held():
+        threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while batch.waiting() < len(calls):
+            assert time.monotonic() < deadline, "the threads did not all submit"
+            time.sleep(0.005)
+    for thread in threads:
+        thread.join(timeout=10)
+    return results
+
+
+def claim(store, event, lease=30.0):
+    return lambda: store.claim(event, lease_seconds=lease, resend_in_doubt=True, in_doubt_grace=0)
+
+
+def test_claims_that_arrive_together_are_one_statement_and_each_gets_its_own(store):
+    owner = UserFactory()
+    suppression_add(owner_id=owner.pk, address="barred@example.com", reason="bounce")
+    events = [request(owner.pk, [f"r{i}@example.com", f"s{i}@example.org"], email_id=i) for i in range(20)]
+    events.append(request(owner.pk, ["ok@example.com", "barred@example.com"], email_id=99))
+
+    claims = together(store._claims, [claim(store, e) for e in events])
+
+    assert store._claims.statements == 1 and store._claims.largest == len(events)
+    for event, got in zip(events[:-1], claims[:-1], strict=True):
+        assert got.claimed == {r: 1 for r in event.recipients}
+        rows = Delivery.objects.filter(event_id=event.event_id)
+        assert {str(row.claim_token) for row in rows} == {got.token}  # each email its own token
+    last = claims[-1]
+    assert last.claimed == {"ok@example.com": 1} and last.suppressed == {"barred@example.com": "bounce"}
+    assert Delivery.objects.get(event_id=events[-1].event_id, recipient="barred@example.com").state == "suppressed"
+    assert len({c.token for c in claims}) == len(events)
+
+
+def test_the_same_email_twice_in_one_batch_is_claimed_once(store):
+    owner = UserFactory()
+    twice = request(owner.pk, ["ann@example.com"], email_id=1)
+    others = [request(owner.pk, [f"r{i}@example.com"], email_id=10 + i) for i in range(5)]
+
+    claims = together(store._claims, [claim(store, twice), *(claim(store, e) for e in others), claim(store, twice)])
+
+    first, last = claims[0], claims[-1]
+    assert sorted([len(first.claimed), len(last.claimed)]) == [0, 1]  # one holds it, the other sees it busy
+    assert (first.busy or last.busy) == ["ann@example.com"]
+    assert all(c.claimed for c in claims[1:-1])
+    assert store._claims.statements == 2  # the second of the pair waited for a statement of its own
+
+
+def test_outcomes_that_arrive_together_are_one_statement_and_a_lost_claim_is_still_fenced(store):
+    owner = UserFactory()
+    events = [request(owner.pk, [f"r{i}@example.com"], email_id=i) for i in range(10)]
+    claims = [store.claim(e, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0) for e in events]
+    # The first email's claim runs out and another sender takes it over.
+    stale = events[0]
+    Delivery.objects.filter(event_id=stale.event_id).update(lease_until=datetime(2000, 1, 1, tzinfo=UTC))
+    taken_over = store.claim(stale, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0)
+    assert taken_over.claimed == {"r0@example.com": 2}
+
+    def sent(event, token):
+        return lambda: store.record_sent(
+            event, list(event.recipients), token=token, message_id=f"m-{event.email_id}", attempt=1, provider="sendgrid"
+        )
+
+    written = together(store._outcomes, [sent(e, c.token) for e, c in zip(events, claims, strict=True)])
+
+    assert store._outcomes.statements == 1 and store._outcomes.largest == 10
+    assert written == [0] + [1] * 9  # the stale claim wrote nothing
+    assert Delivery.objects.get(event_id=stale.event_id).state == "sending"  # still the new holder's
+    for event in events[1:]:
+        row = Delivery.objects.get(event_id=event.event_id)
+        assert (row.state, row.provider_message_id, row.claim_token) == ("sent", f"m-{event.email_id}", None)
+    outbox = [event_from_dict(row.payload) for row in OutboxEvent.objects.filter(type="email.sent")]
+    assert sorted(e.email_id for e in outbox) == list(range(1, 10))  # one event each, none for the stale one
+    assert all(isinstance(e, EmailSent) and e.recipients == (f"r{e.email_id}@example.com",) for e in outbox)
+    row = OutboxEvent.objects.get(type="email.sent", aggregateid="3")
+    assert row.headers["correlation_id"] == "corr-3"
+
+
+def test_one_bad_item_fails_only_its_own_thread(store):
+    owner = UserFactory()
+    good = [request(owner.pk, [f"r{i}@example.com"], email_id=i) for i in range(5)]
+    bad = request(owner.pk, ["nul\x00@example.com"], email_id=50)  # Postgres text refuses NUL
+
+    claims = together(store._claims, [claim(store, e) for e in [*good[:2], bad, *good[2:]]])
+
+    assert isinstance(claims[2], ValueError)
+    assert all(c.claimed for i, c in enumerate(claims) if i != 2)
+    assert Delivery.objects.filter(state="sending").count() == 5
