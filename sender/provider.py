@@ -15,7 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import select
+import re
 import socket
 import threading
 import time
@@ -29,6 +29,7 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import CustomArg, From, HtmlContent, Mail, Personalization, ReplyTo, SendAt, Subject, To
 
 from core.contracts import EmailRequested
+from sender import http1
 
 MAX_RECIPIENTS_PER_CALL = 1000
 
@@ -68,6 +69,42 @@ def build_mail(event: EmailRequested, recipients: list[str], *, now: float | Non
         personalization.add_custom_arg(CustomArg("recipient", recipient))
         mail.add_personalization(personalization)
     return mail
+
+
+# An address the helpers take as it is: no display name, quoting or list (they would split one).
+_PLAIN_ADDRESS = re.compile(r"[^\s<>\"',;:()\[\]\\]+@[^\s<>\"',;:()\[\]\\]+")
+
+
+def mail_body(event: EmailRequested, recipients: list[str], *, now: float | None = None) -> dict:
+    """The Mail Send request body: `build_mail(...).get()`, and equal to it (a test holds the two
+    together), built directly when every address is a plain one, the case of nearly every email.
+    The helpers parse each address and build an object per field: about 80 µs an email, a tenth of
+    the sender's CPU. Any other address goes through the helpers."""
+    addresses = [event.from_email, *recipients, *([event.reply_to] if event.reply_to else [])]
+    if not all(_PLAIN_ADDRESS.fullmatch(address) for address in addresses):
+        return build_mail(event, recipients, now=now).get()
+    if not 1 <= len(recipients) <= MAX_RECIPIENTS_PER_CALL:
+        raise ValueError(f"1 to {MAX_RECIPIENTS_PER_CALL} recipients per call, got {len(recipients)}")
+    email_id = str(event.email_id)
+    body: dict = {
+        "from": {"email": event.from_email},
+        "subject": event.subject,
+        # In the helpers' order: each personalization added goes first.
+        "personalizations": [
+            {
+                "to": [{"email": recipient}],
+                "custom_args": {"event_id": event.event_id, "email_id": email_id, "recipient": recipient},
+            }
+            for recipient in reversed(recipients)
+        ],
+        "content": [{"type": "text/html", "value": event.body_html}],
+    }
+    send_at = provider_send_at(event, time.time() if now is None else now) if event.send_at else None
+    if send_at is not None:
+        body["send_at"] = send_at
+    if event.reply_to:
+        body["reply_to"] = {"email": event.reply_to}
+    return body
 
 
 def provider_send_at(event: EmailRequested, now: float) -> int | None:
@@ -125,10 +162,11 @@ def classify_answer(status: int, body: bytes, headers) -> ProviderAnswer:
 class SendGridProvider:
     """Thread-safe: each thread keeps a connection of its own.
 
-    The mail is built with the official helpers and sent with the official client's headers,
-    over a kept-alive connection per thread: the official client's transport builds a urllib
-    opener and opens a new connection for every call, which cost the sender more CPU than all
-    of its other work per email.
+    The mail is the official helpers' body (`mail_body`), sent with the official client's
+    headers over a kept-alive connection per thread (sender/http1.py): the official client's
+    transport builds a urllib opener and opens a new connection for every call, which cost the
+    sender more CPU than all of its other work per email; http.client on a kept-alive
+    connection still cost a tenth of it.
     """
 
     name = "sendgrid"
@@ -141,10 +179,19 @@ class SendGridProvider:
         url = urllib.parse.urlsplit(self.host)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"SENDGRID_HOST must be an http(s) URL, got {host!r}")
-        self._https, self._netloc = url.scheme == "https", url.netloc
-        self._send_path = f"{url.path}/v3/mail/send"
-        self._headers = dict(SendGridAPIClient(api_key=api_key, host=self.host).client.request_headers)
-        self._headers["Content-Type"] = "application/json"
+        self._https, self._hostname = url.scheme == "https", url.hostname
+        self._port = url.port or (443 if self._https else 80)
+        # The official client's headers, and what http.client adds, written once: the request
+        # line and headers of every call but its Content-Length.
+        headers = {
+            "Host": url.netloc,
+            "Accept-Encoding": "identity",
+            **SendGridAPIClient(api_key=api_key, host=self.host).client.request_headers,
+            "Content-Type": "application/json",
+        }
+        self._request_head = f"POST {url.path}/v3/mail/send HTTP/1.1\r\n".encode() + b"".join(
+            f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()
+        )
 
     def _client(self) -> SendGridAPIClient:
         client = getattr(self._local, "client", None)
@@ -154,20 +201,18 @@ class SendGridProvider:
             self._local.client = client
         return client
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self) -> tuple[http1.Connection, bool]:
         """This thread's connection, and whether it served a call before."""
         conn, last_used = getattr(self._local, "conn", None), getattr(self._local, "last_used", 0.0)
-        # An idle connection has nothing to read unless the far end closed it (EOF).
         if (
             conn is not None
             and conn.sock is not None
             and time.monotonic() - last_used < self.IDLE_REUSE_SECONDS
-            and not select.select([conn.sock], [], [], 0)[0]
+            and not conn.closed_by_peer()
         ):
             return conn, True
         self._drop_connection()
-        factory = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        self._local.conn = factory(self._netloc, timeout=self.timeout)
+        self._local.conn = http1.Connection(self._hostname, self._port, timeout=self.timeout, tls=self._https)
         return self._local.conn, False
 
     def _drop_connection(self) -> None:
@@ -176,30 +221,29 @@ class SendGridProvider:
             conn.close()
         self._local.conn = None
 
-    def _post(self, path: str, body: bytes) -> tuple[int, bytes, http.client.HTTPMessage]:
+    def _post(self, body: bytes) -> tuple[int, bytes, http1.Headers]:
         conn, reused = self._connection()
         try:
-            conn.request("POST", path, body=body, headers=self._headers)
-        except (ConnectionResetError, BrokenPipeError, http.client.CannotSendRequest):
+            conn.send(self._request_head, body)
+        except (ConnectionResetError, BrokenPipeError):
             if not reused:
                 raise
             # The far end closed the idle connection before reading our request: nothing was
             # sent, so a fresh connection may carry it.
             self._drop_connection()
             conn, _ = self._connection()
-            conn.request("POST", path, body=body, headers=self._headers)
-        response = conn.getresponse()
-        data = response.read()
-        if response.will_close:
-            self._drop_connection()
-        else:
+            conn.send(self._request_head, body)
+        status, data, headers, reusable = conn.response()
+        if reusable:
             self._local.last_used = time.monotonic()
-        return response.status, data, response.headers
+        else:
+            self._drop_connection()
+        return status, data, headers
 
     def send(self, event: EmailRequested, recipients: list[str]) -> ProviderAnswer:
-        body = json.dumps(build_mail(event, recipients).get()).encode()
+        body = json.dumps(mail_body(event, recipients)).encode()
         try:
-            status, data, headers = self._post(self._send_path, body)
+            status, data, headers = self._post(body)
         except TimeoutError as error:
             self._drop_connection()
             return ProviderAnswer(UNKNOWN, reason=f"timeout after {self.timeout}s: {error}")

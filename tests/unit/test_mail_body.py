@@ -1,0 +1,62 @@
+"""The Mail Send body the sender posts (`mail_body`, built directly for plain addresses) is the
+official helpers' (`build_mail(...).get()`) for every kind of email: pure functions."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.contracts import EmailRequested
+from sender.provider import MAX_RECIPIENTS_PER_CALL, build_mail, mail_body
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def event(recipients, **fields) -> EmailRequested:
+    values = dict(
+        event_id="6d3c1f9e-0c1a-4e55-9f3b-3f1d2f6a7b8c",
+        correlation_id="corr-1",
+        occurred_at=NOW.isoformat(),
+        email_id=42,
+        owner_id=1,
+        template_id=1,
+        from_email="no-reply@example.com",
+        reply_to=None,
+        recipients=tuple(recipients),
+        subject="Hello",
+        body_html="<p>Hi</p>",
+    )
+    return EmailRequested(**(values | fields))
+
+
+CASES = {
+    "one recipient": event(["ann@example.com"]),
+    "three, with a reply-to": event(
+        ["ann@example.com", "bob+tag@example.org", "o'neil@example.net"], reply_to="owner@example.com"
+    ),
+    "unicode subject and body": event(["ann@example.com"], subject="Grüße, 你好 — ✓", body_html="<p>é\u2028</p>"),
+    "an internationalised address": event(["josé@exämple.com"], from_email="büro@exämple.de"),
+    "scheduled, still ahead": event(["ann@example.com"], send_at=(NOW + timedelta(hours=1, seconds=0.4)).isoformat()),
+    "scheduled, its time passed": event(["ann@example.com"], send_at=(NOW - timedelta(seconds=1)).isoformat()),
+    "a display name in from": event(["ann@example.com"], from_email="Shop <shop@example.com>"),
+    "a display name in a recipient": event(["Ann Lee <ann@example.com>", "bob@example.org"]),
+    "a quoted name in reply-to": event(["ann@example.com"], reply_to='"Lee, Ann" <ann@example.com>'),
+    "empty subject and body": event(["ann@example.com"], subject="", body_html=""),
+    "the largest call": event([f"r{i}@example.com" for i in range(MAX_RECIPIENTS_PER_CALL)]),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_body_is_the_official_helpers(name):
+    request = CASES[name]
+    recipients = list(request.recipients)
+    assert (
+        mail_body(request, recipients, now=NOW.timestamp())
+        == build_mail(request, recipients, now=NOW.timestamp()).get()
+    )
+
+
+@pytest.mark.parametrize("count", [0, MAX_RECIPIENTS_PER_CALL + 1])
+def test_a_call_takes_1_to_1000_recipients(count):
+    request = event([f"r{i}@example.com" for i in range(max(count, 1))])
+    with pytest.raises(ValueError, match="1 to 1000 recipients"):
+        mail_body(request, [f"r{i}@example.com" for i in range(count)])
