@@ -44,7 +44,8 @@ class Batch(Generic[Item, Result]):
     """Run `run_many(items)` (one statement; a result per item, in order) for the items threads
     `submit` while others run; `run_one(item)` when the batch fails for a non-outage reason.
     Items of one `key` are never in the same statement (the statement would touch their rows
-    twice): a later one waits for the next."""
+    twice): a later one waits for the next. A statement carries items of `size` (rows) up to
+    `most` in all, or one item of any size."""
 
     def __init__(
         self,
@@ -52,10 +53,11 @@ class Batch(Generic[Item, Result]):
         run_many: Callable[[list[Item]], Sequence[Result]],
         run_one: Callable[[Item], Result],
         key: Callable[[Item], Hashable],
+        size: Callable[[Item], int] = lambda item: 1,
         width: int = 1,
         most: int = 200,
     ):
-        self._run_many, self._run_one, self._key, self._most = run_many, run_one, key, most
+        self._run_many, self._run_one, self._key, self._size, self._most = run_many, run_one, key, size, most
         self._width = max(1, width)
         self._gate = threading.BoundedSemaphore(self._width)
         self._lock = threading.Lock()
@@ -103,12 +105,14 @@ class Batch(Generic[Item, Result]):
             taken: list[_Slot[Item, Result]] = []
             keys: set[Hashable] = set()
             rest: list[_Slot[Item, Result]] = []
+            room = self._most
             for slot in self._waiting:
-                key = self._key(slot.item)
-                if len(taken) < self._most and key not in keys:
+                key, size = self._key(slot.item), self._size(slot.item)
+                if key not in keys and (size <= room or not taken):
                     slot.taken = True
                     taken.append(slot)
                     keys.add(key)
+                    room -= size
                 else:
                     rest.append(slot)
             self._waiting = rest

@@ -51,6 +51,8 @@ from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
 from core.suppressions.sql import not_suppressed, suppressed_recipients
 
+BATCH_ROWS = 500  # deliveries one batched claim or outcome statement writes, at most
+
 # Who may take a delivery that exists: a retry that is due, or (with `resend`) one in doubt whose
 # lease and grace ran out with no word from the provider (the grace counts from the later of its
 # last attempt and `grace_from`, a scheduled send's send_at).
@@ -381,12 +383,23 @@ class DeliveryStore:
         self._pause_cache: tuple[float, float] = (0.0, 0.0)  # (checked at, paused until)
         # The claims' first statement and the outcomes, of threads that arrive together, run as
         # one statement each (core.deliveries.batching), each kind on up to half the pool.
+        # A statement writes at most BATCH_ROWS deliveries (or one email's, however many).
         width = max(1, pool_size // 2)
         self._claims: Batch[dict, list[tuple]] = Batch(
-            run_many=self._claim_many, run_one=self._claim_one, key=lambda p: p["event_id"], width=width
+            run_many=self._claim_many,
+            run_one=self._claim_one,
+            key=lambda p: p["event_id"],
+            size=lambda p: len(p["recipients"]),
+            width=width,
+            most=BATCH_ROWS,
         )
         self._outcomes: Batch[dict, int] = Batch(
-            run_many=self._outcome_many, run_one=self._outcome_one, key=lambda p: p["event_id"], width=width
+            run_many=self._outcome_many,
+            run_one=self._outcome_one,
+            key=lambda p: p["event_id"],
+            size=lambda p: len(p["recipients"]),
+            width=width,
+            most=BATCH_ROWS,
         )
 
     def _connections(self) -> ThreadedConnectionPool:

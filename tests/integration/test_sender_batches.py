@@ -145,3 +145,16 @@ def test_one_bad_item_fails_only_its_own_thread(store):
     assert isinstance(claims[2], ValueError)
     assert all(c.claimed for i, c in enumerate(claims) if i != 2)
     assert Delivery.objects.filter(state="sending").count() == 5
+
+
+def test_a_statement_writes_at_most_batch_rows_deliveries(store):
+    from core.deliveries.store import BATCH_ROWS
+
+    owner = UserFactory()
+    per_email = BATCH_ROWS * 2 // 5  # two emails fit in a statement, a third does not
+    events = [request(owner.pk, [f"r{n}-{i}@example.com" for n in range(per_email)], email_id=i) for i in range(5)]
+
+    claims = together(store._claims, [claim(store, e) for e in events])
+
+    assert all(len(c.claimed) == per_email for c in claims)
+    assert (store._claims.statements, store._claims.largest) == (3, 2)
