@@ -9,9 +9,9 @@ and runs it, and each thread gets its own item's result. Nothing waits on purpos
 thread alone runs its statement at once, as before; batches grow only when threads queue.
 
 An item's result is the batched statement's answer for it. When the batched statement fails
-for a reason that is not an outage (a bug, a value Postgres refuses), every item is run again
-alone, so one bad item fails only its own thread; an outage fails them all, and each thread
-handles it as it did its own statement's.
+for a reason that is not an outage (a bug, a value Postgres refuses, a deadlock with another
+batch), every item is run again alone, so one bad item fails only its own thread; an outage
+fails them all, and each thread handles it as it did its own statement's.
 """
 
 from __future__ import annotations
@@ -130,18 +130,22 @@ class Batch(Generic[Item, Result]):
             results = self._run_many([slot.item for slot in taken])
             if len(results) != len(taken):
                 raise RuntimeError(f"{len(results)} results for {len(taken)} items")
+        except psycopg2.extensions.TransactionRollbackError:
+            pass  # a deadlock with another batch: each item alone cannot deadlock with it again
         except OUTAGES as error:
             for slot in taken:
                 slot.error = error
                 slot.done.set()
             return
         except BaseException:
-            for slot in taken:
-                self._alone(slot)
+            pass  # a bug, or a value Postgres refuses: each item alone, so it fails only its own
+        else:
+            for slot, result in zip(taken, results, strict=True):
+                slot.result = result
+                slot.done.set()
             return
-        for slot, result in zip(taken, results, strict=True):
-            slot.result = result
-            slot.done.set()
+        for slot in taken:
+            self._alone(slot)
 
     def _alone(self, slot: _Slot[Item, Result]) -> None:
         try:
