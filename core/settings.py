@@ -233,9 +233,9 @@ OUTBOX_RELAY_HTTP_PORT = env_int("OUTBOX_RELAY_HTTP_PORT", 9101)
 SENDGRID_API_KEY = env_str("SENDGRID_API_KEY", "")
 SENDGRID_HOST = env_str("SENDGRID_HOST", "https://api.sendgrid.com")
 SENDGRID_TIMEOUT_SECONDS = env_int("SENDGRID_TIMEOUT_SECONDS", 10)
-SENDER_PREFETCH = env_int("SENDER_PREFETCH", 100)
-SENDER_CONCURRENCY = env_int("SENDER_CONCURRENCY", 64)
-SENDER_DB_POOL_SIZE = env_int("SENDER_DB_POOL_SIZE", 16)
+SENDER_PREFETCH = env_int("SENDER_PREFETCH", 600)
+SENDER_CONCURRENCY = env_int("SENDER_CONCURRENCY", 500)
+SENDER_DB_POOL_SIZE = env_int("SENDER_DB_POOL_SIZE", 8)
 # The waits between a recipient's attempts after transient failures (with ±20% jitter): one more
 # attempt than there are tiers, then `failed`. The default rides out a day's outage and more.
 SENDER_RETRY_SCHEDULE = env_durations("SENDER_RETRY_SCHEDULE", "10s,30s,2m,5m,15m,30m,1h,2h,4h,8h,8h,8h")

@@ -229,7 +229,7 @@ def test_the_budget_is_the_readme_arithmetic():
         "scheduler": 12,
         "pgbouncer": 45,
     }
-    assert pooled == {"sender": 44, "projector": 2}
+    assert pooled == {"sender": 88, "projector": 2}
     assert limits == POSTGRES_DEFAULTS
     readme = (ROOT / "README.md").read_text()
     assert f"= {sum(direct.values())} of" in readme and f"{pooled['sender']} client connections" in readme
