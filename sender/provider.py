@@ -17,6 +17,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -72,7 +73,7 @@ def build_mail(event: EmailRequested, recipients: list[str], *, now: float | Non
 
 
 # An address the helpers take as it is: no display name, quoting or list (they would split one).
-_PLAIN_ADDRESS = re.compile(r"[^\s<>\"',;:()\[\]\\]+@[^\s<>\"',;:()\[\]\\]+")
+_PLAIN_ADDRESS = re.compile(r"[^\s<>\"',;:()\[\]\\@]+@[^\s<>\"',;:()\[\]\\@]+")
 
 
 def mail_body(event: EmailRequested, recipients: list[str], *, now: float | None = None) -> dict:
@@ -160,10 +161,10 @@ def classify_answer(status: int, body: bytes, headers) -> ProviderAnswer:
 
 
 class SendGridProvider:
-    """Thread-safe: each thread keeps a connection of its own.
+    """Thread-safe: a thread takes a kept-alive connection for its call, then puts it back.
 
     The mail is the official helpers' body (`mail_body`), sent with the official client's
-    headers over a kept-alive connection per thread (sender/http1.py): the official client's
+    headers over a kept-alive connection (sender/http1.py): the official client's
     transport builds a urllib opener and opens a new connection for every call, which cost the
     sender more CPU than all of its other work per email; http.client on a kept-alive
     connection still cost a tenth of it.
@@ -179,8 +180,11 @@ class SendGridProvider:
         url = urllib.parse.urlsplit(self.host)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"SENDGRID_HOST must be an http(s) URL, got {host!r}")
-        self._https, self._hostname = url.scheme == "https", url.hostname
-        self._port = url.port or (443 if self._https else 80)
+        self._hostname, self._port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        self._tls = ssl.create_default_context() if url.scheme == "https" else None
+        # Kept-alive connections not in use, the last used last: (connection, when it was used).
+        self._idle: list[tuple[http1.Connection, float]] = []
+        self._idle_lock = threading.Lock()
         # The official client's headers, and what http.client adds, written once: the request
         # line and headers of every call but its Content-Length.
         headers = {
@@ -202,42 +206,41 @@ class SendGridProvider:
         return client
 
     def _connection(self) -> tuple[http1.Connection, bool]:
-        """This thread's connection, and whether it served a call before."""
-        conn, last_used = getattr(self._local, "conn", None), getattr(self._local, "last_used", 0.0)
-        if (
-            conn is not None
-            and conn.sock is not None
-            and time.monotonic() - last_used < self.IDLE_REUSE_SECONDS
-            and not conn.closed_by_peer()
-        ):
-            return conn, True
-        self._drop_connection()
-        self._local.conn = http1.Connection(self._hostname, self._port, timeout=self.timeout, tls=self._https)
-        return self._local.conn, False
-
-    def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """The idle connection used last, and whether it served a call before; a new one when
+        none is idle. Last in, first out: at a low rate few connections stay warm, and those
+        are used, rather than each thread's own going cold between its calls."""
+        while True:
+            with self._idle_lock:
+                if not self._idle:
+                    break
+                conn, last_used = self._idle.pop()
+            if time.monotonic() - last_used < self.IDLE_REUSE_SECONDS and not conn.closed_by_peer():
+                return conn, True
             conn.close()
-        self._local.conn = None
+        return http1.Connection(self._hostname, self._port, timeout=self.timeout, tls=self._tls), False
 
     def _post(self, body: bytes) -> tuple[int, bytes, http1.Headers]:
         conn, reused = self._connection()
         try:
-            conn.send(self._request_head, body)
-        except (ConnectionResetError, BrokenPipeError):
-            if not reused:
-                raise
-            # The far end closed the idle connection before reading our request: nothing was
-            # sent, so a fresh connection may carry it.
-            self._drop_connection()
-            conn, _ = self._connection()
-            conn.send(self._request_head, body)
-        status, data, headers, reusable = conn.response()
+            try:
+                conn.send(self._request_head, body)
+            except (ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                # The far end closed the idle connection before reading our request: nothing was
+                # sent, so a fresh connection may carry it.
+                conn.close()
+                conn, _ = self._connection()
+                conn.send(self._request_head, body)
+            status, data, headers, reusable = conn.response()
+        except BaseException:
+            conn.close()
+            raise
         if reusable:
-            self._local.last_used = time.monotonic()
+            with self._idle_lock:
+                self._idle.append((conn, time.monotonic()))
         else:
-            self._drop_connection()
+            conn.close()
         return status, data, headers
 
     def send(self, event: EmailRequested, recipients: list[str]) -> ProviderAnswer:
@@ -245,13 +248,10 @@ class SendGridProvider:
         try:
             status, data, headers = self._post(body)
         except TimeoutError as error:
-            self._drop_connection()
             return ProviderAnswer(UNKNOWN, reason=f"timeout after {self.timeout}s: {error}")
         except (ConnectionRefusedError, socket.gaierror) as error:
-            self._drop_connection()
             return ProviderAnswer(TRANSIENT, reason=f"cannot reach the provider: {error}")
         except (OSError, http.client.HTTPException) as error:
-            self._drop_connection()
             # The request may have been sent before the connection broke.
             return ProviderAnswer(UNKNOWN, reason=f"connection broken: {error!r}")
         if 200 <= status < 300:

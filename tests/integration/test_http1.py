@@ -17,9 +17,11 @@ class Server:
     """Accepts one connection; for each request it reads, it sends the next canned answer
     (None: close the connection without answering). Keeps what it received."""
 
-    def __init__(self, answers):
+    def __init__(self, answers, tls=None):
         self.answers = list(answers)
         self.listener = socket.create_server(("127.0.0.1", 0))
+        if tls is not None:
+            self.listener = tls.wrap_socket(self.listener, server_side=True)
         self.port = self.listener.getsockname()[1]
         self.requests: list[bytes] = []
         self.reads: list[int] = []  # recv calls per request: a request written at once arrives whole
@@ -27,7 +29,10 @@ class Server:
         self.thread.start()
 
     def _serve(self):
-        conn, _ = self.listener.accept()
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:  # a TLS client that refused our certificate
+            return
         with conn:
             buffer = b""
             for answer in self.answers:
@@ -57,7 +62,7 @@ class Server:
                 conn.sendall(answer)
 
     def connection(self, timeout=2.0) -> Connection:
-        return Connection("127.0.0.1", self.port, timeout=timeout, tls=False)
+        return Connection("127.0.0.1", self.port, timeout=timeout, tls=None)
 
 
 def call(conn, body=b'{"a": 1}'):
@@ -127,7 +132,7 @@ def test_a_connection_closed_before_the_answer_is_remote_disconnected():
 
 def test_a_silent_server_is_a_timeout():
     listener = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog) and never answers
-    conn = Connection("127.0.0.1", listener.getsockname()[1], timeout=0.3, tls=False)
+    conn = Connection("127.0.0.1", listener.getsockname()[1], timeout=0.3, tls=None)
     with pytest.raises(TimeoutError):
         call(conn)
     listener.close()
@@ -154,4 +159,53 @@ def test_a_refused_connection_is_connection_refused():
     port = free.getsockname()[1]
     free.close()
     with pytest.raises(ConnectionRefusedError):
-        call(Connection("127.0.0.1", port, timeout=1, tls=False))
+        call(Connection("127.0.0.1", port, timeout=1, tls=None))
+
+
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1, and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_over_tls_the_certificate_is_checked_and_the_connection_kept(tmp_path):
+    import ssl
+
+    cert_file, key_file = self_signed(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_file, key_file)
+    server = Server([b"HTTP/1.1 202 Accepted\r\nX-Message-Id: t1\r\nContent-Length: 0\r\n\r\n"] * 2, server_context)
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    conn = Connection("127.0.0.1", server.port, timeout=2, tls=trusting)
+    assert call(conn)[:2] == (202, b"") and call(conn)[2].get("x-message-id") == "t1"
+    assert server.requests[1].startswith(b"POST /v3/mail/send")  # two requests, one TLS connection
+
+    stranger = Server([b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"], server_context)
+    with pytest.raises(ssl.SSLCertVerificationError):  # a certificate nobody vouches for
+        call(Connection("127.0.0.1", stranger.port, timeout=2, tls=ssl.create_default_context()))
