@@ -139,6 +139,8 @@ class SenderWorker(ReconnectingWorker):
         self.store.close()
 
     def _close_connection(self) -> None:
+        with self._later_lock:
+            self._actions, self._waking = [], None  # for the lost channel: nothing to run
         connection, self._connection, self._channel = self._connection, None, None
         self._consumer_tag = self._receipts_tag = None
         if connection is not None and connection.is_open:
@@ -381,10 +383,13 @@ class SenderWorker(ReconnectingWorker):
             self._waking = None
             actions, self._actions = self._actions, []
         for channel, tag, action in actions:
+            # One of a lost channel: the broker has requeued its message, and its tag may now be
+            # another message's on the new channel (tags restart at 1), whose entry stays.
+            if channel is not self._channel or not channel.is_open:
+                continue
             with self._work_lock:
                 self._work.pop(tag, None)
-            if channel.is_open and channel is self._channel:
-                action()
+            action()
 
     def _retry_now(self, channel, tag: int, properties, body: bytes, decision: Decision, role: str = "sender") -> None:
         """On the connection thread: publish the message to its delay queue, confirmed, then ack."""

@@ -8,10 +8,11 @@ them as one statement, one commit: the first thread through the gate takes every
 and runs it, and each thread gets its own item's result. Nothing waits on purpose, so one
 thread alone runs its statement at once, as before; batches grow only when threads queue.
 
-An item's result is the batched statement's answer for it. When the batched statement fails
-for a reason that is not an outage (a bug, a value Postgres refuses, a deadlock with another
-batch), every item is run again alone, so one bad item fails only its own thread; an outage
-fails them all, and each thread handles it as it did its own statement's.
+An item's result is the batched statement's answer for it. When Postgres refuses the batched
+statement for a reason that is not an outage (a value it refuses, a lock or statement timeout, a
+deadlock with another batch), every item is run again alone, so one bad item fails only its own
+thread (`on_fallback` is told). An outage fails them all, and each thread handles it as it did
+its own statement's; so does a bug outside Postgres.
 """
 
 from __future__ import annotations
@@ -26,14 +27,21 @@ import psycopg2
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-OUTAGES = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+def outage(error: psycopg2.Error) -> bool:
+    """The database cannot be reached, or is going away (the connection's error classes), as
+    opposed to something in the statement or its rows."""
+    if isinstance(error, psycopg2.InterfaceError):
+        return True
+    code = getattr(error, "pgcode", None)
+    return isinstance(error, psycopg2.OperationalError) and (code is None or code[:2] == "08" or code[:3] == "57P")
 
 
 class _Slot(Generic[Item, Result]):
-    __slots__ = ("item", "taken", "done", "result", "error")
+    __slots__ = ("item", "key", "size", "taken", "done", "result", "error")
 
-    def __init__(self, item: Item):
-        self.item = item
+    def __init__(self, item: Item, key: Hashable, size: int):
+        self.item, self.key, self.size = item, key, size
         self.taken = False
         self.done = threading.Event()
         self.result: Result | None = None
@@ -56,14 +64,17 @@ class Batch(Generic[Item, Result]):
         size: Callable[[Item], int] = lambda item: 1,
         width: int = 1,
         most: int = 200,
+        on_fallback: Callable[[psycopg2.Error, int], object] = lambda error, items: None,
     ):
         self._run_many, self._run_one, self._key, self._size, self._most = run_many, run_one, key, size, most
+        self._on_fallback = on_fallback
         self._width = max(1, width)
         self._gate = threading.BoundedSemaphore(self._width)
         self._lock = threading.Lock()
         self._waiting: list[_Slot[Item, Result]] = []
-        self.statements = 0  # statements run (batches, and items run alone)
-        self.largest = 0  # the most items one statement carried
+        self.statements = 0  # takes: a batch, or an item alone
+        self.largest = 0  # the most items one take carried
+        self.fallbacks = 0  # batches that failed and ran item by item
 
     def waiting(self) -> int:
         """Items submitted and not yet taken."""
@@ -83,7 +94,7 @@ class Batch(Generic[Item, Result]):
                 self._gate.release()
 
     def submit(self, item: Item) -> Result:
-        slot: _Slot[Item, Result] = _Slot(item)
+        slot: _Slot[Item, Result] = _Slot(item, self._key(item), self._size(item))
         with self._lock:
             self._waiting.append(slot)
         # Until a thread takes the item, its own thread passes the gate and takes what is waiting:
@@ -107,12 +118,11 @@ class Batch(Generic[Item, Result]):
             rest: list[_Slot[Item, Result]] = []
             room = self._most
             for slot in self._waiting:
-                key, size = self._key(slot.item), self._size(slot.item)
-                if key not in keys and (size <= room or not taken):
+                if slot.key not in keys and (slot.size <= room or not taken):
                     slot.taken = True
                     taken.append(slot)
-                    keys.add(key)
-                    room -= size
+                    keys.add(slot.key)
+                    room -= slot.size
                 else:
                     rest.append(slot)
             self._waiting = rest
@@ -130,22 +140,28 @@ class Batch(Generic[Item, Result]):
             results = self._run_many([slot.item for slot in taken])
             if len(results) != len(taken):
                 raise RuntimeError(f"{len(results)} results for {len(taken)} items")
-        except psycopg2.extensions.TransactionRollbackError:
-            pass  # a deadlock with another batch: each item alone cannot deadlock with it again
-        except OUTAGES as error:
+        except psycopg2.Error as error:
+            if outage(error):
+                for slot in taken:
+                    slot.error = error
+                    slot.done.set()
+                return
+            # A value Postgres refuses, a lock or statement timeout, a deadlock with another
+            # batch: each item alone, so only the one at fault fails.
+            with self._lock:
+                self.fallbacks += 1
+            self._on_fallback(error, len(taken))
+            for slot in taken:
+                self._alone(slot)
+            return
+        except BaseException as error:  # a bug: every thread of the batch sees it
             for slot in taken:
                 slot.error = error
                 slot.done.set()
             return
-        except BaseException:
-            pass  # a bug, or a value Postgres refuses: each item alone, so it fails only its own
-        else:
-            for slot, result in zip(taken, results, strict=True):
-                slot.result = result
-                slot.done.set()
-            return
-        for slot in taken:
-            self._alone(slot)
+        for slot, result in zip(taken, results, strict=True):
+            slot.result = result
+            slot.done.set()
 
     def _alone(self, slot: _Slot[Item, Result]) -> None:
         try:

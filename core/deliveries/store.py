@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg2
+import structlog
+from prometheus_client import Counter
 from psycopg2.pool import ThreadedConnectionPool
 
 from core.contracts import EmailCancelled, EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
@@ -51,7 +53,14 @@ from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
 from core.suppressions.sql import not_suppressed, suppressed_recipients
 
+log = structlog.get_logger(__name__)
+
 BATCH_ROWS = 500  # deliveries one batched claim or outcome statement writes, at most
+BATCH_FALLBACKS = Counter(
+    "sender_batch_fallbacks_total",
+    "Batched claims or outcomes Postgres refused (a bad value, a timeout, a deadlock), run again one by one",
+    ["kind"],
+)
 
 # Who may take a delivery that exists: a retry that is due, or (with `resend`) one in doubt whose
 # lease and grace ran out with no word from the provider (the grace counts from the later of its
@@ -392,6 +401,7 @@ class DeliveryStore:
             size=lambda p: len(p["recipients"]),
             width=width,
             most=BATCH_ROWS,
+            on_fallback=lambda error, items: _fell_back("claim", error, items),
         )
         self._outcomes: Batch[dict, int] = Batch(
             run_many=self._outcome_many,
@@ -400,6 +410,7 @@ class DeliveryStore:
             size=lambda p: len(p["recipients"]),
             width=width,
             most=BATCH_ROWS,
+            on_fallback=lambda error, items: _fell_back("outcome", error, items),
         )
 
     def _connections(self) -> ThreadedConnectionPool:
@@ -881,6 +892,11 @@ def _grace_from(request: EmailRequested) -> str | None:
     `send_at`. The provider holds a mail handed to it early until then, and may say nothing of it
     (no `processed`) before, so the grace counts from then; None (no bound) for a send at once."""
     return request.send_at or None
+
+
+def _fell_back(kind: str, error: psycopg2.Error, items: int) -> None:
+    BATCH_FALLBACKS.labels(kind=kind).inc()
+    log.warning("batch_ran_item_by_item", kind=kind, items=items, error=str(error)[:300], pgcode=error.pgcode)
 
 
 def _in_doubt(state: str, live: bool) -> bool:

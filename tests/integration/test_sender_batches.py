@@ -6,7 +6,7 @@ its own thread."""
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -28,7 +28,7 @@ def store():
     store.close()
 
 
-def request(owner_id: int, recipients, email_id: int) -> EmailRequested:
+def request(owner_id: int, recipients, email_id: int, send_at: str = "") -> EmailRequested:
     return EmailRequested(
         event_id=str(uuid.uuid4()),
         correlation_id=f"corr-{email_id}",
@@ -41,6 +41,7 @@ def request(owner_id: int, recipients, email_id: int) -> EmailRequested:
         recipients=tuple(recipients),
         subject="Hello",
         body_html="<p>Hi</p>",
+        send_at=send_at,
     )
 
 
@@ -80,7 +81,7 @@ def test_claims_that_arrive_together_are_one_statement_and_each_gets_its_own(sto
 
     claims = together(store._claims, [claim(store, e) for e in events])
 
-    assert store._claims.statements == 1 and store._claims.largest == len(events)
+    assert (store._claims.statements, store._claims.largest, store._claims.fallbacks) == (1, len(events), 0)
     for event, got in zip(events[:-1], claims[:-1], strict=True):
         assert got.claimed == {r: 1 for r in event.recipients}
         rows = Delivery.objects.filter(event_id=event.event_id)
@@ -122,7 +123,7 @@ def test_outcomes_that_arrive_together_are_one_statement_and_a_lost_claim_is_sti
 
     written = together(store._outcomes, [sent(e, c.token) for e, c in zip(events, claims, strict=True)])
 
-    assert store._outcomes.statements == 1 and store._outcomes.largest == 10
+    assert (store._outcomes.statements, store._outcomes.largest, store._outcomes.fallbacks) == (1, 10, 0)
     assert written == [0] + [1] * 9  # the stale claim wrote nothing
     assert Delivery.objects.get(event_id=stale.event_id).state == "sending"  # still the new holder's
     for event in events[1:]:
@@ -142,6 +143,7 @@ def test_one_bad_item_fails_only_its_own_thread(store):
 
     claims = together(store._claims, [claim(store, e) for e in [*good[:2], bad, *good[2:]]])
 
+    assert store._claims.fallbacks == 1  # the batch was refused, then each ran alone
     assert isinstance(claims[2], ValueError)
     assert all(c.claimed for i, c in enumerate(claims) if i != 2)
     assert Delivery.objects.filter(state="sending").count() == 5
@@ -157,4 +159,29 @@ def test_a_statement_writes_at_most_batch_rows_deliveries(store):
     claims = together(store._claims, [claim(store, e) for e in events])
 
     assert all(len(c.claimed) == per_email for c in claims)
-    assert (store._claims.statements, store._claims.largest) == (3, 2)
+    assert (store._claims.statements, store._claims.largest, store._claims.fallbacks) == (3, 2, 0)
+
+
+def test_each_email_in_a_batch_keeps_its_own_grace_for_a_delivery_in_doubt(store):
+    """The grace of a delivery in doubt counts from the later of its last attempt and the email's
+    own send_at: in one batch, a scheduled email still within it is not taken again, and an email
+    sent at once, past its grace, is."""
+    owner = UserFactory()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    scheduled = request(owner.pk, ["ann@example.com"], email_id=1, send_at=later)
+    at_once = request(owner.pk, ["bob@example.com"], email_id=2)
+    for event in (scheduled, at_once):  # claimed, then in doubt (a timeout) a minute ago
+        store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0)
+        a_minute_ago = datetime.now(UTC) - timedelta(minutes=1)
+        Delivery.objects.filter(event_id=event.event_id).update(
+            state="unknown", lease_until=a_minute_ago, updated_at=a_minute_ago
+        )
+
+    def again(event):
+        return lambda: store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=30)
+
+    first, second = together(store._claims, [again(scheduled), again(at_once)])
+
+    assert (store._claims.largest, store._claims.fallbacks) == (2, 0)
+    assert first.claimed == {} and first.waiting == ["ann@example.com"]  # its grace runs from send_at
+    assert second.claimed == {"bob@example.com": 2}
