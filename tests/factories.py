@@ -1,7 +1,11 @@
+import uuid
+from datetime import UTC, datetime
+
 import factory
 
 from command_api.emails.models import EmailTemplate
 from core.accounts.models import User
+from core.contracts import EmailRequested
 
 PASSWORD = "correct horse battery staple"
 
@@ -28,3 +32,21 @@ class EmailTemplateFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"template-{n}")
     subject = "Hello {{ name }}"
     body = "<p>Dear {{ name }}, your code is {{ code }}.</p>"
+
+
+def email_requested(recipients=("ann@example.com",), **fields) -> EmailRequested:
+    """An email.requested event (a new event id each time), with `fields` changed."""
+    values = dict(
+        event_id=str(uuid.uuid4()),
+        correlation_id="corr-1",
+        occurred_at=datetime.now(UTC).isoformat(),
+        email_id=1,
+        owner_id=1,
+        template_id=1,
+        from_email="no-reply@example.com",
+        reply_to=None,
+        recipients=tuple(recipients),
+        subject="Hello",
+        body_html="<p>Hi</p>",
+    )
+    return EmailRequested(**(values | fields))

@@ -394,24 +394,8 @@ class DeliveryStore:
         # one statement each (core.deliveries.batching), each kind on up to half the pool.
         # A statement writes at most BATCH_ROWS deliveries (or one email's, however many).
         width = max(1, pool_size // 2)
-        self._claims: Batch[dict, list[tuple]] = Batch(
-            run_many=self._claim_many,
-            run_one=self._claim_one,
-            key=lambda p: p["event_id"],
-            size=lambda p: len(p["recipients"]),
-            width=width,
-            most=BATCH_ROWS,
-            on_fallback=lambda error, items: _fell_back("claim", error, items),
-        )
-        self._outcomes: Batch[dict, int] = Batch(
-            run_many=self._outcome_many,
-            run_one=self._outcome_one,
-            key=lambda p: p["event_id"],
-            size=lambda p: len(p["recipients"]),
-            width=width,
-            most=BATCH_ROWS,
-            on_fallback=lambda error, items: _fell_back("outcome", error, items),
-        )
+        self._claims: Batch[dict, list[tuple]] = _deliveries_batch("claim", self._claim_many, self._claim_one, width)
+        self._outcomes: Batch[dict, int] = _deliveries_batch("outcome", self._outcome_many, self._outcome_one, width)
 
     def _connections(self) -> ThreadedConnectionPool:
         if self._pool is None:
@@ -892,6 +876,20 @@ def _grace_from(request: EmailRequested) -> str | None:
     `send_at`. The provider holds a mail handed to it early until then, and may say nothing of it
     (no `processed`) before, so the grace counts from then; None (no bound) for a send at once."""
     return request.send_at or None
+
+
+def _deliveries_batch(kind: str, run_many, run_one, width: int) -> Batch:
+    """A Batch of claims or outcomes (parameter dicts): one email per statement at most once,
+    sized by its recipients."""
+    return Batch(
+        run_many=run_many,
+        run_one=run_one,
+        key=lambda p: p["event_id"],
+        size=lambda p: len(p["recipients"]),
+        width=width,
+        most=BATCH_ROWS,
+        on_fallback=lambda error, items: _fell_back(kind, error, items),
+    )
 
 
 def _fell_back(kind: str, error: psycopg2.Error, items: int) -> None:

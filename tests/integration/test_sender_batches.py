@@ -5,18 +5,17 @@ its own thread."""
 
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
 
-from core.contracts import EmailRequested, EmailSent, event_from_dict
+from core.contracts import EmailSent, event_from_dict
 from core.deliveries.models import Delivery
 from core.deliveries.store import DeliveryStore
 from core.outbox.models import OutboxEvent
 from core.suppressions.services import suppression_add
-from tests.factories import UserFactory
+from tests.factories import UserFactory, email_requested
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,20 +27,9 @@ def store():
     store.close()
 
 
-def request(owner_id: int, recipients, email_id: int, send_at: str = "") -> EmailRequested:
-    return EmailRequested(
-        event_id=str(uuid.uuid4()),
-        correlation_id=f"corr-{email_id}",
-        occurred_at=datetime.now(UTC).isoformat(),
-        email_id=email_id,
-        owner_id=owner_id,
-        template_id=1,
-        from_email="no-reply@example.com",
-        reply_to=None,
-        recipients=tuple(recipients),
-        subject="Hello",
-        body_html="<p>Hi</p>",
-        send_at=send_at,
+def request(owner_id: int, recipients, email_id: int, send_at: str = ""):
+    return email_requested(
+        recipients, correlation_id=f"corr-{email_id}", email_id=email_id, owner_id=owner_id, send_at=send_at
     )
 
 

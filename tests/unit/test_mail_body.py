@@ -5,28 +5,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.contracts import EmailRequested
 from sender import provider
 from sender.provider import MAX_RECIPIENTS_PER_CALL, build_mail, mail_body
+from tests.factories import email_requested
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
-def event(recipients, **fields) -> EmailRequested:
-    values = dict(
-        event_id="6d3c1f9e-0c1a-4e55-9f3b-3f1d2f6a7b8c",
-        correlation_id="corr-1",
-        occurred_at=NOW.isoformat(),
-        email_id=42,
-        owner_id=1,
-        template_id=1,
-        from_email="no-reply@example.com",
-        reply_to=None,
-        recipients=tuple(recipients),
-        subject="Hello",
-        body_html="<p>Hi</p>",
+def event(recipients, **fields):
+    return email_requested(
+        recipients, event_id="6d3c1f9e-0c1a-4e55-9f3b-3f1d2f6a7b8c", occurred_at=NOW.isoformat(), email_id=42, **fields
     )
-    return EmailRequested(**(values | fields))
 
 
 # The cases written directly; the others go through the helpers.
