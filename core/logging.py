@@ -49,6 +49,9 @@ def logging_config(*, json: bool, level: str) -> dict:
 def configure_structlog() -> None:
     structlog.configure(
         processors=[
+            # First: a call below the logger's level is dropped before the others run (the time
+            # stamp, the context merge), not after all of them by the standard library.
+            structlog.stdlib.filter_by_level,
             *_shared_processors,
             structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
