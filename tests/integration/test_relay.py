@@ -137,19 +137,43 @@ def test_the_relay_process_wakes_on_notify_not_on_its_poll(topology, relays):
     assert relay.terminate() == 0
 
 
+def commits_apart(count: int, gap: float) -> list[str]:
+    """`count` transactions of one row each, each notifying, `gap` seconds apart."""
+    ids = []
+    for _ in range(count):
+        ids += broker.fill_outbox(1)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+        time.sleep(gap)
+    return ids
+
+
+def batches(ids: list[str]) -> int:
+    """How many batches published `ids` (a batch's rows share their published_at)."""
+    broker.wait_for(lambda: broker.published_count(ids) == len(ids), timeout=10, message="all published")
+    return OutboxEvent.objects.filter(id__in=ids).values("published_at").distinct().count()
+
+
 def test_the_relay_gathers_a_burst_of_commits_into_one_batch(topology, relays):
     relay = relays(topology, OUTBOX_GATHER_MS=400)
     relay.wait_ready()
     time.sleep(0.3)  # idle, waiting for a NOTIFY
-    ids = []
-    for _ in range(8):  # eight transactions, each committed and notifying on its own
-        ids += broker.fill_outbox(1)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
-        time.sleep(0.01)
-    broker.wait_for(lambda: broker.published_count(ids) == 8, timeout=10, message="8 published")
-    # One batch is one transaction: its rows share their published_at.
-    assert OutboxEvent.objects.filter(id__in=ids).values("published_at").distinct().count() == 1
+    assert batches(commits_apart(8, gap=0.01)) == 1
+    assert relay.terminate() == 0
+
+
+def test_the_relay_gathers_longer_only_while_its_batches_hold_more_than_one_row(topology, relays):
+    relay = relays(topology, OUTBOX_GATHER_MS=0, OUTBOX_GATHER_BUSY_MS=400)
+    relay.wait_ready()
+    time.sleep(0.3)  # idle, waiting for a NOTIFY
+    # Quiet: each lone commit goes at once (OUTBOX_GATHER_MS=0), in a batch of its own.
+    assert batches(commits_apart(3, gap=0.15)) == 3
+    # A batch of two rows (one transaction): the relay is busy, and the next commits are gathered.
+    two = broker.fill_outbox(2)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+    assert batches(two) == 1
+    assert batches(commits_apart(6, gap=0.02)) == 1
     assert relay.terminate() == 0
 
 
