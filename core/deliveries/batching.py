@@ -1,4 +1,4 @@
-"""Many threads' statements of one kind run as one: the sender's claims and outcomes.
+"""Many threads' statements of one kind run as one: the sender's claims, outcomes and receipts.
 
 Each of the sender's threads claims its email and records its outcome with a statement of its
 own, so at a high rate Postgres runs two commits per email, and most of its time is the

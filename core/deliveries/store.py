@@ -58,7 +58,7 @@ log = structlog.get_logger(__name__)
 BATCH_ROWS = 500  # deliveries one batched claim or outcome statement writes, at most
 BATCH_FALLBACKS = Counter(
     "sender_batch_fallbacks_total",
-    "Batched claims or outcomes Postgres refused (a bad value, a timeout, a deadlock), run again one by one",
+    "Batched claims, outcomes or receipts Postgres refused (a bad value, a timeout, a deadlock), run again one by one",
     ["kind"],
 )
 
@@ -314,6 +314,7 @@ RECEIPTS_SQL = """
            AS r(event_id uuid, recipient text, message_id text, reported_at timestamptz)
      WHERE d.event_id = ANY(%(event_ids)s::uuid[]) AND d.event_id = r.event_id AND d.recipient = r.recipient
        AND d.provider_seen_at IS NULL
+    RETURNING d.event_id::text, d.recipient
 """
 # A request that died in the dead-letter queue: its recipients that are not finished, and that no
 # sender holds right now, fail with the reason, with `email.failed`, in one statement (rows the
@@ -401,6 +402,16 @@ class DeliveryStore:
         width = max(1, pool_size // 2)
         self._claims: Batch[dict, list[tuple]] = _deliveries_batch("claim", self._claim_many, self._claim_one, width)
         self._outcomes: Batch[dict, int] = _deliveries_batch("outcome", self._outcome_many, self._outcome_one, width)
+        # The provider's reports come in bursts (one webhook post's statuses, relayed together):
+        # the messages that arrive while one statement runs share the next.
+        self._receipts: Batch[list[dict], int] = Batch(
+            run_many=self._receipts_many,
+            run_one=lambda receipts: self._receipts_many([receipts])[0],
+            key=id,
+            size=len,
+            most=BATCH_ROWS,
+            on_fallback=lambda error, items: _fell_back("receipts", error, items),
+        )
 
     def _connections(self) -> ThreadedConnectionPool:
         if self._pool is None:
@@ -752,10 +763,15 @@ class DeliveryStore:
         many deliveries learnt it now."""
         if not receipts:
             return 0
+        return self._receipts.submit(receipts)
+
+    def _receipts_many(self, items: list[list[dict]]) -> list[int]:
+        receipts = [receipt for item in items for receipt in item]
         with self._cursor() as cursor:
             event_ids = sorted({receipt["event_id"] for receipt in receipts})
             cursor.execute(RECEIPTS_SQL, {"receipts": json.dumps(receipts), "event_ids": event_ids})
-            return cursor.rowcount
+            learnt = set(cursor.fetchall())
+        return [sum((str(uuid.UUID(str(r["event_id"]))), r["recipient"]) in learnt for r in item) for item in items]
 
     # The shared pause after a 429 --------------------------------------------------------------
 

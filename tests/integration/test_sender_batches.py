@@ -124,6 +124,37 @@ def test_outcomes_that_arrive_together_are_one_statement_and_a_lost_claim_is_sti
     assert row.headers["correlation_id"] == "corr-3"
 
 
+def test_receipts_that_arrive_together_are_one_statement_and_each_counts_its_own(store):
+    owner = UserFactory()
+    events = [request(owner.pk, [f"r{i}@example.com", f"s{i}@example.org"], email_id=i) for i in range(8)]
+    for event in events:
+        store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0)
+    Delivery.objects.filter(event_id=events[0].event_id).update(provider_seen_at=datetime.now(UTC))  # known already
+
+    def receipts(event, recipients):
+        return [
+            {
+                "event_id": event.event_id,
+                "recipient": r,
+                "message_id": f"m-{event.email_id}",
+                "reported_at": "2026-11-30T10:00:00Z",
+            }
+            for r in recipients
+        ]
+
+    messages = [receipts(e, e.recipients) for e in events]
+    messages.append(receipts(events[1], ["nobody@example.com"]))  # no such delivery
+    counts = together(store._receipts, [lambda m=m: store.record_receipts(m) for m in messages])
+
+    assert (store._receipts.statements, store._receipts.largest, store._receipts.fallbacks) == (1, len(messages), 0)
+    assert counts == [0] + [2] * 7 + [0]
+    assert Delivery.objects.filter(provider_seen_at__isnull=False).count() == 16
+    for event in events[1:]:
+        assert set(Delivery.objects.filter(event_id=event.event_id).values_list("provider_message_id", flat=True)) == {
+            f"m-{event.email_id}"
+        }
+
+
 def test_one_bad_item_fails_only_its_own_thread(store):
     owner = UserFactory()
     good = [request(owner.pk, [f"r{i}@example.com"], email_id=i) for i in range(5)]
