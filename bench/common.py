@@ -41,6 +41,14 @@ def setup_django(*, database: str, settings_module: str, prefix: str, **env: str
     del os.environ["DJANGO_SETTINGS_MODULE"]
 
 
+def send_load(system) -> tuple[str, dict, str]:
+    """The end-to-end benchmarks' POST on a running tests.system.System: a staff user's token,
+    a template, and a 2-recipient body that renders it. Returns (url, body, token)."""
+    token, template_id = system.staff_with_template("load", subject="Hi {{ name }}", body="<p>Hi {{ name }}</p>")
+    body = {"recipients": ["ann@example.com", "bob@example.org"], "template": template_id, "context": {"name": "Ann"}}
+    return f"{system.command_url}/api/v1/emails/sent-email/", body, token
+
+
 def wait_http(url: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 
-from common import ROOT, cpu_by_group, cpu_delta, percentile, setup_django, wrk_post  # noqa: E402
+from common import ROOT, cpu_by_group, cpu_delta, percentile, send_load, setup_django, wrk_post  # noqa: E402
 
 PREFIX = "bench-load"
 PIPELINE = ("outbox_relay", "sender", "projector")
@@ -144,13 +144,7 @@ def main() -> None:
     e2e_rounds: list[dict] = []
     cpu_ms: dict[str, float] = {}
     try:
-        token, template_id = system.staff_with_template("load", subject="Hi {{ name }}", body="<p>Hi {{ name }}</p>")
-        body = {
-            "recipients": ["ann@example.com", "bob@example.org"],
-            "template": template_id,
-            "context": {"name": "Ann"},
-        }
-        url = f"{system.command_url}/api/v1/emails/sent-email/"
+        url, body, token = send_load(system)
 
         # The references run on a gunicorn of their own, 2 workers like the command API; the Celery
         # reference's worker and its fake SendGrid (the same fake, at the same latency, with no

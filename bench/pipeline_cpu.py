@@ -18,7 +18,7 @@ import re
 import time
 import urllib.request
 
-from common import ROOT, cpu_by_group, cpu_delta, setup_django, wrk_post  # noqa: E402
+from common import ROOT, cpu_by_group, cpu_delta, send_load, setup_django, wrk_post  # noqa: E402
 
 PREFIX = "bench-pipeline-cpu"
 
@@ -53,13 +53,7 @@ def one_run(args, env: dict[str, str]) -> None:
     )
     system.start_all()
     try:
-        token, template_id = system.staff_with_template("load", subject="Hi {{ name }}", body="<p>Hi {{ name }}</p>")
-        body = {
-            "recipients": ["ann@example.com", "bob@example.org"],
-            "template": template_id,
-            "context": {"name": "Ann"},
-        }
-        url = f"{system.command_url}/api/v1/emails/sent-email/"
+        url, body, token = send_load(system)
         wrk_post(url, body, token=token, connections=4, duration=3)  # warm up
         time.sleep(2)
         with connection.cursor() as cursor:
