@@ -82,7 +82,7 @@ def command_run(args) -> int:
         batch_size=settings.OUTBOX_BATCH_SIZE,
         poll_interval=settings.OUTBOX_POLL_INTERVAL_MS / 1000,
         gather=settings.OUTBOX_GATHER_MS / 1000,
-        gather_busy=max(settings.OUTBOX_GATHER_MS, settings.OUTBOX_GATHER_BUSY_MS) / 1000,
+        gather_busy=settings.OUTBOX_GATHER_BUSY_MS / 1000,
         confirm_timeout=settings.OUTBOX_CONFIRM_TIMEOUT_MS / 1000,
         crash_after_confirm=os.environ.get("OUTBOX_RELAY_TEST_CRASH_AFTER_CONFIRM") == "1",
     )

@@ -195,10 +195,11 @@ class RelayConfig:
     poll_interval: float
     confirm_timeout: float
     gather: float = 0.0  # after a NOTIFY, wait this long for more commits before claiming
-    # ... or this long when the last batch held more than one row: commits arrive faster than
-    # one by one, and a longer wait makes fewer, larger batches (fewer claims and confirm waits
-    # per row) at a few milliseconds of latency; a lone commit after a quiet spell waits `gather`.
-    gather_busy: float = 0.0
+    # ... or this long (never shorter than `gather`; None: `gather`) while the last batch held more
+    # than one row: commits arrive faster than one by one, and a longer wait makes fewer, larger
+    # batches (fewer claims and confirm waits per row), each row waiting that much longer. The
+    # relay is busy until a claim finds one row or none (a poll's, at the latest).
+    gather_busy: float | None = None
     stats_interval: float = 5.0
     crash_after_confirm: bool = False
 
@@ -324,7 +325,9 @@ class RelayWorker(ReconnectingWorker):
             woken = self._woke_by_notify = bool(self._listen.notifies)
             self._note_scheduled(self._listen.notifies)
             self._listen.notifies.clear()
-            gather = self.config.gather_busy if self._last_claimed > 1 else self.config.gather
+            gather = self.config.gather
+            if self._last_claimed > 1 and self.config.gather_busy is not None:
+                gather = max(gather, self.config.gather_busy)
             if woken and gather > 0:
                 # Under load every request commits and notifies on its own; gathering them for a
                 # few milliseconds makes one batch (one claim, one confirm wait) of many.

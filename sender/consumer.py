@@ -49,6 +49,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from core.broker import Topology, connection_parameters, declare_topology, fresh_properties, last_delivery, refresh
 from core.contracts import ContractError, EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, event_from_dict
+from core.deliveries.batching import outage
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage
 from core.workers import ReconnectingWorker
 from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Decision, Policy, handle_email_requested
@@ -339,19 +340,24 @@ class SenderWorker(ReconnectingWorker):
             )
             self.outages.up("postgres")
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.outages.down("postgres", exc)
-            self._later(
-                channel,
-                tag,
-                lambda: self._retry_now(
+            if outage(exc):
+                self.outages.down("postgres", exc)
+                self._later(
                     channel,
                     tag,
-                    properties,
-                    body,
-                    Decision(RETRY, delay=5, reason="database unavailable"),
-                    role="sender-receipts",
-                ),
-            )
+                    lambda: self._retry_now(
+                        channel,
+                        tag,
+                        properties,
+                        body,
+                        Decision(RETRY, delay=5, reason="database unavailable"),
+                        role="sender-receipts",
+                    ),
+                )
+                return
+            # A deadlock with another batch, a timeout: not an outage; the message comes back.
+            log.warning("receipts_statement_failed", error=str(exc)[:300], pgcode=exc.pgcode)
+            self._later(channel, tag, lambda: channel.basic_nack(tag, requeue=True))
             return
         except Exception:
             log.exception("receipts_handling_failed")

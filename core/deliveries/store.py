@@ -29,6 +29,7 @@ of twice per email.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
@@ -301,20 +302,27 @@ REARM = Prepared(
     RETURNING not_before
 """,
 )
-# The provider reported on these (event, recipient) pairs: it has the mail. The rows are found
-# through the unique index by `event_id = ANY(<the ids>)`, whose size the planner knows: joined
-# only on the JSON records (which it guesses at 100), it hashed them against a scan of the whole
-# table, once per webhook message.
+# The provider reported on these (event, recipient) pairs: it has the mail. `event_id =
+# ANY(<the ids>)`, whose size the planner knows, lets it find the rows through the unique index:
+# joined only on the JSON records (which it guesses at 100), it hashed them against a scan of the
+# whole table, once per webhook message. A pair reported more than once (`processed` then
+# `delivered` in one post, or in two messages of one batch) takes its first report, as one
+# statement per message in order would; RETURNING names, by position, the report each row took.
 RECEIPTS_SQL = """
     UPDATE sender_delivery AS d
        SET provider_seen_at = r.reported_at,
            provider_message_id = CASE WHEN d.provider_message_id = '' THEN r.message_id
                                       ELSE d.provider_message_id END
-      FROM jsonb_to_recordset(%(receipts)s::jsonb)
-           AS r(event_id uuid, recipient text, message_id text, reported_at timestamptz)
+      FROM (
+          SELECT DISTINCT ON (event_id, recipient) *
+            FROM ROWS FROM (jsonb_to_recordset(%(receipts)s::jsonb)
+                            AS (event_id uuid, recipient text, message_id text, reported_at timestamptz))
+                 WITH ORDINALITY AS g(event_id, recipient, message_id, reported_at, position)
+           ORDER BY event_id, recipient, position
+      ) AS r
      WHERE d.event_id = ANY(%(event_ids)s::uuid[]) AND d.event_id = r.event_id AND d.recipient = r.recipient
        AND d.provider_seen_at IS NULL
-    RETURNING d.event_id::text, d.recipient
+    RETURNING r.position
 """
 # A request that died in the dead-letter queue: its recipients that are not finished, and that no
 # sender holds right now, fail with the reason, with `email.failed`, in one statement (rows the
@@ -760,7 +768,9 @@ class DeliveryStore:
     def record_receipts(self, receipts: list[dict]) -> int:
         """Note that the provider has the mail for these `{event_id, recipient, message_id,
         reported_at}`: a delivery in doubt is then resolved as sent, never resent. Returns how
-        many deliveries learnt it now."""
+        many deliveries learnt it now. A report whose event id is not a UUID names no delivery of
+        ours: it is left out."""
+        receipts = [receipt for receipt in receipts if _is_uuid(receipt.get("event_id"))]
         if not receipts:
             return 0
         return self._receipts.submit(receipts)
@@ -770,8 +780,14 @@ class DeliveryStore:
         with self._cursor() as cursor:
             event_ids = sorted({receipt["event_id"] for receipt in receipts})
             cursor.execute(RECEIPTS_SQL, {"receipts": json.dumps(receipts), "event_ids": event_ids})
-            learnt = set(cursor.fetchall())
-        return [sum((str(uuid.UUID(str(r["event_id"]))), r["recipient"]) in learnt for r in item) for item in items]
+            positions = sorted(position for (position,) in cursor.fetchall())
+        # Each item's share of the positions (1-based, in the order of `receipts`).
+        counts, end, taken = [], 0, 0
+        for item in items:
+            end += len(item)
+            counts.append(bisect.bisect_right(positions, end) - taken)
+            taken += counts[-1]
+        return counts
 
     # The shared pause after a 429 --------------------------------------------------------------
 
@@ -917,6 +933,14 @@ def _deliveries_batch(kind: str, run_many, run_one, width: int) -> Batch:
 def _fell_back(kind: str, error: psycopg2.Error, items: int) -> None:
     BATCH_FALLBACKS.labels(kind=kind).inc()
     log.warning("batch_ran_item_by_item", kind=kind, items=items, error=str(error)[:300], pgcode=error.pgcode)
+
+
+def _is_uuid(value) -> bool:
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
 
 
 def _in_doubt(state: str, live: bool) -> bool:

@@ -155,6 +155,33 @@ def test_receipts_that_arrive_together_are_one_statement_and_each_counts_its_own
         }
 
 
+def test_a_pair_reported_twice_counts_once_and_keeps_its_first_report(store):
+    owner = UserFactory()
+    event = request(owner.pk, ["ann@example.com", "bob@example.org"], email_id=1)
+    store.claim(event, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0)
+
+    def report(recipient, message_id, event_id=event.event_id):
+        return {
+            "event_id": event_id,
+            "recipient": recipient,
+            "message_id": message_id,
+            "reported_at": "2026-11-30T10:00:00Z",
+        }
+
+    messages = [
+        [report("ann@example.com", "first"), report("ann@example.com", "second")],  # processed, then delivered
+        [report("ann@example.com", "third"), report("bob@example.org", "fourth")],
+        [report("bob@example.org", "m", event_id="not-a-uuid"), report("bob@example.org", "fifth")],
+    ]
+    counts = together(store._receipts, [lambda m=m: store.record_receipts(m) for m in messages])
+
+    assert counts == [1, 1, 0] and store._receipts.fallbacks == 0
+    rows = dict(Delivery.objects.filter(event_id=event.event_id).values_list("recipient", "provider_message_id"))
+    assert rows == {"ann@example.com": "first", "bob@example.org": "fourth"}
+    assert store.record_receipts(messages[0]) == 0  # known already
+    assert store.record_receipts([report("ann@example.com", "m", event_id=None)]) == 0  # names nothing of ours
+
+
 def test_one_bad_item_fails_only_its_own_thread(store):
     owner = UserFactory()
     good = [request(owner.pk, [f"r{i}@example.com"], email_id=i) for i in range(5)]
