@@ -411,7 +411,8 @@ class DeliveryStore:
         self._claims: Batch[dict, list[tuple]] = _deliveries_batch("claim", self._claim_many, self._claim_one, width)
         self._outcomes: Batch[dict, int] = _deliveries_batch("outcome", self._outcome_many, self._outcome_one, width)
         # The provider's reports come in bursts (one webhook post's statuses, relayed together):
-        # the messages that arrive while one statement runs share the next.
+        # the messages that arrive while one statement runs share the next. Any two may share one
+        # (`key=id`): RECEIPTS_SQL keeps one report per delivery, the first.
         self._receipts: Batch[list[dict], int] = Batch(
             run_many=self._receipts_many,
             run_one=lambda receipts: self._receipts_many([receipts])[0],

@@ -6,14 +6,12 @@ proves none.)"""
 
 import collections
 import time
-import uuid
-from datetime import UTC, datetime
 
 import pytest
 
-from core.contracts import EmailRequested
 from core.deliveries.models import Delivery
 from tests import broker
+from tests.factories import email_requested
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,22 +20,7 @@ def test_sigkill_a_sender_while_2000_emails_flow(topology, senders, relays, fake
     fake, _ = fake_sendgrid
     relays(topology)  # it brings back the deliveries a dead sender left, when they are due
     fake.faults.update({"latency_ms": 20})
-    events = [
-        EmailRequested(
-            event_id=str(uuid.uuid4()),
-            correlation_id="kill",
-            occurred_at=datetime.now(UTC).isoformat(),
-            email_id=i,
-            owner_id=1,
-            template_id=1,
-            from_email="no-reply@example.com",
-            reply_to=None,
-            recipients=(f"r{i}@example.com",),
-            subject="Hello",
-            body_html="<p>Hi</p>",
-        )
-        for i in range(2000)
-    ]
+    events = [email_requested([f"r{i}@example.com"], correlation_id="kill", email_id=i) for i in range(2000)]
     conn = broker.blocking_connection()
     channel = conn.channel()
     channel.confirm_delivery()

@@ -18,7 +18,7 @@ from query_api.apply import apply_batch
 from query_api.models import ProcessedEvent, SentEmailLog, SentEmailLogEvent
 from tests import broker
 from tests.conftest import client_for
-from tests.factories import UserFactory
+from tests.factories import UserFactory, email_requested
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -28,16 +28,14 @@ def iso(moment) -> str:
 
 
 def requested(email_id=1, owner_id=7, recipients=("ann@example.com", "bob@example.org"), at=NOW, template_id=3):
-    return EmailRequested(
-        event_id=str(uuid.uuid4()),
+    return email_requested(
+        recipients,
         correlation_id="c",
         occurred_at=iso(at),
         email_id=email_id,
         owner_id=owner_id,
         template_id=template_id,
         from_email="f@example.com",
-        reply_to=None,
-        recipients=tuple(recipients),
         subject=f"Subject {email_id}",
         body_html="x",
         template_name=f"t{template_id}",

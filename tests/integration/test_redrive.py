@@ -14,25 +14,14 @@ from core.outbox.models import DeadLetter, OutboxEvent
 from outbox_relay.__main__ import main as cli
 from tests import broker
 from tests.conftest import client_for
+from tests.factories import email_requested
 
 pytestmark = pytest.mark.django_db
 
 
 def request_row(recipients=("ann@example.com", "bob@example.org"), email_id=5) -> EmailRequested:
     """A request the relay published long ago, as the outbox keeps it."""
-    event = EmailRequested(
-        event_id=str(uuid.uuid4()),
-        correlation_id="c",
-        occurred_at=datetime.now(UTC).isoformat(),
-        email_id=email_id,
-        owner_id=1,
-        template_id=1,
-        from_email="f@example.com",
-        reply_to=None,
-        recipients=tuple(recipients),
-        subject="Hi",
-        body_html="<p>Hi</p>",
-    )
+    event = email_requested(recipients, correlation_id="c", email_id=email_id, from_email="f@example.com", subject="Hi")
     OutboxEvent.objects.create(
         id=event.event_id,
         aggregatetype="sent_email",

@@ -29,7 +29,7 @@ from sender.provider import SendGridProvider
 from tests import broker
 from tests.broker import free_port
 from tests.conftest import client_for, golden
-from tests.factories import EmailTemplateFactory, UserFactory
+from tests.factories import EmailTemplateFactory, UserFactory, email_requested
 
 pytestmark = pytest.mark.django_db(transaction=True)
 # Short waits: a schedule of 3 tiers (4 attempts), no jitter, a grace of 0.5 s.
@@ -50,19 +50,7 @@ def provider(fake_sendgrid):
 
 
 def request(recipients=("ann@example.com", "bob@example.org", "carl@example.net"), email_id=1) -> EmailRequested:
-    return EmailRequested(
-        event_id=str(uuid.uuid4()),
-        correlation_id="corr-1",
-        occurred_at=datetime.now(UTC).isoformat(),
-        email_id=email_id,
-        owner_id=1,
-        template_id=1,
-        from_email="no-reply@example.com",
-        reply_to="owner@example.com",
-        recipients=tuple(recipients),
-        subject="Hello",
-        body_html="<p>Hi</p>",
-    )
+    return email_requested(recipients, email_id=email_id, reply_to="owner@example.com")
 
 
 def calls(fake) -> list[dict]:

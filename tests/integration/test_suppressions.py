@@ -24,7 +24,7 @@ from sender.handlers import ACK, Policy, handle_email_requested
 from sender.provider import SendGridProvider
 from tests import broker
 from tests.conftest import client_for, golden
-from tests.factories import EmailTemplateFactory, UserFactory
+from tests.factories import EmailTemplateFactory, UserFactory, email_requested
 
 HOOK = "/api/v1/webhooks/sendgrid/"
 URL = "/api/v1/suppressions/"
@@ -140,19 +140,7 @@ def provider(fake_sendgrid):
 
 
 def request(owner_id, recipients=("ann@example.com", "Bob@Example.org"), email_id=1) -> EmailRequested:
-    return EmailRequested(
-        event_id=str(uuid.uuid4()),
-        correlation_id="corr-s",
-        occurred_at=datetime.now(UTC).isoformat(),
-        email_id=email_id,
-        owner_id=owner_id,
-        template_id=None,
-        from_email="no-reply@example.com",
-        reply_to=None,
-        recipients=tuple(recipients),
-        subject="Hello",
-        body_html="<p>Hi</p>",
-    )
+    return email_requested(recipients, correlation_id="corr-s", email_id=email_id, owner_id=owner_id, template_id=None)
 
 
 def states(event) -> dict[str, tuple[str, str]]:
