@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--database", default="emails_bench_pipeline_cpu")
     args = parser.parse_args()
+    if bad := [item for item in args.env if "=" not in item or not item.split("=", 1)[0]]:
+        parser.error(f"--env takes NAME=VALUE, got {bad[0]!r}")
     env = dict(item.split("=", 1) for item in args.env)
     setup_django(database=args.database, settings_module="deployment.settings", prefix=PREFIX)
     for _ in range(args.runs):
