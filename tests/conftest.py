@@ -1,13 +1,39 @@
+import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from tests.factories import EmailTemplateFactory, UserFactory
 
 CONTRACTS = Path(__file__).parent / "contracts"
+
+
+HOOK = "/api/v1/webhooks/sendgrid/"
+
+
+@pytest.fixture
+def signer(settings):
+    """Signs an Event Webhook body as SendGrid does, with a key made for the test (its public key
+    set as SENDGRID_WEBHOOK_PUBLIC_KEY): the headers to post with."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = base64.b64encode(der).decode()
+
+    def sign(body: str, timestamp: str | None = None) -> dict:
+        timestamp = timestamp or str(int(time.time()))
+        signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+        return {
+            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE": signature,
+            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP": timestamp,
+        }
+
+    return sign
 
 
 def golden(event_type: str, version: int) -> dict:

@@ -1,15 +1,12 @@
 """The read side against the real Postgres and RabbitMQ: projector, query API, webhook,
 rebuild and reconcile."""
 
-import base64
 import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from django.db import connection
 
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, EmailSent
@@ -17,7 +14,7 @@ from core.outbox.models import OutboxEvent
 from query_api.apply import apply_batch
 from query_api.models import ProcessedEvent, SentEmailLog, SentEmailLogEvent
 from tests import broker
-from tests.conftest import client_for
+from tests.conftest import HOOK, client_for
 from tests.factories import UserFactory, email_requested
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -243,25 +240,6 @@ def test_the_query_api_schema(log_rows):
 
 
 # The SendGrid Event Webhook ---------------------------------------------------------------------
-
-HOOK = "/api/v1/webhooks/sendgrid/"
-
-
-@pytest.fixture
-def signer(settings):
-    key = ec.generate_private_key(ec.SECP256R1())
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = base64.b64encode(der).decode()
-
-    def sign(body: str, timestamp: str | None = None) -> dict:
-        timestamp = timestamp or str(int(time.time()))
-        signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
-        return {
-            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE": signature,
-            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP": timestamp,
-        }
-
-    return sign
 
 
 def hook_events(email_id=9, kinds=("processed", "delivered")) -> str:

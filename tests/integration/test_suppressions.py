@@ -2,15 +2,12 @@
 Event Webhook feeds the list, the API changes it, and the sender's claim keeps suppressed
 recipients from the provider while the others go out."""
 
-import base64
 import json
 import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from django.db import connection
 from django.test import override_settings
 
@@ -23,29 +20,11 @@ from core.suppressions.services import suppression_add
 from sender.handlers import ACK, Policy, handle_email_requested
 from sender.provider import SendGridProvider
 from tests import broker
-from tests.conftest import client_for, golden
+from tests.conftest import HOOK, client_for, golden
 from tests.factories import EmailTemplateFactory, UserFactory, email_requested
 
-HOOK = "/api/v1/webhooks/sendgrid/"
 URL = "/api/v1/suppressions/"
 POLICY = Policy(schedule=(0.05, 0.05, 0.05), lease_seconds=30, resend_in_doubt=True, in_doubt_grace=0.5, jitter=0)
-
-
-@pytest.fixture
-def signer(settings):
-    key = ec.generate_private_key(ec.SECP256R1())
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    settings.SENDGRID_WEBHOOK_PUBLIC_KEY = base64.b64encode(der).decode()
-
-    def sign(body: str) -> dict:
-        timestamp = str(int(time.time()))
-        signature = base64.b64encode(key.sign((timestamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
-        return {
-            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_SIGNATURE": signature,
-            "HTTP_X_TWILIO_EMAIL_EVENT_WEBHOOK_TIMESTAMP": timestamp,
-        }
-
-    return sign
 
 
 def webhook_item(email_id, request_event_id, recipient, event, **extra) -> dict:
