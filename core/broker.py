@@ -33,6 +33,9 @@ class ConsumerQueue:
     routing_keys: tuple[str, ...]
     delivery_limit: int
     retry_delays_ms: tuple[int, ...] = ()
+    # Bindings an earlier release made: declaring removes them (unbinding one that is not there
+    # is a no-op), so the queue gets nothing new and drains.
+    retired_routing_keys: tuple[str, ...] = ()
 
 
 # Who consumes what. The relay declares every queue too, so an event published before its
@@ -44,12 +47,16 @@ CONSUMERS: tuple[ConsumerQueue, ...] = (
         delivery_limit=5,
         retry_delays_ms=(1_000, 10_000, 60_000, 300_000),
     ),
-    # The provider's reports, for the sender to settle deliveries in doubt without resending.
+    # Retired: the provider's reports, which earlier releases routed here for the sender to note
+    # on its deliveries. The webhook now notes them itself, in the transaction that stores them
+    # (core.deliveries.store.note_provider_reports), one message and one delivery less per email.
+    # The queue stays, unbound, so the sender drains what an earlier release left in it.
     ConsumerQueue(
         role="sender-receipts",
-        routing_keys=("email.delivery_statuses", "email.delivery_status"),
+        routing_keys=(),
         delivery_limit=5,
         retry_delays_ms=(5_000,),
+        retired_routing_keys=("email.delivery_statuses", "email.delivery_status"),
     ),
     ConsumerQueue(role="projector", routing_keys=("email.#",), delivery_limit=5),
 )
@@ -127,6 +134,8 @@ def declarations(topology: Topology) -> list[tuple[str, dict]]:
         )
         for key in consumer.routing_keys:
             steps.append(("queue_bind", {"queue": work, "exchange": topology.exchange, "routing_key": key}))
+        for key in consumer.retired_routing_keys:
+            steps.append(("queue_unbind", {"queue": work, "exchange": topology.exchange, "routing_key": key}))
         for delay in consumer.retry_delays_ms:
             steps.append(
                 (

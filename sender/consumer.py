@@ -20,8 +20,10 @@ its count back at 0) is published, confirmed, and this one acked (core.broker.re
 message that breaks the sender round after round (core.broker.REFRESH_MAX) reaches the
 dead-letter queue, and one that cannot be parsed goes there at once.
 
-The same connection consumes the provider's reports (`email.delivery_statuses`) from the
-sender-receipts queue and notes them on the deliveries, which settles the ones in doubt.
+The provider's reports, which settle the deliveries in doubt, are noted on the deliveries by the
+webhook that stores them. Earlier releases routed them here, through the sender-receipts queue:
+the same connection still drains that queue (unbound now, core.broker), so reports an earlier
+release left there are noted too.
 
 A rejected key stops consuming requests (readiness says why) and the key is probed until it
 works again. SIGTERM stops taking messages, gives the ones not started back through the
@@ -67,7 +69,9 @@ REFRESHED = Counter(
     "sender_messages_refreshed_total",
     "Messages published afresh near the queue's delivery limit, before disconnects could dead-letter them",
 )
-RECEIPTS = Counter("sender_provider_receipts_total", "Provider reports noted on deliveries")
+RECEIPTS = Counter(
+    "sender_provider_receipts_total", "Provider reports noted on deliveries, from the retired sender-receipts queue"
+)
 
 
 @dataclass(frozen=True)

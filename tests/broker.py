@@ -274,8 +274,10 @@ def publish(
     raw: bytes | None = None,
     headers: dict | None = None,
     url: str | None = None,
+    queue: str | None = None,
 ) -> None:
-    """Publish one event (or raw bytes) to the topology's exchange, confirmed."""
+    """Publish one event (or raw bytes) to the topology's exchange, confirmed; with `queue`,
+    straight to that queue (through the default exchange), whatever its bindings."""
     import json
 
     conn = blocking_connection(url)
@@ -283,8 +285,8 @@ def publish(
         channel = conn.channel()
         channel.confirm_delivery()
         channel.basic_publish(
-            topology.exchange,
-            routing_key,
+            "" if queue else topology.exchange,
+            queue or routing_key,
             raw if raw is not None else json.dumps(body).encode(),
             pika.BasicProperties(
                 message_id=message_id, type=routing_key, delivery_mode=2, correlation_id="test", headers=headers

@@ -50,3 +50,18 @@ def email_requested(recipients=("ann@example.com",), **fields) -> EmailRequested
         body_html="<p>Hi</p>",
     )
     return EmailRequested(**(values | fields))
+
+
+def sendgrid_event(request: EmailRequested, recipient: str, kind: str = "processed", *, message_id: str = "m1") -> dict:
+    """One event of SendGrid's Event Webhook about `recipient` of `request`, with the custom args
+    the sender set, as SendGrid posts it (its own id, `sg_message_id` with SendGrid's suffix)."""
+    return {
+        "email": recipient,
+        "timestamp": int(datetime.now(UTC).timestamp()),
+        "event": kind,
+        "sg_event_id": f"sg-{uuid.uuid4()}",
+        "sg_message_id": f"{message_id}.filter0001.1.0",
+        "event_id": request.event_id,
+        "email_id": str(request.email_id),
+        "recipient": recipient,
+    }

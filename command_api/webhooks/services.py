@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import structlog
 from cryptography.exceptions import InvalidSignature
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from prometheus_client import Counter
 from rest_framework import status
 from sendgrid.helpers.eventwebhook import EventWebhook
@@ -19,6 +19,7 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from command_api.emails.models import SentEmail
 from command_api.webhooks.models import ProviderEvent
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses
+from core.deliveries.store import note_provider_reports
 from core.errors import ApplicationError
 from core.outbox.services import new_event_id, outbox_events_add
 from core.suppressions.services import SuppressionItem, suppressions_add_many
@@ -30,6 +31,10 @@ SIGNATURE_FAILURES = Counter(
     "webhook_signature_failures_total",
     "Event Webhook posts refused: signature or timestamp missing, stale or wrong",
     ["reason"],
+)
+DELIVERIES_NOTED = Counter(
+    "webhook_deliveries_noted_total",
+    "Sender deliveries that learnt from an Event Webhook post that the provider has the mail",
 )
 
 # SendGrid's event names -> our recipient statuses.
@@ -87,6 +92,10 @@ def _suppressions_add(rows: list[ProviderEvent]) -> int:
         source="webhook",
     )
 
+
+# A post whose transaction deadlocked (with a sender writing the deliveries it notes) runs again.
+DEADLOCK_DETECTED = "40P01"
+DEADLOCK_ATTEMPTS = 3
 
 # SendGrid posts up to a few thousand events at once; messages stay well under 1 MB.
 STATUSES_PER_EVENT = 500
@@ -261,7 +270,8 @@ def sendgrid_events_receive(
     *, body: str, signature: str | None, timestamp: str | None, correlation_id: str
 ) -> WebhookResult:
     """Verify SendGrid's signature, then in one transaction store each new event (SendGrid's
-    repeated posts are dropped by sg_event_id) and write the new ones to the outbox as
+    repeated posts are dropped by sg_event_id), note on the sender's deliveries that the provider
+    has their mail, and write the new ones to the outbox as
     `email.delivery_statuses` events, one per email (of at most STATUSES_PER_EVENT statuses), the
     email's id their aggregate id. Hard bounces, spam reports and unsubscribes also put the
     recipient on the email owner's suppression list, in the same transaction. Events without our custom_args,
@@ -295,13 +305,58 @@ def sendgrid_events_receive(
             first=[f"item {index}: {why}" for index, why in rejected[:5]],
         )
 
+    rows = list(candidates.values())
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            inserted, noted = _store(rows, correlation_id)
+            break
+        except OperationalError as exc:
+            # Noting the reports locks deliveries a sender may be writing: a deadlock with it
+            # costs the attempt, not the post, which SendGrid would retry whole, later.
+            if getattr(exc.__cause__, "pgcode", None) != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS:
+                raise
+            log.warning("sendgrid_webhook_deadlock_retried", attempt=attempt)
+    DELIVERIES_NOTED.inc(noted)
+    result = WebhookResult(
+        accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored, rejected=len(rejected)
+    )
+    log.info(
+        "sendgrid_webhook_received",
+        accepted=result.accepted,
+        deliveries_noted=noted,
+        duplicates=result.duplicates,
+        ignored=result.ignored,
+        rejected=result.rejected,
+    )
+    return result
+
+
+def _store(rows: list[ProviderEvent], correlation_id: str) -> tuple[set[str], int]:
+    """In one transaction: store the new events, put the recipients they suppress on the list, note
+    on the sender's deliveries that the provider has the mail, and write the statuses to the
+    outbox. Returns the provider event ids stored now and how many deliveries learnt of them."""
     with transaction.atomic():
-        rows = list(candidates.values())
         # RETURNING names exactly the rows this transaction inserted: events stored before, by an
         # earlier or a concurrent post of SendGrid's, write no second outbox event.
         inserted = _insert_new(rows)
+        new = [row for row in rows if row.provider_event_id in inserted]
         # In the same transaction: the events and the suppressions they cause commit together.
-        _suppressions_add([row for row in rows if row.provider_event_id in inserted])
+        _suppressions_add(new)
+        # And the sender learns the provider has these mails as they are stored: a delivery in
+        # doubt is settled as sent from them, never resent (core.deliveries.store).
+        with connection.cursor() as cursor:
+            noted = note_provider_reports(
+                cursor,
+                [
+                    {
+                        "event_id": str(row.request_event_id),
+                        "recipient": row.recipient,
+                        "message_id": row.provider_message_id,
+                        "reported_at": row.reported_at.isoformat(),
+                    }
+                    for row in new
+                ],
+            )
         received_at = datetime.now(UTC).isoformat()
         statuses = [
             EmailDeliveryStatus(
@@ -318,8 +373,7 @@ def sendgrid_events_receive(
                 reason=row.reason,
                 reported_at=row.reported_at.isoformat(),
             ).to_dict()
-            for row in rows
-            if row.provider_event_id in inserted
+            for row in new
         ]
         # One event per email of the post (per STATUSES_PER_EVENT of its statuses): one message
         # through the relay and the broker for all of an email's statuses, not one per status;
@@ -343,17 +397,7 @@ def sendgrid_events_receive(
             ],
             aggregatetype=EmailDeliveryStatuses.AGGREGATE,
         )
-    result = WebhookResult(
-        accepted=len(inserted), duplicates=len(candidates) - len(inserted), ignored=ignored, rejected=len(rejected)
-    )
-    log.info(
-        "sendgrid_webhook_received",
-        accepted=result.accepted,
-        duplicates=result.duplicates,
-        ignored=result.ignored,
-        rejected=result.rejected,
-    )
-    return result
+        return inserted, noted
 
 
 # Retention -------------------------------------------------------------------------------------

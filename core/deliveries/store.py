@@ -12,8 +12,9 @@ What comes later lives in the data, not in the broker: a recipient to retry has 
 `next_attempt_at`, and the event's own outbox row is armed again for the earliest moment one of
 its recipients is due (`rearm`), so the relay publishes the same event id again then. A
 delivery in doubt (the sender died, or the call timed out, after the provider may have taken
-it) is resolved from the provider's own events (`record_receipts` notes them): seen, it is
-sent, never resent; not seen within the grace period, it is sent again (or held, by policy).
+it) is resolved from the provider's own events, which the webhook notes on the deliveries in
+the transaction that stores them (`note_provider_reports`): seen, it is sent, never resent; not
+seen within the grace period, it is sent again (or held, by policy).
 
 The suppression check is part of the claim: a recipient on its owner's list (core.suppressions)
 is never claimed, so never sent; it is written `suppressed`, terminal, with the reason and
@@ -302,7 +303,9 @@ REARM = Prepared(
     RETURNING not_before
 """,
 )
-# The provider reported on these (event, recipient) pairs: it has the mail. `event_id =
+# The provider reported on these (event, recipient) pairs: it has the mail. Run by the webhook in the
+# transaction that stores the reports (note_provider_reports), and by the sender for the reports an
+# earlier release queued for it (record_receipts). `event_id =
 # ANY(<the ids>)`, whose size the planner knows, lets it find the rows through the unique index:
 # joined only on the JSON records (which it guesses at 100), it hashed them against a scan of the
 # whole table, once per webhook message. A pair reported more than once (`processed` then
@@ -903,6 +906,27 @@ def cancel_request(
     # Not the rows this statement made (the caller rolls them back): what the others hold.
     states["cancelled"] = states.get("cancelled", 0) - made
     return CancelOutcome(cancelled=False, states={state: n for state, n in states.items() if n})
+
+
+def note_provider_reports(cursor, reports: list[dict]) -> int:
+    """Note on the deliveries that the provider has the mail, for these `{event_id, recipient,
+    message_id, reported_at}` (its reports, newly stored), in one statement on `cursor`, inside
+    the caller's transaction: a delivery in doubt is then resolved as sent, never resent. The
+    message id is SendGrid's `sg_message_id` up to its first dot (the `X-Message-Id` the sender
+    records). Returns how many deliveries learnt it now; a report whose event id is not a UUID, or
+    that names no delivery, changes nothing."""
+    reports = [
+        {**report, "message_id": report["message_id"].split(".", 1)[0]}
+        for report in reports
+        if _is_uuid(report.get("event_id"))
+    ]
+    if not reports:
+        return 0
+    cursor.execute(
+        RECEIPTS_SQL,
+        {"receipts": json.dumps(reports), "event_ids": sorted({report["event_id"] for report in reports})},
+    )
+    return len(cursor.fetchall())
 
 
 def _outbox_parameters(event: Event, request: EmailRequested) -> dict:

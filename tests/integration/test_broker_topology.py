@@ -49,6 +49,24 @@ def test_events_route_to_the_consumers_that_need_them(topology):
     assert sorted(broker.collect(topology.queue("projector"), expect_ids=2).ids) == ["r1", "s1"]
 
 
+def test_declaring_removes_the_bindings_an_earlier_release_made_for_a_retired_queue(topology):
+    receipts = topology.consumer("sender-receipts")
+    conn = broker.blocking_connection()
+    channel = conn.channel()
+    # An earlier release routed the webhook's statuses to the sender too.
+    for key in receipts.retired_routing_keys:
+        channel.queue_bind(topology.queue("sender-receipts"), topology.exchange, routing_key=key)
+    conn.close()
+    broker.declare(topology)  # the new release starts
+    conn = broker.blocking_connection()
+    channel = conn.channel()
+    channel.confirm_delivery()
+    _publish(channel, topology, "email.delivery_statuses", "d1")
+    conn.close()
+    assert broker.collect(topology.queue("projector"), expect_ids={"d1"}).ids == ["d1"]
+    assert broker.queue_depth(topology.queue("sender-receipts")) == 0
+
+
 def test_a_message_redelivered_past_the_limit_is_dead_lettered(topology):
     limit = topology.consumer("sender").delivery_limit
     conn = broker.blocking_connection()

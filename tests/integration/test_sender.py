@@ -28,8 +28,8 @@ from sender.handlers import ACK, BAD_KEY_PAUSE, RETRY, Policy, handle_email_requ
 from sender.provider import SendGridProvider
 from tests import broker
 from tests.broker import free_port
-from tests.conftest import client_for, golden
-from tests.factories import EmailTemplateFactory, UserFactory, email_requested
+from tests.conftest import HOOK, client_for, golden
+from tests.factories import EmailTemplateFactory, UserFactory, email_requested, sendgrid_event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 # Short waits: a schedule of 3 tiers (4 attempts), no jitter, a grace of 0.5 s.
@@ -246,27 +246,21 @@ def test_an_outcome_write_of_a_claim_that_lost_its_lease_is_fenced(fake_sendgrid
     assert states(event) == {"ann@example.com": ("sent", 2)} and len(status_events("email.failed")) == 0
 
 
-def test_a_send_in_doubt_the_provider_reported_on_is_sent_never_resent(fake_sendgrid, provider, store):
+def test_a_send_in_doubt_the_provider_reported_on_is_sent_never_resent(
+    fake_sendgrid, provider, store, api_client, signer
+):
     fake, _ = fake_sendgrid
     event = request(["ann@example.com", "bob@example.org"])
     claim = store.claim(event, lease_seconds=0.2, resend_in_doubt=True, in_doubt_grace=0)
     answer = provider.send(event, list(event.recipients))  # SendGrid took it (202) ...
     assert answer.kind == "sent"  # ... and the sender died before its commit
     time.sleep(0.3)
-    # The provider's Event Webhook reported `processed` for ann (the relay and the webhook carry it).
-    assert (
-        store.record_receipts(
-            [
-                {
-                    "event_id": event.event_id,
-                    "recipient": "ann@example.com",
-                    "message_id": answer.message_id,
-                    "reported_at": "2026-11-30T10:00:00Z",
-                }
-            ]
-        )
-        == 1
-    )
+    # The provider's Event Webhook posts `processed` for ann: stored, and noted on her delivery in
+    # the same transaction.
+    body = json.dumps([sendgrid_event(event, "ann@example.com", "processed", message_id=answer.message_id)])
+    assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).json()["accepted"] == 1
+    ann = Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com")
+    assert ann.provider_seen_at is not None and ann.provider_message_id == answer.message_id
     assert handle(event, provider, store).action == ACK
     assert states(event)["ann@example.com"] == ("sent", 1) and len(calls(fake)) == 1
     (sent,) = status_events("email.sent")
@@ -544,7 +538,9 @@ def test_a_connection_the_broker_closes_during_a_refresh_is_an_outage_not_a_cras
     assert delivered(event) and len(calls(fake)) == 1
 
 
-def test_a_report_on_its_last_delivery_is_refreshed_not_dead_lettered(topology, senders, fake_sendgrid, store):
+def test_a_report_an_earlier_release_queued_on_its_last_delivery_is_refreshed_not_dead_lettered(
+    topology, senders, fake_sendgrid, store
+):
     sender = senders(topology)
     sender.wait_ready()
     event = request(["ann@example.com"])
@@ -557,6 +553,7 @@ def test_a_report_on_its_last_delivery_is_refreshed_not_dead_lettered(topology, 
         message_id=report.event_id,
         routing_key=report.TYPE,
         headers={"x-delivery-count": limit - 1},
+        queue=topology.queue("sender-receipts"),
     )
     broker.wait_for(
         lambda: Delivery.objects.get(event_id=event.event_id).provider_seen_at is not None,
@@ -567,7 +564,11 @@ def test_a_report_on_its_last_delivery_is_refreshed_not_dead_lettered(topology, 
     assert broker.queue_depth(topology.dead_letter_queue("sender-receipts")) == 0
 
 
-def test_the_providers_reports_reach_the_deliveries(topology, senders, fake_sendgrid, store, provider):
+def test_the_reports_an_earlier_release_queued_for_the_sender_still_reach_the_deliveries(
+    topology, senders, fake_sendgrid, store, provider
+):
+    # Earlier releases routed the webhook's statuses to the sender-receipts queue; the sender
+    # drains what is left there (the webhook now notes the reports itself).
     sender = senders(topology)
     sender.wait_ready()
     event = request(["ann@example.com", "bob@example.org"])
@@ -576,7 +577,13 @@ def test_the_providers_reports_reach_the_deliveries(topology, senders, fake_send
     batch = EmailDeliveryStatuses(
         event_id=str(uuid.uuid4()), correlation_id="c", occurred_at="2026-11-30T10:00:01+00:00", statuses=tuple(items)
     )
-    broker.publish(topology, batch.to_dict(), message_id=batch.event_id, routing_key="email.delivery_statuses")
+    broker.publish(
+        topology,
+        batch.to_dict(),
+        message_id=batch.event_id,
+        routing_key="email.delivery_statuses",
+        queue=topology.queue("sender-receipts"),
+    )
     broker.wait_for(
         lambda: Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com").provider_seen_at is not None,
         timeout=10,
