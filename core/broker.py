@@ -49,7 +49,8 @@ CONSUMERS: tuple[ConsumerQueue, ...] = (
     ),
     # Retired: the provider's reports, which earlier releases routed here for the sender to note
     # on its deliveries. The webhook now notes them itself, in the transaction that stores them
-    # (core.deliveries.store.note_provider_reports), one message and one delivery less per email.
+    # (core.deliveries.store.note_provider_reports): a copy of each statuses message fewer, with
+    # its delivery, its ack and the sender's work on it.
     # The queue stays, unbound, so the sender drains what an earlier release left in it.
     ConsumerQueue(
         role="sender-receipts",

@@ -336,7 +336,7 @@ class SenderWorker(ReconnectingWorker):
                     {
                         "event_id": item.request_event_id,
                         "recipient": item.recipient,
-                        "message_id": item.provider_message_id.split(".", 1)[0],
+                        "message_id": item.provider_message_id,
                         "reported_at": item.reported_at,
                     }
                     for item in items

@@ -93,7 +93,8 @@ def _suppressions_add(rows: list[ProviderEvent]) -> int:
     )
 
 
-# A post whose transaction deadlocked (with a sender writing the deliveries it notes) runs again.
+# A post whose transaction deadlocked (with a sender writing the deliveries it notes) runs again:
+# at most this many runs in all.
 DEADLOCK_DETECTED = "40P01"
 DEADLOCK_ATTEMPTS = 3
 
@@ -311,9 +312,13 @@ def sendgrid_events_receive(
             inserted, noted = _store(rows, correlation_id)
             break
         except OperationalError as exc:
-            # Noting the reports locks deliveries a sender may be writing: a deadlock with it
-            # costs the attempt, not the post, which SendGrid would retry whole, later.
-            if getattr(exc.__cause__, "pgcode", None) != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS:
+            # Noting the reports locks the delivery rows, which a sender's statement may be
+            # writing: a deadlock with it costs the attempt, not the post (SendGrid would post it
+            # again, whole, later: the answer after the last attempt, a 503).
+            if getattr(exc.__cause__, "pgcode", None) != DEADLOCK_DETECTED:
+                raise
+            if attempt == DEADLOCK_ATTEMPTS:
+                log.error("sendgrid_webhook_deadlocked", attempts=attempt)
                 raise
             log.warning("sendgrid_webhook_deadlock_retried", attempt=attempt)
     DELIVERIES_NOTED.inc(noted)

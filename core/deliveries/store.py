@@ -44,7 +44,18 @@ import structlog
 from prometheus_client import Counter
 from psycopg2.pool import ThreadedConnectionPool
 
-from core.contracts import EmailCancelled, EmailFailed, EmailRequested, EmailSent, EmailSuppressed, Event
+from core.contracts import (
+    ContractError,
+    EmailCancelled,
+    EmailDeliveryStatus,
+    EmailDeliveryStatuses,
+    EmailFailed,
+    EmailRequested,
+    EmailSent,
+    EmailSuppressed,
+    Event,
+    event_from_dict,
+)
 from core.db import connect_kwargs
 from core.deliveries.batching import Batch
 from core.deliveries.states import TERMINAL_SQL
@@ -303,6 +314,8 @@ REARM = Prepared(
     RETURNING not_before
 """,
 )
+# sender_delivery.provider_message_id's length; SendGrid's ids are about 22 characters.
+MESSAGE_ID_MAX = 128
 # The provider reported on these (event, recipient) pairs: it has the mail. Run by the webhook in the
 # transaction that stores the reports (note_provider_reports), and by the sender for the reports an
 # earlier release queued for it (record_receipts). `event_id =
@@ -413,7 +426,7 @@ class DeliveryStore:
         width = max(1, pool_size // 2)
         self._claims: Batch[dict, list[tuple]] = _deliveries_batch("claim", self._claim_many, self._claim_one, width)
         self._outcomes: Batch[dict, int] = _deliveries_batch("outcome", self._outcome_many, self._outcome_one, width)
-        # The provider's reports come in bursts (one webhook post's statuses, relayed together):
+        # The reports an earlier release queued for the sender (the retired sender-receipts queue):
         # the messages that arrive while one statement runs share the next. Any two may share one
         # (`key=id`): RECEIPTS_SQL keeps one report per delivery, the first.
         self._receipts: Batch[list[dict], int] = Batch(
@@ -770,11 +783,10 @@ class DeliveryStore:
             return park(cursor, message, resolution=resolution, detail=detail, resolved_by="sender")
 
     def record_receipts(self, receipts: list[dict]) -> int:
-        """Note that the provider has the mail for these `{event_id, recipient, message_id,
-        reported_at}`: a delivery in doubt is then resolved as sent, never resent. Returns how
-        many deliveries learnt it now. A report whose event id is not a UUID names no delivery of
-        ours: it is left out."""
-        receipts = [receipt for receipt in receipts if _is_uuid(receipt.get("event_id"))]
+        """note_provider_reports for the reports an earlier release queued for the sender (the
+        retired sender-receipts queue), batched, in autocommit. Returns how many deliveries learnt
+        it now."""
+        receipts = _noted(receipts)
         if not receipts:
             return 0
         return self._receipts.submit(receipts)
@@ -913,13 +925,9 @@ def note_provider_reports(cursor, reports: list[dict]) -> int:
     message_id, reported_at}` (its reports, newly stored), in one statement on `cursor`, inside
     the caller's transaction: a delivery in doubt is then resolved as sent, never resent. The
     message id is SendGrid's `sg_message_id` up to its first dot (the `X-Message-Id` the sender
-    records). Returns how many deliveries learnt it now; a report whose event id is not a UUID, or
-    that names no delivery, changes nothing."""
-    reports = [
-        {**report, "message_id": report["message_id"].split(".", 1)[0]}
-        for report in reports
-        if _is_uuid(report.get("event_id"))
-    ]
+    records), cut to what the column holds. Returns how many deliveries learnt it now; a report
+    whose event id is not a UUID, or that names no delivery, changes nothing."""
+    reports = _noted(reports)
     if not reports:
         return 0
     cursor.execute(
@@ -927,6 +935,36 @@ def note_provider_reports(cursor, reports: list[dict]) -> int:
         {"receipts": json.dumps(reports), "event_ids": sorted({report["event_id"] for report in reports})},
     )
     return len(cursor.fetchall())
+
+
+def _noted(reports: list[dict]) -> list[dict]:
+    """The reports that name a delivery of ours (a UUID event id), each message id as the
+    deliveries keep it: SendGrid's `sg_message_id` up to its first dot, cut to the column."""
+    return [
+        {**report, "message_id": report["message_id"].split(".", 1)[0][:MESSAGE_ID_MAX]}
+        for report in reports
+        if _is_uuid(report.get("event_id"))
+    ]
+
+
+def provider_reports(data: dict) -> list[dict]:
+    """The reports, for note_provider_reports, that an `email.delivery_statuses` (or
+    `email.delivery_status`) event carries; none when `data` is not such an event."""
+    try:
+        event = event_from_dict(data)
+    except (ContractError, ValueError, TypeError, KeyError):
+        return []
+    items = event.items() if isinstance(event, EmailDeliveryStatuses) else [event]
+    return [
+        {
+            "event_id": item.request_event_id,
+            "recipient": item.recipient,
+            "message_id": item.provider_message_id,
+            "reported_at": item.reported_at,
+        }
+        for item in items
+        if isinstance(item, EmailDeliveryStatus)
+    ]
 
 
 def _outbox_parameters(event: Event, request: EmailRequested) -> dict:

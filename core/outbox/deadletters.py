@@ -191,12 +191,14 @@ def dead_letters_redrive(
 ) -> DeadLetterAction:
     """Send the recorded messages `ids` again, through the outbox, with their own event ids:
     a request's failed or held recipients are re-driven (see core.deliveries.services), any other
-    event is published again. Records that are not a JSON event are skipped, with the reason.
-    Idempotent: a record is re-driven once."""
-    from django.db import transaction
+    event is published again (the provider's reports are also noted on the deliveries they name).
+    Records that are not a JSON event are skipped, with the reason. Idempotent: a record is
+    re-driven once."""
+    from django.db import connection, transaction
     from django.utils import timezone as dj_timezone
 
     from core.deliveries.services import RedriveSelection, deliveries_redrive
+    from core.deliveries.store import note_provider_reports, provider_reports
     from core.outbox.models import DeadLetter, OutboxEvent
     from core.outbox.services import notify_relay
 
@@ -237,6 +239,11 @@ def dead_letters_redrive(
                     "aggregateid": str(data.get("email_id", record.pk)),
                 },
             )
+            if data["type"] in ("email.delivery_statuses", "email.delivery_status"):
+                # Reports an earlier release queued for the sender (sender-receipts) reach only the
+                # projector now: noted here, as the webhook notes new ones.
+                with connection.cursor() as cursor:
+                    note_provider_reports(cursor, provider_reports(data))
             if data["type"] == "email.requested":
                 deliveries_redrive(
                     selection=RedriveSelection(event_ids=(event_id,)),

@@ -50,11 +50,10 @@ def test_events_route_to_the_consumers_that_need_them(topology):
 
 
 def test_declaring_removes_the_bindings_an_earlier_release_made_for_a_retired_queue(topology):
-    receipts = topology.consumer("sender-receipts")
     conn = broker.blocking_connection()
     channel = conn.channel()
     # An earlier release routed the webhook's statuses to the sender too.
-    for key in receipts.retired_routing_keys:
+    for key in ("email.delivery_statuses", "email.delivery_status"):
         channel.queue_bind(topology.queue("sender-receipts"), topology.exchange, routing_key=key)
     conn.close()
     broker.declare(topology)  # the new release starts
@@ -62,8 +61,9 @@ def test_declaring_removes_the_bindings_an_earlier_release_made_for_a_retired_qu
     channel = conn.channel()
     channel.confirm_delivery()
     _publish(channel, topology, "email.delivery_statuses", "d1")
+    _publish(channel, topology, "email.delivery_status", "d2")
     conn.close()
-    assert broker.collect(topology.queue("projector"), expect_ids={"d1"}).ids == ["d1"]
+    assert sorted(broker.collect(topology.queue("projector"), expect_ids={"d1", "d2"}).ids) == ["d1", "d2"]
     assert broker.queue_depth(topology.queue("sender-receipts")) == 0
 
 

@@ -189,6 +189,48 @@ def test_dead_letters_are_listed_redriven_through_the_outbox_and_dismissed(staff
     assert staff_client.post(url, {"ids": []}, format="json").status_code == 400
 
 
+def test_redriving_reports_an_earlier_release_queued_for_the_sender_notes_them(staff_client):
+    # Before the webhook noted them itself, the provider's reports went to the sender's
+    # sender-receipts queue, and one that broke it was kept as a dead letter. Published again
+    # now, they reach the projector alone: the redrive notes them on the deliveries.
+    event = email_requested(["ann@example.com", "bob@example.org"], email_id=5)
+    for recipient in event.recipients:
+        delivery(event, recipient, "unknown")
+    statuses = {
+        "type": "email.delivery_statuses",
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "correlation_id": "c",
+        "occurred_at": "2026-11-30T10:00:01+00:00",
+        "statuses": [
+            {
+                "type": "email.delivery_status",
+                "schema_version": 1,
+                "event_id": str(uuid.uuid4()),
+                "correlation_id": "c",
+                "occurred_at": "2026-11-30T10:00:01+00:00",
+                "email_id": 5,
+                "request_event_id": event.event_id,
+                "recipient": "ann@example.com",
+                "status": "processed",
+                "provider": "sendgrid",
+                "provider_event_id": "sg-5",
+                "provider_message_id": "m5.filter0001.1.0",
+                "reason": "",
+                "reported_at": "2026-11-30T10:00:00+00:00",
+            }
+        ],
+    }
+    kept = dead_letter(json.dumps(statuses), message_id=statuses["event_id"], type="email.delivery_statuses")
+    kept.queue = "emails.sender-receipts"
+    kept.save()
+    url = "/api/v1/ops/dead-letters/redrive/"
+    assert staff_client.post(url, {"ids": [kept.pk]}, format="json").json()["count"] == 1
+    noted = {d.recipient: (d.provider_seen_at is not None, d.provider_message_id) for d in Delivery.objects.all()}
+    assert noted == {"ann@example.com": (True, "m5"), "bob@example.org": (False, "")}
+    assert OutboxEvent.objects.get(id=statuses["event_id"]).published_at is None  # and the projector gets it
+
+
 def test_the_cli_lists_redrives_and_dismisses_dead_letters(capsys):
     kept = dead_letter("not json", message_id="x", type="email.sent")
     assert cli(["dead-letters"]) == 0

@@ -254,13 +254,13 @@ def test_a_send_in_doubt_the_provider_reported_on_is_sent_never_resent(
     claim = store.claim(event, lease_seconds=0.2, resend_in_doubt=True, in_doubt_grace=0)
     answer = provider.send(event, list(event.recipients))  # SendGrid took it (202) ...
     assert answer.kind == "sent"  # ... and the sender died before its commit
-    time.sleep(0.3)
     # The provider's Event Webhook posts `processed` for ann: stored, and noted on her delivery in
     # the same transaction.
     body = json.dumps([sendgrid_event(event, "ann@example.com", "processed", message_id=answer.message_id)])
     assert api_client.post(HOOK, body, content_type="application/json", **signer(body)).json()["accepted"] == 1
     ann = Delivery.objects.get(event_id=event.event_id, recipient="ann@example.com")
     assert ann.provider_seen_at is not None and ann.provider_message_id == answer.message_id
+    time.sleep(0.3)  # the dead sender's lease runs out
     assert handle(event, provider, store).action == ACK
     assert states(event)["ann@example.com"] == ("sent", 1) and len(calls(fake)) == 1
     (sent,) = status_events("email.sent")

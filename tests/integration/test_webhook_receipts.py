@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 from django.db import connection
 
+from command_api.webhooks.models import ProviderEvent
 from core.deliveries.models import Delivery
 from core.deliveries.store import DeliveryStore
 from core.outbox.models import OutboxEvent
@@ -61,19 +62,26 @@ def test_a_post_notes_its_reports_on_the_deliveries_once(api_client, signer, sto
 
 def test_the_reports_of_a_post_are_noted_with_its_events_or_not_at_all(api_client, signer, store):
     request = claimed(store, ["ann@example.com"])
+    events = [sendgrid_event(request, "ann@example.com")]
     # The outbox refuses the statuses (another transaction holds its table): the post fails whole.
     blocker = psycopg2.connect(**_dsn())
     try:
         with blocker.cursor() as cursor, connection.cursor() as ours:
             cursor.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
             ours.execute("SET lock_timeout = '200ms'")
-            answer = post(api_client, signer, [sendgrid_event(request, "ann@example.com")])
-            ours.execute("SET lock_timeout = 0")
+            try:
+                answer = post(api_client, signer, events)
+            finally:
+                ours.execute("SET lock_timeout = 0")
     finally:
         blocker.close()
     assert answer.status_code == 503  # SendGrid posts it again later
     assert seen(request) == {"ann@example.com": (False, "")}
+    assert not ProviderEvent.objects.exists()  # else its repeat would be a duplicate, never noted
     assert not OutboxEvent.objects.exclude(type="email.requested").exists()
+    # SendGrid's next try goes through, noted.
+    assert post(api_client, signer, events).json()["accepted"] == 1
+    assert seen(request) == {"ann@example.com": (True, "m1")}
 
 
 def _dsn() -> dict:
@@ -87,25 +95,41 @@ def _dsn() -> dict:
     }
 
 
-def test_a_deadlock_with_a_sender_costs_an_attempt_not_the_post(api_client, signer, store):
+def test_a_deadlock_costs_an_attempt_not_the_post(api_client, signer, store, monkeypatch):
+    from command_api.webhooks import services
+
     request = claimed(store, ["ann@example.com"])
     event = sendgrid_event(request, "ann@example.com")
-    answers = []
+    runs, answers, errors = [], [], []
+    monkeypatch.setattr(services, "_store", lambda *a, _store=services._store: runs.append(1) or _store(*a))
+
+    def poster():
+        try:
+            with connection.cursor() as cursor:
+                # Its deadlock check, which Postgres runs once, this long after it starts waiting,
+                # must come after the other transaction waits too (superuser only: tests are).
+                cursor.execute("SET deadlock_timeout = '3s'")
+            answers.append(post(api_client, signer, [event]))
+        except Exception as exc:  # noqa: BLE001 - reported by the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()  # this thread's own connection
+
     other = psycopg2.connect(**_dsn())
     try:
         with other.cursor() as cursor:
-            # Another transaction (a sender's, say) holds ann's delivery...
-            cursor.execute("SET deadlock_timeout = '30s'")  # the webhook's side finds the deadlock
+            # A cycle made up for the test: another transaction holds ann's delivery ...
+            cursor.execute("SET deadlock_timeout = '60s'")  # the webhook's side finds the deadlock
             cursor.execute("UPDATE sender_delivery SET updated_at = now() WHERE event_id = %s", [request.event_id])
-            poster = threading.Thread(target=lambda: answers.append(post(api_client, signer, [event])))
-            poster.start()
+            thread = threading.Thread(target=poster)
+            thread.start()
             # ... the webhook stored the event and waits for the delivery ...
             deadline = time.monotonic() + 10
-            while not _waiting_on_a_lock(cursor, other):
+            while not _blocked_by(cursor, other.get_backend_pid()):
                 assert time.monotonic() < deadline, "the webhook never waited for the delivery"
                 time.sleep(0.05)
-            # ... and the other transaction now wants the event the webhook is storing: a cycle.
-            # Postgres ends the webhook's attempt; the other one goes on, then rolls back.
+            # ... and the other transaction now wants the event the webhook is storing. Postgres
+            # ends the webhook's attempt; the other one goes on, then rolls back.
             cursor.execute(
                 """
                 INSERT INTO webhook_provider_event (provider_event_id, email_id, request_event_id, recipient, status,
@@ -116,18 +140,29 @@ def test_a_deadlock_with_a_sender_costs_an_attempt_not_the_post(api_client, sign
                 [event["sg_event_id"], request.event_id],
             )
             other.rollback()
-        poster.join(timeout=30)
+        thread.join(timeout=30)
     finally:
         other.close()
+    assert errors == []
     (answer,) = answers
-    assert answer.status_code == 200 and answer.json()["accepted"] == 1  # the second attempt
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    assert len(runs) == 2  # the deadlocked attempt, and the one that went through
     assert seen(request) == {"ann@example.com": (True, "m1")}
 
 
-def _waiting_on_a_lock(cursor, own) -> bool:
+def _blocked_by(cursor, pid: int) -> bool:
+    """Whether a session of this database waits for a lock `pid` holds."""
     cursor.execute("SELECT pg_stat_clear_snapshot()")  # a transaction sees one snapshot of it otherwise
     cursor.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s",
-        [own.get_backend_pid()],
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND %s = ANY(pg_blocking_pids(pid))",
+        [pid],
     )
     return cursor.fetchone()[0] > 0
+
+
+def test_a_message_id_longer_than_the_delivery_keeps_is_cut_not_the_post_refused(api_client, signer, store):
+    request = claimed(store, ["ann@example.com"])
+    long_id = "m" * 180  # SendGrid's are about 22 characters; the webhook takes up to 200 in all
+    answer = post(api_client, signer, [sendgrid_event(request, "ann@example.com", message_id=long_id)])
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    assert seen(request) == {"ann@example.com": (True, long_id[:128])}
