@@ -17,7 +17,6 @@ from rest_framework import status
 from sendgrid.helpers.eventwebhook import EventWebhook
 
 from command_api.emails.models import SentEmail
-from command_api.webhooks.models import ProviderEvent
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses
 from core.deliveries.store import note_provider_reports
 from core.errors import ApplicationError
@@ -68,7 +67,23 @@ def suppression_reason(item: dict) -> str | None:
     return SUPPRESSION_REASON_OF.get(event) if isinstance(event, str) else None
 
 
-def _suppressions_add(rows: list[ProviderEvent]) -> int:
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One event of ours from a post, as `webhook_provider_event` stores it (its model,
+    ProviderEvent, is not built on this path: a Django model instance costs several times more)."""
+
+    provider_event_id: str
+    email_id: int
+    request_event_id: str
+    recipient: str
+    status: str
+    provider_message_id: str
+    reason: str
+    reported_at: datetime
+    payload: dict
+
+
+def _suppressions_add(rows: list[Report]) -> int:
     """Put the recipients of these new events that suppress (hard bounces, spam reports,
     unsubscribes) on their email owner's list, in the caller's transaction. Events of emails we
     do not know (a forged custom_arg) add nothing."""
@@ -178,12 +193,12 @@ def _reported_at(item: dict) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-def _provider_event(item: dict, kind: str) -> ProviderEvent:
+def _provider_event(item: dict, kind: str) -> Report:
     """The record of one event of ours, or _Malformed naming what is wrong with it."""
     if found := first_problem(item, max_depth=_ITEM_MAX_DEPTH):
         raise _Malformed(f"{found[0]}: {found[1]}")
     reason = item.get("reason") or item.get("response") or ""
-    return ProviderEvent(
+    return Report(
         provider_event_id=_line(item, "sg_event_id", max_length=100),
         email_id=_email_id(item),
         request_event_id=_request_event_id(item),
@@ -199,7 +214,7 @@ def _provider_event(item: dict, kind: str) -> ProviderEvent:
 _ITEM_MAX_DEPTH = 8
 
 
-def _insert_new(rows: list[ProviderEvent]) -> set[str]:
+def _insert_new(rows: list[Report]) -> set[str]:
     if not rows:
         return set()
     now = datetime.now(UTC).isoformat()
@@ -207,7 +222,7 @@ def _insert_new(rows: list[ProviderEvent]) -> set[str]:
         {
             "provider_event_id": r.provider_event_id,
             "email_id": r.email_id,
-            "request_event_id": str(r.request_event_id),
+            "request_event_id": r.request_event_id,
             "recipient": r.recipient,
             "status": r.status,
             "provider_message_id": r.provider_message_id,
@@ -282,7 +297,7 @@ def sendgrid_events_receive(
     verify_signature(body=body, signature=signature, timestamp=timestamp)
     items = _parse_items(body)
 
-    candidates: dict[str, ProviderEvent] = {}
+    candidates: dict[str, Report] = {}
     ignored, rejected = 0, []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -336,7 +351,7 @@ def sendgrid_events_receive(
     return result
 
 
-def _store(rows: list[ProviderEvent], correlation_id: str) -> tuple[set[str], int]:
+def _store(rows: list[Report], correlation_id: str) -> tuple[set[str], int]:
     """In one transaction: store the new events, put the recipients they suppress on the list, note
     on the sender's deliveries that the provider has the mail, and write the statuses to the
     outbox. Returns the provider event ids stored now and how many deliveries learnt of them."""
@@ -354,7 +369,7 @@ def _store(rows: list[ProviderEvent], correlation_id: str) -> tuple[set[str], in
                 cursor,
                 [
                     {
-                        "event_id": str(row.request_event_id),
+                        "event_id": row.request_event_id,
                         "recipient": row.recipient,
                         "message_id": row.provider_message_id,
                         "reported_at": row.reported_at.isoformat(),
@@ -369,7 +384,7 @@ def _store(rows: list[ProviderEvent], correlation_id: str) -> tuple[set[str], in
                 correlation_id=correlation_id,
                 occurred_at=received_at,
                 email_id=row.email_id,
-                request_event_id=str(row.request_event_id),
+                request_event_id=row.request_event_id,
                 recipient=row.recipient,
                 status=row.status,
                 provider="sendgrid",
