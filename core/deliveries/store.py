@@ -319,28 +319,40 @@ MESSAGE_ID_MAX = 128
 # The provider reported on these (event, recipient) pairs: it has the mail. Run by the webhook in the
 # transaction that stores the reports (note_provider_reports), and by the sender for the reports an
 # earlier release queued for it (record_receipts), with receipts_parameters: one report per pair,
-# its first (`processed` then `delivered` in one post, or in two messages of one batch), in key
-# order, with its position among the reports given, which RETURNING names for each row it took.
-# The reports come as arrays, whose length the planner knows: it looks each pair up through the
-# unique index, in key order (the order claims lock in). Joined on JSON records instead (which it
-# guesses at 100 rows), it hashed them against a scan of the whole table, or looped over the
-# reports once per delivery named: 6 ms for one post of 22 emails.
+# its first (`processed` then `delivered` in one post, or in two messages of one batch), sorted,
+# with its position among the reports given, which RETURNING names for each row it took.
+# Each pair finds its delivery by itself (LATERAL, LIMIT 1: through the unique index), then the
+# row is updated by its id: the reports are read once, whatever the statistics say. Joined to the
+# table directly, on statistics taken while nearly every delivery had its report (as they mostly
+# do), Postgres expected one delivery to note and read the post's reports once per delivery, or
+# scanned the table once per report: 5.9 ms for one post of 22 emails, quadratic in the post's
+# size (tests/integration/test_statement_plans.py). Pairs go in sorted order, event ids first, as
+# claims lock; that order is the plan's, not a promise, and a deadlock with a sender reruns the
+# webhook's transaction (command_api.webhooks.services).
 RECEIPTS_SQL = """
     UPDATE sender_delivery AS d
-       SET provider_seen_at = r.reported_at,
-           provider_message_id = CASE WHEN d.provider_message_id = '' THEN r.message_id
+       SET provider_seen_at = t.reported_at,
+           provider_message_id = CASE WHEN d.provider_message_id = '' THEN t.message_id
                                       ELSE d.provider_message_id END
-      FROM unnest(%(event_ids)s::uuid[], %(recipients)s::text[], %(message_ids)s::text[],
-                  %(reported_ats)s::timestamptz[], %(positions)s::int[])
-           AS r(event_id, recipient, message_id, reported_at, position)
-     WHERE d.event_id = r.event_id AND d.recipient = r.recipient AND d.provider_seen_at IS NULL
-    RETURNING r.position
+      FROM (
+          SELECT found.id, r.message_id, r.reported_at, r.position
+            FROM unnest(%(event_ids)s::uuid[], %(recipients)s::text[], %(message_ids)s::text[],
+                        %(reported_ats)s::timestamptz[], %(positions)s::int[])
+                 AS r(event_id, recipient, message_id, reported_at, position)
+           CROSS JOIN LATERAL (
+               SELECT x.id FROM sender_delivery AS x
+                WHERE x.event_id = r.event_id AND x.recipient = r.recipient AND x.provider_seen_at IS NULL
+                LIMIT 1
+           ) AS found
+      ) AS t
+     WHERE d.id = t.id AND d.provider_seen_at IS NULL
+    RETURNING t.position
 """
 
 
 def receipts_parameters(reports: list[dict]) -> dict:
     """RECEIPTS_SQL's parameters for `reports` (as _noted gives them): the first report of each
-    (event, recipient) pair, in key order, with its position (1-based) in `reports`."""
+    (event, recipient) pair, sorted, with its position (1-based) in `reports`."""
     first: dict[tuple[str, str], int] = {}
     for position, report in enumerate(reports, 1):
         first.setdefault((report["event_id"], report["recipient"]), position)
@@ -948,9 +960,10 @@ def note_provider_reports(cursor, reports: list[dict]) -> int:
 
 
 def _noted(reports: list[dict]) -> list[dict]:
-    """The reports that name a delivery of ours (a UUID event id), each message id as the
-    deliveries keep it: SendGrid's `sg_message_id` up to its first dot, cut to the column, and
-    the event id as Postgres writes it (lower case), so pairs sort as the index does."""
+    """The reports that can name a delivery of ours (a UUID event id, text where text goes),
+    each message id as the deliveries keep it: SendGrid's `sg_message_id` up to its first dot, cut
+    to the column, and the event id as Postgres writes it (lower case), so one delivery's reports
+    are one pair whatever the case they came in."""
     return [
         {
             **report,
@@ -959,6 +972,7 @@ def _noted(reports: list[dict]) -> list[dict]:
         }
         for report in reports
         if _is_uuid(report.get("event_id"))
+        and all(isinstance(report.get(key), str) for key in ("recipient", "message_id", "reported_at"))
     ]
 
 

@@ -27,9 +27,9 @@ def plan_nodes(sql: str, params) -> list[dict]:
     return nodes
 
 
-@pytest.mark.parametrize("unreported", [2, None])
+@pytest.mark.parametrize("half_unreported", [True, False])
 @pytest.mark.parametrize("emails", [1, 100, 500])
-def test_the_receipts_update_looks_each_delivery_up_through_the_index(emails, unreported):
+def test_the_receipts_update_looks_each_delivery_up_through_the_index(emails, half_unreported):
     # 100,000 deliveries, every other one without a report yet, or all reported when the
     # statistics were taken (then the deliveries reported on, just claimed, look rare to the
     # planner); the reports of one email, of 100, or of 500 (SendGrid's largest post: 1,000 events).
@@ -41,7 +41,7 @@ def test_the_receipts_update_looks_each_delivery_up_through_the_index(emails, un
             SELECT md5(n::text)::uuid, r, n, 'sent', 1, '', '', CASE WHEN n %% 2 = 0 OR NOT %s THEN now() END
               FROM generate_series(1, 50000) AS n, unnest(ARRAY['ann@example.com', 'bob@example.org']) AS r
             """,
-            [unreported is not None],
+            [half_unreported],
         )
         cursor.execute("ANALYZE sender_delivery")
         cursor.execute(
