@@ -69,8 +69,8 @@ def suppression_reason(item: dict) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """One event of ours from a post, as `webhook_provider_event` stores it (its model,
-    ProviderEvent, is not built on this path: a Django model instance costs several times more)."""
+    """One event of ours from a post, as `webhook_provider_event` stores it. Its model,
+    ProviderEvent, is not built on this path, which never saves through the ORM."""
 
     provider_event_id: str
     email_id: int
