@@ -967,11 +967,11 @@ def _noted(reports: list[dict]) -> list[dict]:
     return [
         {
             **report,
-            "event_id": str(uuid.UUID(report["event_id"])),
+            "event_id": event_id,
             "message_id": report["message_id"].split(".", 1)[0][:MESSAGE_ID_MAX],
         }
         for report in reports
-        if _is_uuid(report.get("event_id"))
+        if (event_id := _uuid_text(report.get("event_id")))
         and all(isinstance(report.get(key), str) for key in ("recipient", "message_id", "reported_at"))
     ]
 
@@ -1027,12 +1027,12 @@ def _fell_back(kind: str, error: psycopg2.Error, items: int) -> None:
     log.warning("batch_ran_item_by_item", kind=kind, items=items, error=str(error)[:300], pgcode=error.pgcode)
 
 
-def _is_uuid(value) -> bool:
+def _uuid_text(value) -> str | None:
+    """`value` as Postgres writes a UUID, or None when it is not one."""
     try:
-        uuid.UUID(value)
+        return str(uuid.UUID(value))
     except (TypeError, ValueError, AttributeError):
-        return False
-    return True
+        return None
 
 
 def _in_doubt(state: str, live: bool) -> bool:
