@@ -413,7 +413,7 @@ def test_the_readme_runs_each_ops_command_in_a_pod_that_holds_it(migrated_databa
     targets = deployment_targets()
     assert len(lines) >= 7
     seen = set()
-    for line in lines:
+    for n, line in enumerate(lines):
         match = KUBECTL_EXEC.match(line)
         assert match, f"not in the form the README explains: {line}"
         deploy, command = match["deploy"], match["command"]
@@ -421,7 +421,7 @@ def test_the_readme_runs_each_ops_command_in_a_pod_that_holds_it(migrated_databa
         if "createsuperuser" in command:
             continue  # its own test
         # Each one runs, in a copy of what that Deployment's image holds, on its own settings.
-        result = run_in_image(targets[deploy], command, tmp_path / str(len(seen)), database)
+        result = run_in_image(targets[deploy], command, tmp_path / str(n), database)
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
         seen.add(shlex.split(command)[2:4][0] + " " + shlex.split(command)[3])
     assert {"outbox_relay status", "outbox_relay replay", "outbox_relay redrive", "query_api rebuild"} <= seen
