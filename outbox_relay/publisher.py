@@ -10,6 +10,7 @@ stop pipe), so heartbeats are answered while the relay is idle.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 
 import pika
@@ -19,7 +20,7 @@ from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
-from core.broker import Topology, TopologyMismatch, connection_parameters, declare_topology
+from core.broker import EVENTS_BATCH, Topology, TopologyMismatch, connection_parameters, declare_topology
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,10 @@ class ConfirmingPublisher:
         self.blocked = False
 
     # Connection ------------------------------------------------------------------------------
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology
 
     @property
     def is_open(self) -> bool:
@@ -268,4 +273,64 @@ def message_from_row(event_id, event_type: str, payload_text: str, headers_text:
         routing_key=event_type,
         body=payload_text.encode(),
         headers=json.loads(headers_text) if headers_text else {},
+    )
+
+
+# A packed message holds at most this many events, and this many bytes unless one event alone is
+# larger (it then goes alone, as it would unpacked).
+EVENTS_PER_MESSAGE = 100
+BYTES_PER_MESSAGE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a batch of rows is published as: the messages, and for each row (by id) the ids of
+    the messages that carry it. A row is published once every one of them is confirmed."""
+
+    messages: list[OutgoingMessage]
+    carriers: dict[str, tuple[str, ...]]
+    packed: frozenset[str]  # the ids of the packed messages
+
+
+def plan_messages(rows, topology: Topology) -> Planned:
+    """Each row alone when a consumer binds its type (`Topology.routed_alone`), and every row in a
+    packed message (`EVENTS_BATCH`: a JSON array of the payloads, in claim order), for the
+    consumers that take every event (the projector)."""
+    messages: list[OutgoingMessage] = []
+    carriers: dict[str, list[str]] = {}
+    packed: list[OutgoingMessage] = []
+    chunk: list[tuple[str, bytes]] = []
+    size = 0
+
+    def pack() -> None:
+        message = OutgoingMessage(
+            message_id=str(uuid.uuid4()),
+            routing_key=EVENTS_BATCH,
+            body=b"[" + b",".join(body for _, body in chunk) + b"]",
+            headers={"events": len(chunk)},
+        )
+        packed.append(message)
+        for row_id, _ in chunk:
+            carriers[row_id].append(message.message_id)
+
+    for row in rows:
+        event_id, event_type, payload_text, _ = row
+        row_id = str(event_id)
+        carriers[row_id] = []
+        if topology.routed_alone(event_type):
+            message = message_from_row(*row)
+            messages.append(message)
+            carriers[row_id].append(message.message_id)
+        body = payload_text.encode()
+        if chunk and (len(chunk) == EVENTS_PER_MESSAGE or size + len(body) > BYTES_PER_MESSAGE):
+            pack()
+            chunk, size = [], 0
+        chunk.append((row_id, body))
+        size += len(body) + 1
+    if chunk:
+        pack()
+    return Planned(
+        messages=messages + packed,
+        carriers={row_id: tuple(ids) for row_id, ids in carriers.items()},
+        packed=frozenset(m.message_id for m in packed),
     )

@@ -41,7 +41,7 @@ from core.outbox.sql import (
     outbox_backlog,
 )
 from core.workers import ReconnectingWorker
-from outbox_relay.publisher import BatchResult, ConfirmingPublisher, PublisherUnavailable, message_from_row
+from outbox_relay.publisher import BatchResult, ConfirmingPublisher, Planned, PublisherUnavailable, plan_messages
 
 log = structlog.get_logger(__name__)
 
@@ -108,23 +108,28 @@ def relay_batch(
                 conn.rollback()
                 statements += 1
                 return BatchOutcome(claimed=0)
-            result: BatchResult = publisher.publish_batch(
-                [message_from_row(*row) for row in rows], timeout=confirm_timeout
-            )
+            plan = plan_messages(rows, publisher.topology)
+            result: BatchResult = publisher.publish_batch(plan.messages, timeout=confirm_timeout)
             if crash_after_confirm:
                 os._exit(70)  # test hook: the broker has confirmed, the commit never happens
-            if result.confirmed:
-                cursor.execute(MARK_PUBLISHED_SQL, [result.confirmed])
+            published, dead, retry, packed_returned = _outcomes(plan, result)
+            if result.refused and len(rows) == 1 and retry:
+                dead[retry.pop()] = f"refused by the broker: {result.refused}"
+            if published:
+                cursor.execute(MARK_PUBLISHED_SQL, [published])
                 statements += 1
-            dead = {event_id: f"returned: {reason}" for event_id, reason in result.returned.items()}
-            if result.refused and len(rows) == 1 and result.unconfirmed:
-                dead[result.unconfirmed[0]] = f"refused by the broker: {result.refused}"
             if dead:
                 cursor.execute(MARK_DEAD_SQL, [list(dead), list(dead.values())])
                 statements += 1 + _fail_requests(cursor, rows, dead, notify_channel)
-            retry = [i for i in result.nacked + result.unconfirmed if i not in dead]
+            error = result.error
+            if packed_returned:
+                # No queue takes the packed messages (a binding removed by hand?): the rows wait
+                # for the reconnect, which declares the topology again.
+                error = f"the packed events were returned: {packed_returned}"
+                log.error("outbox_packed_events_returned", reason=packed_returned, rows=len(retry))
+                publisher.close()
             if retry:
-                reason = "nacked by the broker" if result.nacked else result.error
+                reason = "nacked by the broker" if result.nacked else error
                 cursor.execute(MARK_RETRY_SQL, [reason or "unconfirmed", retry])
                 statements += 1
         conn.commit()
@@ -135,20 +140,38 @@ def relay_batch(
         raise
     finally:
         DB_STATEMENTS.inc(statements)
-    PUBLISHED.inc(len(result.confirmed))
+    PUBLISHED.inc(len(published))
     DEAD.inc(len(dead))
     for event_id, reason in dead.items():
         log.error("outbox_event_refused", event_id=event_id, reason=reason)
     return BatchOutcome(
         claimed=len(rows),
-        published=len(result.confirmed),
+        published=len(published),
         dead=len(dead),
         unconfirmed=len(retry),
-        error=result.error,
+        error=error,
         refused=result.refused,
         suspects=tuple(retry) if result.refused and len(rows) > 1 else (),
         ids=tuple(str(row[0]) for row in rows),
     )
+
+
+def _outcomes(plan: Planned, result: BatchResult) -> tuple[list[str], dict[str, str], list[str], str]:
+    """Each row's fate from its messages': published when all of them were confirmed; dead when
+    the broker returned the one that carried it alone (no queue binds its type); else retried.
+    Also the reason a packed message came back unroutable, if one did ('' when none)."""
+    confirmed = set(result.confirmed)
+    published, dead, retry = [], {}, []
+    for row_id, carriers in plan.carriers.items():
+        returned = [result.returned[m] for m in carriers if m in result.returned and m not in plan.packed]
+        if returned:
+            dead[row_id] = f"returned: {returned[0]}"
+        elif all(m in confirmed for m in carriers):
+            published.append(row_id)
+        else:
+            retry.append(row_id)
+    packed_returned = next((reason for m, reason in result.returned.items() if m in plan.packed), "")
+    return published, dead, retry, packed_returned
 
 
 def next_due_in(conn) -> float | None:

@@ -1,8 +1,11 @@
 """The projector process: consume every email event from its own queue and apply them in
 batches (up to `batch_size` events or `batch_wait` seconds per transaction, then one
-multiple-ack). A batch that fails is retried one event at a time, so one bad event goes to the
-dead-letter queue without holding the others. A message that cannot be parsed goes there at once.
-Reconnects with capped backoff; SIGTERM applies the batch in hand and exits 0.
+multiple-ack). The relay packs the events of each of its batches into one message
+(core.broker.EVENTS_BATCH); a message of one event (an earlier release's) is read too. A batch
+that fails is retried one event at a time, so one bad event is dead-lettered without holding the
+others: its message when it carries it alone, else the event itself, parked in Postgres as the
+dead-letter keeper parks a message. A message that cannot be parsed goes to the dead-letter
+queue at once. Reconnects with capped backoff; SIGTERM applies the batch in hand and exits 0.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pika.exceptions import AMQPError
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg2.extensions import connection as PgConnection
 
-from core.broker import Topology, connection_parameters, declare_topology, last_delivery, refresh
+from core.broker import EVENTS_BATCH, Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, Event, event_from_dict
 from core.db import connect_postgres
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
@@ -133,7 +136,7 @@ class ProjectorWorker(ReconnectingWorker):
         keeper = DeadLetterKeeper(queues=[self.topology.dead_letter_queue("projector")], keep=self._keep_dead_letter)
         dead_letters = amqp.channel()
         channel.basic_qos(prefetch_count=self.batch_size * 2)
-        pending: list[tuple[int, Event]] = []
+        pending: list[tuple[int, str, list[Event]]] = []  # delivery tag, message id, its events
         size = 0  # events in `pending`, the items of a batch of statuses counted one by one
         deadline = 0.0
         refresher = amqp.channel()
@@ -152,10 +155,10 @@ class ProjectorWorker(ReconnectingWorker):
                     self._refresh(channel, refresher, queue, tag, properties, body)
                 else:
                     try:
-                        event = event_from_dict(json.loads(body))
-                        size += len(unbatched(event))  # checks a batch's items: a bad one makes it poison
-                        pending.append((tag, event))
-                    except (ValueError, TypeError, KeyError, ContractError) as exc:
+                        events = self._events_of(properties, body)
+                        size += sum(len(unbatched(event)) for event in events)
+                        pending.append((tag, properties.message_id or "", events))
+                    except (ValueError, TypeError, KeyError, ContractError, RecursionError) as exc:
                         DEAD.inc()
                         log.error("poison_event_dead_lettered", event_id=properties.message_id, error=str(exc)[:300])
                         channel.basic_reject(tag, requeue=False)
@@ -169,6 +172,59 @@ class ProjectorWorker(ReconnectingWorker):
             if self._stop.stopping and not pending:
                 break
         channel.cancel()
+
+    def _events_of(self, properties, body: bytes) -> list[Event]:
+        """The events a message carries: one, or a packed message's (EVENTS_BATCH) array of them.
+        Raises for a message that cannot be read, or a single event that breaks its contract
+        (the message is poison). A packed event that breaks its contract is parked on its own
+        (`_park_event`): the others are applied."""
+        data = json.loads(body)
+        if properties.type != EVENTS_BATCH:
+            event = event_from_dict(data)
+            unbatched(event)  # checks a batch's items: a bad one makes it poison
+            return [event]
+        if not isinstance(data, list):
+            raise ValueError(f"{EVENTS_BATCH}: not a JSON array")
+        events = []
+        for item in data:
+            try:
+                event = event_from_dict(item)
+                unbatched(event)
+            except (ValueError, TypeError, KeyError, AttributeError, ContractError) as exc:
+                self._park_event(properties.message_id or "", item, str(exc))
+                continue
+            events.append(event)
+        return events
+
+    def _park_event(self, packed_in: str, item, error: str) -> None:
+        """Record one event of a packed message as a dead letter of the projector's queue, as the
+        dead-letter keeper records a whole message, so ops see it and can re-drive it; once (a
+        projector that dies before its ack finds it recorded when the message comes again)."""
+        DEAD.inc()
+        data = item if isinstance(item, dict) else {}
+        event_id = str(data.get("event_id") or "")[:200] or f"{packed_in}:{json.dumps(item)[:100]}"
+        queue = self.topology.queue("projector")
+        log.error("packed_event_dead_lettered", event_id=event_id, packed_in=packed_in, error=error[:300])
+        with self._db.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM outbox_dead_letter WHERE queue = %s AND message_id = %s AND resolution = 'parked'",
+                [queue, event_id],
+            )
+            if cursor.fetchone() is not None:
+                self._db.rollback()
+                return
+        self._keep_dead_letter(
+            DeadLetterMessage(
+                queue=queue,
+                reason="rejected",
+                deaths=1,
+                died_at=datetime.now(UTC),
+                message_id=event_id,
+                type=str(data.get("type") or "")[:64],
+                body=json.dumps(item).encode(),
+                headers={"packed_in": packed_in, "error": error[:300]},
+            )
+        )
 
     def _refresh(self, channel, refresher, queue: str, tag: int, properties, body: bytes) -> None:
         """Near the queue's delivery limit (churn counts, core.broker): a fresh copy, confirmed,
@@ -196,27 +252,39 @@ class ProjectorWorker(ReconnectingWorker):
             UNFINISHED.set(row[0])
         self._db.rollback()
 
-    def _flush(self, channel, pending) -> None:
+    def _flush(self, channel, pending: list[tuple[int, str, list[Event]]]) -> None:
         started = time.perf_counter()
+        events = [event for _, _, carried in pending for event in carried]
         try:
-            apply_batch(self._db, [event for _, event in pending], webhooks_channel=self.webhooks_channel)
+            if events:
+                apply_batch(self._db, events, webhooks_channel=self.webhooks_channel)
             channel.basic_ack(pending[-1][0], multiple=True)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             raise  # an outage: the unacked messages return when the connection closes
         except psycopg2.Error as exc:
-            log.warning("projector_batch_failed_retrying_singly", events=len(pending), error=str(exc)[:300])
-            for tag, event in pending:
-                try:
-                    apply_batch(self._db, [event], webhooks_channel=self.webhooks_channel)
-                    channel.basic_ack(tag)
-                except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                    raise
-                except psycopg2.Error as single:
+            log.warning("projector_batch_failed_retrying_singly", events=len(events), error=str(exc)[:300])
+            for tag, message_id, carried in pending:
+                self._apply_singly(channel, tag, message_id, carried)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        if events:
+            LAG.set(event_age(events[-1]))
+
+    def _apply_singly(self, channel, tag: int, message_id: str, carried: list[Event]) -> None:
+        """Apply a message's events one by one: one that fails is dead-lettered alone, the message
+        whole when it carries that event alone, else the event parked on its own."""
+        for event in carried:
+            try:
+                apply_batch(self._db, [event], webhooks_channel=self.webhooks_channel)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                raise
+            except psycopg2.Error as single:
+                if len(carried) == 1:
                     DEAD.inc()
                     log.error("event_dead_lettered", event_id=event.event_id, type=event.TYPE, error=str(single)[:300])
                     channel.basic_reject(tag, requeue=False)
-        BATCH_SECONDS.observe(time.perf_counter() - started)
-        LAG.set(event_age(pending[-1][1]))
+                    return
+                self._park_event(message_id, event.to_dict(), str(single))
+        channel.basic_ack(tag)
 
 
 def event_age(event: Event) -> float:

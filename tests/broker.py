@@ -4,6 +4,7 @@ arrives on a queue, and the relay as a real OS process."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import pika
 from django.conf import settings
 from django.db import connection
 
-from core.broker import Topology, connection_parameters, declare_topology
+from core.broker import EVENTS_BATCH, Topology, connection_parameters, declare_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,9 +81,26 @@ class Received:
         return {properties.message_id: (properties, body) for properties, body in self.messages}
 
 
+def unpacked(properties, body: bytes) -> list[tuple]:
+    """A delivered message as (properties, body) pairs, one per event: a packed message
+    (EVENTS_BATCH) is its events, each with its event id as message id and its type."""
+    if properties.type != EVENTS_BATCH:
+        return [(properties, body)]
+    return [
+        (
+            pika.BasicProperties(
+                message_id=event["event_id"], type=event["type"], headers={"packed_in": properties.message_id}
+            ),
+            json.dumps(event).encode(),
+        )
+        for event in json.loads(body)
+    ]
+
+
 def collect(queue: str, *, expect_ids: set[str] | int, timeout: float = 30.0, settle: float = 0.5) -> Received:
     """Consume `queue` until every expected id (or that many distinct ids) arrived and nothing
-    more came for `settle` seconds, or until `timeout`. Acks everything."""
+    more came for `settle` seconds, or until `timeout`. Acks everything. A packed message counts
+    as its events (`unpacked`)."""
     received = Received()
     seen: set[str] = set()
     want = expect_ids if isinstance(expect_ids, int) else len(expect_ids)
@@ -93,8 +111,9 @@ def collect(queue: str, *, expect_ids: set[str] | int, timeout: float = 30.0, se
         channel.basic_qos(prefetch_count=1000)
         for method, properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=settle):
             if method is not None:
-                received.messages.append((properties, body))
-                seen.add(properties.message_id)
+                for one in unpacked(properties, body):
+                    received.messages.append(one)
+                    seen.add(one[0].message_id)
             elif len(seen) >= want:
                 break
             if time.monotonic() > deadline:
@@ -200,7 +219,6 @@ class WorkerProcess:
 
     def events(self) -> list[str]:
         """The `event` of every JSON log line, in order."""
-        import json
 
         return [json.loads(line).get("event") for line in self.logs().splitlines() if line.startswith("{")]
 
@@ -278,7 +296,6 @@ def publish(
 ) -> None:
     """Publish one event (or raw bytes) to the topology's exchange, confirmed; with `queue`,
     straight to that queue (through the default exchange), whatever its bindings."""
-    import json
 
     conn = blocking_connection(url)
     try:

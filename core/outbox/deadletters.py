@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 import structlog
 from prometheus_client import Gauge
 
+from core.broker import EVENTS_BATCH
+
 log = structlog.get_logger(__name__)
 
 QUEUE_DEPTH = Gauge("dead_letter_queue_depth", "Messages waiting in a dead-letter queue", ["queue"])
@@ -192,14 +194,13 @@ def dead_letters_redrive(
     """Send the recorded messages `ids` again, through the outbox, with their own event ids:
     a request's failed or held recipients are re-driven (see core.deliveries.services), any other
     event is published again (the provider's reports are also noted on the deliveries they name).
-    Records that are not a JSON event are skipped, with the reason. Idempotent: a record is
+    A packed message's events (core.broker.EVENTS_BATCH) are each sent again alone. Records that
+    are not a JSON event (or array of them) are skipped, with the reason. Idempotent: a record is
     re-driven once."""
-    from django.db import connection, transaction
+    from django.db import transaction
     from django.utils import timezone as dj_timezone
 
-    from core.deliveries.services import RedriveSelection, deliveries_redrive
-    from core.deliveries.store import note_provider_reports, provider_reports
-    from core.outbox.models import DeadLetter, OutboxEvent
+    from core.outbox.models import DeadLetter
     from core.outbox.services import notify_relay
 
     records = list(DeadLetter.objects.filter(pk__in=ids).exclude(resolution__in=["redriven", "dismissed"]))
@@ -209,53 +210,70 @@ def dead_letters_redrive(
             data = json.loads(record.body)
         except ValueError:
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            skipped.append(f"#{record.pk}: the body is not a JSON event")
+        # A packed message (core.broker.EVENTS_BATCH) is its events, each sent again alone.
+        packed = isinstance(data, list) and record.type == EVENTS_BATCH
+        events = data if packed else [data]
+        if not events or not all(isinstance(item, dict) and isinstance(item.get("type"), str) for item in events):
+            skipped.append(f"#{record.pk}: the body is not a JSON event" + (" array" if packed else ""))
             continue
         try:
-            event_id = str(uuid.UUID(record.message_id or str(data.get("event_id"))))
+            event_ids = [
+                str(uuid.UUID(str(item.get("event_id")) if packed else record.message_id or str(item.get("event_id"))))
+                for item in events
+            ]
         except ValueError:
-            skipped.append(f"#{record.pk}: it has no event id")
+            skipped.append(f"#{record.pk}: " + ("an event has no event id" if packed else "it has no event id"))
             continue
-        ready.append((record, event_id, data))
+        ready.append((record, list(zip(event_ids, events, strict=True))))
     if dry_run:
         return DeadLetterAction(count=len(ready), skipped=skipped, dry_run=True)
     with transaction.atomic():
-        for record, event_id, data in ready:
-            headers = {
-                k: v for k, v in record.headers.items() if k in ("schema_version", "correlation_id", "aggregateid")
-            }
-            OutboxEvent.objects.update_or_create(
-                id=event_id,
-                defaults={
-                    "type": data["type"],
-                    "payload": data,
-                    "headers": headers,
-                    "published_at": None,
-                    "failed_at": None,
-                    "not_before": dj_timezone.now(),
-                    "last_error": f"re-driven from dead letter #{record.pk}",
-                    "aggregatetype": "sent_email" if "email_id" in data else "dead_letter",
-                    "aggregateid": str(data.get("email_id", record.pk)),
-                },
-            )
-            if data["type"] in ("email.delivery_statuses", "email.delivery_status"):
-                # Reports an earlier release queued for the sender (sender-receipts) reach only the
-                # projector now: noted here, as the webhook notes new ones.
-                with connection.cursor() as cursor:
-                    note_provider_reports(cursor, provider_reports(data))
-            if data["type"] == "email.requested":
-                deliveries_redrive(
-                    selection=RedriveSelection(event_ids=(event_id,)),
-                    actor=actor,
-                    via=via,
-                    reason=reason or f"dead letter #{record.pk}",
-                )
+        for record, events in ready:
+            for event_id, data in events:
+                _redrive_event(record, event_id, data, actor=actor, via=via, reason=reason)
             record.resolution, record.resolved_at, record.resolved_by = "redriven", dj_timezone.now(), actor
             record.save(update_fields=["resolution", "resolved_at", "resolved_by"])
         notify_relay()
     log.info("dead_letters_redriven", count=len(ready), skipped=len(skipped), actor=actor, via=via)
     return DeadLetterAction(count=len(ready), skipped=skipped, dry_run=False)
+
+
+def _redrive_event(record, event_id: str, data: dict, *, actor: str, via: str, reason: str) -> None:
+    """One event of dead letter `record` back into the outbox, in the caller's transaction."""
+    from django.db import connection
+    from django.utils import timezone as dj_timezone
+
+    from core.deliveries.services import RedriveSelection, deliveries_redrive
+    from core.deliveries.store import note_provider_reports, provider_reports
+    from core.outbox.models import OutboxEvent
+
+    headers = {k: v for k, v in record.headers.items() if k in ("schema_version", "correlation_id", "aggregateid")}
+    OutboxEvent.objects.update_or_create(
+        id=event_id,
+        defaults={
+            "type": data["type"],
+            "payload": data,
+            "headers": headers,
+            "published_at": None,
+            "failed_at": None,
+            "not_before": dj_timezone.now(),
+            "last_error": f"re-driven from dead letter #{record.pk}",
+            "aggregatetype": "sent_email" if "email_id" in data else "dead_letter",
+            "aggregateid": str(data.get("email_id", record.pk)),
+        },
+    )
+    if data["type"] in ("email.delivery_statuses", "email.delivery_status"):
+        # Reports an earlier release queued for the sender (sender-receipts) reach only the
+        # projector now: noted here, as the webhook notes new ones.
+        with connection.cursor() as cursor:
+            note_provider_reports(cursor, provider_reports(data))
+    if data["type"] == "email.requested":
+        deliveries_redrive(
+            selection=RedriveSelection(event_ids=(event_id,)),
+            actor=actor,
+            via=via,
+            reason=reason or f"dead letter #{record.pk}",
+        )
 
 
 def dead_letters_dismiss(*, ids: list[int], actor: str) -> int:

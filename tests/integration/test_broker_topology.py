@@ -1,9 +1,10 @@
+import json
 import time
 
 import pika
 import pytest
 
-from core.broker import ConsumerQueue, TopologyMismatch, declare_topology
+from core.broker import EVENTS_BATCH, ConsumerQueue, TopologyMismatch, declare_topology, topic_matches
 from tests import broker
 
 
@@ -28,12 +29,12 @@ def test_an_incompatible_queue_stops_the_service_at_start():
         broker.delete(topology)
 
 
-def _publish(channel, topology, routing_key, message_id):
+def _publish(channel, topology, routing_key, message_id, body=b"{}"):
     channel.basic_publish(
         topology.exchange,
         routing_key,
-        b"{}",
-        pika.BasicProperties(message_id=message_id, delivery_mode=2),
+        body,
+        pika.BasicProperties(message_id=message_id, type=routing_key, delivery_mode=2),
         mandatory=True,
     )
 
@@ -43,28 +44,73 @@ def test_events_route_to_the_consumers_that_need_them(topology):
     channel = conn.channel()
     channel.confirm_delivery()
     _publish(channel, topology, "email.requested", "r1")
-    _publish(channel, topology, "email.sent", "s1")
+    packed = json.dumps([{"event_id": "r1", "type": "email.requested"}, {"event_id": "s1", "type": "email.sent"}])
+    _publish(channel, topology, EVENTS_BATCH, "packed", packed.encode())
+    # An event no consumer takes alone (the projector takes it packed): the broker returns it.
+    with pytest.raises(pika.exceptions.UnroutableError):
+        _publish(channel, topology, "email.sent", "s1")
     conn.close()
     assert broker.collect(topology.queue("sender"), expect_ids={"r1"}).ids == ["r1"]
-    assert sorted(broker.collect(topology.queue("projector"), expect_ids=2).ids) == ["r1", "s1"]
+    got = broker.collect(topology.queue("projector"), expect_ids=2)
+    assert sorted(got.ids) == ["r1", "s1"]
+    assert {p.headers["packed_in"] for p, _ in got.messages} == {"packed"}  # one message, both events
+    assert topology.routed_alone("email.requested")
+    assert not any(topology.routed_alone(t) for t in ("email.sent", "email.delivery_statuses", "email.scheduled"))
 
 
-def test_declaring_removes_the_bindings_an_earlier_release_made_for_a_retired_queue(topology):
+@pytest.mark.parametrize(
+    "pattern, key, routed",
+    [
+        ("email.#", "email.sent", True),
+        ("email.#", "email", True),
+        ("email.*", "email.sent", True),
+        ("email.*", "email.sent.again", False),
+        ("#", "anything.at.all", True),
+        ("email.requested", "email.requested", True),
+        ("email.requested", "email.sent", False),
+        ("*.sent", "email.sent", True),
+        ("email.#.sent", "email.a.b.sent", True),
+        ("email.#.sent", "email.a.b.failed", False),
+    ],
+)
+def test_topic_matching_follows_the_exchange(topology, pattern, key, routed):
+    """`topic_matches`, which decides what the relay publishes alone, against the broker's own
+    routing of the same pattern and key."""
     conn = broker.blocking_connection()
     channel = conn.channel()
-    # An earlier release routed the webhook's statuses to the sender too.
+    channel.confirm_delivery()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, topology.exchange, routing_key=pattern)
+    try:
+        _publish(channel, topology, key, "m")
+        broker_routed = True
+    except pika.exceptions.UnroutableError:
+        broker_routed = False
+    conn.close()
+    assert topic_matches(pattern, key) is routed is broker_routed
+
+
+def test_declaring_removes_the_bindings_an_earlier_release_made(topology):
+    conn = broker.blocking_connection()
+    channel = conn.channel()
+    # Earlier releases routed the webhook's statuses to the sender too, and every event to the
+    # projector one by one.
     for key in ("email.delivery_statuses", "email.delivery_status"):
         channel.queue_bind(topology.queue("sender-receipts"), topology.exchange, routing_key=key)
+    channel.queue_bind(topology.queue("projector"), topology.exchange, routing_key="email.#")
     conn.close()
     broker.declare(topology)  # the new release starts
     conn = broker.blocking_connection()
     channel = conn.channel()
     channel.confirm_delivery()
-    _publish(channel, topology, "email.delivery_statuses", "d1")
-    _publish(channel, topology, "email.delivery_status", "d2")
+    for key in ("email.delivery_statuses", "email.delivery_status", "email.sent"):
+        with pytest.raises(pika.exceptions.UnroutableError):
+            _publish(channel, topology, key, "d1")
+    _publish(channel, topology, "email.requested", "r1")  # the sender's binding stays
     conn.close()
-    assert sorted(broker.collect(topology.queue("projector"), expect_ids={"d1", "d2"}).ids) == ["d1", "d2"]
+    assert broker.collect(topology.queue("sender"), expect_ids={"r1"}).ids == ["r1"]
     assert broker.queue_depth(topology.queue("sender-receipts")) == 0
+    assert broker.queue_depth(topology.queue("projector")) == 0
 
 
 def test_a_message_redelivered_past_the_limit_is_dead_lettered(topology):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
+from core.broker import EVENTS_BATCH
 from core.contracts import EmailDeliveryStatus, EmailDeliveryStatuses, EmailRequested, EmailSent
 from core.outbox.models import OutboxEvent
 from query_api.apply import apply_batch
@@ -467,16 +468,25 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
 # The projector process --------------------------------------------------------------------------
 
 
+def publish_packed(topology, events: list, *, message_id: str, raw: bytes | None = None, headers=None) -> None:
+    """A packed message, as the relay publishes every batch of rows to the projector."""
+    body = raw if raw is not None else json.dumps([e if isinstance(e, dict) else e.to_dict() for e in events]).encode()
+    broker.publish(topology, {}, message_id=message_id, routing_key=EVENTS_BATCH, raw=body, headers=headers)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_projector_process_dead_letters_bad_events_alone(topology, projectors):
+    # Messages of one event each, as an earlier release's relay published them (they may still be
+    # in the queue at the upgrade): read as before, straight to the queue.
+    one = {"queue": topology.queue("projector")}
     projector = projectors(topology)
     projector.wait_ready()
     good = requested(email_id=11)
-    broker.publish(topology, good.to_dict(), message_id=good.event_id, routing_key=good.TYPE)
-    broker.publish(topology, {}, message_id="poison", routing_key="email.sent", raw=b"not json")
+    broker.publish(topology, good.to_dict(), message_id=good.event_id, routing_key=good.TYPE, **one)
+    broker.publish(topology, {}, message_id="poison", routing_key="email.sent", raw=b"not json", **one)
     bad = delivered(email_id=11)
     bad_dict = bad.to_dict() | {"reported_at": "not a time"}  # parses, then fails in Postgres
-    broker.publish(topology, bad_dict, message_id=bad.event_id, routing_key=bad.TYPE)
+    broker.publish(topology, bad_dict, message_id=bad.event_id, routing_key=bad.TYPE, **one)
     bad_batch = {
         "type": "email.delivery_statuses",
         "schema_version": 1,
@@ -485,9 +495,9 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
         "occurred_at": iso(NOW),
         "statuses": [{"type": "email.delivery_status"}],
     }
-    broker.publish(topology, bad_batch, message_id="bad-batch", routing_key="email.delivery_statuses")
+    broker.publish(topology, bad_batch, message_id="bad-batch", routing_key="email.delivery_statuses", **one)
     after = sent(email_id=11)
-    broker.publish(topology, after.to_dict(), message_id=after.event_id, routing_key=after.TYPE)
+    broker.publish(topology, after.to_dict(), message_id=after.event_id, routing_key=after.TYPE, **one)
     # The projector's keeper records each in outbox_dead_letter for ops: nothing parked silently.
     from core.outbox.models import DeadLetter
 
@@ -507,6 +517,36 @@ def test_the_projector_process_dead_letters_bad_events_alone(topology, projector
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_projector_parks_the_bad_events_of_a_packed_message_alone_and_applies_the_rest(topology, projectors):
+    from core.outbox.models import DeadLetter
+
+    projector = projectors(topology)
+    projector.wait_ready()
+    good, after = requested(email_id=13), sent(email_id=13)
+    in_postgres = delivered(email_id=13).to_dict() | {"reported_at": "not a time"}  # parses, fails in Postgres
+    contract = {"type": "email.sent", "event_id": str(uuid.uuid4()), "email_id": 13}  # breaks the contract
+    publish_packed(topology, [good, in_postgres, contract, after], message_id="packed")
+    publish_packed(topology, [], message_id="unreadable", raw=b"[not json")
+    publish_packed(topology, [], message_id="not-an-array", raw=b'{"type": "email.sent"}')
+    broker.wait_for(lambda: DeadLetter.objects.count() == 4, timeout=15, message="the four kept")
+    kept = {d.message_id: d for d in DeadLetter.objects.all()}
+    assert sorted(kept) == sorted([in_postgres["event_id"], contract["event_id"], "unreadable", "not-an-array"])
+    # Each bad event on its own, with its type and body, as the keeper records a message.
+    assert json.loads(kept[in_postgres["event_id"]].body) == in_postgres
+    assert kept[in_postgres["event_id"]].type == in_postgres["type"] and kept[contract["event_id"]].type == "email.sent"
+    assert {kept[i].headers["packed_in"] for i in (in_postgres["event_id"], contract["event_id"])} == {"packed"}
+    assert {d.queue for d in kept.values()} == {topology.queue("projector")}
+    assert {d.resolution for d in kept.values()} == {"parked"}
+    broker.wait_for(
+        lambda: SentEmailLog.objects.filter(pk=13, status="sent").exists(), timeout=10, message="the rest applied"
+    )
+    assert SentEmailLogEvent.objects.filter(email_id=13).count() == 3  # queued, sent to each of 2: nothing twice
+    assert broker.queue_depth(topology.queue("projector")) == 0
+    assert broker.queue_depth(topology.dead_letter_queue("projector")) == 0
+    assert projector.terminate() == 0
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_projector_refreshes_a_message_on_its_last_delivery_instead_of_risking_it(topology, projectors):
     # RabbitMQ 3.x counts a closed connection's returns towards the delivery limit: a message handed
     # over for the last time is published afresh and acked, then applied from the copy.
@@ -514,13 +554,7 @@ def test_the_projector_refreshes_a_message_on_its_last_delivery_instead_of_riski
     projector.wait_ready()
     event = requested(email_id=12)
     limit = topology.consumer("projector").delivery_limit
-    broker.publish(
-        topology,
-        event.to_dict(),
-        message_id=event.event_id,
-        routing_key=event.TYPE,
-        headers={"x-delivery-count": limit - 1},
-    )
+    publish_packed(topology, [event], message_id="packed", headers={"x-delivery-count": limit - 1})
     broker.wait_for(
         lambda: SentEmailLog.objects.filter(pk=12, owner_id=7).exists(),
         timeout=15,
@@ -586,11 +620,7 @@ def test_reconcile_never_overwrites_a_row_someone_made_meanwhile(conn):
 def test_the_projector_counts_the_emails_not_finished_in_time(topology, projectors):
     projector = projectors(topology, EMAIL_STUCK_AFTER_SECONDS=0)
     projector.wait_ready()
-    for email_id in (31, 32):
-        event = requested(email_id=email_id)
-        broker.publish(topology, event.to_dict(), message_id=event.event_id, routing_key=event.TYPE)
-    done = sent(email_id=32)
-    broker.publish(topology, done.to_dict(), message_id=done.event_id, routing_key=done.TYPE)
+    publish_packed(topology, [requested(email_id=31), requested(email_id=32), sent(email_id=32)], message_id="p")
     broker.wait_for(
         lambda: "emails_unfinished 1.0" in projector.get("/metrics")[1], timeout=15, message="one email not finished"
     )

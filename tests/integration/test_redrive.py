@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from core.broker import EVENTS_BATCH
 from core.contracts import EmailRequested, EmailSent, event_from_dict
 from core.deliveries.models import Delivery, Redrive
 from core.deliveries.services import RedriveSelection, deliveries_redrive
@@ -229,6 +230,38 @@ def test_redriving_reports_an_earlier_release_queued_for_the_sender_notes_them(s
     noted = {d.recipient: (d.provider_seen_at is not None, d.provider_message_id) for d in Delivery.objects.all()}
     assert noted == {"ann@example.com": (True, "m5"), "bob@example.org": (False, "")}
     assert OutboxEvent.objects.get(id=statuses["event_id"]).published_at is None  # and the projector gets it
+
+
+def test_a_packed_message_kept_whole_is_redriven_event_by_event(staff_client):
+    # The projector's packed messages (EVENTS_BATCH) die whole when they cannot be read or keep
+    # failing: each event goes through the outbox again, alone, with its own id.
+    events = [
+        {
+            "type": "email.scheduled",
+            "schema_version": 1,
+            "event_id": str(uuid.uuid4()),
+            "correlation_id": "c",
+            "occurred_at": "2026-11-30T10:00:00+00:00",
+            "email_id": n,
+        }
+        for n in (7, 8)
+    ]
+    packed = dead_letter(json.dumps(events), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
+    no_ids = dead_letter(json.dumps([{"type": "email.sent"}]), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
+    not_events = dead_letter(json.dumps([1, 2]), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
+    url = "/api/v1/ops/dead-letters/redrive/"
+    answer = staff_client.post(url, {"ids": [packed.pk, no_ids.pk, not_events.pk]}, format="json").json()
+    assert answer["count"] == 1
+    assert sorted(answer["skipped"]) == sorted(
+        [f"#{no_ids.pk}: an event has no event id", f"#{not_events.pk}: the body is not a JSON event array"]
+    )
+    rows = {str(row.id): row for row in OutboxEvent.objects.all()}
+    assert sorted(rows) == sorted(e["event_id"] for e in events)
+    for event in events:
+        row = rows[event["event_id"]]
+        assert row.payload == event and row.type == "email.scheduled" and row.aggregateid == str(event["email_id"])
+        assert row.published_at is None
+    assert DeadLetter.objects.get(pk=packed.pk).resolution == "redriven"
 
 
 def test_the_cli_lists_redrives_and_dismisses_dead_letters(capsys):

@@ -10,9 +10,11 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from core.broker import EVENTS_BATCH
 from core.contracts import EmailRequested
 from core.db import connect_postgres
 from core.outbox.models import OutboxEvent
+from outbox_relay import publisher as publisher_module
 from outbox_relay.publisher import ConfirmingPublisher
 from outbox_relay.relay import relay_batch
 from tests import broker
@@ -91,10 +93,51 @@ def test_rows_not_due_yet_wait(topology, publisher, relay_conn):
     assert broker.published_count(later) == 0 and broker.published_count(now) == 1
 
 
-def test_an_unroutable_event_is_not_marked_published_and_does_not_wedge_its_batch(topology, publisher, relay_conn):
-    good = broker.fill_outbox(3)
-    (bad,) = broker.fill_outbox(1, event_type="nobody.listens")
-    more = broker.fill_outbox(2)
+def test_each_batch_reaches_the_projector_packed_and_the_sender_gets_its_requests_alone(
+    topology, publisher, relay_conn
+):
+    requests = broker.fill_outbox(2)
+    others = broker.fill_outbox(2, event_type="email.sent") + broker.fill_outbox(1, event_type="email.scheduled")
+    outcome = relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5)
+    assert (outcome.claimed, outcome.published) == (5, 5)
+    assert broker.collect(topology.queue("sender"), expect_ids=set(requests)).ids == requests  # nothing else
+    conn = broker.blocking_connection()
+    try:
+        method, properties, body = conn.channel().basic_get(topology.queue("projector"), auto_ack=True)
+    finally:
+        conn.close()
+    assert properties.type == EVENTS_BATCH and properties.delivery_mode == 2 and properties.headers["events"] == 5
+    payloads = {str(row.id): row.payload for row in OutboxEvent.objects.all()}
+    # One message, every row's payload in claim order.
+    assert json.loads(body) == [payloads[i] for i in [*requests[:1], *requests[1:], *others]]
+    assert broker.queue_depth(topology.queue("projector")) == 0
+
+
+def test_a_long_batch_is_packed_in_several_messages(topology, publisher, relay_conn, monkeypatch):
+    monkeypatch.setattr(publisher_module, "EVENTS_PER_MESSAGE", 4)
+    monkeypatch.setattr(publisher_module, "BYTES_PER_MESSAGE", 5000)
+    small = broker.fill_outbox(9, event_type="email.sent", payload_bytes=100)
+    large = broker.fill_outbox(2, event_type="email.sent", payload_bytes=6000)  # each over the byte cap
+    assert relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5).published == 11
+    conn = broker.blocking_connection()
+    sizes = []
+    try:
+        channel = conn.channel()
+        while (got := channel.basic_get(topology.queue("projector"), auto_ack=True))[0] is not None:
+            sizes.append(len(json.loads(got[2])))
+    finally:
+        conn.close()
+    assert sizes == [4, 4, 1, 1, 1]
+    assert broker.published_count(small + large) == 11
+
+
+def test_an_event_whose_queue_is_gone_is_marked_dead_and_does_not_wedge_its_batch(topology, publisher, relay_conn):
+    conn = broker.blocking_connection()
+    conn.channel().queue_unbind(topology.queue("sender"), topology.exchange, routing_key="email.requested")
+    conn.close()
+    good = broker.fill_outbox(3, event_type="email.sent")
+    (bad,) = broker.fill_outbox(1)  # a request: no queue takes it alone now
+    more = broker.fill_outbox(2, event_type="email.sent")
     outcome = relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5)
     assert (outcome.claimed, outcome.published, outcome.dead) == (6, 5, 1)
     dead = OutboxEvent.objects.get(id=bad)
@@ -103,6 +146,22 @@ def test_an_unroutable_event_is_not_marked_published_and_does_not_wedge_its_batc
     assert broker.published_count(good + more) == 5
     # A dead row is not claimed again until ops replays it.
     assert relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5).claimed == 0
+
+
+def test_packed_events_no_queue_takes_wait_for_the_topology_and_are_not_dead(topology, publisher, relay_conn):
+    conn = broker.blocking_connection()
+    conn.channel().queue_unbind(topology.queue("projector"), topology.exchange, routing_key=EVENTS_BATCH)
+    conn.close()
+    rows = broker.fill_outbox(2) + broker.fill_outbox(1, event_type="email.sent")
+    outcome = relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5)
+    assert (outcome.claimed, outcome.published, outcome.dead, outcome.unconfirmed) == (3, 0, 0, 3)
+    assert "packed events were returned" in outcome.error and "NO_ROUTE" in outcome.error
+    assert not publisher.is_open  # the relay reconnects, which declares the topology again
+    assert OutboxEvent.objects.filter(failed_at__isnull=False).count() == 0
+    publisher.connect()
+    assert relay_batch(relay_conn, publisher, limit=100, confirm_timeout=5).published == 3
+    assert broker.published_count(rows) == 3
+    assert broker.queue_depth(topology.queue("projector")) == 1  # the three, packed
 
 
 def test_a_claim_in_progress_is_skipped_by_another_relay(topology, publisher, relay_conn):
