@@ -1,6 +1,8 @@
 """The RabbitMQ topology every service declares at start, and how to connect.
 
-One topic exchange carries every event, routed by its type (`email.requested`, `email.sent` …).
+One topic exchange carries every event: packed, several to a message (EVENTS_BATCH), for the
+projector, which takes them all; and alone, routed by its type, for a consumer that binds it
+(the sender: `email.requested`).
 Each consumer owns a durable quorum queue bound to the types it needs, with an explicit delivery
 limit (RabbitMQ 3.10 has no default) and at-least-once dead-lettering into its own dead-letter
 queue, which that consumer's dead-letter keeper reads (core/outbox/deadletters.py). A consumer
@@ -37,7 +39,18 @@ class ConsumerQueue:
     # Bindings an earlier release made: declaring removes them (unbinding one that is not there
     # is a no-op), so the queue gets nothing new and drains.
     retired_routing_keys: tuple[str, ...] = ()
+    # Bound for the relays of the release before, which publish these types alone, during a
+    # rolling upgrade; this release's relay publishes them packed only (`routed_alone` ignores
+    # them). The next release retires them.
+    upgrade_routing_keys: tuple[str, ...] = ()
 
+
+# A packed message holds at most this many events and bytes (unless one event alone is larger: it
+# then goes alone, as it would unpacked). Small enough for a broker whose max_message_size is far
+# below RabbitMQ's default (128 MiB): a packed message the broker refused would cost its batch a
+# retry one row at a time.
+EVENTS_PER_MESSAGE = 100
+BYTES_PER_MESSAGE = 128 * 1024
 
 # The routing key and type of a message that carries several events: a JSON array of them, each
 # as its outbox row holds it. The relay publishes every batch of rows it claims so, and each
@@ -60,7 +73,9 @@ def topic_matches(pattern: str, key: str) -> bool:
     return match(pattern.split("."), key.split("."))
 
 
-# Who consumes what. The relay declares every queue too, so an event published before its
+# Who consumes what. A release that binds a consumer to a type no consumer took alone before
+# rolls out its relays before that consumer: an earlier relay publishes that type packed only.
+# The relay declares every queue too, so an event published before its
 # consumer first started is kept, not returned as unroutable.
 CONSUMERS: tuple[ConsumerQueue, ...] = (
     ConsumerQueue(
@@ -83,8 +98,24 @@ CONSUMERS: tuple[ConsumerQueue, ...] = (
     ),
     # The projector takes every event, packed: one message per relay batch (EVENTS_BATCH), where
     # it once took one per event (`email.#`, retired). A message costs the broker, and a consumer
-    # on pika, about the same whatever it carries.
-    ConsumerQueue(role="projector", routing_keys=(EVENTS_BATCH,), delivery_limit=5, retired_routing_keys=("email.#",)),
+    # on pika, about the same whatever it carries. While an earlier release's relays still run,
+    # the events they publish alone reach it by their types; their requests reach the sender
+    # only (this release's relay packs those too), which reconcile mends.
+    ConsumerQueue(
+        role="projector",
+        routing_keys=(EVENTS_BATCH,),
+        delivery_limit=5,
+        retired_routing_keys=("email.#",),
+        upgrade_routing_keys=(
+            "email.scheduled",
+            "email.cancelled",
+            "email.sent",
+            "email.failed",
+            "email.suppressed",
+            "email.delivery_status",
+            "email.delivery_statuses",
+        ),
+    ),
 )
 
 
@@ -163,7 +194,7 @@ def declarations(topology: Topology) -> list[tuple[str, dict]]:
                 },
             )
         )
-        for key in consumer.routing_keys:
+        for key in consumer.routing_keys + consumer.upgrade_routing_keys:
             steps.append(("queue_bind", {"queue": work, "exchange": topology.exchange, "routing_key": key}))
         for key in consumer.retired_routing_keys:
             steps.append(("queue_unbind", {"queue": work, "exchange": topology.exchange, "routing_key": key}))

@@ -20,7 +20,15 @@ from pika.channel import Channel
 from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
-from core.broker import EVENTS_BATCH, Topology, TopologyMismatch, connection_parameters, declare_topology
+from core.broker import (
+    BYTES_PER_MESSAGE,
+    EVENTS_BATCH,
+    EVENTS_PER_MESSAGE,
+    Topology,
+    TopologyMismatch,
+    connection_parameters,
+    declare_topology,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -276,12 +284,6 @@ def message_from_row(event_id, event_type: str, payload_text: str, headers_text:
     )
 
 
-# A packed message holds at most this many events, and this many bytes unless one event alone is
-# larger (it then goes alone, as it would unpacked).
-EVENTS_PER_MESSAGE = 100
-BYTES_PER_MESSAGE = 1 << 20
-
-
 @dataclass(frozen=True)
 class Planned:
     """What a batch of rows is published as: the messages, and for each row (by id) the ids of
@@ -293,9 +295,11 @@ class Planned:
 
 
 def plan_messages(rows, topology: Topology) -> Planned:
-    """Each row alone when a consumer binds its type (`Topology.routed_alone`), and every row in a
-    packed message (`EVENTS_BATCH`: a JSON array of the payloads, in claim order), for the
-    consumers that take every event (the projector)."""
+    """Every row in a packed message (`EVENTS_BATCH`: a JSON array of the payloads, in claim
+    order), for the consumer that takes every event (the projector), and each row alone too when
+    a consumer binds its type (`Topology.routed_alone`). The packed messages go first: when the
+    broker refuses one (closing the channel), the requests behind it never reach the sender, so
+    failing them is right."""
     messages: list[OutgoingMessage] = []
     carriers: dict[str, list[str]] = {}
     packed: list[OutgoingMessage] = []
@@ -330,7 +334,7 @@ def plan_messages(rows, topology: Topology) -> Planned:
     if chunk:
         pack()
     return Planned(
-        messages=messages + packed,
+        messages=packed + messages,
         carriers={row_id: tuple(ids) for row_id, ids in carriers.items()},
         packed=frozenset(m.message_id for m in packed),
     )

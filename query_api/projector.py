@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pika
@@ -54,6 +55,22 @@ UNFINISHED_SQL = """
     SELECT count(*) FROM read_sent_email
      WHERE status IN ('queued', 'sending') AND coalesce(send_at, created) < now() - %s * interval '1 second'
 """
+
+
+# Messages in hand at most. A packed message carries up to core.broker.EVENTS_PER_MESSAGE events
+# and BYTES_PER_MESSAGE bytes: a bound on the memory the prefetch takes. A full window is applied
+# at once, without waiting for PROJECTOR_BATCH_SIZE events or PROJECTOR_BATCH_WAIT_MS.
+PREFETCH_MESSAGES = 20
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A message in hand: its delivery tag, its id, whether it was packed, and its events."""
+
+    tag: int
+    message_id: str
+    packed: bool
+    events: list[Event]
 
 
 class ProjectorWorker(ReconnectingWorker):
@@ -135,8 +152,8 @@ class ProjectorWorker(ReconnectingWorker):
     def _consume(self, amqp: pika.BlockingConnection, channel: BlockingChannel) -> None:
         keeper = DeadLetterKeeper(queues=[self.topology.dead_letter_queue("projector")], keep=self._keep_dead_letter)
         dead_letters = amqp.channel()
-        channel.basic_qos(prefetch_count=self.batch_size * 2)
-        pending: list[tuple[int, str, list[Event]]] = []  # delivery tag, message id, its events
+        channel.basic_qos(prefetch_count=PREFETCH_MESSAGES)
+        pending: list[Pending] = []
         size = 0  # events in `pending`, the items of a batch of statuses counted one by one
         deadline = 0.0
         refresher = amqp.channel()
@@ -157,14 +174,21 @@ class ProjectorWorker(ReconnectingWorker):
                     try:
                         events = self._events_of(properties, body)
                         size += sum(len(unbatched(event)) for event in events)
-                        pending.append((tag, properties.message_id or "", events))
+                        pending.append(
+                            Pending(tag, properties.message_id or "", properties.type == EVENTS_BATCH, events)
+                        )
                     except (ValueError, TypeError, KeyError, ContractError, RecursionError) as exc:
                         DEAD.inc()
                         log.error("poison_event_dead_lettered", event_id=properties.message_id, error=str(exc)[:300])
                         channel.basic_reject(tag, requeue=False)
                     if len(pending) == 1:
                         deadline = time.monotonic() + self.batch_wait
-            if pending and (size >= self.batch_size or time.monotonic() >= deadline or self._stop.stopping):
+            if pending and (
+                size >= self.batch_size
+                or len(pending) >= PREFETCH_MESSAGES  # the broker sends no more until these are acked
+                or time.monotonic() >= deadline
+                or self._stop.stopping
+            ):
                 self._flush(channel, pending)
                 pending, size = [], 0
             if not pending:
@@ -200,11 +224,9 @@ class ProjectorWorker(ReconnectingWorker):
         """Record one event of a packed message as a dead letter of the projector's queue, as the
         dead-letter keeper records a whole message, so ops see it and can re-drive it; once (a
         projector that dies before its ack finds it recorded when the message comes again)."""
-        DEAD.inc()
         data = item if isinstance(item, dict) else {}
         event_id = str(data.get("event_id") or "")[:200] or f"{packed_in}:{json.dumps(item)[:100]}"
         queue = self.topology.queue("projector")
-        log.error("packed_event_dead_lettered", event_id=event_id, packed_in=packed_in, error=error[:300])
         with self._db.cursor() as cursor:
             cursor.execute(
                 "SELECT 1 FROM outbox_dead_letter WHERE queue = %s AND message_id = %s AND resolution = 'parked'",
@@ -213,6 +235,8 @@ class ProjectorWorker(ReconnectingWorker):
             if cursor.fetchone() is not None:
                 self._db.rollback()
                 return
+        DEAD.inc()
+        log.error("packed_event_dead_lettered", event_id=event_id, packed_in=packed_in, error=error[:300])
         self._keep_dead_letter(
             DeadLetterMessage(
                 queue=queue,
@@ -252,39 +276,40 @@ class ProjectorWorker(ReconnectingWorker):
             UNFINISHED.set(row[0])
         self._db.rollback()
 
-    def _flush(self, channel, pending: list[tuple[int, str, list[Event]]]) -> None:
+    def _flush(self, channel, pending: list[Pending]) -> None:
         started = time.perf_counter()
-        events = [event for _, _, carried in pending for event in carried]
+        events = [event for message in pending for event in message.events]
         try:
             if events:
                 apply_batch(self._db, events, webhooks_channel=self.webhooks_channel)
-            channel.basic_ack(pending[-1][0], multiple=True)
+            channel.basic_ack(pending[-1].tag, multiple=True)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             raise  # an outage: the unacked messages return when the connection closes
         except psycopg2.Error as exc:
             log.warning("projector_batch_failed_retrying_singly", events=len(events), error=str(exc)[:300])
-            for tag, message_id, carried in pending:
-                self._apply_singly(channel, tag, message_id, carried)
+            for message in pending:
+                self._apply_singly(channel, message)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         if events:
             LAG.set(event_age(events[-1]))
 
-    def _apply_singly(self, channel, tag: int, message_id: str, carried: list[Event]) -> None:
-        """Apply a message's events one by one: one that fails is dead-lettered alone, the message
-        whole when it carries that event alone, else the event parked on its own."""
-        for event in carried:
+    def _apply_singly(self, channel, message: Pending) -> None:
+        """Apply a message's events one by one: one that fails is dead-lettered alone, a packed
+        message's event parked on its own, a single event's message rejected to the dead-letter
+        queue."""
+        for event in message.events:
             try:
                 apply_batch(self._db, [event], webhooks_channel=self.webhooks_channel)
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 raise
             except psycopg2.Error as single:
-                if len(carried) == 1:
+                if not message.packed:
                     DEAD.inc()
                     log.error("event_dead_lettered", event_id=event.event_id, type=event.TYPE, error=str(single)[:300])
-                    channel.basic_reject(tag, requeue=False)
+                    channel.basic_reject(message.tag, requeue=False)
                     return
-                self._park_event(message_id, event.to_dict(), str(single))
-        channel.basic_ack(tag)
+                self._park_event(message.message_id, event.to_dict(), str(single))
+        channel.basic_ack(message.tag)
 
 
 def event_age(event: Event) -> float:

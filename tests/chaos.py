@@ -455,7 +455,7 @@ def run_chaos(
     with connection.cursor() as cursor:
         cursor.execute("SELECT message_id FROM outbox_dead_letter WHERE queue LIKE %s", [f"{run.prefix}.%"])
         dead = [row[0] for row in cursor.fetchall()]
-    # A poison message dies in every queue it was routed to (the sender's and the projector's).
+    # A poison message dies in the sender's queue, where it was published.
     report.poison_parked = len({message_id for message_id in dead if message_id in run.poison_ids})
     report.details["dead_letters"] = [m for m in dead if m not in run.poison_ids][:20]
     report.details["poison"] = (run.poison_ids, [m for m in dead if m in run.poison_ids])

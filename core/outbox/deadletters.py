@@ -229,8 +229,10 @@ def dead_letters_redrive(
         return DeadLetterAction(count=len(ready), skipped=skipped, dry_run=True)
     with transaction.atomic():
         for record, events in ready:
+            # A packed message, or one event of one (the projector kept it alone): the projector's.
+            of_packed = packed or "packed_in" in record.headers
             for event_id, data in events:
-                _redrive_event(record, event_id, data, actor=actor, via=via, reason=reason)
+                _redrive_event(record, event_id, data, packed=of_packed, actor=actor, via=via, reason=reason)
             record.resolution, record.resolved_at, record.resolved_by = "redriven", dj_timezone.now(), actor
             record.save(update_fields=["resolution", "resolved_at", "resolved_by"])
         notify_relay()
@@ -238,8 +240,11 @@ def dead_letters_redrive(
     return DeadLetterAction(count=len(ready), skipped=skipped, dry_run=False)
 
 
-def _redrive_event(record, event_id: str, data: dict, *, actor: str, via: str, reason: str) -> None:
-    """One event of dead letter `record` back into the outbox, in the caller's transaction."""
+def _redrive_event(record, event_id: str, data: dict, *, packed: bool, actor: str, via: str, reason: str) -> None:
+    """One event of dead letter `record` back into the outbox, in the caller's transaction. An
+    event of a packed message (the projector's) is only published again, for the read model: the
+    sender had the request from a message of its own, and its failed recipients must not go
+    again. Its headers are rebuilt from the payload, as the relay's message had none."""
     from django.db import connection
     from django.utils import timezone as dj_timezone
 
@@ -247,7 +252,14 @@ def _redrive_event(record, event_id: str, data: dict, *, actor: str, via: str, r
     from core.deliveries.store import note_provider_reports, provider_reports
     from core.outbox.models import OutboxEvent
 
-    headers = {k: v for k, v in record.headers.items() if k in ("schema_version", "correlation_id", "aggregateid")}
+    if packed:
+        headers = {
+            "schema_version": data.get("schema_version", 1),
+            "correlation_id": data.get("correlation_id", ""),
+            "aggregateid": str(data.get("email_id", record.pk)),
+        }
+    else:
+        headers = {k: v for k, v in record.headers.items() if k in ("schema_version", "correlation_id", "aggregateid")}
     OutboxEvent.objects.update_or_create(
         id=event_id,
         defaults={
@@ -262,6 +274,8 @@ def _redrive_event(record, event_id: str, data: dict, *, actor: str, via: str, r
             "aggregateid": str(data.get("email_id", record.pk)),
         },
     )
+    if packed:
+        return
     if data["type"] in ("email.delivery_statuses", "email.delivery_status"):
         # Reports an earlier release queued for the sender (sender-receipts) reach only the
         # projector now: noted here, as the webhook notes new ones.

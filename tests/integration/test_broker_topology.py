@@ -46,16 +46,31 @@ def test_events_route_to_the_consumers_that_need_them(topology):
     _publish(channel, topology, "email.requested", "r1")
     packed = json.dumps([{"event_id": "r1", "type": "email.requested"}, {"event_id": "s1", "type": "email.sent"}])
     _publish(channel, topology, EVENTS_BATCH, "packed", packed.encode())
-    # An event no consumer takes alone (the projector takes it packed): the broker returns it.
+    # A type nobody binds: the broker returns it.
     with pytest.raises(pika.exceptions.UnroutableError):
-        _publish(channel, topology, "email.sent", "s1")
+        _publish(channel, topology, "nobody.listens", "n1")
     conn.close()
     assert broker.collect(topology.queue("sender"), expect_ids={"r1"}).ids == ["r1"]
     got = broker.collect(topology.queue("projector"), expect_ids=2)
     assert sorted(got.ids) == ["r1", "s1"]
     assert {p.headers["packed_in"] for p, _ in got.messages} == {"packed"}  # one message, both events
+    # The relay publishes alone only what a consumer binds by type; the projector's bindings for
+    # an earlier release's relays (upgrade_routing_keys) do not count.
     assert topology.routed_alone("email.requested")
     assert not any(topology.routed_alone(t) for t in ("email.sent", "email.delivery_statuses", "email.scheduled"))
+
+
+def test_during_an_upgrade_an_earlier_relays_events_still_reach_the_projector_alone(topology):
+    conn = broker.blocking_connection()
+    channel = conn.channel()
+    channel.confirm_delivery()
+    kinds = ("email.scheduled", "email.cancelled", "email.sent", "email.failed", "email.suppressed")
+    for n, key in enumerate((*kinds, "email.delivery_status", "email.delivery_statuses")):
+        _publish(channel, topology, key, f"old-{n}")
+    _publish(channel, topology, "email.requested", "old-request")  # the sender's alone
+    conn.close()
+    assert len(broker.collect(topology.queue("projector"), expect_ids=7).ids) == 7
+    assert broker.collect(topology.queue("sender"), expect_ids={"old-request"}).ids == ["old-request"]
 
 
 @pytest.mark.parametrize(
@@ -73,12 +88,14 @@ def test_events_route_to_the_consumers_that_need_them(topology):
         ("email.#.sent", "email.a.b.failed", False),
     ],
 )
-def test_topic_matching_follows_the_exchange(topology, pattern, key, routed):
+def test_topic_matching_follows_the_exchange(pattern, key, routed):
     """`topic_matches`, which decides what the relay publishes alone, against the broker's own
-    routing of the same pattern and key."""
+    routing of the same pattern and key, on a topic exchange with that one binding."""
+    topology = broker.new_topology()
     conn = broker.blocking_connection()
     channel = conn.channel()
     channel.confirm_delivery()
+    channel.exchange_declare(topology.exchange, exchange_type="topic", auto_delete=True)
     queue = channel.queue_declare("", exclusive=True).method.queue
     channel.queue_bind(queue, topology.exchange, routing_key=pattern)
     try:
@@ -103,14 +120,17 @@ def test_declaring_removes_the_bindings_an_earlier_release_made(topology):
     conn = broker.blocking_connection()
     channel = conn.channel()
     channel.confirm_delivery()
-    for key in ("email.delivery_statuses", "email.delivery_status", "email.sent"):
-        with pytest.raises(pika.exceptions.UnroutableError):
-            _publish(channel, topology, key, "d1")
-    _publish(channel, topology, "email.requested", "r1")  # the sender's binding stays
+    _publish(channel, topology, "email.delivery_statuses", "d1")
+    _publish(channel, topology, "email.delivery_status", "d2")
+    _publish(channel, topology, "email.requested", "r1")
+    with pytest.raises(pika.exceptions.UnroutableError):  # what email.# took, and nothing binds now
+        _publish(channel, topology, "email.unknown", "u1")
     conn.close()
     assert broker.collect(topology.queue("sender"), expect_ids={"r1"}).ids == ["r1"]
     assert broker.queue_depth(topology.queue("sender-receipts")) == 0
-    assert broker.queue_depth(topology.queue("projector")) == 0
+    # The statuses by their own bindings (for an earlier release's relays); no request: email.#
+    # is gone.
+    assert sorted(broker.collect(topology.queue("projector"), expect_ids=2).ids) == ["d1", "d2"]
 
 
 def test_a_message_redelivered_past_the_limit_is_dead_lettered(topology):

@@ -525,12 +525,15 @@ def test_the_projector_parks_the_bad_events_of_a_packed_message_alone_and_applie
     good, after = requested(email_id=13), sent(email_id=13)
     in_postgres = delivered(email_id=13).to_dict() | {"reported_at": "not a time"}  # parses, fails in Postgres
     contract = {"type": "email.sent", "event_id": str(uuid.uuid4()), "email_id": 13}  # breaks the contract
-    publish_packed(topology, [good, in_postgres, contract, after], message_id="packed")
+    unknown = {"type": "nobody.listens", "event_id": str(uuid.uuid4())}  # a type the projector does not know
+    publish_packed(topology, [good, in_postgres, contract, unknown, after], message_id="packed")
     publish_packed(topology, [], message_id="unreadable", raw=b"[not json")
     publish_packed(topology, [], message_id="not-an-array", raw=b'{"type": "email.sent"}')
-    broker.wait_for(lambda: DeadLetter.objects.count() == 4, timeout=15, message="the four kept")
+    broker.wait_for(lambda: DeadLetter.objects.count() == 5, timeout=15, message="the five kept")
     kept = {d.message_id: d for d in DeadLetter.objects.all()}
-    assert sorted(kept) == sorted([in_postgres["event_id"], contract["event_id"], "unreadable", "not-an-array"])
+    assert sorted(kept) == sorted(
+        [in_postgres["event_id"], contract["event_id"], unknown["event_id"], "unreadable", "not-an-array"]
+    )
     # Each bad event on its own, with its type and body, as the keeper records a message.
     assert json.loads(kept[in_postgres["event_id"]].body) == in_postgres
     assert kept[in_postgres["event_id"]].type == in_postgres["type"] and kept[contract["event_id"]].type == "email.sent"

@@ -246,6 +246,10 @@ def test_a_packed_message_kept_whole_is_redriven_event_by_event(staff_client):
         }
         for n in (7, 8)
     ]
+    # A request too: the sender had it alone; its failed recipients must not go again.
+    request = email_requested(["ann@example.com"], email_id=9)
+    delivery(request, "ann@example.com", "failed")
+    events.append(request.to_dict())
     packed = dead_letter(json.dumps(events), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
     no_ids = dead_letter(json.dumps([{"type": "email.sent"}]), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
     not_events = dead_letter(json.dumps([1, 2]), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
@@ -259,9 +263,13 @@ def test_a_packed_message_kept_whole_is_redriven_event_by_event(staff_client):
     assert sorted(rows) == sorted(e["event_id"] for e in events)
     for event in events:
         row = rows[event["event_id"]]
-        assert row.payload == event and row.type == "email.scheduled" and row.aggregateid == str(event["email_id"])
+        assert row.payload == event and row.type == event["type"] and row.aggregateid == str(event["email_id"])
         assert row.published_at is None
+        # The relay's packed message had no headers of its own: rebuilt from the payload.
+        wanted = {"schema_version": 1, "correlation_id": event["correlation_id"], "aggregateid": str(event["email_id"])}
+        assert row.headers == wanted
     assert DeadLetter.objects.get(pk=packed.pk).resolution == "redriven"
+    assert Delivery.objects.get().state == "failed" and not Redrive.objects.exists()
 
 
 def test_the_cli_lists_redrives_and_dismisses_dead_letters(capsys):
