@@ -304,7 +304,7 @@ def plan_messages(rows, topology: Topology) -> Planned:
     carriers: dict[str, list[str]] = {}
     packed: list[OutgoingMessage] = []
     chunk: list[tuple[str, bytes]] = []
-    size = 0
+    size = 2  # the brackets; each payload adds its comma
 
     def pack() -> None:
         message = OutgoingMessage(
@@ -328,7 +328,7 @@ def plan_messages(rows, topology: Topology) -> Planned:
         body = payload_text.encode()
         if chunk and (len(chunk) == EVENTS_PER_MESSAGE or size + len(body) > BYTES_PER_MESSAGE):
             pack()
-            chunk, size = [], 0
+            chunk, size = [], 2
         chunk.append((row_id, body))
         size += len(body) + 1
     if chunk:

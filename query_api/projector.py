@@ -1,11 +1,12 @@
 """The projector process: consume every email event from its own queue and apply them in
-batches (up to `batch_size` events or `batch_wait` seconds per transaction, then one
-multiple-ack). The relay packs the events of each of its batches into one message
-(core.broker.EVENTS_BATCH); a message of one event (an earlier release's) is read too. A batch
-that fails is retried one event at a time, so one bad event is dead-lettered without holding the
-others: its message when it carries it alone, else the event itself, parked in Postgres as the
-dead-letter keeper parks a message. A message that cannot be parsed goes to the dead-letter
-queue at once. Reconnects with capped backoff; SIGTERM applies the batch in hand and exits 0.
+batches (up to `batch_size` events, `batch_wait` seconds or PREFETCH_MESSAGES messages per
+transaction, then one multiple-ack). The relay packs the events of each of its batches into one
+message (core.broker.EVENTS_BATCH); a message of one event (an earlier release's relay's) is read
+too. A batch that fails is retried one event at a time, so one bad event is dead-lettered without
+holding the others: a single event's message is rejected to the dead-letter queue, an event of a
+packed message is parked alone in Postgres, as the dead-letter keeper parks a message. A message
+that cannot be parsed goes to the dead-letter queue at once. Reconnects with capped backoff;
+SIGTERM applies the batch in hand and exits 0.
 """
 
 from __future__ import annotations

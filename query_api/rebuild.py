@@ -327,6 +327,10 @@ CANDIDATES_SQL = f"""
     UNION
     SELECT DISTINCT {D.email_id} FROM {D}
      WHERE {D.state} NOT IN {TERMINAL_SQL} AND {D.created_at} < now() - %(grace)s * interval '1 second'
+    UNION
+    -- rows an event made before its email's request, which never came (a request an earlier
+    -- release's relay published to the senders alone, during an upgrade): however old
+    SELECT id FROM read_sent_email WHERE owner_id IS NULL
 """
 # Of `ids`, those accepted (or, scheduled, due) longer than the stuck threshold ago with a
 # recipient that is not finished on the write side; and whether any of their recipients ever
@@ -388,8 +392,11 @@ def read_model_reconcile(*, repair: bool = False, limit: int = 10_000) -> Reconc
             if repair and (missing or behind):
                 rows, history = build_rows(cursor, missing + behind)
                 changes = _repaired_changes(rows, actual)
+                # A row made meanwhile is left to the projector; one there without an owner (made
+                # by an event before its request) is locked above and rewritten whole.
+                absent = {email_id for email_id in missing if email_id not in actual}
                 report.repaired += _write(
-                    cursor, "read_sent_email", "read_sent_email_event", rows, history, only_new=set(missing)
+                    cursor, "read_sent_email", "read_sent_email_event", rows, history, only_new=absent
                 )
                 _queue_webhooks(cursor, [c for c in changes if c.email_id in rows])
             never_claimed = [str(email_id) for email_id, claimed in stuck if not claimed]
@@ -418,8 +425,10 @@ def _repaired_changes(rows: dict[int, Row], actual: dict[int, tuple]) -> list[St
     row's, and the row keeps the highest (written with GREATEST)."""
     changes = []
     for email_id, row in rows.items():
-        have, _, seq = actual.get(email_id, ({}, None, 0))
+        have, owner, seq = actual.get(email_id, ({}, None, 0))
         seq = max(seq or 0, 0)
+        if owner is None:
+            have = {}  # nobody was told of a row without an owner: every status is news
         if row.owner_id is None:
             continue
         for recipient, state in sorted(row.recipient_status.items()):

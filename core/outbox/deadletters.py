@@ -224,13 +224,13 @@ def dead_letters_redrive(
         except ValueError:
             skipped.append(f"#{record.pk}: " + ("an event has no event id" if packed else "it has no event id"))
             continue
-        ready.append((record, list(zip(event_ids, events, strict=True))))
+        # A packed message, or one event of one (the projector kept it alone): the projector's.
+        of_packed = packed or "packed_in" in record.headers
+        ready.append((record, of_packed, list(zip(event_ids, events, strict=True))))
     if dry_run:
         return DeadLetterAction(count=len(ready), skipped=skipped, dry_run=True)
     with transaction.atomic():
-        for record, events in ready:
-            # A packed message, or one event of one (the projector kept it alone): the projector's.
-            of_packed = packed or "packed_in" in record.headers
+        for record, of_packed, events in ready:
             for event_id, data in events:
                 _redrive_event(record, event_id, data, packed=of_packed, actor=actor, via=via, reason=reason)
             record.resolution, record.resolved_at, record.resolved_by = "redriven", dj_timezone.now(), actor

@@ -467,35 +467,43 @@ def test_a_scheduled_then_cancelled_email_is_posted_as_email_scheduled_then_emai
     assert last_scheduled < min(d["sequence"] for d in by_type["email.cancelled"])
 
 
-def test_a_reconcile_repair_posts_what_it_moved_forward_once(dev_settings, receiver, conn, user, user_client):
-    """The projector was behind: reconcile writes the sender's outcome into the row from the write
-    side. The event, applied later, moves nothing; the repair is what tells the clients, once."""
+def _sent_by_the_sender(user_client, conn, *, projected_request: bool):
+    """An email posted and sent by a sender (recorded on the write side), its request applied to
+    the read model or not, its `email.sent` not yet: (the email id, the sender's event)."""
     from django.db import connection as django_connection
 
     from core.contracts import EmailRequested, event_from_dict
     from core.deliveries.store import DeliveryStore
     from core.outbox.models import OutboxEvent
-    from query_api.models import SentEmailLog
-    from query_api.rebuild import read_model_reconcile
     from tests.factories import EmailTemplateFactory
 
-    dev_settings.RECONCILE_GRACE_SECONDS = 0
-    endpoint_for(user, receiver.url("fast/sent"), ["email.sent"])
     answer = user_client.post(
         "/api/v1/emails/sent-email/",
         {"recipients": ["a@example.com"], "template": EmailTemplateFactory().pk},
         format="json",
     )
-    email_id = answer.json()["id"]
     request = event_from_dict(OutboxEvent.objects.get(type="email.requested").payload)
     assert isinstance(request, EmailRequested)
-    apply_batch(conn, [request])
+    if projected_request:
+        apply_batch(conn, [request])
     store = DeliveryStore(django_connection.settings_dict, pool_size=1, notify_channel=None)
     try:
         claim = store.claim(request, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
         store.record_sent(request, list(claim.claimed), token=claim.token, message_id="m1", attempt=1, provider="t")
     finally:
         store.close()
+    return answer.json()["id"], event_from_dict(OutboxEvent.objects.get(type="email.sent").payload)
+
+
+def test_a_reconcile_repair_posts_what_it_moved_forward_once(dev_settings, receiver, conn, user, user_client):
+    """The projector was behind: reconcile writes the sender's outcome into the row from the write
+    side. The event, applied later, moves nothing; the repair is what tells the clients, once."""
+    from query_api.models import SentEmailLog
+    from query_api.rebuild import read_model_reconcile
+
+    dev_settings.RECONCILE_GRACE_SECONDS = 0
+    endpoint_for(user, receiver.url("fast/sent"), ["email.sent"])
+    email_id, late = _sent_by_the_sender(user_client, conn, projected_request=True)
 
     report = read_model_reconcile(repair=True)
     assert email_id in report.behind and report.repaired >= 1
@@ -504,6 +512,28 @@ def test_a_reconcile_repair_posts_what_it_moved_forward_once(dev_settings, recei
     assert SentEmailLog.objects.get(pk=email_id).status_seq == 2
 
     # The sender's own event arrives late: nothing moves, nothing is posted twice.
-    late = event_from_dict(OutboxEvent.objects.get(type="email.sent").payload)
     apply_batch(conn, [late])
     assert WebhookMessage.objects.filter(email_id=email_id, event_type="email.sent").count() == 1
+
+
+def test_a_reconcile_repair_of_a_row_without_its_request_tells_the_clients(
+    dev_settings, receiver, conn, user, user_client
+):
+    """The request never reached the projector (an earlier release's relay published it to the
+    senders alone): the email's `sent` made its row without an owner, so nobody was told. The
+    repair, which gives the row its owner, is what tells the client."""
+    from query_api.models import SentEmailLog
+    from query_api.rebuild import read_model_reconcile
+
+    dev_settings.RECONCILE_GRACE_SECONDS = 0
+    endpoint_for(user, receiver.url("fast/sent"), ["email.sent"])
+    email_id, event = _sent_by_the_sender(user_client, conn, projected_request=False)
+    apply_batch(conn, [event])
+    assert SentEmailLog.objects.get(pk=email_id).owner_id is None
+    assert not WebhookMessage.objects.filter(email_id=email_id).exists()
+
+    report = read_model_reconcile(repair=True)
+    assert email_id in report.missing and report.repaired >= 1
+    posted = list(WebhookMessage.objects.filter(email_id=email_id, event_type="email.sent"))
+    assert [m.payload["data"]["recipient"] for m in posted] == ["a@example.com"]
+    assert SentEmailLog.objects.get(pk=email_id).owner_id == user.pk

@@ -465,6 +465,36 @@ def test_reconcile_reports_and_repairs_missing_and_behind_rows(conn, settings):
     assert read_model_reconcile().missing == [] and read_model_reconcile().behind == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_mends_a_row_whose_request_never_came_however_old(conn, settings):
+    # During an upgrade, an earlier release's relay publishes a request to the senders alone: the
+    # projector gets the email's `sent`, which makes its row, without an owner, and never the request.
+    from core.deliveries.store import DeliveryStore
+    from query_api.rebuild import read_model_reconcile
+    from tests.factories import EmailTemplateFactory
+
+    settings.RECONCILE_GRACE_SECONDS = 0
+    user = UserFactory()
+    body = {"recipients": ["ann@example.com"], "template": EmailTemplateFactory().pk}
+    response = client_for(user).post("/api/v1/emails/sent-email/", body, format="json")
+    request = EmailRequested.from_dict(OutboxEvent.objects.get(type="email.requested").payload)
+    store = DeliveryStore(connection.settings_dict, pool_size=1, notify_channel=None)
+    try:
+        claim = store.claim(request, lease_seconds=30, resend_in_doubt=True, in_doubt_grace=300)
+        store.record_sent(request, ["ann@example.com"], token=claim.token, message_id="m", attempt=1, provider="x")
+    finally:
+        store.close()
+    apply_batch(conn, [sent(email_id=request.email_id, recipients=["ann@example.com"])])
+    assert row(request.email_id).owner_id is None  # invisible to its owner
+    # Not among the newest emails (limit 0) nor unfinished: found as a row without an owner.
+    report = read_model_reconcile(limit=0, repair=True)
+    assert report.missing == [request.email_id] and report.repaired == 1
+    mended = row(request.email_id)
+    assert (mended.owner_id, mended.status, mended.subject) == (user.pk, "sent", request.subject)
+    assert response.json()["id"] == request.email_id
+    assert read_model_reconcile(limit=0).missing == []
+
+
 # The projector process --------------------------------------------------------------------------
 
 

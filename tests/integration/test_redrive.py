@@ -253,13 +253,20 @@ def test_a_packed_message_kept_whole_is_redriven_event_by_event(staff_client):
     packed = dead_letter(json.dumps(events), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
     no_ids = dead_letter(json.dumps([{"type": "email.sent"}]), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
     not_events = dead_letter(json.dumps([1, 2]), message_id=str(uuid.uuid4()), type=EVENTS_BATCH)
+    # Re-driven in the same call, after it: a request the sender's queue kept, whose recipient goes again.
+    other = email_requested(["bob@example.org"], email_id=10)
+    delivery(other, "bob@example.org", "failed")
+    senders = dead_letter(json.dumps(other.to_dict()), message_id=other.event_id, type="email.requested")
+    senders.queue = "emails.sender"
+    senders.save()
     url = "/api/v1/ops/dead-letters/redrive/"
-    answer = staff_client.post(url, {"ids": [packed.pk, no_ids.pk, not_events.pk]}, format="json").json()
-    assert answer["count"] == 1
+    ids = [packed.pk, no_ids.pk, not_events.pk, senders.pk]
+    answer = staff_client.post(url, {"ids": ids}, format="json").json()
+    assert answer["count"] == 2
     assert sorted(answer["skipped"]) == sorted(
         [f"#{no_ids.pk}: an event has no event id", f"#{not_events.pk}: the body is not a JSON event array"]
     )
-    rows = {str(row.id): row for row in OutboxEvent.objects.all()}
+    rows = {str(row.id): row for row in OutboxEvent.objects.exclude(id=other.event_id)}
     assert sorted(rows) == sorted(e["event_id"] for e in events)
     for event in events:
         row = rows[event["event_id"]]
@@ -269,7 +276,9 @@ def test_a_packed_message_kept_whole_is_redriven_event_by_event(staff_client):
         wanted = {"schema_version": 1, "correlation_id": event["correlation_id"], "aggregateid": str(event["email_id"])}
         assert row.headers == wanted
     assert DeadLetter.objects.get(pk=packed.pk).resolution == "redriven"
-    assert Delivery.objects.get().state == "failed" and not Redrive.objects.exists()
+    states = {d.recipient: d.state for d in Delivery.objects.all()}
+    assert states["ann@example.com"] == "failed" and states["bob@example.org"] != "failed"
+    assert Redrive.objects.count() == 1
 
 
 def test_the_cli_lists_redrives_and_dismisses_dead_letters(capsys):
