@@ -178,12 +178,12 @@ class ProjectorWorker(ReconnectingWorker):
                         pending.append(
                             Pending(tag, properties.message_id or "", properties.type == EVENTS_BATCH, events)
                         )
+                        if len(pending) == 1:  # the first in hand: the batch waits this long at most
+                            deadline = time.monotonic() + self.batch_wait
                     except (ValueError, TypeError, KeyError, ContractError, RecursionError) as exc:
                         DEAD.inc()
                         log.error("poison_event_dead_lettered", event_id=properties.message_id, error=str(exc)[:300])
                         channel.basic_reject(tag, requeue=False)
-                    if len(pending) == 1:
-                        deadline = time.monotonic() + self.batch_wait
             if pending and (
                 size >= self.batch_size
                 or len(pending) >= PREFETCH_MESSAGES  # the broker sends no more until these are acked
