@@ -28,7 +28,7 @@ from psycopg2.extensions import connection as PgConnection
 from core.broker import EVENTS_BATCH, Topology, connection_parameters, declare_topology, last_delivery, refresh
 from core.contracts import ContractError, Event, event_from_dict
 from core.db import connect_postgres
-from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park
+from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park, parked_already
 from core.workers import ReconnectingWorker
 from query_api.apply import apply_batch, unbatched
 
@@ -229,11 +229,7 @@ class ProjectorWorker(ReconnectingWorker):
         event_id = str(data.get("event_id") or "")[:200] or f"{packed_in}:{json.dumps(item)[:100]}"
         queue = self.topology.queue("projector")
         with self._db.cursor() as cursor:
-            cursor.execute(
-                "SELECT 1 FROM outbox_dead_letter WHERE queue = %s AND message_id = %s AND resolution = 'parked'",
-                [queue, event_id],
-            )
-            if cursor.fetchone() is not None:
+            if parked_already(cursor, queue=queue, message_id=event_id):
                 self._db.rollback()
                 return
         DEAD.inc()

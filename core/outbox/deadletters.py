@@ -127,6 +127,16 @@ class DeadLetterMessage:
         }
 
 
+def parked_already(cursor, *, queue: str, message_id: str) -> bool:
+    """Whether a message of `queue` with this id waits for ops already: a consumer that records
+    one itself (not through the keeper, whose messages dedupe on their death) checks first."""
+    cursor.execute(
+        "SELECT 1 FROM outbox_dead_letter WHERE queue = %s AND message_id = %s AND resolution = 'parked'",
+        [queue, message_id],
+    )
+    return cursor.fetchone() is not None
+
+
 def park(
     cursor, message: DeadLetterMessage, *, resolution: str = "parked", detail: str = "", resolved_by: str = ""
 ) -> bool:
@@ -216,11 +226,10 @@ def dead_letters_redrive(
         if not events or not all(isinstance(item, dict) and isinstance(item.get("type"), str) for item in events):
             skipped.append(f"#{record.pk}: the body is not a JSON event" + (" array" if packed else ""))
             continue
+        # A packed message's events name themselves; a message is its own event, by its id.
+        named = [e.get("event_id") for e in events] if packed else [record.message_id or events[0].get("event_id")]
         try:
-            event_ids = [
-                str(uuid.UUID(str(item.get("event_id")) if packed else record.message_id or str(item.get("event_id"))))
-                for item in events
-            ]
+            event_ids = [str(uuid.UUID(str(event_id))) for event_id in named]
         except ValueError:
             skipped.append(f"#{record.pk}: " + ("an event has no event id" if packed else "it has no event id"))
             continue
