@@ -238,6 +238,9 @@ SENDGRID_TIMEOUT_SECONDS = env_int("SENDGRID_TIMEOUT_SECONDS", 10)
 SENDER_PREFETCH = env_int("SENDER_PREFETCH", 600)
 SENDER_CONCURRENCY = env_int("SENDER_CONCURRENCY", 500)
 SENDER_DB_POOL_SIZE = env_int("SENDER_DB_POOL_SIZE", 8)
+# Under load (the last statement of the kind carried more than one email), a claim or outcome
+# statement waits this long for the threads arriving behind it: fewer commits and round trips.
+SENDER_BATCH_LINGER_MS = env_int("SENDER_BATCH_LINGER_MS", 10)
 # The waits between a recipient's attempts after transient failures (with ±20% jitter): one more
 # attempt than there are tiers, then `failed`. The default rides out a day's outage and more.
 SENDER_RETRY_SCHEDULE = env_durations("SENDER_RETRY_SCHEDULE", "10s,30s,2m,5m,15m,30m,1h,2h,4h,8h,8h,8h")

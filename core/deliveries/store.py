@@ -434,7 +434,15 @@ class Claim:
 
 
 class DeliveryStore:
-    def __init__(self, database: dict, *, pool_size: int, notify_channel: str | None, provider: str = "sendgrid"):
+    def __init__(
+        self,
+        database: dict,
+        *,
+        pool_size: int,
+        notify_channel: str | None,
+        provider: str = "sendgrid",
+        linger: float = 0.0,
+    ):
         self._pool_size = pool_size
         self._connect_kwargs = connect_kwargs(database, application_name="sender")
         # Opened on first use, not here: a sender started while Postgres is down must wait for it
@@ -448,10 +456,15 @@ class DeliveryStore:
         self._pause_cache: tuple[float, float] = (0.0, 0.0)  # (checked at, paused until)
         # The claims' first statement and the outcomes, of threads that arrive together, run as
         # one statement each (core.deliveries.batching), each kind on up to half the pool.
-        # A statement writes at most BATCH_ROWS deliveries (or one email's, however many).
+        # A statement writes at most BATCH_ROWS deliveries (or one email's, however many). Under
+        # load a statement waits `linger` seconds for the threads arriving behind it.
         width = max(1, pool_size // 2)
-        self._claims: Batch[dict, list[tuple]] = _deliveries_batch("claim", self._claim_many, self._claim_one, width)
-        self._outcomes: Batch[dict, int] = _deliveries_batch("outcome", self._outcome_many, self._outcome_one, width)
+        self._claims: Batch[dict, list[tuple]] = _deliveries_batch(
+            "claim", self._claim_many, self._claim_one, width, linger
+        )
+        self._outcomes: Batch[dict, int] = _deliveries_batch(
+            "outcome", self._outcome_many, self._outcome_one, width, linger
+        )
         # The reports an earlier release queued for the sender (the retired sender-receipts queue):
         # the messages that arrive while one statement runs share the next. Any two may share one
         # (`key=id`): RECEIPTS_SQL keeps one report per delivery, the first.
@@ -1008,7 +1021,7 @@ def _grace_from(request: EmailRequested) -> str | None:
     return request.send_at or None
 
 
-def _deliveries_batch(kind: str, run_many, run_one, width: int) -> Batch:
+def _deliveries_batch(kind: str, run_many, run_one, width: int, linger: float) -> Batch:
     """A Batch of claims or outcomes (parameter dicts): one email per statement at most once,
     sized by its recipients."""
     return Batch(
@@ -1018,6 +1031,7 @@ def _deliveries_batch(kind: str, run_many, run_one, width: int) -> Batch:
         size=lambda p: len(p["recipients"]),
         width=width,
         most=BATCH_ROWS,
+        linger=linger,
         on_fallback=lambda error, items: _fell_back(kind, error, items),
     )
 
