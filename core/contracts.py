@@ -23,6 +23,12 @@ def _field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+@cache
+def _required_names(cls) -> tuple[str, ...]:
+    """The fields without a default: fields added later within a version have one."""
+    return tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Event:
     TYPE: ClassVar[str]
@@ -49,14 +55,14 @@ class Event:
         if data.get("schema_version") != cls.VERSION:
             raise ContractError(f"{cls.TYPE}: unsupported schema_version {data.get('schema_version')!r}")
         # Fields added later within a version have defaults, so older payloads still read.
-        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-        missing = [name for name in required if name not in data]
+        missing = [name for name in _required_names(cls) if name not in data]  # type: ignore[arg-type]
         if missing:
             raise ContractError(f"{cls.TYPE}: missing {', '.join(missing)}")
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for name, value in values.items():
-            if isinstance(value, list):
-                values[name] = tuple(value)
+        values: dict = {
+            name: tuple(value) if isinstance(value := data[name], list) else value
+            for name in _field_names(cls)  # type: ignore[arg-type]
+            if name in data
+        }
         return cls(**values)
 
 

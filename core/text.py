@@ -86,7 +86,7 @@ _RAW_C1 = re.compile(r"[\x80-\x9f]")
 _ESCAPED = re.compile(r"\\u(?:00[01189][0-9a-fA-F]|007[fF]|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
-def _suspect_json(text: str) -> bool:
+def suspect_json(text: str) -> bool:
     """Whether JSON `text` may hold a forbidden character; the common answer, no, at C speed."""
     if "\x7f" in text or (not text.isascii() and _RAW_C1.search(text)):
         return True
@@ -96,14 +96,17 @@ def _suspect_json(text: str) -> bool:
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def first_problem(data, *, max_depth: int, text: str | None = None) -> tuple[str, str] | None:
+def first_problem(
+    data, *, max_depth: int, text: str | None = None, suspect: bool | None = None
+) -> tuple[str, str] | None:
     """The first (field path, reason) in a parsed JSON document: a container nested deeper than
     `max_depth`, a string (or a key) holding a forbidden character, a number OutOfRange, or a value
     that is not JSON at all (a file from a form, say); None when clean. Paths look like
     `context.items.2.name`. With the `text` it was parsed from, strings are searched one by one
     only when the text holds a forbidden character, raw or escaped; paths are built only for a
-    problem. Both keep a large clean body cheap."""
-    strings = text is None or _suspect_json(text)
+    problem. Both keep a large clean body cheap. `suspect` is that answer, when the caller has it
+    already: the parts of one body checked one by one (`suspect_json` of the body, once)."""
+    strings = suspect if suspect is not None else (text is None or suspect_json(text))
     if problem := _value_problem(data, strings):
         return "body", problem
     if not isinstance(data, (dict, list)):

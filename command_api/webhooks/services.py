@@ -22,7 +22,7 @@ from core.deliveries.store import note_provider_reports
 from core.errors import ApplicationError
 from core.outbox.services import new_event_id, outbox_events_add
 from core.suppressions.services import SuppressionItem, suppressions_add_many
-from core.text import OutOfRange, array_items, first_problem, parse_id, text_problem
+from core.text import OutOfRange, array_items, first_problem, parse_id, suspect_json, text_problem
 
 log = structlog.get_logger(__name__)
 
@@ -193,9 +193,10 @@ def _reported_at(item: dict) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-def _provider_event(item: dict, kind: str) -> Report:
-    """The record of one event of ours, or _Malformed naming what is wrong with it."""
-    if found := first_problem(item, max_depth=_ITEM_MAX_DEPTH):
+def _provider_event(item: dict, kind: str, *, suspect: bool) -> Report:
+    """The record of one event of ours, or _Malformed naming what is wrong with it. `suspect`:
+    whether the post's body may hold a forbidden character (else no string of it is searched)."""
+    if found := first_problem(item, max_depth=_ITEM_MAX_DEPTH, suspect=suspect):
         raise _Malformed(f"{found[0]}: {found[1]}")
     reason = item.get("reason") or item.get("response") or ""
     return Report(
@@ -296,6 +297,9 @@ def sendgrid_events_receive(
     Raises ApplicationError: 403 (signature), 400 (not a JSON list)."""
     verify_signature(body=body, signature=signature, timestamp=timestamp)
     items = _parse_items(body)
+    # One search of the body, at C speed: with no forbidden character in it, raw or escaped, no
+    # item's strings need searching one by one.
+    suspect = suspect_json(body)
 
     candidates: dict[str, Report] = {}
     ignored, rejected = 0, []
@@ -308,7 +312,7 @@ def sendgrid_events_receive(
             ignored += 1  # another kind of event, or mail not sent by us (no custom_args of ours)
             continue
         try:
-            event = _provider_event(item, kind)
+            event = _provider_event(item, kind, suspect=suspect)
         except _Malformed as exc:
             rejected.append((index, str(exc)))
             continue

@@ -83,6 +83,9 @@ BAD = [
     ("timestamp", -1),
     ("timestamp", "soon"),
     ("smtp-id", "<\x00@x>"),
+    ("smtp-id", "<\x7f@x>"),
+    ("smtp-id", "<\x85@x>"),
+    ("ex\x01tra", "a key with a control character"),
     ("extra", {"deep": [[[[[[[[[[1]]]]]]]]]]}),
 ]
 
