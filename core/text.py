@@ -81,16 +81,17 @@ def printable_key(key: str) -> str:
     return FORBIDDEN_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", key)
 
 
-# A forbidden character in JSON text: C1 controls and DEL may stand raw, the rest only escaped.
+# A forbidden character in JSON text: C1 controls and DEL may stand raw, the rest only escaped,
+# as \uXXXX or, for backspace and form feed, as JSON's short escapes \b and \f.
 _RAW_C1 = re.compile(r"[\x80-\x9f]")
-_ESCAPED = re.compile(r"\\u(?:00[01189][0-9a-fA-F]|007[fF]|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_ESCAPED = re.compile(r"\\(?:[bf]|u(?:00[01189][0-9a-fA-F]|007[fF]|[dD][89a-fA-F][0-9a-fA-F]{2}))")
 
 
 def suspect_json(text: str) -> bool:
     """Whether JSON `text` may hold a forbidden character; the common answer, no, at C speed."""
     if "\x7f" in text or (not text.isascii() and _RAW_C1.search(text)):
         return True
-    return "\\u" in text and _ESCAPED.search(text) is not None
+    return "\\" in text and _ESCAPED.search(text) is not None
 
 
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})

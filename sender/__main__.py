@@ -47,7 +47,7 @@ def command_run(args) -> int:
                 settings.DATABASES["default"],
                 pool_size=settings.SENDER_DB_POOL_SIZE,
                 notify_channel=settings.OUTBOX_NOTIFY_CHANNEL if settings.OUTBOX_NOTIFY else None,
-                linger=settings.SENDER_BATCH_LINGER_MS / 1000,
+                linger_ms=settings.SENDER_BATCH_LINGER_MS,
             ),
             policy=Policy(
                 schedule=settings.SENDER_RETRY_SCHEDULE,

@@ -109,10 +109,15 @@ class Batch(Generic[Item, Result]):
         # its item, unless an earlier thread took it, or left it for the next statement (a second
         # item of one key, or one beyond `most`). A thread that takes items finishes them, so an
         # item taken only waits for its result; no item waits for a thread that has gone.
+        # Under load the thread first waits at the gate for the threads arriving behind it (not
+        # when a statement's worth is waiting already). With several gates, threads that arrive
+        # meanwhile may wait too: one whose item was taken while it waited takes nothing more.
         while not slot.taken:
             with self._gate:
-                if self._busy and self._linger and not slot.taken:
-                    time.sleep(self._linger)  # at the gate: the threads arriving meanwhile join in
+                if self._busy and self._linger and not slot.taken and not self._full():
+                    time.sleep(self._linger)
+                    if slot.taken:
+                        break
                 taken = self._take()
                 if taken:
                     self._run(taken)
@@ -120,6 +125,11 @@ class Batch(Generic[Item, Result]):
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
+
+    def _full(self) -> bool:
+        """Whether the items waiting fill a statement (`most` rows) already."""
+        with self._lock:
+            return sum(slot.size for slot in self._waiting) >= self._most
 
     def _take(self) -> list[_Slot[Item, Result]]:
         with self._lock:

@@ -441,7 +441,7 @@ class DeliveryStore:
         pool_size: int,
         notify_channel: str | None,
         provider: str = "sendgrid",
-        linger: float = 0.0,
+        linger_ms: int = 0,
     ):
         self._pool_size = pool_size
         self._connect_kwargs = connect_kwargs(database, application_name="sender")
@@ -457,8 +457,10 @@ class DeliveryStore:
         # The claims' first statement and the outcomes, of threads that arrive together, run as
         # one statement each (core.deliveries.batching), each kind on up to half the pool.
         # A statement writes at most BATCH_ROWS deliveries (or one email's, however many). Under
-        # load a statement waits `linger` seconds for the threads arriving behind it.
+        # load a claim or outcome statement waits `linger_ms` for the threads arriving behind it
+        # (SENDER_BATCH_LINGER_MS); the receipts' never does.
         width = max(1, pool_size // 2)
+        linger = max(0, linger_ms) / 1000
         self._claims: Batch[dict, list[tuple]] = _deliveries_batch(
             "claim", self._claim_many, self._claim_one, width, linger
         )

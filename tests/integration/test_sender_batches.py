@@ -231,3 +231,41 @@ def test_each_email_in_a_batch_keeps_its_own_grace_for_a_delivery_in_doubt(store
     assert (store._claims.largest, store._claims.fallbacks) == (2, 0)
     assert first.claimed == {} and first.waiting == ["ann@example.com"]  # its grace runs from send_at
     assert second.claimed == {"bob@example.com": 2}
+
+
+def test_the_sender_s_linger_reaches_its_claims_and_outcomes_not_its_receipts():
+    store = DeliveryStore(connection.settings_dict, pool_size=4, notify_channel=None, linger_ms=10)
+    try:
+        assert (store._claims._linger, store._outcomes._linger, store._receipts._linger) == (0.01, 0.01, 0.0)
+    finally:
+        store.close()
+
+
+def test_under_load_claims_arriving_during_the_linger_share_one_statement():
+    """With a linger, after a statement of several claims, the next claims that arrive within it
+    go as one statement, each with its own rows and token."""
+    store = DeliveryStore(connection.settings_dict, pool_size=2, notify_channel="outbox", linger_ms=500)
+    try:
+        owner = UserFactory()
+        first = [request(owner.pk, [f"a{i}@example.com"], email_id=i) for i in range(2)]
+        together(store._claims, [claim(store, e) for e in first])  # two at once: under load
+        later = [request(owner.pk, [f"b{i}@example.com", f"c{i}@example.org"], email_id=10 + i) for i in range(3)]
+        results: list = [None] * len(later)
+
+        def run(i):
+            results[i] = claim(store, later[i])()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(later))]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(timeout=30)
+
+        assert (store._claims.statements, store._claims.largest) == (2, 3)
+        for event, got in zip(later, results, strict=True):
+            assert got.claimed == {r: 1 for r in event.recipients}
+            rows = Delivery.objects.filter(event_id=event.event_id)
+            assert {str(row.claim_token) for row in rows} == {got.token}
+    finally:
+        store.close()

@@ -6,10 +6,10 @@ import time
 
 from core.deliveries.batching import Batch
 
-LINGER = 2.0  # long beside the few milliseconds the threads take to arrive: the test cannot race it
+LINGER = 0.5  # long beside the few milliseconds the threads take to arrive: the test cannot race it
 
 
-def recording_batch(linger: float) -> tuple[Batch, list[list[str]]]:
+def recording_batch(linger: float, *, width: int = 1, most: int = 200) -> tuple[Batch, list[list[str]]]:
     statements: list[list[str]] = []
 
     def run_many(items):
@@ -20,18 +20,23 @@ def recording_batch(linger: float) -> tuple[Batch, list[list[str]]]:
         statements.append([item])
         return f"done {item}"
 
-    return Batch(run_many=run_many, run_one=run_one, key=lambda item: item, linger=linger), statements
+    batch = Batch(run_many=run_many, run_one=run_one, key=lambda item: item, linger=linger, width=width, most=most)
+    return batch, statements
 
 
-def submit_all(batch: Batch, items: list[str], *, spacing: float = 0.0) -> dict[str, str]:
-    """Each item on its own thread, `spacing` seconds apart; returns each item's result."""
+def submit_all(batch: Batch, items: list[str], *, spacing: float = 0.0, at: list[float] | None = None) -> dict:
+    """Each item on its own thread, `spacing` seconds apart (or at the times `at`, in seconds from
+    now); returns each item's result."""
     results: dict[str, str] = {}
+    start = time.monotonic()
 
     def run(item):
         results[item] = batch.submit(item)
 
     threads = []
-    for item in items:
+    for index, item in enumerate(items):
+        if at is not None:
+            time.sleep(max(0.0, start + at[index] - time.monotonic()))
         threads.append(threading.Thread(target=run, args=(item,)))
         threads[-1].start()
         time.sleep(spacing)
@@ -91,3 +96,29 @@ def test_without_a_linger_nothing_waits_even_under_load():
     assert batch.submit("c") == "done c"
     assert time.monotonic() - started < LINGER
     assert statements == [["a", "b"], ["c"]]
+
+
+def test_with_several_gates_a_thread_whose_item_was_taken_while_it_waited_takes_nothing_more():
+    # Two gates: c waits, d arrives and waits too; c's statement takes both. f arrives after it and
+    # before d's wait ends: d must leave f to f's own thread (which waits for g), not take it alone.
+    batch, statements = recording_batch(2 * LINGER, width=2)
+    make_busy(batch, ["a", "b"])
+    results = submit_all(batch, ["c", "d", "f", "g"], at=[0.0, 0.8 * LINGER, 2.4 * LINGER, 3.2 * LINGER])
+    assert results == {item: f"done {item}" for item in "cdfg"}
+    assert statements == [["a", "b"], ["c", "d"], ["f", "g"]]
+
+
+def test_no_wait_when_a_statement_s_worth_is_waiting_already():
+    batch, statements = recording_batch(LINGER, most=2)
+    make_busy(batch, ["a", "b"])
+    started = time.monotonic()
+    with batch.held():  # c and d both wait: together they fill a statement
+        threads = [threading.Thread(target=batch.submit, args=(item,)) for item in ("c", "d")]
+        for thread in threads:
+            thread.start()
+        while batch.waiting() < 2:
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert time.monotonic() - started < LINGER
+    assert statements == [["a", "b"], ["c", "d"]]
