@@ -173,8 +173,8 @@ class ProjectorWorker(ReconnectingWorker):
                     self._refresh(channel, refresher, queue, tag, properties, body)
                 else:
                     try:
-                        events = self._events_of(properties, body)
-                        size += sum(len(unbatched(event)) for event in events)
+                        events, items = self._events_of(properties, body)
+                        size += items
                         pending.append(
                             Pending(tag, properties.message_id or "", properties.type == EVENTS_BATCH, events)
                         )
@@ -198,28 +198,28 @@ class ProjectorWorker(ReconnectingWorker):
                 break
         channel.cancel()
 
-    def _events_of(self, properties, body: bytes) -> list[Event]:
-        """The events a message carries: one, or a packed message's (EVENTS_BATCH) array of them.
+    def _events_of(self, properties, body: bytes) -> tuple[list[Event], int]:
+        """The events a message carries: one, or a packed message's (EVENTS_BATCH) array of them;
+        and how many they stand for (a batch of statuses counts its items, checked once here).
         Raises for a message that cannot be read, or a single event that breaks its contract
         (the message is poison). A packed event that breaks its contract is parked on its own
         (`_park_event`): the others are applied."""
         data = json.loads(body)
         if properties.type != EVENTS_BATCH:
             event = event_from_dict(data)
-            unbatched(event)  # checks a batch's items: a bad one makes it poison
-            return [event]
+            return [event], len(unbatched(event))  # a batch's bad item makes it poison
         if not isinstance(data, list):
             raise ValueError(f"{EVENTS_BATCH}: not a JSON array")
-        events = []
+        events, items = [], 0
         for item in data:
             try:
                 event = event_from_dict(item)
-                unbatched(event)
+                items += len(unbatched(event))
             except (ValueError, TypeError, KeyError, AttributeError, ContractError) as exc:
                 self._park_event(properties.message_id or "", item, str(exc))
                 continue
             events.append(event)
-        return events
+        return events, items
 
     def _park_event(self, packed_in: str, item, error: str) -> None:
         """Record one event of a packed message as a dead letter of the projector's queue, as the

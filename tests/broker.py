@@ -219,7 +219,6 @@ class WorkerProcess:
 
     def events(self) -> list[str]:
         """The `event` of every JSON log line, in order."""
-
         return [json.loads(line).get("event") for line in self.logs().splitlines() if line.startswith("{")]
 
     def stop_quietly(self) -> None:
@@ -296,7 +295,6 @@ def publish(
 ) -> None:
     """Publish one event (or raw bytes) to the topology's exchange, confirmed; with `queue`,
     straight to that queue (through the default exchange), whatever its bindings."""
-
     conn = blocking_connection(url)
     try:
         channel = conn.channel()
