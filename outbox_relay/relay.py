@@ -13,8 +13,9 @@ rows, and a row another relay has just published no longer matches the claim onc
 no row is published twice in normal operation. Order holds within one relay's batch; across
 relays, events of different batches may interleave.
 
-`RelayWorker` is the process around it: LISTEN/NOTIFY wake-ups with a polling fallback, capped
-reconnect backoff, a pause while the broker blocks the connection, SIGTERM handling, metrics.
+`RelayWorker` is the process around it: LISTEN/NOTIFY wake-ups with a polling fallback (and,
+under load, polling alone: see `_listen_while_quiet`), capped reconnect backoff, a pause while the
+broker blocks the connection, SIGTERM handling, metrics.
 """
 
 from __future__ import annotations
@@ -245,6 +246,8 @@ class RelayWorker(ReconnectingWorker):
         self._woke_for_due = False
         self._woke_by_notify = False
         self._last_claimed = 0
+        # Whether the listen session is LISTENing: not while busy (_listen_while_quiet).
+        self._listening = False
 
     # Lifecycle (the hooks of core.workers.ReconnectingWorker) ----------------------------------
 
@@ -262,6 +265,7 @@ class RelayWorker(ReconnectingWorker):
                 self._listen = listen_postgres(
                     self.config.database, application_name="outbox-relay-listen", channel=self.config.notify_channel
                 )
+                self._listening = True
 
     def open_broker(self) -> None:
         if not self.publisher.is_open:
@@ -325,6 +329,8 @@ class RelayWorker(ReconnectingWorker):
                     raise PublisherUnavailable(outcome.error or "connection lost")
             if outcome.claimed == self.config.batch_size:
                 continue  # a full batch: there is probably more, go on at once
+            if self._listen_while_quiet(outcome.claimed):
+                continue  # listening again: first claim what committed while nobody listened
             if (outcome.claimed == 0 and not self._woke_by_notify) or self._woke_for_due:
                 # Idle (a poll found nothing), or woken for a due row: learn when the next row not
                 # due yet is due. One indexed read, never on the busy path, where every wake-up
@@ -334,7 +340,50 @@ class RelayWorker(ReconnectingWorker):
                 self._next_due = None if due_in is None else time.monotonic() + due_in
             self._wait_for_work()
 
+    def _busy_gather(self) -> float:
+        """The wait before the next claim while busy (the last batch held more than one row)."""
+        if self.config.gather_busy is None:
+            return self.config.gather
+        return max(self.config.gather, self.config.gather_busy)
+
+    def _listen_while_quiet(self, claimed: int) -> bool:
+        """LISTEN only while quiet. Under load every committing transaction notifies, and each
+        NOTIFY wakes the listen session's backend, which sends it on, and this process, which
+        reads it, though a busy relay waits `_busy_gather()` after a wake-up before it claims
+        anyway. So a batch of more than one row ends the listening (UNLISTEN), and the relay then
+        claims every `_busy_gather()` on its own; a claim of one row or none starts it again
+        (LISTEN). Returns True when it just did: what committed since the last claim notified
+        nobody, so the caller claims once more before it waits for a NOTIFY."""
+        if self._listen is None:
+            return False
+        if self._listening:
+            if claimed > 1 and self._busy_gather() > 0:  # a busy gather of 0 would claim in a loop
+                self._set_listening(False)
+            return False
+        if claimed > 1:
+            return False
+        self._set_listening(True)
+        return True
+
+    def _set_listening(self, listening: bool) -> None:
+        assert self._listen is not None and self.config.notify_channel
+        with self._listen.cursor() as cursor:  # raises OperationalError when Postgres went away
+            cursor.execute(f'{"LISTEN" if listening else "UNLISTEN"} "{self.config.notify_channel}"')
+        # What arrived before the UNLISTEN wakes nobody: a claim follows the LISTEN, and an idle
+        # relay reads the next due time from the table (a scheduled send's NOTIFY carried it).
+        self._listen.poll()
+        self._listen.notifies.clear()
+        self._listening = listening
+        self._woke_by_notify = False
+        log.debug("relay_listening" if listening else "relay_polling_while_busy")
+
     def _wait_for_work(self) -> None:
+        if self._listen is not None and not self._listening:
+            # Busy: no NOTIFY comes; the next claim is due after the busy gather.
+            self.publisher.wait([self._stop.fd], self._busy_gather())
+            if not self.publisher.is_open:
+                raise PublisherUnavailable("connection lost while idle")
+            return
         fds = [self._stop.fd] + ([self._listen.fileno()] if self._listen is not None else [])
         timeout = self.config.poll_interval
         if self._next_due is not None:
@@ -348,9 +397,7 @@ class RelayWorker(ReconnectingWorker):
             woken = self._woke_by_notify = bool(self._listen.notifies)
             self._note_scheduled(self._listen.notifies)
             self._listen.notifies.clear()
-            gather = self.config.gather
-            if self._last_claimed > 1 and self.config.gather_busy is not None:
-                gather = max(gather, self.config.gather_busy)
+            gather = self._busy_gather() if self._last_claimed > 1 else self.config.gather
             if woken and gather > 0:
                 # Under load every request commits and notifies on its own; gathering them for a
                 # few milliseconds makes one batch (one claim, one confirm wait) of many.

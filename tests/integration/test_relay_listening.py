@@ -1,0 +1,155 @@
+"""The relay LISTENs only while quiet: under load it claims on a timer and no NOTIFY wakes it or
+its listen session's backend; a claim of one row or none makes it listen again, and claim once
+more for what committed while nobody listened. Against the real Postgres and RabbitMQ; these tests
+commit (transaction=True): the relay reads with connections of its own."""
+
+import threading
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from core.worker_http import Health
+from outbox_relay.publisher import ConfirmingPublisher
+from outbox_relay.relay import RelayConfig, RelayWorker
+from tests import broker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Longer than any test here: only a NOTIFY, or the relay's polling while busy, explains a publish.
+POLL_MS = 30000
+
+
+def notify() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])
+
+
+def listen_session_last_statement() -> str:
+    """The statement the relay's listen session ran last: LISTEN or UNLISTEN (or none yet)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT query FROM pg_stat_activity"
+            " WHERE application_name = 'outbox-relay-listen' AND datname = current_database()"
+        )
+        rows = cursor.fetchall()
+    return rows[0][0].split()[0].upper() if len(rows) == 1 else ""
+
+
+def published_soon(ids: list[str], *, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if broker.published_count(ids) == len(ids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_busy_relay_polls_without_listening_then_listens_again_when_quiet(topology, relays):
+    relay = relays(topology, OUTBOX_POLL_INTERVAL_MS=POLL_MS, OUTBOX_GATHER_BUSY_MS=1000)
+    relay.wait_ready()
+    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
+
+    # A batch of five rows: the relay is busy, and stops listening.
+    first = broker.fill_outbox(5)
+    notify()
+    assert published_soon(first, within=5)
+    broker.wait_for(lambda: listen_session_last_statement() == "UNLISTEN", timeout=5, message="UNLISTEN")
+
+    # Busy, it claims every OUTBOX_GATHER_BUSY_MS on its own: rows that notify nobody still go.
+    unnotified = broker.fill_outbox(3)
+    assert published_soon(unnotified, within=5)
+
+    # Its next claims find nothing: it listens again, and a lone commit's NOTIFY wakes it.
+    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="LISTEN again")
+    lone = broker.fill_outbox(1)
+    notify()
+    assert published_soon(lone, within=3)
+    assert relay.terminate() == 0
+
+
+@pytest.fixture
+def relay_in_thread(topology):
+    """A RelayWorker of this process, run in a thread: a test may wrap its methods."""
+    started = []
+
+    def start(**overrides) -> RelayWorker:
+        config = RelayConfig(
+            database=connection.settings_dict,
+            broker_url=settings.RABBITMQ_URL,
+            notify_channel=settings.OUTBOX_NOTIFY_CHANNEL,
+            batch_size=100,
+            poll_interval=POLL_MS / 1000,
+            confirm_timeout=10.0,
+            **({"gather": 0.005, "gather_busy": 0.2} | overrides),
+        )
+        worker = RelayWorker(config, ConfirmingPublisher(url=settings.RABBITMQ_URL, topology=topology), Health())
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the relay did not stop"
+
+
+def test_what_commits_while_the_relay_starts_listening_again_is_claimed_at_once(relay_in_thread):
+    relay = relay_in_thread()
+    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
+    listen = relay._set_listening
+    late: list[str] = []
+
+    def commit_then_listen(listening: bool) -> None:
+        # A transaction commits after the relay's last claim, before it LISTENs again: its NOTIFY
+        # reaches nobody, and with a 30 s poll only the claim after the LISTEN can publish it.
+        if listening and not late:
+            late.extend(broker.fill_outbox(1))
+            notify()
+        listen(listening)
+
+    relay._set_listening = commit_then_listen  # type: ignore[method-assign]
+    busy = broker.fill_outbox(5)
+    notify()
+    assert published_soon(busy, within=5)
+    broker.wait_for(lambda: late, timeout=5, message="the relay listening again")
+    assert published_soon(late, within=3)
+
+
+def recording(relay: RelayWorker) -> list[bool]:
+    """Each LISTEN (True) and UNLISTEN (False) the relay runs from now on."""
+    listen = relay._set_listening
+    calls: list[bool] = []
+
+    def recorded(listening: bool) -> None:
+        calls.append(listening)
+        listen(listening)
+
+    relay._set_listening = recorded  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_quiet_relay_keeps_listening(relay_in_thread):
+    relay = relay_in_thread(gather=0.0)
+    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
+    calls = recording(relay)
+    for _ in range(3):  # one row at a time: never busy
+        ids = broker.fill_outbox(1)
+        notify()
+        assert published_soon(ids, within=3)
+    assert calls == []
+
+
+def test_a_busy_gather_of_zero_keeps_the_relay_listening(relay_in_thread):
+    # Polling without a wait would claim in a loop: with no busy gather, NOTIFY stays the wake-up.
+    relay = relay_in_thread(gather=0.0, gather_busy=0.0)
+    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
+    calls = recording(relay)
+    for _ in range(3):
+        ids = broker.fill_outbox(5)
+        notify()
+        assert published_soon(ids, within=5)
+    assert calls == []
