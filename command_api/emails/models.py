@@ -22,7 +22,11 @@ class EmailTemplate(models.Model):
 class SentEmail(models.Model):
     """An accepted send request, rendered, as the sender will deliver it."""
 
-    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_emails")
+    # No index of its own: sent_email_sender_created_idx (sender, created) serves every lookup by
+    # sender, and each index costs every send an insert.
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sent_emails", db_index=False
+    )
     # The rendered subject and body are kept, so a later change of the template changes nothing.
     template = models.ForeignKey(EmailTemplate, null=True, on_delete=models.SET_NULL, related_name="sent_emails")
     template_name = models.CharField(max_length=200)
@@ -55,7 +59,8 @@ class SentEmail(models.Model):
 
 
 class SentEmailRecipient(models.Model):
-    email = models.ForeignKey(SentEmail, on_delete=models.CASCADE, related_name="recipients")
+    # No index of its own: sent_email_recipient_uniq (email, address) serves every lookup by email.
+    email = models.ForeignKey(SentEmail, on_delete=models.CASCADE, related_name="recipients", db_index=False)
     address = models.EmailField()
 
     class Meta:

@@ -47,3 +47,14 @@ def test_migrate_alone_makes_the_login_and_registration_throttles_work(fresh_dat
     assert logins == "[400, 400, 400, 400, 429, 429, 429]"
     # The registration throttle counts in the database cache: its table is there too.
     assert registrations == "[201, 201, 429]"
+
+
+def test_the_models_and_the_migrations_agree():
+    # A model changed without its migration (or a migration's state without its model) fails here.
+    subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run", "-v", "1"],
+        cwd=ROOT,
+        env=os.environ | {"DJANGO_SETTINGS_MODULE": "deployment.settings", "LOG_LEVEL": "ERROR"},
+        check=True,
+        timeout=120,
+    )
