@@ -329,7 +329,9 @@ class RelayWorker(ReconnectingWorker):
                     raise PublisherUnavailable(outcome.error or "connection lost")
             if outcome.claimed == self.config.batch_size:
                 continue  # a full batch: there is probably more, go on at once
-            if self._listen_while_quiet(outcome.claimed):
+            # Rows that left the backlog: a batch the broker did not confirm is not load, and is
+            # retried at the quiet pace, not at the busy one.
+            if self._listen_while_quiet(outcome.published + outcome.dead):
                 continue  # listening again: first claim what committed while nobody listened
             if (outcome.claimed == 0 and not self._woke_by_notify) or self._woke_for_due:
                 # Idle (a poll found nothing), or woken for a due row: learn when the next row not
@@ -346,31 +348,33 @@ class RelayWorker(ReconnectingWorker):
             return self.config.gather
         return max(self.config.gather, self.config.gather_busy)
 
-    def _listen_while_quiet(self, claimed: int) -> bool:
+    def _listen_while_quiet(self, moved: int) -> bool:
         """LISTEN only while quiet. Under load every committing transaction notifies, and each
         NOTIFY wakes the listen session's backend, which sends it on, and this process, which
         reads it, though a busy relay waits `_busy_gather()` after a wake-up before it claims
-        anyway. So a batch of more than one row ends the listening (UNLISTEN), and the relay then
-        claims every `_busy_gather()` on its own; a claim of one row or none starts it again
-        (LISTEN). Returns True when it just did: what committed since the last claim notified
-        nobody, so the caller claims once more before it waits for a NOTIFY."""
+        anyway. So a batch that moved more than one row ends the listening (UNLISTEN), and the
+        relay then claims every `_busy_gather()` on its own; a batch of one row or none starts it
+        again (LISTEN). Returns True when it just did: what committed since the last claim
+        notified nobody, so the caller claims once more before it waits for a NOTIFY, and reads
+        the next due time from the table (a scheduled send's NOTIFY carried it to nobody)."""
         if self._listen is None:
             return False
         if self._listening:
-            if claimed > 1 and self._busy_gather() > 0:  # a busy gather of 0 would claim in a loop
+            if moved > 1 and self._busy_gather() > 0:  # a busy gather of 0 would claim in a loop
                 self._set_listening(False)
             return False
-        if claimed > 1:
+        if moved > 1:
             return False
         self._set_listening(True)
+        self._woke_for_due = True  # the claim after the LISTEN learns the next due time
         return True
 
     def _set_listening(self, listening: bool) -> None:
         assert self._listen is not None and self.config.notify_channel
         with self._listen.cursor() as cursor:  # raises OperationalError when Postgres went away
             cursor.execute(f'{"LISTEN" if listening else "UNLISTEN"} "{self.config.notify_channel}"')
-        # What arrived before the UNLISTEN wakes nobody: a claim follows the LISTEN, and an idle
-        # relay reads the next due time from the table (a scheduled send's NOTIFY carried it).
+        # What arrived before wakes nobody: the claim after the LISTEN takes what committed, and
+        # learns the next due time from the table.
         self._listen.poll()
         self._listen.notifies.clear()
         self._listening = listening

@@ -222,7 +222,7 @@ def test_the_relay_gathers_a_burst_of_commits_into_one_batch(topology, relays):
 
 
 def test_the_relay_gathers_longer_only_while_its_batches_hold_more_than_one_row(topology, relays):
-    relay = relays(topology, OUTBOX_GATHER_MS=0, OUTBOX_GATHER_BUSY_MS=400)
+    relay = relays(topology, OUTBOX_GATHER_MS=0, OUTBOX_GATHER_BUSY_MS=1000)
     relay.wait_ready()
     time.sleep(0.3)  # idle, waiting for a NOTIFY
     # Quiet: each lone commit goes at once (OUTBOX_GATHER_MS=0), in a batch of its own.

@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from core.outbox.models import OutboxEvent
 from core.worker_http import Health
 from outbox_relay.publisher import ConfirmingPublisher
 from outbox_relay.relay import RelayConfig, RelayWorker
@@ -47,7 +48,7 @@ def published_soon(ids: list[str], *, within: float) -> bool:
 
 
 def test_a_busy_relay_polls_without_listening_then_listens_again_when_quiet(topology, relays):
-    relay = relays(topology, OUTBOX_POLL_INTERVAL_MS=POLL_MS, OUTBOX_GATHER_BUSY_MS=1000)
+    relay = relays(topology, OUTBOX_POLL_INTERVAL_MS=POLL_MS, OUTBOX_GATHER_BUSY_MS=2000)
     relay.wait_ready()
     broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
 
@@ -99,7 +100,7 @@ def relay_in_thread(topology):
 
 def test_what_commits_while_the_relay_starts_listening_again_is_claimed_at_once(relay_in_thread):
     relay = relay_in_thread()
-    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
+    listening(relay)
     listen = relay._set_listening
     late: list[str] = []
 
@@ -119,6 +120,11 @@ def test_what_commits_while_the_relay_starts_listening_again_is_claimed_at_once(
     assert published_soon(late, within=3)
 
 
+def listening(relay: RelayWorker) -> None:
+    """Wait until the relay of this thread has connected and LISTENs."""
+    broker.wait_for(lambda: relay._listen is not None and relay._listening, timeout=10, message="the relay listening")
+
+
 def recording(relay: RelayWorker) -> list[bool]:
     """Each LISTEN (True) and UNLISTEN (False) the relay runs from now on."""
     listen = relay._set_listening
@@ -134,7 +140,7 @@ def recording(relay: RelayWorker) -> list[bool]:
 
 def test_a_quiet_relay_keeps_listening(relay_in_thread):
     relay = relay_in_thread(gather=0.0)
-    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
+    listening(relay)
     calls = recording(relay)
     for _ in range(3):  # one row at a time: never busy
         ids = broker.fill_outbox(1)
@@ -146,10 +152,80 @@ def test_a_quiet_relay_keeps_listening(relay_in_thread):
 def test_a_busy_gather_of_zero_keeps_the_relay_listening(relay_in_thread):
     # Polling without a wait would claim in a loop: with no busy gather, NOTIFY stays the wake-up.
     relay = relay_in_thread(gather=0.0, gather_busy=0.0)
-    broker.wait_for(lambda: listen_session_last_statement() == "LISTEN", timeout=10, message="the relay listening")
+    listening(relay)
     calls = recording(relay)
     for _ in range(3):
         ids = broker.fill_outbox(5)
         notify()
         assert published_soon(ids, within=5)
     assert calls == []
+
+
+def test_a_batch_of_one_row_makes_the_busy_relay_listen_again_at_once(relay_in_thread):
+    # A long busy gather: listening again right after a batch of one row, not after the next
+    # (empty) claim a busy gather later.
+    relay = relay_in_thread(gather_busy=3.0)
+    listening(relay)
+    calls = recording(relay)
+    busy = broker.fill_outbox(5)
+    notify()
+    assert published_soon(busy, within=5)
+    broker.wait_for(lambda: calls == [False], timeout=5, message="UNLISTEN")
+    one = broker.fill_outbox(1)  # claimed by the relay's next poll, alone
+    assert published_soon(one, within=6)
+    published = time.monotonic()
+    broker.wait_for(lambda: calls == [False, True], timeout=6, message="LISTEN again")
+    assert time.monotonic() - published < 1.5
+
+
+def test_a_scheduled_send_committed_as_the_relay_listens_again_leaves_on_time(relay_in_thread):
+    relay = relay_in_thread()
+    listening(relay)
+    listen = relay._set_listening
+    scheduled: list[str] = []
+
+    def commit_then_listen(listening: bool) -> None:
+        # As the relay starts listening again, two transactions commit that nobody hears: a row due
+        # now (the claim after the LISTEN takes it alone) and a scheduled send due in a second,
+        # whose NOTIFY carried its time. With a 30 s poll, only the next due time read from the
+        # table wakes the relay for it.
+        if listening and not scheduled:
+            broker.fill_outbox(1)
+            scheduled.extend(broker.fill_outbox(1, not_before_sql="now() + interval '1 second'"))
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_notify(%s, extract(epoch FROM now() + interval '1 second')::text)",
+                    [settings.OUTBOX_NOTIFY_CHANNEL],
+                )
+        listen(listening)
+
+    relay._set_listening = commit_then_listen  # type: ignore[method-assign]
+    busy = broker.fill_outbox(5)
+    notify()
+    assert published_soon(busy, within=5)
+    broker.wait_for(lambda: scheduled, timeout=5, message="the relay listening again")
+    committed = time.monotonic()
+    assert published_soon(scheduled, within=4)
+    assert time.monotonic() - committed >= 0.8  # not before it was due
+
+
+def test_a_batch_the_broker_does_not_confirm_is_not_load(relay_in_thread, monkeypatch):
+    relay = relay_in_thread(gather_busy=0.2)
+    listening(relay)
+    calls = recording(relay)
+    real_publish = relay.publisher.publish_batch
+
+    def unconfirmed(*args, **kwargs):
+        result = real_publish(*args, **kwargs)
+        return type(result)(**{**vars(result), "confirmed": [], "nacked": list(result.confirmed)})
+
+    monkeypatch.setattr(relay.publisher, "publish_batch", unconfirmed)
+    ids = broker.fill_outbox(5)
+    notify()
+    broker.wait_for(
+        lambda: all(row.attempts for row in OutboxEvent.objects.filter(id__in=ids)), timeout=5, message="tried"
+    )
+    time.sleep(1.0)
+    # Claimed five, confirmed none: the relay keeps listening, and tries again at the quiet pace.
+    assert calls == []
+    assert max(OutboxEvent.objects.filter(id__in=ids).values_list("attempts", flat=True)) <= 2
