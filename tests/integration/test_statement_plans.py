@@ -78,18 +78,30 @@ def plan_nodes_under(node: dict) -> list[dict]:
     return nodes
 
 
-# Indexes a composite one covers, dropped because every send or provider event paid an insert
-# into them (command_api's emails 0003 and webhooks 0003).
-COVERED_INDEXES = (
-    "emails_sentemail_sender_id_55c775de",
-    "emails_sentemailrecipient_email_id_e978b894",
-    "webhook_provider_event_provider_event_id_2d9c5621_like",
-)
+# Columns that lead a composite index (or are the primary key), whose single-column indexes were
+# dropped because every send or provider event paid an insert into them (command_api's emails 0003
+# and webhooks 0003): a model change that made one again fails here.
+COVERED_COLUMNS = [
+    ("emails_sentemail", "sender_id"),
+    ("emails_sentemailrecipient", "email_id"),
+    ("webhook_provider_event", "provider_event_id"),
+]
 
 
-def test_the_covered_single_column_indexes_are_gone():
+def test_no_single_column_index_repeats_one_a_composite_index_or_the_primary_key_covers():
     with connection.cursor() as cursor:
-        cursor.execute("SELECT indexname FROM pg_indexes WHERE indexname = ANY(%s)", [list(COVERED_INDEXES)])
+        cursor.execute(
+            """
+            SELECT t.relname, a.attname, c.relname
+              FROM pg_index i
+              JOIN pg_class c ON c.oid = i.indexrelid
+              JOIN pg_class t ON t.oid = i.indrelid
+              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0]
+             WHERE i.indnatts = 1 AND i.indpred IS NULL AND NOT i.indisprimary AND NOT i.indisunique
+               AND (t.relname, a.attname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+            """,
+            [[table for table, _ in COVERED_COLUMNS], [column for _, column in COVERED_COLUMNS]],
+        )
         assert cursor.fetchall() == []
 
 
