@@ -135,7 +135,7 @@ def _row_from_db(values) -> Row:
     return Row(**data)
 
 
-def apply_batch(conn, events: list[Event], *, webhooks_channel: str | None = None) -> tuple[int, int]:
+def apply_batch(conn, events: Sequence[Event], *, webhooks_channel: str | None = None) -> tuple[int, int]:
     """Apply `events` in one transaction of `conn`; returns (applied, skipped as duplicates),
     counting the items of an `email.delivery_statuses` one by one. The same transaction queues
     the status changes for the owners' webhook endpoints (core.client_webhooks), with a NOTIFY on

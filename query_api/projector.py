@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from psycopg2.extensions import connection as PgConnection
 
 from core.broker import EVENTS_BATCH, Topology, connection_parameters, declare_topology, last_delivery, refresh
-from core.contracts import ContractError, Event, event_from_dict
+from core.contracts import ContractError, EmailEvent, Event, event_from_dict
 from core.db import connect_postgres
 from core.outbox.deadletters import DeadLetterKeeper, DeadLetterMessage, park, parked_already
 from core.workers import ReconnectingWorker
@@ -66,12 +66,14 @@ PREFETCH_MESSAGES = 20
 
 @dataclass(frozen=True)
 class Pending:
-    """A message in hand: its delivery tag, its id, whether it was packed, and its events."""
+    """A message in hand: its delivery tag, its id, whether it was packed, its events, and what
+    they stand for (a batch of statuses as its items, read once, on arrival)."""
 
     tag: int
     message_id: str
     packed: bool
     events: list[Event]
+    items: list[EmailEvent]
 
 
 class ProjectorWorker(ReconnectingWorker):
@@ -174,9 +176,9 @@ class ProjectorWorker(ReconnectingWorker):
                 else:
                     try:
                         events, items = self._events_of(properties, body)
-                        size += items
+                        size += len(items)
                         pending.append(
-                            Pending(tag, properties.message_id or "", properties.type == EVENTS_BATCH, events)
+                            Pending(tag, properties.message_id or "", properties.type == EVENTS_BATCH, events, items)
                         )
                         if len(pending) == 1:  # the first in hand: the batch waits this long at most
                             deadline = time.monotonic() + self.batch_wait
@@ -198,23 +200,24 @@ class ProjectorWorker(ReconnectingWorker):
                 break
         channel.cancel()
 
-    def _events_of(self, properties, body: bytes) -> tuple[list[Event], int]:
+    def _events_of(self, properties, body: bytes) -> tuple[list[Event], list[EmailEvent]]:
         """The events a message carries: one, or a packed message's (EVENTS_BATCH) array of them;
-        and how many they stand for (a batch of statuses counts its items, checked once here).
+        and what they stand for (a batch of statuses as its items, read and checked once here).
         Raises for a message that cannot be read, or a single event that breaks its contract
         (the message is poison). A packed event that breaks its contract is parked on its own
         (`_park_event`): the others are applied."""
         data = json.loads(body)
         if properties.type != EVENTS_BATCH:
             event = event_from_dict(data)
-            return [event], len(unbatched(event))  # a batch's bad item makes it poison
+            return [event], list(unbatched(event))  # a batch's bad item makes it poison
         if not isinstance(data, list):
             raise ValueError(f"{EVENTS_BATCH}: not a JSON array")
-        events, items = [], 0
+        events: list[Event] = []
+        items: list[EmailEvent] = []
         for item in data:
             try:
                 event = event_from_dict(item)
-                items += len(unbatched(event))
+                items += unbatched(event)
             except (ValueError, TypeError, KeyError, AttributeError, ContractError) as exc:
                 self._park_event(properties.message_id or "", item, str(exc))
                 continue
@@ -278,7 +281,8 @@ class ProjectorWorker(ReconnectingWorker):
         events = [event for message in pending for event in message.events]
         try:
             if events:
-                apply_batch(self._db, events, webhooks_channel=self.webhooks_channel)
+                items = [item for message in pending for item in message.items]
+                apply_batch(self._db, items, webhooks_channel=self.webhooks_channel)
             channel.basic_ack(pending[-1].tag, multiple=True)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             raise  # an outage: the unacked messages return when the connection closes
