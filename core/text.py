@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,20 @@ def parse_id(value) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
         return value
     return None
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def uuid_text(value) -> str | None:
+    """`value` as Postgres writes a UUID (lower case, with hyphens), or None when it is not one.
+    The form our own ids take is recognised at C speed; uuid.UUID reads any other."""
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return value
+    try:
+        return str(uuid.UUID(value))
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def describe(character: str) -> str:

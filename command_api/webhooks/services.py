@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,7 +21,7 @@ from core.deliveries.store import note_provider_reports
 from core.errors import ApplicationError
 from core.outbox.services import new_event_id, outbox_events_add
 from core.suppressions.services import SuppressionItem, suppressions_add_many
-from core.text import OutOfRange, array_items, first_problem, parse_id, suspect_json, text_problem
+from core.text import OutOfRange, array_items, first_problem, parse_id, suspect_json, text_problem, uuid_text
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +78,7 @@ class Report:
     status: str
     provider_message_id: str
     reason: str
-    reported_at: datetime
+    reported_at: str  # ISO 8601
     payload: dict
 
 
@@ -99,7 +98,7 @@ def _suppressions_add(rows: list[Report]) -> int:
                 reason=reason,
                 detail=row.reason,
                 email_id=row.email_id,
-                at=row.reported_at.isoformat(),
+                at=row.reported_at,
             )
             for row, reason in wanted
             if row.email_id in owners
@@ -176,21 +175,21 @@ def _email_id(item: dict) -> int:
 
 
 def _request_event_id(item: dict) -> str:
-    try:
-        return str(uuid.UUID(str(item.get("event_id"))))
-    except ValueError:
-        raise _Malformed("event_id is not a UUID") from None
+    if (value := uuid_text(item.get("event_id"))) is None:
+        raise _Malformed("event_id is not a UUID")
+    return value
 
 
-def _reported_at(item: dict) -> datetime:
+def _reported_at(item: dict) -> str:
+    """When the provider saw it, in ISO 8601 (now, when the item does not say)."""
     value = item.get("timestamp")
     if value is None:
-        return datetime.now(UTC)
+        return datetime.now(UTC).isoformat()
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _LATEST_TIMESTAMP:
         raise _Malformed("timestamp is not a Unix time in range")
-    return datetime.fromtimestamp(value, tz=UTC)
+    return datetime.fromtimestamp(value, tz=UTC).isoformat()
 
 
 def _provider_event(item: dict, kind: str, *, suspect: bool) -> Report:
@@ -228,7 +227,7 @@ def _insert_new(rows: list[Report]) -> set[str]:
             "status": r.status,
             "provider_message_id": r.provider_message_id,
             "reason": r.reason,
-            "reported_at": r.reported_at.isoformat(),
+            "reported_at": r.reported_at,
             "received_at": now,
             "payload": r.payload,
         }
@@ -376,7 +375,7 @@ def _store(rows: list[Report], correlation_id: str) -> tuple[set[str], int]:
                         "event_id": row.request_event_id,
                         "recipient": row.recipient,
                         "message_id": row.provider_message_id,
-                        "reported_at": row.reported_at.isoformat(),
+                        "reported_at": row.reported_at,
                     }
                     for row in new
                 ],
@@ -395,7 +394,7 @@ def _store(rows: list[Report], correlation_id: str) -> tuple[set[str], int]:
                 provider_event_id=row.provider_event_id,
                 provider_message_id=row.provider_message_id,
                 reason=row.reason,
-                reported_at=row.reported_at.isoformat(),
+                reported_at=row.reported_at,
             ).to_dict()
             for row in new
         ]

@@ -65,6 +65,7 @@ from core.outbox.sql import TABLE as OUTBOX
 from core.outbox.sql import insert_select, outbox_parameters
 from core.prepared import Prepared
 from core.suppressions.sql import not_suppressed, suppressed_recipients
+from core.text import uuid_text
 
 log = structlog.get_logger(__name__)
 
@@ -986,7 +987,7 @@ def _noted(reports: list[dict]) -> list[dict]:
             "message_id": report["message_id"].split(".", 1)[0][:MESSAGE_ID_MAX],
         }
         for report in reports
-        if (event_id := _uuid_text(report.get("event_id")))
+        if (event_id := uuid_text(report.get("event_id")))
         and all(isinstance(report.get(key), str) for key in ("recipient", "message_id", "reported_at"))
     ]
 
@@ -1041,14 +1042,6 @@ def _deliveries_batch(kind: str, run_many, run_one, width: int, linger: float) -
 def _fell_back(kind: str, error: psycopg2.Error, items: int) -> None:
     BATCH_FALLBACKS.labels(kind=kind).inc()
     log.warning("batch_ran_item_by_item", kind=kind, items=items, error=str(error)[:300], pgcode=error.pgcode)
-
-
-def _uuid_text(value) -> str | None:
-    """`value` as Postgres writes a UUID, or None when it is not one."""
-    try:
-        return str(uuid.UUID(value))
-    except (TypeError, ValueError, AttributeError):
-        return None
 
 
 def _in_doubt(state: str, live: bool) -> bool:
