@@ -219,10 +219,10 @@ class RelayConfig:
     poll_interval: float
     confirm_timeout: float
     gather: float = 0.0  # after a NOTIFY, wait this long for more commits before claiming
-    # ... or this long (never shorter than `gather`; None: `gather`) while the last batch held more
-    # than one row: commits arrive faster than one by one, and a longer wait makes fewer, larger
-    # batches (fewer claims and confirm waits per row), each row waiting that much longer. The
-    # relay is busy until a claim finds one row or none (a poll's, at the latest).
+    # ... or this long (never shorter than `gather`; None: `gather`) while the last batch moved
+    # (published, or marked dead) more than one row: commits arrive faster than one by one, and a
+    # longer wait makes fewer, larger batches (fewer claims and confirm waits per row), each row
+    # waiting that much longer. The relay is busy until a batch moves one row or none.
     gather_busy: float | None = None
     stats_interval: float = 5.0
     crash_after_confirm: bool = False
@@ -245,7 +245,7 @@ class RelayWorker(ReconnectingWorker):
         self._next_due: float | None = None
         self._woke_for_due = False
         self._woke_by_notify = False
-        self._last_claimed = 0
+        self._last_moved = 0  # rows the last batch published or marked dead
         # Whether the listen session is LISTENing: not while busy (_listen_while_quiet).
         self._listening = False
 
@@ -266,6 +266,9 @@ class RelayWorker(ReconnectingWorker):
                     self.config.database, application_name="outbox-relay-listen", channel=self.config.notify_channel
                 )
                 self._listening = True
+                # A scheduled send's NOTIFY sent while the relay was away reached nobody: the first
+                # claim reads the next due time from the table.
+                self._woke_for_due = True
 
     def open_broker(self) -> None:
         if not self.publisher.is_open:
@@ -312,7 +315,7 @@ class RelayWorker(ReconnectingWorker):
                 crash_after_confirm=self.config.crash_after_confirm,
                 notify_channel=self.config.notify_channel,
             )
-            self._last_claimed = outcome.claimed
+            self._last_moved = outcome.published + outcome.dead
             if outcome.suspects:
                 self._suspects = set(outcome.suspects)
                 log.warning("relay_batch_refused_isolating", suspects=len(self._suspects), reason=outcome.refused)
@@ -327,23 +330,24 @@ class RelayWorker(ReconnectingWorker):
                 log.warning("relay_batch_unconfirmed", unconfirmed=outcome.unconfirmed, error=outcome.error)
                 if not self.publisher.is_open:
                     raise PublisherUnavailable(outcome.error or "connection lost")
-            if outcome.claimed == self.config.batch_size:
+            if outcome.claimed == self.config.batch_size and not outcome.unconfirmed:
                 continue  # a full batch: there is probably more, go on at once
-            # Rows that left the backlog: a batch the broker did not confirm is not load, and is
-            # retried at the quiet pace, not at the busy one.
-            if self._listen_while_quiet(outcome.published + outcome.dead):
+            # Busy is judged on the rows that left the backlog: a batch the broker did not confirm
+            # is not load, and is tried again at the quiet pace, not at once nor at the busy one.
+            if self._listen_while_quiet(self._last_moved):
                 continue  # listening again: first claim what committed while nobody listened
             if (outcome.claimed == 0 and not self._woke_by_notify) or self._woke_for_due:
-                # Idle (a poll found nothing), or woken for a due row: learn when the next row not
-                # due yet is due. One indexed read, never on the busy path, where every wake-up
-                # is a NOTIFY; a scheduled send's NOTIFY carries its time itself.
+                # Idle (a poll found nothing), woken for a due row, or just (re)connected or
+                # listening again: learn when the next row not due yet is due. One indexed read,
+                # not on the busy path, where a scheduled send's NOTIFY carries its time itself,
+                # or the relay claims every busy gather anyway.
                 self._woke_for_due = False
                 due_in = next_due_in(self._db)
                 self._next_due = None if due_in is None else time.monotonic() + due_in
             self._wait_for_work()
 
     def _busy_gather(self) -> float:
-        """The wait before the next claim while busy (the last batch held more than one row)."""
+        """The wait before the next claim while busy (the last batch moved more than one row)."""
         if self.config.gather_busy is None:
             return self.config.gather
         return max(self.config.gather, self.config.gather_busy)
@@ -401,7 +405,7 @@ class RelayWorker(ReconnectingWorker):
             woken = self._woke_by_notify = bool(self._listen.notifies)
             self._note_scheduled(self._listen.notifies)
             self._listen.notifies.clear()
-            gather = self._busy_gather() if self._last_claimed > 1 else self.config.gather
+            gather = self._busy_gather() if self._last_moved > 1 else self.config.gather
             if woken and gather > 0:
                 # Under load every request commits and notifies on its own; gathering them for a
                 # few milliseconds makes one batch (one claim, one confirm wait) of many.
