@@ -221,7 +221,7 @@ OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)
 OUTBOX_POLL_INTERVAL_MS = env_int("OUTBOX_POLL_INTERVAL_MS", 1000)
 # After a NOTIFY, the relay waits this long before claiming, so a burst of commits shares one batch.
 OUTBOX_GATHER_MS = env_int("OUTBOX_GATHER_MS", 5)
-# ... and this long when its last batch held more than one row (under load): fewer, larger batches.
+# Under load (its last batch moved more than one row) it stops listening and claims this often.
 OUTBOX_GATHER_BUSY_MS = env_int("OUTBOX_GATHER_BUSY_MS", 20)
 OUTBOX_CONFIRM_TIMEOUT_MS = env_int("OUTBOX_CONFIRM_TIMEOUT_MS", 10_000)
 OUTBOX_RETENTION_DAYS = env_int("OUTBOX_RETENTION_DAYS", 7)

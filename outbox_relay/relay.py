@@ -219,10 +219,11 @@ class RelayConfig:
     poll_interval: float
     confirm_timeout: float
     gather: float = 0.0  # after a NOTIFY, wait this long for more commits before claiming
-    # ... or this long (never shorter than `gather`; None: `gather`) while the last batch moved
-    # (published, or marked dead) more than one row: commits arrive faster than one by one, and a
-    # longer wait makes fewer, larger batches (fewer claims and confirm waits per row), each row
-    # waiting that much longer. The relay is busy until a batch moves one row or none.
+    # Under load, while the last batch moved (published, or marked dead) more than one row, the
+    # relay does not listen and claims this often (never more often than `gather`; None: `gather`):
+    # commits arrive faster than one by one, and a longer wait makes fewer, larger batches (fewer
+    # claims and confirm waits per row), each row waiting that much longer. The relay is busy until
+    # a batch moves one row or none (`RelayWorker._listen_while_quiet`).
     gather_busy: float | None = None
     stats_interval: float = 5.0
     crash_after_confirm: bool = False
@@ -339,8 +340,7 @@ class RelayWorker(ReconnectingWorker):
             if (outcome.claimed == 0 and not self._woke_by_notify) or self._woke_for_due:
                 # Idle (a poll found nothing), woken for a due row, or just (re)connected or
                 # listening again: learn when the next row not due yet is due. One indexed read,
-                # not on the busy path, where a scheduled send's NOTIFY carries its time itself,
-                # or the relay claims every busy gather anyway.
+                # not on the busy path, where the relay claims every busy gather anyway.
                 self._woke_for_due = False
                 due_in = next_due_in(self._db)
                 self._next_due = None if due_in is None else time.monotonic() + due_in
@@ -355,12 +355,12 @@ class RelayWorker(ReconnectingWorker):
     def _listen_while_quiet(self, moved: int) -> bool:
         """LISTEN only while quiet. Under load every committing transaction notifies, and each
         NOTIFY wakes the listen session's backend, which sends it on, and this process, which
-        reads it, though a busy relay waits `_busy_gather()` after a wake-up before it claims
-        anyway. So a batch that moved more than one row ends the listening (UNLISTEN), and the
-        relay then claims every `_busy_gather()` on its own; a batch of one row or none starts it
-        again (LISTEN). Returns True when it just did: what committed since the last claim
-        notified nobody, so the caller claims once more before it waits for a NOTIFY, and reads
-        the next due time from the table (a scheduled send's NOTIFY carried it to nobody)."""
+        reads it, while a claim every `_busy_gather()` takes the rows as well. So a batch that
+        moved more than one row ends the listening (UNLISTEN), and the relay then claims every
+        `_busy_gather()` on its own; a batch of one row or none starts it again (LISTEN).
+        Returns True when it just did: what committed since the last claim notified nobody, so
+        the caller claims once more before it waits for a NOTIFY, and reads the next due time
+        from the table (a scheduled send's NOTIFY carried it to nobody)."""
         if self._listen is None:
             return False
         if self._listening:
@@ -405,11 +405,11 @@ class RelayWorker(ReconnectingWorker):
             woken = self._woke_by_notify = bool(self._listen.notifies)
             self._note_scheduled(self._listen.notifies)
             self._listen.notifies.clear()
-            gather = self._busy_gather() if self._last_moved > 1 else self.config.gather
-            if woken and gather > 0:
-                # Under load every request commits and notifies on its own; gathering them for a
-                # few milliseconds makes one batch (one claim, one confirm wait) of many.
-                self.publisher.wait([self._stop.fd], gather)
+            if woken and self.config.gather > 0:
+                # A burst of commits notifies once each; gathering them for a few milliseconds
+                # makes one batch (one claim, one confirm wait) of many. (Under load the relay
+                # does not listen: _listen_while_quiet.)
+                self.publisher.wait([self._stop.fd], self.config.gather)
         if not self.publisher.is_open:
             raise PublisherUnavailable("connection lost while idle")
 

@@ -221,13 +221,14 @@ def test_the_relay_gathers_a_burst_of_commits_into_one_batch(topology, relays):
     assert relay.terminate() == 0
 
 
-def test_the_relay_gathers_longer_only_while_its_batches_hold_more_than_one_row(topology, relays):
+def test_the_relay_gathers_longer_only_while_its_batches_move_more_than_one_row(topology, relays):
     relay = relays(topology, OUTBOX_GATHER_MS=0, OUTBOX_GATHER_BUSY_MS=1000)
     relay.wait_ready()
     time.sleep(0.3)  # idle, waiting for a NOTIFY
     # Quiet: each lone commit goes at once (OUTBOX_GATHER_MS=0), in a batch of its own.
     assert batches(commits_apart(3, gap=0.15)) == 3
-    # A batch of two rows (one transaction): the relay is busy, and the next commits are gathered.
+    # A batch of two rows (one transaction): the relay is busy, stops listening and claims every
+    # OUTBOX_GATHER_BUSY_MS, so the next commits go in one batch.
     two = broker.fill_outbox(2)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_notify(%s, '')", [settings.OUTBOX_NOTIFY_CHANNEL])

@@ -1,6 +1,6 @@
 """The relay LISTENs only while quiet: under load it claims on a timer and no NOTIFY wakes it or
-its listen session's backend; a claim of one row or none makes it listen again, and claim once
-more for what committed while nobody listened. Against the real Postgres and RabbitMQ; these tests
+its listen session's backend; a batch that moves one row or none makes it listen again, and claim
+once more for what committed while nobody listened. Against the real Postgres and RabbitMQ; these tests
 commit (transaction=True): the relay reads with connections of its own."""
 
 import threading
@@ -45,6 +45,27 @@ def published_soon(ids: list[str], *, within: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def listening(relay: RelayWorker) -> None:
+    """Wait until the relay of this thread has connected and LISTENs."""
+    broker.wait_for(lambda: relay._listen is not None and relay._listening, timeout=10, message="the relay listening")
+
+
+def recording(relay: RelayWorker, before_listening_again=None) -> list[bool]:
+    """Each LISTEN (True) and UNLISTEN (False) the relay runs from now on; `before_listening_again`
+    runs once, the first time the relay is about to LISTEN again."""
+    listen = relay._set_listening
+    calls: list[bool] = []
+
+    def recorded(on: bool) -> None:
+        if on and before_listening_again is not None and True not in calls:
+            before_listening_again()
+        calls.append(on)
+        listen(on)
+
+    relay._set_listening = recorded  # type: ignore[method-assign]
+    return calls
 
 
 def test_a_busy_relay_polls_without_listening_then_listens_again_when_quiet(topology, relays):
@@ -100,41 +121,20 @@ def relay_in_thread(topology):
 def test_what_commits_while_the_relay_starts_listening_again_is_claimed_at_once(relay_in_thread):
     relay = relay_in_thread()
     listening(relay)
-    listen = relay._set_listening
     late: list[str] = []
 
-    def commit_then_listen(listening: bool) -> None:
+    def commit():
         # A transaction commits after the relay's last claim, before it LISTENs again: its NOTIFY
         # reaches nobody, and with a 30 s poll only the claim after the LISTEN can publish it.
-        if listening and not late:
-            late.extend(broker.fill_outbox(1))
-            notify()
-        listen(listening)
+        late.extend(broker.fill_outbox(1))
+        notify()
 
-    relay._set_listening = commit_then_listen  # type: ignore[method-assign]
+    recording(relay, before_listening_again=commit)
     busy = broker.fill_outbox(5)
     notify()
     assert published_soon(busy, within=5)
     broker.wait_for(lambda: late, timeout=5, message="the relay listening again")
     assert published_soon(late, within=3)
-
-
-def listening(relay: RelayWorker) -> None:
-    """Wait until the relay of this thread has connected and LISTENs."""
-    broker.wait_for(lambda: relay._listen is not None and relay._listening, timeout=10, message="the relay listening")
-
-
-def recording(relay: RelayWorker) -> list[bool]:
-    """Each LISTEN (True) and UNLISTEN (False) the relay runs from now on."""
-    listen = relay._set_listening
-    calls: list[bool] = []
-
-    def recorded(listening: bool) -> None:
-        calls.append(listening)
-        listen(listening)
-
-    relay._set_listening = recorded  # type: ignore[method-assign]
-    return calls
 
 
 def test_a_quiet_relay_keeps_listening(relay_in_thread):
@@ -180,27 +180,24 @@ def test_a_batch_of_one_row_makes_the_busy_relay_listen_again_at_once(relay_in_t
 def test_a_scheduled_send_committed_as_the_relay_listens_again_leaves_on_time(relay_in_thread):
     relay = relay_in_thread()
     listening(relay)
-    listen = relay._set_listening
     scheduled: list[str] = []
     committed: list[float] = []
 
-    def commit_then_listen(listening: bool) -> None:
+    def commit():
         # As the relay starts listening again, two transactions commit that nobody hears: a row due
         # now (the claim after the LISTEN takes it alone) and a scheduled send due in a second,
         # whose NOTIFY carried its time. With a 30 s poll, only the next due time read from the
         # table wakes the relay for it.
-        if listening and not scheduled:
-            committed.append(time.monotonic())
-            broker.fill_outbox(1)
-            scheduled.extend(broker.fill_outbox(1, not_before_sql="now() + interval '1 second'"))
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_notify(%s, extract(epoch FROM now() + interval '1 second')::text)",
-                    [settings.OUTBOX_NOTIFY_CHANNEL],
-                )
-        listen(listening)
+        committed.append(time.monotonic())
+        broker.fill_outbox(1)
+        scheduled.extend(broker.fill_outbox(1, not_before_sql="now() + interval '1 second'"))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_notify(%s, extract(epoch FROM now() + interval '1 second')::text)",
+                [settings.OUTBOX_NOTIFY_CHANNEL],
+            )
 
-    relay._set_listening = commit_then_listen  # type: ignore[method-assign]
+    recording(relay, before_listening_again=commit)
     busy = broker.fill_outbox(5)
     notify()
     assert published_soon(busy, within=5)
@@ -231,3 +228,12 @@ def test_a_batch_the_broker_does_not_confirm_is_not_load(relay_in_thread, monkey
     # (a full batch too: it does not loop at once).
     assert calls == []
     assert max(OutboxEvent.objects.filter(id__in=ids).values_list("attempts", flat=True)) <= 2
+
+
+def test_a_full_batch_the_broker_confirmed_loops_at_once(relay_in_thread):
+    # Batches of 5, a busy gather of 3 s: 12 rows go in three claims back to back, not 3 s apart.
+    relay = relay_in_thread(batch_size=5, gather_busy=3.0)
+    listening(relay)
+    ids = broker.fill_outbox(12)
+    notify()
+    assert published_soon(ids, within=2)
