@@ -237,3 +237,29 @@ def test_a_full_batch_the_broker_confirmed_loops_at_once(relay_in_thread):
     ids = broker.fill_outbox(12)
     notify()
     assert published_soon(ids, within=2)
+
+
+def test_a_busy_relay_whose_batch_is_not_confirmed_retries_once_at_once_then_at_the_quiet_pace(
+    relay_in_thread, monkeypatch
+):
+    relay = relay_in_thread(gather_busy=0.2)
+    listening(relay)
+    calls = recording(relay)
+    busy = broker.fill_outbox(5)
+    notify()
+    assert published_soon(busy, within=5)
+    broker.wait_for(lambda: calls == [False], timeout=5, message="UNLISTEN")
+    real_publish = relay.publisher.publish_batch
+
+    def unconfirmed(*args, **kwargs):
+        result = real_publish(*args, **kwargs)
+        return type(result)(**{**vars(result), "confirmed": [], "nacked": list(result.confirmed)})
+
+    monkeypatch.setattr(relay.publisher, "publish_batch", unconfirmed)
+    ids = broker.fill_outbox(5)  # the busy relay's next claim takes them, without a NOTIFY
+    broker.wait_for(lambda: calls == [False, True], timeout=5, message="LISTEN again")
+    time.sleep(1.0)
+    # Tried by the busy claim, once more by the claim after the LISTEN, then only on a NOTIFY or
+    # the (30 s) poll: not every busy gather.
+    assert max(OutboxEvent.objects.filter(id__in=ids).values_list("attempts", flat=True)) <= 2
+    assert calls == [False, True]
