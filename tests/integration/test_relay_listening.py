@@ -68,6 +68,24 @@ def recording(relay: RelayWorker, before_listening_again=None) -> list[bool]:
     return calls
 
 
+def make_busy() -> None:
+    """A batch of five rows, one NOTIFY, published: the relay is busy (and stops listening)."""
+    ids = broker.fill_outbox(5)
+    notify()
+    assert published_soon(ids, within=5)
+
+
+def nack_everything(relay: RelayWorker, monkeypatch) -> None:
+    """From now on the broker confirms none of the relay's messages: each comes back nacked."""
+    real_publish = relay.publisher.publish_batch
+
+    def unconfirmed(*args, **kwargs):
+        result = real_publish(*args, **kwargs)
+        return type(result)(**{**vars(result), "confirmed": [], "nacked": list(result.confirmed)})
+
+    monkeypatch.setattr(relay.publisher, "publish_batch", unconfirmed)
+
+
 def test_a_busy_relay_polls_without_listening_then_listens_again_when_quiet(topology, relays):
     relay = relays(topology, OUTBOX_POLL_INTERVAL_MS=POLL_MS, OUTBOX_GATHER_BUSY_MS=2000)
     relay.wait_ready()
@@ -130,9 +148,7 @@ def test_what_commits_while_the_relay_starts_listening_again_is_claimed_at_once(
         notify()
 
     recording(relay, before_listening_again=commit)
-    busy = broker.fill_outbox(5)
-    notify()
-    assert published_soon(busy, within=5)
+    make_busy()
     broker.wait_for(lambda: late, timeout=5, message="the relay listening again")
     assert published_soon(late, within=3)
 
@@ -166,9 +182,7 @@ def test_a_batch_of_one_row_makes_the_busy_relay_listen_again_at_once(relay_in_t
     relay = relay_in_thread(gather_busy=3.0)
     listening(relay)
     calls = recording(relay)
-    busy = broker.fill_outbox(5)
-    notify()
-    assert published_soon(busy, within=5)
+    make_busy()
     broker.wait_for(lambda: calls == [False], timeout=5, message="UNLISTEN")
     one = broker.fill_outbox(1)  # claimed by the relay's next poll, alone
     assert published_soon(one, within=6)
@@ -198,9 +212,7 @@ def test_a_scheduled_send_committed_as_the_relay_listens_again_leaves_on_time(re
             )
 
     recording(relay, before_listening_again=commit)
-    busy = broker.fill_outbox(5)
-    notify()
-    assert published_soon(busy, within=5)
+    make_busy()
     broker.wait_for(lambda: scheduled, timeout=5, message="the relay listening again")
     assert published_soon(scheduled, within=4)
     assert time.monotonic() - committed[0] >= 0.95  # not before it was due
@@ -211,13 +223,7 @@ def test_a_batch_the_broker_does_not_confirm_is_not_load(relay_in_thread, monkey
     relay = relay_in_thread(gather_busy=0.2, batch_size=batch_size)
     listening(relay)
     calls = recording(relay)
-    real_publish = relay.publisher.publish_batch
-
-    def unconfirmed(*args, **kwargs):
-        result = real_publish(*args, **kwargs)
-        return type(result)(**{**vars(result), "confirmed": [], "nacked": list(result.confirmed)})
-
-    monkeypatch.setattr(relay.publisher, "publish_batch", unconfirmed)
+    nack_everything(relay, monkeypatch)
     ids = broker.fill_outbox(5)
     notify()
     broker.wait_for(
@@ -245,17 +251,9 @@ def test_a_busy_relay_whose_batch_is_not_confirmed_retries_once_at_once_then_at_
     relay = relay_in_thread(gather_busy=0.2)
     listening(relay)
     calls = recording(relay)
-    busy = broker.fill_outbox(5)
-    notify()
-    assert published_soon(busy, within=5)
+    make_busy()
     broker.wait_for(lambda: calls == [False], timeout=5, message="UNLISTEN")
-    real_publish = relay.publisher.publish_batch
-
-    def unconfirmed(*args, **kwargs):
-        result = real_publish(*args, **kwargs)
-        return type(result)(**{**vars(result), "confirmed": [], "nacked": list(result.confirmed)})
-
-    monkeypatch.setattr(relay.publisher, "publish_batch", unconfirmed)
+    nack_everything(relay, monkeypatch)
     ids = broker.fill_outbox(5)  # the busy relay's next claim takes them, without a NOTIFY
     broker.wait_for(lambda: calls == [False, True], timeout=5, message="LISTEN again")
     time.sleep(1.0)
